@@ -1,0 +1,12 @@
+"""Typed Maestro clients over the generated maestro.v1 stubs.
+
+`AsyncMaestroClient` (grpc.aio) and `MaestroClient` (blocking) share one behaviour: API key in
+metadata, a default deadline, retries only for methods the contract marks idempotent, OpenTelemetry
+client spans, and `MaestroRpcError` with the server's `google.rpc` details on failure.
+"""
+
+from maestro.clients.aio import AsyncMaestroClient
+from maestro.clients.errors import FieldViolation, MaestroRpcError
+from maestro.clients.sync import MaestroClient
+
+__all__ = ["AsyncMaestroClient", "FieldViolation", "MaestroClient", "MaestroRpcError"]

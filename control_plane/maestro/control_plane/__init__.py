@@ -1,0 +1,1 @@
+"""Maestro control plane: the gRPC server, its configuration, auth, stores and services."""

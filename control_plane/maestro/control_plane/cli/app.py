@@ -1,0 +1,228 @@
+"""Commands. Server commands read a config file plus MAESTRO_* environment overrides; client
+commands read the target and API key from options or MAESTRO_TARGET / MAESTRO_API_KEY."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from google.protobuf import json_format
+
+from maestro.clients import MaestroClient, MaestroRpcError
+from maestro.control_plane.config import ConfigError, MaestroConfig, load_config
+from maestro.control_plane.errors import MaestroError
+from maestro.control_plane.projects.service import ProjectService
+from maestro.control_plane.projects.store import ProjectStore
+from maestro.control_plane.store.sqlite import Database
+from maestro.v1 import project_service_pb2 as project_pb
+
+app = typer.Typer(
+    help="Maestro: route, stream and govern LLM and agent traffic.", no_args_is_help=True
+)
+admin = typer.Typer(
+    help="Operator commands that act on the local store directly.", no_args_is_help=True
+)
+keys = typer.Typer(help="API keys of your project (through the API).", no_args_is_help=True)
+app.add_typer(admin, name="admin")
+app.add_typer(keys, name="keys")
+
+DEMO_PROJECT = "demo"
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config; default: the embedded demo.")
+]
+TargetOption = Annotated[
+    str, typer.Option("--target", envvar="MAESTRO_TARGET", help="Server address host:port.")
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key", envvar="MAESTRO_API_KEY", help="API key; default: the demo key file."
+    ),
+]
+
+
+def main() -> None:
+    app()
+
+
+def _load(config_path: Path | None, **overrides: object) -> MaestroConfig:
+    path = config_path or Path(str(resources.files("maestro.control_plane") / "demo.yaml"))
+    try:
+        return load_config(
+            path, env=os.environ, **{k: v for k, v in overrides.items() if v is not None}
+        )
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+def _demo_key_file(config: MaestroConfig) -> Path:
+    return config.store.sqlite_path.parent / "demo-api-key"
+
+
+def _bootstrap_demo(config: MaestroConfig) -> None:
+    """First run: create the `demo` project and write a key for it next to the database."""
+    database = Database(config.store.sqlite_path)
+    try:
+        service = ProjectService(ProjectStore(database))
+        service.create_project(DEMO_PROJECT, "Demo project")
+        key_file = _demo_key_file(config)
+        store = ProjectStore(database)
+        from maestro.control_plane.auth import hash_secret
+
+        if key_file.exists() and store.find_key_by_hash(hash_secret(key_file.read_text().strip())):
+            return
+        created = service.create_key_offline(DEMO_PROJECT, "maestro up demo key")
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(created.secret + "\n")
+        typer.echo(
+            f"created project projects/{DEMO_PROJECT}; its API key is in {key_file}", err=True
+        )
+    finally:
+        database.close()
+
+
+@app.command()
+def up(
+    config_path: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Override server.port (0: any free port).")
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Dev mode: calls without a key act for the demo project (loopback only)."
+        ),
+    ] = False,
+) -> None:
+    """Start the embedded default: control plane on SQLite with the demo project."""
+    overrides: dict[str, object] = {"server.host": host, "server.port": port}
+    if insecure:
+        overrides |= {"auth.mode": "insecure", "auth.insecure_project": DEMO_PROJECT}
+    config = _load(config_path, **overrides)
+    _bootstrap_demo(config)
+    from maestro.control_plane.cli.serve import serve
+
+    serve(config)
+
+
+@app.command("check-config")
+def check_config(config_path: Annotated[Path, typer.Argument(help="YAML config file.")]) -> None:
+    """Validate a config file (with MAESTRO_* overrides) and print the effective settings."""
+    config = _load(config_path)
+    typer.echo(config.model_dump_json(indent=2))
+
+
+@admin.command("create-project")
+def create_project(
+    project: Annotated[
+        str, typer.Argument(help="Project id: lower-case letters, digits, hyphens.")
+    ],
+    display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+    config_path: ConfigOption = None,
+) -> None:
+    """Create a project in the local store (idempotent) and mint its first API key."""
+    config = _load(config_path)
+    database = Database(config.store.sqlite_path)
+    try:
+        service = ProjectService(ProjectStore(database))
+        record = service.create_project(project, display_name)
+        created = service.create_key_offline(project, "created by maestro admin create-project")
+    except MaestroError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        database.close()
+    typer.echo(f"project: {record.name}\napi key: {created.secret}")
+
+
+def _client(target: str, api_key: str | None) -> MaestroClient:
+    if api_key is None:
+        default_file = Path(".maestro/demo-api-key")
+        api_key = default_file.read_text().strip() if default_file.exists() else None
+    return MaestroClient(target, api_key=api_key, timeout_s=10)
+
+
+def _print(message: object) -> None:
+    typer.echo(json_format.MessageToJson(message, indent=2))  # type: ignore[arg-type]
+
+
+def _fail(error: MaestroRpcError) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command("get-project")
+def get_project(
+    name: Annotated[str, typer.Argument(help="projects/{project}")],
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """Print a project."""
+    with _client(target, api_key) as client:
+        try:
+            _print(client.get_project(name))
+        except MaestroRpcError as error:
+            _fail(error)
+
+
+@keys.command("list")
+def list_keys(
+    parent: Annotated[str, typer.Argument(help="projects/{project}")],
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """List a project's API keys (metadata only)."""
+    with _client(target, api_key) as client:
+        try:
+            request = project_pb.ListApiKeysRequest(parent=parent)
+            while True:
+                response = client.projects.ListApiKeys(request)
+                for key in response.api_keys:
+                    _print(key)
+                if not response.next_page_token:
+                    break
+                request.page_token = response.next_page_token
+        except MaestroRpcError as error:
+            _fail(error)
+
+
+@keys.command("create")
+def create_key(
+    parent: Annotated[str, typer.Argument(help="projects/{project}")],
+    display_name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """Create an API key; its secret is printed once."""
+    with _client(target, api_key) as client:
+        try:
+            response = client.projects.CreateApiKey(
+                project_pb.CreateApiKeyRequest(
+                    parent=parent, api_key=project_pb.ApiKey(display_name=display_name)
+                )
+            )
+        except MaestroRpcError as error:
+            _fail(error)
+        _print(response)
+
+
+@keys.command("delete")
+def delete_key(
+    name: Annotated[str, typer.Argument(help="projects/{project}/apiKeys/{api_key}")],
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """Revoke an API key."""
+    with _client(target, api_key) as client:
+        try:
+            client.projects.DeleteApiKey(project_pb.DeleteApiKeyRequest(name=name))
+        except MaestroRpcError as error:
+            _fail(error)
+    typer.echo(f"deleted {name}", err=sys.stderr.isatty())

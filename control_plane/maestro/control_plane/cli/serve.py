@@ -1,0 +1,36 @@
+"""Run the server in the foreground until SIGTERM or SIGINT, then stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+import uvloop
+
+from maestro.control_plane.config import MaestroConfig
+from maestro.control_plane.logs import configure_logging
+from maestro.control_plane.server import start_control_plane
+from maestro.control_plane.telemetry import build_telemetry
+
+log = structlog.get_logger(__name__)
+
+
+async def _serve(config: MaestroConfig) -> None:
+    telemetry = build_telemetry(config.telemetry)
+    telemetry.install_global()
+    plane = await start_control_plane(config, telemetry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await plane.stop()
+        telemetry.shutdown()
+
+
+def serve(config: MaestroConfig) -> None:
+    configure_logging(config.logging)
+    uvloop.run(_serve(config))

@@ -1,0 +1,176 @@
+"""Project and API-key logic: who may see which project, key creation, verification, revocation.
+
+No grpc here: inputs are plain values, outputs are records, failures are `errors` exceptions.
+Store calls run in a worker thread so the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from maestro.control_plane import names
+from maestro.control_plane.auth import Principal, hash_secret, new_key, require_project
+from maestro.control_plane.errors import FieldViolation, InvalidArgument, NotFound
+from maestro.control_plane.projects.store import ApiKeyRecord, ProjectRecord, ProjectStore
+from maestro.control_plane.rpc import pagination
+
+MAX_DISPLAY_NAME = 200
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    record: ApiKeyRecord
+    secret: str  # empty when a retried request returns the key made by the first call
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+class ProjectService:
+    def __init__(
+        self,
+        store: ProjectStore,
+        *,
+        key_cache_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._ttl = key_cache_ttl_s
+        self._clock = clock
+        # secret hash -> (principal, expiry). Bounded by the number of live keys.
+        self._verified: dict[str, tuple[Principal, float]] = {}
+
+    # -- authentication ---------------------------------------------------------------------
+
+    async def authenticate(self, secret: str) -> Principal | None:
+        """The principal a key acts for, or None if the key is unknown or revoked."""
+        digest = hash_secret(secret)
+        cached = self._verified.get(digest)
+        now = self._clock()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        record = await asyncio.to_thread(self._store.find_key_by_hash, digest)
+        if record is None:
+            self._verified.pop(digest, None)
+            return None
+        principal = Principal(names.parse_project_name(record.project, "project"), record.name)
+        self._verified[digest] = (principal, now + self._ttl)
+        return principal
+
+    # -- projects ---------------------------------------------------------------------------
+
+    def create_project(self, project_id: str, display_name: str = "") -> ProjectRecord:
+        """Operator action (CLI), not an RPC: create a project or return the existing one."""
+        if not names.PROJECT_ID_RE.match(project_id):
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "project", "1-63 lower-case letters, digits, hyphens; starts with a letter"
+                    )
+                ]
+            )
+        name = names.project_name(project_id)
+        created = self._store.create_project(name, display_name, datetime.now(UTC))
+        existing = created or self._store.get_project(name)
+        assert existing is not None
+        return existing
+
+    def create_key_offline(self, project_id: str, display_name: str) -> CreatedKey:
+        """Operator action (CLI): mint a key for a project without an existing key."""
+        return self._insert_key(names.project_name(project_id), display_name, request_id="")
+
+    async def get_project(self, principal: Principal, name: str) -> ProjectRecord:
+        project_id = names.parse_project_name(name, "name")
+        require_project(principal, project_id)
+        record = await asyncio.to_thread(self._store.get_project, name)
+        if record is None:
+            raise NotFound(f"project {name!r} does not exist", reason="PROJECT_NOT_FOUND")
+        return record
+
+    async def list_projects(
+        self, principal: Principal, page_size: int, page_token: str
+    ) -> Page[ProjectRecord]:
+        pagination.page_size(page_size)
+        if pagination.decode_token(page_token, "projects") is not None:
+            return Page([], "")  # a caller sees one project, so there is never a second page
+        own = names.project_name(principal.project_id)
+        record = await asyncio.to_thread(self._store.get_project, own)
+        return Page([record] if record else [], "")
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    async def create_key(
+        self, principal: Principal, parent: str, display_name: str, request_id: str
+    ) -> CreatedKey:
+        project_id = names.parse_project_name(parent, "parent")
+        violations = _display_name_violations(display_name, "api_key.display_name")
+        if len(request_id) > 64:
+            violations.append(FieldViolation("request_id", "at most 64 characters (use a UUID)"))
+        if violations:
+            raise InvalidArgument(violations)
+        require_project(principal, project_id)
+        await self.get_project(principal, parent)
+        return await asyncio.to_thread(self._insert_key, parent, display_name, request_id)
+
+    def _insert_key(self, parent: str, display_name: str, request_id: str) -> CreatedKey:
+        key = new_key()
+        record = ApiKeyRecord(
+            name=f"{parent}/apiKeys/{key.key_id}",
+            project=parent,
+            display_name=display_name,
+            prefix=key.prefix,
+            create_time=datetime.now(UTC),
+        )
+        stored, created = self._store.insert_key(record, key.secret_sha256, request_id or None)
+        return CreatedKey(stored, key.secret if created else "")
+
+    async def get_key(self, principal: Principal, name: str) -> ApiKeyRecord:
+        project_id, _ = names.parse_api_key_name(name, "name")
+        require_project(principal, project_id)
+        record = await asyncio.to_thread(self._store.get_key, name)
+        if record is None:
+            raise NotFound(f"API key {name!r} does not exist", reason="API_KEY_NOT_FOUND")
+        return record
+
+    async def list_keys(
+        self, principal: Principal, parent: str, page_size: int, page_token: str
+    ) -> Page[ApiKeyRecord]:
+        project_id = names.parse_project_name(parent, "parent")
+        size = pagination.page_size(page_size)
+        after = pagination.decode_token(page_token, parent)
+        require_project(principal, project_id)
+        after_key = (str(after[0]), str(after[1])) if after and len(after) == 2 else None
+        rows = await asyncio.to_thread(self._store.list_keys, parent, size + 1, after_key)
+        items = rows[:size]
+        token = ""
+        if len(rows) > size:
+            last = items[-1]
+            token = pagination.encode_token(
+                parent, [last.create_time.astimezone(UTC).isoformat(), last.name]
+            )
+        return Page(items, token)
+
+    async def delete_key(self, principal: Principal, name: str) -> None:
+        project_id, _ = names.parse_api_key_name(name, "name")
+        require_project(principal, project_id)
+        if not await asyncio.to_thread(self._store.delete_key, name):
+            raise NotFound(f"API key {name!r} does not exist", reason="API_KEY_NOT_FOUND")
+        # Revocation is immediate on this replica; other replicas forget within the cache TTL.
+        self._verified = {h: v for h, v in self._verified.items() if v[0].api_key != name}
+
+
+def _display_name_violations(value: str, field: str) -> list[FieldViolation]:
+    if len(value) > MAX_DISPLAY_NAME:
+        return [FieldViolation(field, f"at most {MAX_DISPLAY_NAME} characters")]
+    if any(ord(ch) < 32 for ch in value):
+        return [FieldViolation(field, "must not contain control characters")]
+    return []

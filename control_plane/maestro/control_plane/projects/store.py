@@ -1,0 +1,119 @@
+"""SQL for projects and API keys. Knows rows, not permissions: `service.py` decides who may ask."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from maestro.control_plane.store.sqlite import Database
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectRecord:
+    name: str
+    display_name: str
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    name: str
+    project: str
+    display_name: str
+    prefix: str
+    create_time: datetime
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def _key(row: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        row["name"], row["project"], row["display_name"], row["prefix"], _time(row["create_time"])
+    )
+
+
+class ProjectStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def create_project(self, name: str, display_name: str, now: datetime) -> ProjectRecord | None:
+        """Insert a project; None if one with that name exists."""
+        with self._db.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO projects(name, display_name, create_time) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO NOTHING",
+                (name, display_name, now.astimezone(UTC).isoformat()),
+            )
+        return ProjectRecord(name, display_name, now) if cursor.rowcount else None
+
+    def get_project(self, name: str) -> ProjectRecord | None:
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
+        return (
+            ProjectRecord(row["name"], row["display_name"], _time(row["create_time"]))
+            if row
+            else None
+        )
+
+    def insert_key(
+        self, record: ApiKeyRecord, secret_sha256: str, request_id: str | None
+    ) -> tuple[ApiKeyRecord, bool]:
+        """Insert a key; with a `request_id` already used in that project, return that key.
+
+        Returns (key, created).
+        """
+        with self._db.transaction() as conn:
+            if request_id:
+                row = conn.execute(
+                    "SELECT * FROM api_keys WHERE project = ? AND request_id = ?",
+                    (record.project, request_id),
+                ).fetchone()
+                if row is not None:
+                    return _key(row), False
+            conn.execute(
+                "INSERT INTO api_keys(name, project, display_name, prefix, secret_sha256, "
+                "request_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.name,
+                    record.project,
+                    record.display_name,
+                    record.prefix,
+                    secret_sha256,
+                    request_id or None,
+                    record.create_time.astimezone(UTC).isoformat(),
+                ),
+            )
+        return record, True
+
+    def get_key(self, name: str) -> ApiKeyRecord | None:
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
+        return _key(row) if row else None
+
+    def find_key_by_hash(self, secret_sha256: str) -> ApiKeyRecord | None:
+        with self._db.transaction() as conn:
+            row = conn.execute(
+                "SELECT * FROM api_keys WHERE secret_sha256 = ?", (secret_sha256,)
+            ).fetchone()
+        return _key(row) if row else None
+
+    def list_keys(
+        self, project: str, limit: int, after: tuple[str, str] | None
+    ) -> list[ApiKeyRecord]:
+        """Keys of `project`, newest first, after the (create_time, name) sort key."""
+        query = "SELECT * FROM api_keys WHERE project = ?"
+        params: list[object] = [project]
+        if after is not None:
+            query += " AND (create_time, name) < (?, ?)"
+            params += list(after)
+        query += " ORDER BY create_time DESC, name DESC LIMIT ?"
+        params.append(limit)
+        with self._db.transaction() as conn:
+            return [_key(row) for row in conn.execute(query, params).fetchall()]
+
+    def delete_key(self, name: str) -> bool:
+        with self._db.transaction() as conn:
+            return conn.execute("DELETE FROM api_keys WHERE name = ?", (name,)).rowcount > 0

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by every servicer: interceptors, validation helpers, pagination."""

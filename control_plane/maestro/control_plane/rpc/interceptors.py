@@ -1,0 +1,113 @@
+"""Server interceptors: authentication and the single exception-to-status mapping.
+
+Every Maestro method runs inside `_guard`: the caller's API key is resolved to a principal
+(UNAUTHENTICATED otherwise), then the handler runs; a `MaestroError` becomes its
+`google.rpc.Status`, and anything unexpected becomes INTERNAL with a fixed message and a
+correlation id, its traceback logged here and never sent. Health and reflection are exempt from
+auth so probes and grpcurl work without a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import structlog
+from google.rpc import status_pb2
+from grpc_status import rpc_status
+from opentelemetry import trace
+
+from maestro.control_plane.auth import Principal, set_principal
+from maestro.control_plane.errors import MaestroError, Unauthenticated, internal_status
+from maestro.control_plane.rpc.handlers import wrap_handler
+
+log = structlog.get_logger(__name__)
+
+EXEMPT_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+API_KEY_HEADER = "x-api-key"
+
+Authenticate = Callable[[str], Awaitable[Principal | None]]
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates each call and maps its exceptions to `google.rpc.Status`."""
+
+    def __init__(self, authenticate: Authenticate, insecure_project: str | None) -> None:
+        """`insecure_project`: if set (dev mode), calls without a key act for this project."""
+        self._authenticate = authenticate
+        self._insecure_project = insecure_project
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.lstrip("/").split("/")[0] in EXEMPT_SERVICES:
+            return handler
+
+        @asynccontextmanager
+        async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+            try:
+                principal = await self._principal(context.invocation_metadata() or ())
+                # Each RPC runs in its own task, so the principal is scoped to this call.
+                set_principal(principal)
+                trace.get_current_span().set_attribute("maestro.project", principal.project_id)
+                yield
+            except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):
+                raise
+            except MaestroError as error:
+                await _abort(context, error.to_status())
+            except Exception:
+                correlation_id = uuid.uuid4().hex[:16]
+                log.exception("rpc.unhandled_error", method=method, correlation_id=correlation_id)
+                await _abort(context, internal_status(correlation_id))
+
+        return wrap_handler(handler, guard)
+
+    async def _principal(self, metadata: Any) -> Principal:
+        secret = _credential(metadata)
+        if secret is None:
+            if self._insecure_project is not None:
+                return Principal(self._insecure_project, None)
+            raise Unauthenticated(
+                f"missing API key: send it in the `{API_KEY_HEADER}` metadata key or as "
+                "`authorization: Bearer <key>`",
+                reason="API_KEY_MISSING",
+            )
+        principal = await self._authenticate(secret)
+        if principal is None:
+            raise Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
+        return principal
+
+
+def _credential(metadata: Any) -> str | None:
+    for key, value in metadata:
+        if key == API_KEY_HEADER and value:
+            return str(value)
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip() or None
+    return None
+
+
+async def _abort(context: Any, status: status_pb2.Status) -> None:
+    """Abort the call with a `google.rpc.Status`; always raises.
+
+    Uses `abort(code, details, trailing_metadata)` rather than `abort_with_status`, so wrappers
+    of the context (OpenTelemetry's records the status code on the span) see the code.
+    """
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)

@@ -1,0 +1,129 @@
+"""The control-plane gRPC server: assembly, start, and graceful stop.
+
+One `grpc.aio` server carries every `maestro.v1` service, health and reflection. Services whose
+capability is not built yet are still registered, so the whole contract reflects and answers
+UNIMPLEMENTED with a clear message. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from maestro.control_plane.config import MaestroConfig
+from maestro.control_plane.projects.service import ProjectService
+from maestro.control_plane.projects.servicer import ProjectServicer
+from maestro.control_plane.projects.store import ProjectStore
+from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
+from maestro.control_plane.rpc.interceptors import GuardInterceptor
+from maestro.control_plane.rpc.reflection import enable_reflection
+from maestro.control_plane.rpc.unimplemented import unimplemented_handler
+from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.telemetry import Telemetry
+from maestro.v1 import (
+    eval_service_pb2,
+    graph_service_pb2,
+    inference_service_pb2,
+    project_service_pb2,
+    project_service_pb2_grpc,
+    rollout_service_pb2,
+    route_service_pb2,
+)
+
+log = structlog.get_logger(__name__)
+
+PROJECT_SERVICE = project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"]
+# Services of the contract whose capability is not built yet, and what they are waiting for.
+PENDING_SERVICES = (
+    (route_service_pb2.DESCRIPTOR.services_by_name["RouteService"], "the routing engine"),
+    (graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"], "the agent graph runtime"),
+    (eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"], "the eval runner"),
+    (rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"], "progressive delivery"),
+    (
+        inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
+        "the data plane's inference path",
+    ),
+)
+
+
+@dataclass
+class ControlPlane:
+    """A started server and what it owns; `stop()` releases all of it."""
+
+    config: MaestroConfig
+    server: grpc.aio.Server
+    health: HealthServicer
+    database: Database
+    projects: ProjectService
+    port: int
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.server.host}:{self.port}"
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: report NOT_SERVING and end health watches, refuse new calls, let in-flight
+        calls finish within the grace period, then cancel what is left."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        log.info("server.stopping", grace_period_s=grace)
+        await self.health.shut_down()
+        await self.server.stop(grace)
+        self.database.close()
+        log.info("server.stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> ControlPlane:
+    database = Database(config.store.sqlite_path)
+    projects = ProjectService(ProjectStore(database), key_cache_ttl_s=config.auth.key_cache_ttl_s)
+    insecure_project = config.auth.insecure_project if config.auth.mode == "insecure" else None
+    message_limit = config.server.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
+            GuardInterceptor(projects.authenticate, insecure_project),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(projects), server)
+    for service, capability in PENDING_SERVICES:
+        server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    service_names = [PROJECT_SERVICE.full_name, *(s.full_name for s, _ in PENDING_SERVICES)]
+    enable_reflection(
+        server, [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    )
+    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    if port == 0:
+        database.close()
+        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
+    await server.start()
+    # Per-service health: implemented services SERVING; pending ones NOT_SERVING, so a probe on
+    # a service name tells whether it can do its job, not just whether the process is up.
+    await health.set(PROJECT_SERVICE.full_name, SERVING)
+    for service, _ in PENDING_SERVICES:
+        await health.set(service.full_name, NOT_SERVING)
+    plane = ControlPlane(config, server, health, database, projects, port)
+    log.info(
+        "server.ready",
+        address=plane.address,
+        auth_mode=config.auth.mode,
+        store=str(config.store.sqlite_path),
+    )
+    return plane

@@ -1,0 +1,4 @@
+"""State of the control plane.
+
+The embedded default is SQLite; PostgreSQL joins with the durable run store.
+"""

@@ -1,0 +1,69 @@
+"""OpenTelemetry set-up: traces for every RPC, metrics for Prometheus.
+
+The providers are built once per process from config and passed to the gRPC interceptors
+explicitly (tests pass their own with in-memory exporters) rather than installed as globals
+behind the caller's back; `install_global` is for the server process only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from maestro.control_plane.config import TelemetryConfig
+
+
+def service_version() -> str:
+    try:
+        return metadata.version("maestro")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    tracer_provider: TracerProvider
+    meter_provider: MeterProvider
+
+    def install_global(self) -> None:
+        trace.set_tracer_provider(self.tracer_provider)
+        metrics.set_meter_provider(self.meter_provider)
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def build_telemetry(
+    config: TelemetryConfig,
+    *,
+    span_processors: tuple[SpanProcessor, ...] = (),
+    metric_readers: tuple[MetricReader, ...] = (),
+) -> Telemetry:
+    resource = Resource.create(
+        {"service.name": config.service_name, "service.version": service_version()}
+    )
+    tracer_provider = TracerProvider(resource=resource)
+    for processor in span_processors:
+        tracer_provider.add_span_processor(processor)
+    if config.otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=config.otlp_endpoint))
+        )
+    readers = list(metric_readers)
+    if config.metrics_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port)
+        readers.append(PrometheusMetricReader())
+    return Telemetry(tracer_provider, MeterProvider(resource=resource, metric_readers=readers))

@@ -1,0 +1,1 @@
+"""Generated maestro.v1 protobuf and gRPC modules. Do not edit: run protos/build.py."""

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real control-plane server on 127.0.0.1:0 with its real interceptors.
+
+Two projects, `alpha` and `beta`, each with an API key, exist in a fresh SQLite file per test.
+Spans go to an in-memory exporter so tests can assert what was traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from maestro.clients import AsyncMaestroClient
+from maestro.control_plane.config import MaestroConfig, load_config
+from maestro.control_plane.server import ControlPlane, start_control_plane
+from maestro.control_plane.telemetry import Telemetry, build_telemetry
+
+
+@dataclass
+class RunningServer:
+    plane: ControlPlane
+    spans: InMemorySpanExporter
+    telemetry: Telemetry
+    alpha_key: str
+    beta_key: str
+
+    @property
+    def target(self) -> str:
+        return self.plane.address
+
+    def client(self, api_key: str | None) -> AsyncMaestroClient:
+        return AsyncMaestroClient(
+            self.target,
+            api_key=api_key,
+            timeout_s=10,
+            tracer_provider=self.telemetry.tracer_provider,
+        )
+
+
+def test_config(tmp_path: Path, **overrides: object) -> MaestroConfig:
+    return load_config(
+        None,
+        env={},
+        **{"server.port": 0, "store.sqlite_path": str(tmp_path / "maestro.db"), **overrides},
+    )
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+async def start_server(tmp_path: Path, **overrides: object) -> RunningServer:
+    spans = InMemorySpanExporter()
+    config = test_config(tmp_path, **overrides)
+    telemetry = build_telemetry(config.telemetry, span_processors=(SimpleSpanProcessor(spans),))
+    plane = await start_control_plane(config, telemetry)
+    keys = {}
+    for project in ("alpha", "beta"):
+        plane.projects.create_project(project)
+        keys[project] = plane.projects.create_key_offline(project, "test").secret
+    return RunningServer(plane, spans, telemetry, keys["alpha"], keys["beta"])
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    running = await start_server(tmp_path)
+    yield running
+    await running.plane.stop(grace_s=0)
+    running.telemetry.shutdown()
+
+
+@pytest.fixture
+async def alpha(server: RunningServer) -> AsyncIterator[AsyncMaestroClient]:
+    async with server.client(server.alpha_key) as client:
+        yield client

@@ -1,0 +1,145 @@
+"""The server's contract-level behaviour: pending services, health, tracing, error hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import descriptor, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from maestro.clients import AsyncMaestroClient, MaestroRpcError
+from maestro.control_plane.server import PENDING_SERVICES, PROJECT_SERVICE
+from tests.conftest import RunningServer
+
+PENDING_METHODS = [
+    pytest.param(service, method, id=f"{service.name}.{method.name}")
+    for service, _ in PENDING_SERVICES
+    for method in service.methods
+]
+
+
+async def _invoke(channel: grpc.aio.Channel, method: descriptor.MethodDescriptor) -> None:
+    request = message_factory.GetMessageClass(method.input_type)()
+    response_class = message_factory.GetMessageClass(method.output_type)
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    kwargs: dict[str, Any] = {
+        "request_serializer": type(request).SerializeToString,
+        "response_deserializer": response_class.FromString,
+    }
+    if method.client_streaming:
+        requests = iter([request])
+        if method.server_streaming:
+            async for _ in channel.stream_stream(path, **kwargs)(requests):
+                pass
+        else:
+            await channel.stream_unary(path, **kwargs)(requests)
+    elif method.server_streaming:
+        async for _ in channel.unary_stream(path, **kwargs)(request):
+            pass
+    else:
+        await channel.unary_unary(path, **kwargs)(request)
+
+
+@pytest.mark.parametrize(("service", "method"), PENDING_METHODS)
+async def test_pending_method_answers_unimplemented_naming_the_capability(
+    alpha: AsyncMaestroClient,
+    service: descriptor.ServiceDescriptor,
+    method: descriptor.MethodDescriptor,
+) -> None:
+    with pytest.raises(MaestroRpcError) as caught:
+        await _invoke(alpha.channel, method)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error.reason == "CAPABILITY_NOT_AVAILABLE"
+    assert error.metadata["method"] == method.name
+    assert "not built yet" in error.message
+
+
+async def test_pending_method_still_requires_a_key(server: RunningServer) -> None:
+    service, _ = PENDING_SERVICES[0]
+    async with server.client(None) as anonymous:
+        with pytest.raises(MaestroRpcError) as caught:
+            await _invoke(anonymous.channel, service.methods[0])
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_health_reports_per_service_status_without_a_key(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        projects = await health.Check(
+            health_pb2.HealthCheckRequest(service=PROJECT_SERVICE.full_name)
+        )
+        route = await health.Check(health_pb2.HealthCheckRequest(service="maestro.v1.RouteService"))
+    assert overall.status == health_pb2.HealthCheckResponse.SERVING
+    assert projects.status == health_pb2.HealthCheckResponse.SERVING
+    assert route.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_stop_ends_open_health_watch_cleanly_within_grace(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(server.plane.stop(grace_s=5))
+        statuses = []
+        while (response := await watch.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            statuses.append(response.status)
+        await stopping
+        assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        assert await watch.code() == grpc.StatusCode.OK
+
+
+async def test_every_rpc_is_traced_with_its_method_and_project(
+    server: RunningServer, alpha: AsyncMaestroClient
+) -> None:
+    await alpha.get_project("projects/alpha")
+    spans = server.spans.get_finished_spans()
+    server_spans = [
+        s
+        for s in spans
+        if s.name == "/maestro.v1.ProjectService/GetProject" and s.kind.name == "SERVER"
+    ]
+    client_spans = [
+        s
+        for s in spans
+        if s.name == "/maestro.v1.ProjectService/GetProject" and s.kind.name == "CLIENT"
+    ]
+    assert server_spans
+    assert client_spans
+    assert server_spans[0].attributes is not None
+    assert server_spans[0].attributes["rpc.service"] == "maestro.v1.ProjectService"
+    assert server_spans[0].attributes["maestro.project"] == "alpha"
+    # The client span is the server span's parent: trace context crossed the wire.
+    assert server_spans[0].context.trace_id == client_spans[0].context.trace_id
+
+
+async def test_failed_rpc_span_records_the_status_code(
+    server: RunningServer, alpha: AsyncMaestroClient
+) -> None:
+    with pytest.raises(MaestroRpcError):
+        await alpha.get_project("projects/beta")
+    span = next(s for s in server.spans.get_finished_spans() if s.kind.name == "SERVER")
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.PERMISSION_DENIED.value[0]
+
+
+async def test_unexpected_exception_becomes_internal_without_traceback(
+    server: RunningServer, alpha: AsyncMaestroClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def explode(*_: object) -> None:
+        raise RuntimeError("secret database password in a traceback")
+
+    monkeypatch.setattr(server.plane.projects, "get_project", explode)
+    with pytest.raises(MaestroRpcError) as caught:
+        await alpha.get_project("projects/alpha")
+    error = caught.value
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in error.message
+    assert "Traceback" not in error.message
+    assert error.metadata["correlation_id"]
+    monkeypatch.undo()
+    assert (await alpha.get_project("projects/alpha")).name == "projects/alpha"
