@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -24,6 +25,7 @@ from maestro.control_plane.telemetry import Telemetry, build_telemetry
 class RunningServer:
     plane: ControlPlane
     spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
     telemetry: Telemetry
     alpha_key: str
     beta_key: str
@@ -54,14 +56,17 @@ test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a te
 
 async def start_server(tmp_path: Path, **overrides: object) -> RunningServer:
     spans = InMemorySpanExporter()
+    metrics = InMemoryMetricReader()
     config = test_config(tmp_path, **overrides)
-    telemetry = build_telemetry(config.telemetry, span_processors=(SimpleSpanProcessor(spans),))
+    telemetry = build_telemetry(
+        config.telemetry, span_processors=(SimpleSpanProcessor(spans),), metric_readers=(metrics,)
+    )
     plane = await start_control_plane(config, telemetry)
     keys = {}
     for project in ("alpha", "beta"):
         plane.projects.create_project(project)
         keys[project] = plane.projects.create_key_offline(project, "test").secret
-    return RunningServer(plane, spans, telemetry, keys["alpha"], keys["beta"])
+    return RunningServer(plane, spans, metrics, telemetry, keys["alpha"], keys["beta"])
 
 
 @pytest.fixture

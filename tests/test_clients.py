@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -13,6 +15,7 @@ from maestro.clients import AsyncMaestroClient, MaestroClient, MaestroRpcError
 from maestro.clients._channel import API_FILES
 from maestro.clients.retry import idempotent_methods, service_config
 from maestro.v1 import project_service_pb2 as pb
+from maestro.v1 import project_service_pb2_grpc
 from tests.conftest import RunningServer
 
 
@@ -81,3 +84,57 @@ async def test_default_deadline_applies_to_calls_without_timeout() -> None:
             writer.close()
         silent.close()
         await silent.wait_closed()
+
+
+class _FlakyProjects(project_service_pb2_grpc.ProjectServiceServicer):
+    """A peer that answers UNAVAILABLE to the first call of each method, then succeeds."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+
+    async def _flaky(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.attempts[method] = self.attempts.get(method, 0) + 1
+        if self.attempts[method] == 1:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+
+    async def GetProject(
+        self, request: pb.GetProjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetProjectResponse:
+        await self._flaky("GetProject", context)
+        return pb.GetProjectResponse(project=pb.Project(name=request.name))
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateApiKeyResponse:
+        await self._flaky("CreateApiKey", context)
+        return pb.CreateApiKeyResponse()
+
+
+@pytest.fixture
+async def flaky_peer() -> AsyncIterator[tuple[str, _FlakyProjects]]:
+    servicer = _FlakyProjects()  # type: ignore[abstract]  # only the methods under test
+    peer = grpc.aio.server()
+    project_service_pb2_grpc.add_ProjectServiceServicer_to_server(servicer, peer)
+    port = peer.add_insecure_port("127.0.0.1:0")
+    await peer.start()
+    yield f"127.0.0.1:{port}", servicer
+    await peer.stop(0)
+
+
+async def test_idempotent_method_is_retried_on_unavailable(
+    flaky_peer: tuple[str, _FlakyProjects],
+) -> None:
+    target, servicer = flaky_peer
+    async with AsyncMaestroClient(target, api_key="k", timeout_s=5) as client:
+        project = await client.get_project("projects/alpha")
+    assert project.name == "projects/alpha"
+    assert servicer.attempts["GetProject"] == 2
+
+
+async def test_non_idempotent_method_is_not_retried(flaky_peer: tuple[str, _FlakyProjects]) -> None:
+    target, servicer = flaky_peer
+    async with AsyncMaestroClient(target, api_key="k", timeout_s=5) as client:
+        with pytest.raises(MaestroRpcError) as caught:
+            await client.projects.CreateApiKey(pb.CreateApiKeyRequest(parent="projects/alpha"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert servicer.attempts["CreateApiKey"] == 1

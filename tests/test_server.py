@@ -9,6 +9,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.control_plane.server import PENDING_SERVICES, PROJECT_SERVICE
@@ -125,6 +126,30 @@ async def test_failed_rpc_span_records_the_status_code(
     span = next(s for s in server.spans.get_finished_spans() if s.kind.name == "SERVER")
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.PERMISSION_DENIED.value[0]
+
+
+async def test_every_rpc_records_its_duration_by_method_and_status(
+    server: RunningServer, alpha: AsyncMaestroClient
+) -> None:
+    await alpha.get_project("projects/alpha")
+    with pytest.raises(MaestroRpcError):
+        await alpha.get_project("projects/beta")
+    data = server.metrics.get_metrics_data()
+    assert data is not None
+    points = [
+        point
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "rpc.server.duration"
+        for point in metric.data.data_points
+    ]
+    by_status = {
+        (p.attributes["rpc.method"], p.attributes["rpc.grpc.status_code"]): p.count
+        for p in points
+        if isinstance(p, HistogramDataPoint) and p.attributes is not None
+    }
+    assert by_status == {("GetProject", 0): 1, ("GetProject", 7): 1}
 
 
 async def test_unexpected_exception_becomes_internal_without_traceback(

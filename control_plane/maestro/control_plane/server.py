@@ -92,7 +92,11 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     server = grpc.aio.server(
         interceptors=[
             aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
-            GuardInterceptor(projects.authenticate, insecure_project),
+            GuardInterceptor(
+                projects.authenticate,
+                insecure_project,
+                telemetry.meter_provider.get_meter("maestro.control_plane"),
+            ),
         ],
         options=[
             ("grpc.max_receive_message_length", message_limit),

@@ -4,7 +4,6 @@ commands read the target and API key from options or MAESTRO_TARGET / MAESTRO_AP
 from __future__ import annotations
 
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,7 @@ import typer
 from google.protobuf import json_format
 
 from maestro.clients import MaestroClient, MaestroRpcError
+from maestro.control_plane.auth import hash_secret
 from maestro.control_plane.config import ConfigError, MaestroConfig, load_config
 from maestro.control_plane.errors import MaestroError
 from maestro.control_plane.projects.service import ProjectService
@@ -68,12 +68,10 @@ def _bootstrap_demo(config: MaestroConfig) -> None:
     """First run: create the `demo` project and write a key for it next to the database."""
     database = Database(config.store.sqlite_path)
     try:
-        service = ProjectService(ProjectStore(database))
+        store = ProjectStore(database)
+        service = ProjectService(store)
         service.create_project(DEMO_PROJECT, "Demo project")
         key_file = _demo_key_file(config)
-        store = ProjectStore(database)
-        from maestro.control_plane.auth import hash_secret
-
         if key_file.exists() and store.find_key_by_hash(hash_secret(key_file.read_text().strip())):
             return
         created = service.create_key_offline(DEMO_PROJECT, "maestro up demo key")
@@ -225,4 +223,4 @@ def delete_key(
             client.projects.DeleteApiKey(project_pb.DeleteApiKeyRequest(name=name))
         except MaestroRpcError as error:
             _fail(error)
-    typer.echo(f"deleted {name}", err=sys.stderr.isatty())
+    typer.echo(f"deleted {name}")

@@ -10,6 +10,7 @@ auth so probes and grpcurl work without a key.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ import grpc
 import structlog
 from google.rpc import status_pb2
 from grpc_status import rpc_status
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from maestro.control_plane.auth import Principal, set_principal
 from maestro.control_plane.errors import MaestroError, Unauthenticated, internal_status
@@ -35,6 +36,7 @@ EXEMPT_SERVICES = frozenset(
     }
 )
 API_KEY_HEADER = "x-api-key"
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 Authenticate = Callable[[str], Awaitable[Principal | None]]
 
@@ -42,10 +44,16 @@ Authenticate = Callable[[str], Awaitable[Principal | None]]
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates each call and maps its exceptions to `google.rpc.Status`."""
 
-    def __init__(self, authenticate: Authenticate, insecure_project: str | None) -> None:
+    def __init__(
+        self, authenticate: Authenticate, insecure_project: str | None, meter: metrics.Meter
+    ) -> None:
         """`insecure_project`: if set (dev mode), calls without a key act for this project."""
         self._authenticate = authenticate
         self._insecure_project = insecure_project
+        # OpenTelemetry's RPC semantic conventions; the gRPC instrumentation emits traces only.
+        self._duration = meter.create_histogram(
+            "rpc.server.duration", unit="ms", description="Time to serve a Maestro RPC."
+        )
 
     async def intercept_service(
         self,
@@ -59,22 +67,37 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or method.lstrip("/").split("/")[0] in EXEMPT_SERVICES:
             return handler
 
+        service, _, method_name = method.lstrip("/").partition("/")
+
         @asynccontextmanager
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+            started = time.perf_counter()
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method_name}
+            code = grpc.StatusCode.OK
             try:
                 principal = await self._principal(context.invocation_metadata() or ())
                 # Each RPC runs in its own task, so the principal is scoped to this call.
                 set_principal(principal)
+                attributes["maestro.project"] = principal.project_id
                 trace.get_current_span().set_attribute("maestro.project", principal.project_id)
                 yield
-            except (asyncio.CancelledError, GeneratorExit, grpc.aio.AbortError):
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except (GeneratorExit, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except MaestroError as error:
+                code = _STATUS_CODES[error.code]
                 await _abort(context, error.to_status())
             except Exception:
+                code = grpc.StatusCode.INTERNAL
                 correlation_id = uuid.uuid4().hex[:16]
                 log.exception("rpc.unhandled_error", method=method, correlation_id=correlation_id)
                 await _abort(context, internal_status(correlation_id))
+            finally:
+                attributes["rpc.grpc.status_code"] = code.value[0]
+                self._duration.record((time.perf_counter() - started) * 1000, attributes)
 
         return wrap_handler(handler, guard)
 
