@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.control_plane.server import PENDING_SERVICES, PROJECT_SERVICE
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, start_server
 
 PENDING_METHODS = [
     pytest.param(service, method, id=f"{service.name}.{method.name}")
@@ -92,6 +93,21 @@ async def test_stop_ends_open_health_watch_cleanly_within_grace(server: RunningS
         await stopping
         assert statuses == [health_pb2.HealthCheckResponse.NOT_SERVING]
         assert await watch.code() == grpc.StatusCode.OK
+
+
+async def test_calls_beyond_the_concurrency_limit_are_resource_exhausted(tmp_path: Path) -> None:
+    running = await start_server(tmp_path, **{"server.max_concurrent_rpcs": 1})
+    try:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            await watch.read()  # one call in flight: the limit is reached
+            async with running.client(running.alpha_key) as client:
+                with pytest.raises(MaestroRpcError) as caught:
+                    await client.get_project("projects/alpha")
+            watch.cancel()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await running.plane.stop(grace_s=0)
 
 
 async def test_every_rpc_is_traced_with_its_method_and_project(

@@ -33,6 +33,12 @@ class ServerConfig(_Section):
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request or response message accepted."
     )
+    max_concurrent_rpcs: int | None = Field(
+        1000,
+        ge=1,
+        description="Calls (open streams included) served at once; beyond it new calls get "
+        "RESOURCE_EXHAUSTED at once instead of queueing into latency collapse. null: no limit.",
+    )
 
 
 class AuthConfig(_Section):

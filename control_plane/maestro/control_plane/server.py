@@ -103,6 +103,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             ("grpc.max_send_message_length", message_limit),
             ("grpc.so_reuseport", 0),
         ],
+        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(projects), server)
     for service, capability in PENDING_SERVICES:
