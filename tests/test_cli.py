@@ -57,6 +57,14 @@ def test_admin_create_project_mints_a_working_key(tmp_path: Path) -> None:
     assert "api key: mk_" in result.stdout
 
 
+def test_admin_cannot_create_a_reserved_project(tmp_path: Path) -> None:
+    config = tmp_path / "maestro.yaml"
+    config.write_text(f"store:\n  sqlite_path: {tmp_path / 'maestro.db'}\n")
+    result = runner.invoke(app, ["admin", "create-project", "global", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "reserved" in result.stderr
+
+
 def test_check_config_names_the_bad_field(tmp_path: Path) -> None:
     config = tmp_path / "maestro.yaml"
     config.write_text("server:\n  port: -5\n")

@@ -9,6 +9,9 @@ from maestro.control_plane.errors import FieldViolation, InvalidArgument
 PROJECT_ID = r"[a-z][a-z0-9-]{0,62}"
 RESOURCE_ID = r"[a-z0-9][a-z0-9-]{0,62}"
 PROJECT_ID_RE = re.compile(rf"^{PROJECT_ID}$")
+# `global` holds operator-owned config and the global kill switch; `builtin` the read-only
+# built-in recipes. Neither can be created as a tenant project.
+RESERVED_PROJECT_IDS = frozenset({"global", "builtin"})
 _PROJECT_NAME = re.compile(rf"^projects/({PROJECT_ID})$")
 _API_KEY_NAME = re.compile(rf"^projects/({PROJECT_ID})/apiKeys/({RESOURCE_ID})$")
 

@@ -78,6 +78,10 @@ class ProjectService:
                     )
                 ]
             )
+        if project_id in names.RESERVED_PROJECT_IDS:
+            raise InvalidArgument(
+                [FieldViolation("project", f"{project_id!r} is reserved for Maestro itself")]
+            )
         name = names.project_name(project_id)
         created = self._store.create_project(name, display_name, datetime.now(UTC))
         existing = created or self._store.get_project(name)
