@@ -27,9 +27,14 @@ GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 # The protos with their comments (source info), which server reflection serves so that
 # `grpcurl describe` prints the documented contract; generated modules drop comments.
 DESCRIPTOR_SET = "descriptor_set.binpb"
-# The google.api protos we import (field behaviour, resource annotations) come from the pinned
-# googleapis-common-protos wheel, which ships the .proto sources beside its generated modules.
-GOOGLE_API_IMPORTS = ("field_behavior.proto", "resource.proto")
+# The googleapis protos we import (field behaviour, resource annotations, the google.rpc.Status
+# of in-message errors) come from the pinned googleapis-common-protos wheel, which ships the
+# .proto sources beside its generated modules. Paths are relative to the wheel's import root.
+GOOGLE_API_IMPORTS = (
+    "google/api/field_behavior.proto",
+    "google/api/resource.proto",
+    "google/rpc/status.proto",
+)
 INIT_TEXT = (
     '"""Generated maestro.v1 protobuf and gRPC modules. Do not edit: run protos/build.py."""\n'
 )
@@ -121,10 +126,10 @@ def lint() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
         shutil.copytree(PROTOS / "maestro", workspace / "maestro", ignore=_only_protos)
-        google_api = workspace / "google" / "api"
-        google_api.mkdir(parents=True)
-        for name in GOOGLE_API_IMPORTS:
-            shutil.copyfile(_googleapis_root() / "google" / "api" / name, google_api / name)
+        for relative in GOOGLE_API_IMPORTS:
+            target = workspace / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_googleapis_root() / relative, target)
         shutil.copyfile(PROTOS / "buf.yaml", workspace / "buf.yaml")
         result = subprocess.run([str(buf), "lint"], cwd=workspace, check=False)
     if result.returncode == 0:

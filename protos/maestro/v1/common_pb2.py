@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17maestro/v1/common.proto\x12\nmaestro.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\"~\n\x0b\x43hatMessage\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x14.maestro.v1.ChatRoleB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0ctool_call_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\"\x8a\x01\n\x10ObjectiveWeights\x12\x15\n\x07quality\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x15\n\x07latency\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04\x63ost\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0breliability\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bsovereignty\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\"a\n\x05Usage\x12\x1b\n\rprompt_tokens\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0ctotal_tokens\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\"v\n\x06\x42udget\x12\x1a\n\x0cmax_cost_usd\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x18\n\nmax_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x36\n\rmax_wall_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"S\n\nProvenance\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08producer\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rinput_digests\x18\x03 \x03(\tB\x04\xe2\x41\x01\x03*|\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x04*V\n\x08StepHint\x12\x19\n\x15STEP_HINT_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_HINT_DRAFT\x10\x01\x12\x1a\n\x16STEP_HINT_FINALIZATION\x10\x02*\x8b\x01\n\rAutonomyLevel\x12\x1e\n\x1a\x41UTONOMY_LEVEL_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41UTONOMY_LEVEL_L1\x10\x01\x12\x15\n\x11\x41UTONOMY_LEVEL_L2\x10\x02\x12\x15\n\x11\x41UTONOMY_LEVEL_L3\x10\x03\x12\x15\n\x11\x41UTONOMY_LEVEL_L4\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17maestro/v1/common.proto\x12\nmaestro.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xae\x01\n\x0b\x43hatMessage\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x14.maestro.v1.ChatRoleB\x04\xe2\x41\x01\x02\x12\x15\n\x07\x63ontent\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1a\n\x0ctool_call_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12.\n\ntool_calls\x18\x05 \x03(\x0b\x32\x14.maestro.v1.ToolCallB\x04\xe2\x41\x01\x01\"N\n\x08ToolCall\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0e\x61rguments_json\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\"~\n\x0eToolDefinition\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12=\n\x16parameters_json_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\"\x8a\x01\n\x10ObjectiveWeights\x12\x15\n\x07quality\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x15\n\x07latency\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x12\n\x04\x63ost\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0breliability\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x19\n\x0bsovereignty\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01\"a\n\x05Usage\x12\x1b\n\rprompt_tokens\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x63ompletion_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0ctotal_tokens\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\"x\n\tSloTarget\x12\x38\n\x0fmax_p95_latency\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x31\n\x08max_ttft\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"v\n\x06\x42udget\x12\x1a\n\x0cmax_cost_usd\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x01\x12\x18\n\nmax_tokens\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12\x36\n\rmax_wall_time\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\"S\n\nProvenance\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08producer\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rinput_digests\x18\x03 \x03(\tB\x04\xe2\x41\x01\x03\"}\n\rDeploymentRef\x12\x19\n\x0bmodel_group\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rdeployment_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08provider\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0eprovider_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\"^\n\x17JurisdictionConstraints\x12#\n\x15\x61llowed_jurisdictions\x18\x01 \x03(\tB\x04\xe2\x41\x01\x01\x12\x1e\n\x10require_in_house\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01*|\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HAT_ROLE_SYSTEM\x10\x01\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x02\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x03\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x04*V\n\x08StepHint\x12\x19\n\x15STEP_HINT_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_HINT_DRAFT\x10\x01\x12\x1a\n\x16STEP_HINT_FINALIZATION\x10\x02*\x8b\x01\n\rAutonomyLevel\x12\x1e\n\x1a\x41UTONOMY_LEVEL_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41UTONOMY_LEVEL_L1\x10\x01\x12\x15\n\x11\x41UTONOMY_LEVEL_L2\x10\x02\x12\x15\n\x11\x41UTONOMY_LEVEL_L3\x10\x03\x12\x15\n\x11\x41UTONOMY_LEVEL_L4\x10\x04*\xa3\x01\n\x13\x43ircuitBreakerState\x12%\n!CIRCUIT_BREAKER_STATE_UNSPECIFIED\x10\x00\x12 \n\x1c\x43IRCUIT_BREAKER_STATE_CLOSED\x10\x01\x12\x1e\n\x1a\x43IRCUIT_BREAKER_STATE_OPEN\x10\x02\x12#\n\x1f\x43IRCUIT_BREAKER_STATE_HALF_OPEN\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +37,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE'].fields_by_name['role']._loaded_options = None
   _globals['_CHATMESSAGE'].fields_by_name['role']._serialized_options = b'\342A\001\002'
   _globals['_CHATMESSAGE'].fields_by_name['content']._loaded_options = None
-  _globals['_CHATMESSAGE'].fields_by_name['content']._serialized_options = b'\342A\001\002'
+  _globals['_CHATMESSAGE'].fields_by_name['content']._serialized_options = b'\342A\001\001'
   _globals['_CHATMESSAGE'].fields_by_name['name']._loaded_options = None
   _globals['_CHATMESSAGE'].fields_by_name['name']._serialized_options = b'\342A\001\001'
   _globals['_CHATMESSAGE'].fields_by_name['tool_call_id']._loaded_options = None
   _globals['_CHATMESSAGE'].fields_by_name['tool_call_id']._serialized_options = b'\342A\001\001'
+  _globals['_CHATMESSAGE'].fields_by_name['tool_calls']._loaded_options = None
+  _globals['_CHATMESSAGE'].fields_by_name['tool_calls']._serialized_options = b'\342A\001\001'
+  _globals['_TOOLCALL'].fields_by_name['id']._loaded_options = None
+  _globals['_TOOLCALL'].fields_by_name['id']._serialized_options = b'\342A\001\002'
+  _globals['_TOOLCALL'].fields_by_name['name']._loaded_options = None
+  _globals['_TOOLCALL'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_TOOLCALL'].fields_by_name['arguments_json']._loaded_options = None
+  _globals['_TOOLCALL'].fields_by_name['arguments_json']._serialized_options = b'\342A\001\002'
+  _globals['_TOOLDEFINITION'].fields_by_name['name']._loaded_options = None
+  _globals['_TOOLDEFINITION'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_TOOLDEFINITION'].fields_by_name['description']._loaded_options = None
+  _globals['_TOOLDEFINITION'].fields_by_name['description']._serialized_options = b'\342A\001\001'
+  _globals['_TOOLDEFINITION'].fields_by_name['parameters_json_schema']._loaded_options = None
+  _globals['_TOOLDEFINITION'].fields_by_name['parameters_json_schema']._serialized_options = b'\342A\001\001'
   _globals['_OBJECTIVEWEIGHTS'].fields_by_name['quality']._loaded_options = None
   _globals['_OBJECTIVEWEIGHTS'].fields_by_name['quality']._serialized_options = b'\342A\001\001'
   _globals['_OBJECTIVEWEIGHTS'].fields_by_name['latency']._loaded_options = None
@@ -57,6 +72,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE'].fields_by_name['completion_tokens']._serialized_options = b'\342A\001\003'
   _globals['_USAGE'].fields_by_name['total_tokens']._loaded_options = None
   _globals['_USAGE'].fields_by_name['total_tokens']._serialized_options = b'\342A\001\003'
+  _globals['_SLOTARGET'].fields_by_name['max_p95_latency']._loaded_options = None
+  _globals['_SLOTARGET'].fields_by_name['max_p95_latency']._serialized_options = b'\342A\001\001'
+  _globals['_SLOTARGET'].fields_by_name['max_ttft']._loaded_options = None
+  _globals['_SLOTARGET'].fields_by_name['max_ttft']._serialized_options = b'\342A\001\001'
   _globals['_BUDGET'].fields_by_name['max_cost_usd']._loaded_options = None
   _globals['_BUDGET'].fields_by_name['max_cost_usd']._serialized_options = b'\342A\001\001'
   _globals['_BUDGET'].fields_by_name['max_tokens']._loaded_options = None
@@ -69,20 +88,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROVENANCE'].fields_by_name['producer']._serialized_options = b'\342A\001\003'
   _globals['_PROVENANCE'].fields_by_name['input_digests']._loaded_options = None
   _globals['_PROVENANCE'].fields_by_name['input_digests']._serialized_options = b'\342A\001\003'
-  _globals['_CHATROLE']._serialized_start=677
-  _globals['_CHATROLE']._serialized_end=801
-  _globals['_STEPHINT']._serialized_start=803
-  _globals['_STEPHINT']._serialized_end=889
-  _globals['_AUTONOMYLEVEL']._serialized_start=892
-  _globals['_AUTONOMYLEVEL']._serialized_end=1031
-  _globals['_CHATMESSAGE']._serialized_start=104
-  _globals['_CHATMESSAGE']._serialized_end=230
-  _globals['_OBJECTIVEWEIGHTS']._serialized_start=233
-  _globals['_OBJECTIVEWEIGHTS']._serialized_end=371
-  _globals['_USAGE']._serialized_start=373
-  _globals['_USAGE']._serialized_end=470
-  _globals['_BUDGET']._serialized_start=472
-  _globals['_BUDGET']._serialized_end=590
-  _globals['_PROVENANCE']._serialized_start=592
-  _globals['_PROVENANCE']._serialized_end=675
+  _globals['_DEPLOYMENTREF'].fields_by_name['model_group']._loaded_options = None
+  _globals['_DEPLOYMENTREF'].fields_by_name['model_group']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENTREF'].fields_by_name['deployment_id']._loaded_options = None
+  _globals['_DEPLOYMENTREF'].fields_by_name['deployment_id']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENTREF'].fields_by_name['provider']._loaded_options = None
+  _globals['_DEPLOYMENTREF'].fields_by_name['provider']._serialized_options = b'\342A\001\003'
+  _globals['_DEPLOYMENTREF'].fields_by_name['provider_model']._loaded_options = None
+  _globals['_DEPLOYMENTREF'].fields_by_name['provider_model']._serialized_options = b'\342A\001\003'
+  _globals['_JURISDICTIONCONSTRAINTS'].fields_by_name['allowed_jurisdictions']._loaded_options = None
+  _globals['_JURISDICTIONCONSTRAINTS'].fields_by_name['allowed_jurisdictions']._serialized_options = b'\342A\001\001'
+  _globals['_JURISDICTIONCONSTRAINTS'].fields_by_name['require_in_house']._loaded_options = None
+  _globals['_JURISDICTIONCONSTRAINTS'].fields_by_name['require_in_house']._serialized_options = b'\342A\001\001'
+  _globals['_CHATROLE']._serialized_start=1309
+  _globals['_CHATROLE']._serialized_end=1433
+  _globals['_STEPHINT']._serialized_start=1435
+  _globals['_STEPHINT']._serialized_end=1521
+  _globals['_AUTONOMYLEVEL']._serialized_start=1524
+  _globals['_AUTONOMYLEVEL']._serialized_end=1663
+  _globals['_CIRCUITBREAKERSTATE']._serialized_start=1666
+  _globals['_CIRCUITBREAKERSTATE']._serialized_end=1829
+  _globals['_CHATMESSAGE']._serialized_start=135
+  _globals['_CHATMESSAGE']._serialized_end=309
+  _globals['_TOOLCALL']._serialized_start=311
+  _globals['_TOOLCALL']._serialized_end=389
+  _globals['_TOOLDEFINITION']._serialized_start=391
+  _globals['_TOOLDEFINITION']._serialized_end=517
+  _globals['_OBJECTIVEWEIGHTS']._serialized_start=520
+  _globals['_OBJECTIVEWEIGHTS']._serialized_end=658
+  _globals['_USAGE']._serialized_start=660
+  _globals['_USAGE']._serialized_end=757
+  _globals['_SLOTARGET']._serialized_start=759
+  _globals['_SLOTARGET']._serialized_end=879
+  _globals['_BUDGET']._serialized_start=881
+  _globals['_BUDGET']._serialized_end=999
+  _globals['_PROVENANCE']._serialized_start=1001
+  _globals['_PROVENANCE']._serialized_end=1084
+  _globals['_DEPLOYMENTREF']._serialized_start=1086
+  _globals['_DEPLOYMENTREF']._serialized_end=1211
+  _globals['_JURISDICTIONCONSTRAINTS']._serialized_start=1213
+  _globals['_JURISDICTIONCONSTRAINTS']._serialized_end=1307
 # @@protoc_insertion_point(module_scope)

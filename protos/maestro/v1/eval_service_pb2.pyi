@@ -151,8 +151,8 @@ class EvalSuite(_message.Message):
     pass/fail per task and so for regressions; 0 means the default (0.8).
     """
     etag: _builtins.str
-    """Output only. Changes on every update; send it back in Update or Delete to make the call
-    fail with ABORTED if the suite changed since it was read.
+    """Optional. Output only on reads; on Update, if set, must match the current value or the call
+    fails with ABORTED. Changes on every update; DeleteEvalSuite takes it too.
     """
     @_builtins.property
     def datasets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1097,9 +1097,7 @@ class CreateEvalSuiteRequest(_message.Message):
     hyphens. Empty: the server assigns one.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the suite
-    created by the first call instead of failing with ALREADY_EXISTS.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     validate_only: _builtins.bool
     """Optional. Validate only: nothing is created, and the response holds the suite as it would
     be created.
@@ -1264,10 +1262,13 @@ class UpdateEvalSuiteRequest(_message.Message):
     EVAL_SUITE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     validate_only: _builtins.bool
     """Optional. Validate only: nothing is changed, and the response holds the suite as it would
     be.
     """
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def eval_suite(self) -> Global___EvalSuite:
         """Required. The suite with its new values; `name` says which suite. Set `etag` to make the
@@ -1287,10 +1288,11 @@ class UpdateEvalSuiteRequest(_message.Message):
         eval_suite: Global___EvalSuite | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         validate_only: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eval_suite", b"eval_suite", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_suite", b"eval_suite", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_suite", b"eval_suite", "request_id", b"request_id", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1328,19 +1330,23 @@ class DeleteEvalSuiteRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the suite to delete, `projects/{project}/evalSuites/{suite}`."""
     etag: _builtins.str
     """Optional. The suite's `etag`; when set and stale, the call fails with ABORTED."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1393,9 +1399,7 @@ class CreateDatasetRequest(_message.Message):
     expected_sha256: _builtins.str
     """Optional. SHA-256 (64 hex digits) the content must have; INVALID_ARGUMENT if it differs."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the dataset
-    created by the first call.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def dataset(self) -> Global___Dataset:
         """Required. The dataset to create; only `display_name`, `description` and `source_uri` are
@@ -1576,9 +1580,7 @@ class CreateEvalRunRequest(_message.Message):
     hyphens. Empty: the server assigns one.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the run
-    created by the first call instead of starting another.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def eval_run(self) -> Global___EvalRun:
         """Required. The run to start: `suite`, `target` and the optional fields; output-only fields
@@ -1796,19 +1798,23 @@ class CancelEvalRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the run to cancel, `projects/{project}/evalRuns/{eval_run}`."""
     reason: _builtins.str
     """Optional. Why, recorded in `state_message` and the audit log."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2000,6 +2006,7 @@ class EvaluateGateRequest(_message.Message):
     MAX_BURN_RATE_FIELD_NUMBER: _builtins.int
     MAX_SCORECARD_AGE_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     scorecard: _builtins.str
     """Required. The scorecard the gate reads, `projects/{project}/evalRuns/{eval_run}/scorecard`."""
     kind: Global___EvalGateKind.ValueType
@@ -2018,6 +2025,8 @@ class EvaluateGateRequest(_message.Message):
     """Optional. Highest forecast burn rate that passes; 0 means the default (1.0)."""
     strict: _builtins.bool
     """Optional. Count SKIPPED thresholds as failures for CI too (the other kinds always do)."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def slo_forecasts(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvalGateSloForecast]:
         """Optional. SLO burn forecasts to check, one check each. AUTONOMY_PROMOTION needs at least
@@ -2042,10 +2051,11 @@ class EvaluateGateRequest(_message.Message):
         max_burn_rate: _builtins.float = ...,
         max_scorecard_age: _duration_pb2.Duration | None = ...,
         strict: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["max_scorecard_age", b"max_scorecard_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_autonomy_level", b"from_autonomy_level", "kind", b"kind", "max_burn_rate", b"max_burn_rate", "max_scorecard_age", b"max_scorecard_age", "scorecard", b"scorecard", "slo_forecasts", b"slo_forecasts", "strict", b"strict", "subject", b"subject", "to_autonomy_level", b"to_autonomy_level"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_autonomy_level", b"from_autonomy_level", "kind", b"kind", "max_burn_rate", b"max_burn_rate", "max_scorecard_age", b"max_scorecard_age", "request_id", b"request_id", "scorecard", b"scorecard", "slo_forecasts", b"slo_forecasts", "strict", b"strict", "subject", b"subject", "to_autonomy_level", b"to_autonomy_level"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from maestro.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -130,8 +131,8 @@ class Recipe(_message.Message):
     revision_id: _builtins.str
     """Output only. Id of this revision; a new one is assigned on every change of `source_yaml`."""
     etag: _builtins.str
-    """Output only. Checksum of the current revision, for optimistic concurrency on update and
-    delete.
+    """Optional. Output only on reads; on Update, if set, must match the current value or the call
+    fails with ABORTED. A checksum of the current revision; DeleteRecipe takes it too.
     """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipeNode]:
@@ -521,6 +522,8 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `projects/{project}/runs/{run}`."""
     recipe: _builtins.str
@@ -547,7 +550,7 @@ class Run(_message.Message):
     """
     kill_switch: _builtins.str
     """Output only. The kill switch that paused the run, `projects/{project}/killSwitch` or
-    `projects/-/killSwitch`; empty otherwise.
+    `projects/global/killSwitch`; empty otherwise.
     """
     last_event_sequence: _builtins.int
     """Output only. Sequence number of the run's latest stored event; 0 before the first."""
@@ -556,6 +559,15 @@ class Run(_message.Message):
     trace_id: _builtins.str
     """Output only. OpenTelemetry trace id (hex) of the run, under which every `agent.node.run`
     span is recorded.
+    """
+    artifact: _builtins.str
+    """Optional. The artifact (prompt, agent or recipe) the run serves,
+    `projects/{project}/artifacts/{artifact}`: a version is picked by the route config snapshot's
+    traffic split for it when the run is created, and the run keeps it. Empty: no artifact.
+    """
+    artifact_version: _builtins.str
+    """Output only. The artifact version the run uses, picked when it was created,
+    `projects/{project}/artifacts/{artifact}/versions/{version}`; empty without `artifact`.
     """
     @_builtins.property
     def input_state(self) -> _struct_pb2.Struct:
@@ -583,13 +595,19 @@ class Run(_message.Message):
 
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
-        """Optional. Budget of the whole run; each zero field takes the recipe's value. On output, the
-        effective budget.
+        """Optional. Budget of the whole run: if set, replaces the recipe's budget as a whole; unset:
+        the recipe's budget applies. On output, the effective budget.
         """
 
     @_builtins.property
-    def error(self) -> Global___RunError:
-        """Output only. Why the run failed or was blocked; unset otherwise."""
+    def error(self) -> _status_pb2.Status:
+        """Output only. Why the run failed or was blocked; unset otherwise. Its `details` hold a
+        `google.rpc.ErrorInfo` (domain `maestro.dev`) whose `reason` is `NODE_FAILED`,
+        `NODE_TIMEOUT`, `BUDGET_EXCEEDED`, `POLICY_DENIED`, `GATE_BLOCKED`, `GATE_EXPIRED` or
+        `INTERNAL`, and whose metadata key `node_id` names the node of a node-level error. `code` is
+        the canonical code, such as FAILED_PRECONDITION for a blocked gate; `message` is free of
+        secrets.
+        """
 
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
@@ -625,7 +643,7 @@ class Run(_message.Message):
         cost_usd: _builtins.float = ...,
         budget: _common_pb2.Budget | None = ...,
         autonomy_level: _common_pb2.AutonomyLevel.ValueType = ...,
-        error: Global___RunError | None = ...,
+        error: _status_pb2.Status | None = ...,
         kill_switch: _builtins.str = ...,
         last_event_sequence: _builtins.int = ...,
         owner_replica: _builtins.str = ...,
@@ -634,52 +652,16 @@ class Run(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        artifact: _builtins.str = ...,
+        artifact_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "graph_state", b"graph_state", "input_state", b"input_state", "lease_expire_time", b"lease_expire_time", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["autonomy_level", b"autonomy_level", "budget", b"budget", "cost_usd", b"cost_usd", "create_time", b"create_time", "current_node_ids", b"current_node_ids", "end_time", b"end_time", "error", b"error", "graph_state", b"graph_state", "input_state", b"input_state", "kill_switch", b"kill_switch", "last_event_sequence", b"last_event_sequence", "lease_expire_time", b"lease_expire_time", "name", b"name", "open_gates", b"open_gates", "owner_replica", b"owner_replica", "recipe", b"recipe", "recipe_revision_id", b"recipe_revision_id", "state", b"state", "state_reason", b"state_reason", "trace_id", b"trace_id", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "artifact_version", b"artifact_version", "autonomy_level", b"autonomy_level", "budget", b"budget", "cost_usd", b"cost_usd", "create_time", b"create_time", "current_node_ids", b"current_node_ids", "end_time", b"end_time", "error", b"error", "graph_state", b"graph_state", "input_state", b"input_state", "kill_switch", b"kill_switch", "last_event_sequence", b"last_event_sequence", "lease_expire_time", b"lease_expire_time", "name", b"name", "open_gates", b"open_gates", "owner_replica", b"owner_replica", "recipe", b"recipe", "recipe_revision_id", b"recipe_revision_id", "state", b"state", "state_reason", b"state_reason", "trace_id", b"trace_id", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
-
-@_typing.final
-class RunError(_message.Message):
-    """Why a run, or one attempt of a node, failed or was blocked."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CODE_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    NODE_ID_FIELD_NUMBER: _builtins.int
-    code: _builtins.int
-    """Output only. Canonical gRPC status code (`google.rpc.Code`), for example 9
-    (FAILED_PRECONDITION) for a blocked gate.
-    """
-    reason: _builtins.str
-    """Output only. Machine-readable reason in UPPER_SNAKE_CASE: `NODE_FAILED`, `NODE_TIMEOUT`,
-    `BUDGET_EXCEEDED`, `POLICY_DENIED`, `GATE_BLOCKED`, `GATE_EXPIRED` or `INTERNAL`.
-    """
-    message: _builtins.str
-    """Output only. Human-readable explanation, free of secrets."""
-    node_id: _builtins.str
-    """Output only. The node where it happened; empty for run-level errors."""
-    def __init__(
-        self,
-        *,
-        code: _builtins.int = ...,
-        reason: _builtins.str = ...,
-        message: _builtins.str = ...,
-        node_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "node_id", b"node_id", "reason", b"reason"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RunError: _TypeAlias = RunError  # noqa: Y015
 
 @_typing.final
 class RunEvent(_message.Message):
@@ -784,8 +766,8 @@ class RunEvent(_message.Message):
             """Output only. Nodes chosen next by the outgoing edges; empty unless it succeeded."""
 
         @_builtins.property
-        def error(self) -> Global___RunError:
-            """Output only. Why the attempt failed; unset on success."""
+        def error(self) -> _status_pb2.Status:
+            """Output only. Why the attempt failed, as in `Run.error`; unset on success."""
 
         def __init__(
             self,
@@ -796,7 +778,7 @@ class RunEvent(_message.Message):
             usage: _common_pb2.Usage | None = ...,
             cost_usd: _builtins.float = ...,
             next_node_ids: _abc.Iterable[_builtins.str] | None = ...,
-            error: Global___RunError | None = ...,
+            error: _status_pb2.Status | None = ...,
             will_retry: _builtins.bool = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "error", b"error", "output", b"output", "usage", b"usage"]  # noqa: Y015
@@ -1107,9 +1089,9 @@ class RunEvent(_message.Message):
         """Output only. The run's lifecycle state changed."""
 
     @_builtins.property
-    def error(self) -> Global___RunError:
+    def error(self) -> _status_pb2.Status:
         """Output only. An error that did not end in a node outcome (for example an internal
-        error).
+        error), as in `Run.error`.
         """
 
     def __init__(
@@ -1131,7 +1113,7 @@ class RunEvent(_message.Message):
         policy_blocked: Global___RunEvent.PolicyBlocked | None = ...,
         step_replayed: Global___RunEvent.StepReplayed | None = ...,
         run_state_changed: Global___RunEvent.RunStateChanged | None = ...,
-        error: Global___RunError | None = ...,
+        error: _status_pb2.Status | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget_exceeded", b"budget_exceeded", "cost_update", b"cost_update", "error", b"error", "event_time", b"event_time", "gate_decided", b"gate_decided", "gate_opened", b"gate_opened", "node_finished", b"node_finished", "node_started", b"node_started", "payload", b"payload", "policy_blocked", b"policy_blocked", "provenance", b"provenance", "run_state_changed", b"run_state_changed", "step_replayed", b"step_replayed", "token_chunk", b"token_chunk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1331,7 +1313,8 @@ Global___GateDecision: _TypeAlias = GateDecision  # noqa: Y015
 class KillSwitch(_message.Message):
     """A kill switch. Engaged, it pauses every unfinished run it covers and refuses new ones: a
     project's switch, `projects/{project}/killSwitch`, covers that project; the global switch,
-    `projects/-/killSwitch`, covers every project. Both exist always, released by default.
+    `projects/global/killSwitch` (in the reserved project `global`), covers every project. Both
+    exist always, released by default.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1344,8 +1327,8 @@ class KillSwitch(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Identifier. Resource name, `projects/{project}/killSwitch`, or `projects/-/killSwitch` for
-    the global switch.
+    """Identifier. Resource name, `projects/{project}/killSwitch`, or `projects/global/killSwitch`
+    for the global switch.
     """
     engaged: _builtins.bool
     """Output only. Whether the switch is engaged; changed only by SetKillSwitch."""
@@ -1617,9 +1600,7 @@ class CreateRecipeRequest(_message.Message):
     stored.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the recipe
-    created by the first call instead of failing with ALREADY_EXISTS.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def recipe(self) -> Global___Recipe:
         """Required. The recipe to create; only `display_name` and `source_yaml` are read."""
@@ -1674,10 +1655,13 @@ class UpdateRecipeRequest(_message.Message):
     RECIPE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     validate_only: _builtins.bool
     """Optional. Parse and validate only: the response carries the recipe as it would be, nothing
     is stored.
     """
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def recipe(self) -> Global___Recipe:
         """Required. The recipe, with `name` set; its `etag`, if set, must match the stored one
@@ -1696,10 +1680,11 @@ class UpdateRecipeRequest(_message.Message):
         recipe: Global___Recipe | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         validate_only: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recipe", b"recipe", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipe", b"recipe", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipe", b"recipe", "request_id", b"request_id", "update_mask", b"update_mask", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1737,19 +1722,23 @@ class DeleteRecipeRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the recipe, `projects/{project}/recipes/{recipe}`."""
     etag: _builtins.str
     """Optional. The recipe's etag as last read; if set and stale, the call answers ABORTED."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         etag: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1906,13 +1895,11 @@ class CreateRunRequest(_message.Message):
     empty.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the run
-    created by the first call instead of starting another.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def run(self) -> Global___Run:
-        """Required. The run to create; `recipe`, `input_state`, `budget` and `autonomy_level` are
-        read.
+        """Required. The run to create; `recipe`, `input_state`, `budget`, `autonomy_level` and
+        `artifact` are read.
         """
 
     def __init__(
@@ -2143,7 +2130,9 @@ class GetKillSwitchRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. `projects/{project}/killSwitch`, or `projects/-/killSwitch` for the global switch."""
+    """Required. `projects/{project}/killSwitch`, or `projects/global/killSwitch` for the global
+    switch.
+    """
     def __init__(
         self,
         *,
@@ -2327,19 +2316,23 @@ class CancelRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the run, `projects/{project}/runs/{run}`."""
     reason: _builtins.str
     """Optional. Why; recorded as the run's `state_reason` and in the audit log."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2377,19 +2370,23 @@ class PauseRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the run, `projects/{project}/runs/{run}`."""
     reason: _builtins.str
     """Optional. Why; recorded as the run's `state_reason`."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2427,19 +2424,23 @@ class ResumeRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the run, `projects/{project}/runs/{run}`."""
     reason: _builtins.str
     """Optional. Why; recorded as the run's `state_reason`."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2554,9 +2555,7 @@ class SubmitGateDecisionRequest(_message.Message):
     another approver's EDIT), the call answers ABORTED, so nobody approves a proposal unseen.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the first
-    call's result instead of recording a second decision.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def state_patch(self) -> _struct_pb2.Struct:
         """Optional. For EDIT only: a JSON Merge Patch (RFC 7386) applied to the run's state; a null
@@ -2798,18 +2797,17 @@ class InteractRunResponse(_message.Message):
         DESCRIPTOR: _descriptor.Descriptor
 
         REQUEST_ID_FIELD_NUMBER: _builtins.int
-        CODE_FIELD_NUMBER: _builtins.int
-        MESSAGE_FIELD_NUMBER: _builtins.int
+        STATUS_FIELD_NUMBER: _builtins.int
         GATE_FIELD_NUMBER: _builtins.int
         RUN_FIELD_NUMBER: _builtins.int
         request_id: _builtins.str
         """The command's `request_id`."""
-        code: _builtins.int
-        """Canonical gRPC status code (`google.rpc.Code`): 0 on success, else the code the unary
-        call would have answered.
-        """
-        message: _builtins.str
-        """Error message; empty on success."""
+        @_builtins.property
+        def status(self) -> _status_pb2.Status:
+            """The outcome: code OK on success, else the status the unary call would have answered,
+            with its details (ErrorInfo, BadRequest).
+            """
+
         @_builtins.property
         def gate(self) -> Global___Gate:
             """For `decide`: the gate after the decision."""
@@ -2822,14 +2820,13 @@ class InteractRunResponse(_message.Message):
             self,
             *,
             request_id: _builtins.str = ...,
-            code: _builtins.int = ...,
-            message: _builtins.str = ...,
+            status: _status_pb2.Status | None = ...,
             gate: Global___Gate | None = ...,
             run: Global___Run | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "run", b"run"]  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "run", b"run", "status", b"status"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "gate", b"gate", "message", b"message", "request_id", b"request_id", "run", b"run"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "request_id", b"request_id", "run", b"run", "status", b"status"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2877,7 +2874,9 @@ class SetKillSwitchRequest(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. `projects/{project}/killSwitch`, or `projects/-/killSwitch` for the global switch."""
+    """Required. `projects/{project}/killSwitch`, or `projects/global/killSwitch` for the global
+    switch.
+    """
     engaged: _builtins.bool
     """Required. True to engage (halt), false to release."""
     reason: _builtins.str
@@ -2885,9 +2884,7 @@ class SetKillSwitchRequest(_message.Message):
     etag: _builtins.str
     """Optional. The switch's etag as last read; if set and stale, the call answers ABORTED."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the first
-    call's result and adds no audit record.
-    """
+    """Optional. Idempotency key; see the rule in common.proto. A retry adds no audit record."""
     def __init__(
         self,
         *,

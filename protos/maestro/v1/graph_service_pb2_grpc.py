@@ -262,7 +262,7 @@ class GraphServiceServicer:
 
     def GetKillSwitch(self, request, context):
         """Returns a kill switch: a project's, `projects/{project}/killSwitch`, or the global one,
-        `projects/-/killSwitch`. Every caller may read the global switch.
+        `projects/global/killSwitch`. Every caller may read the global switch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

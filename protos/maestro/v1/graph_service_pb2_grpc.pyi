@@ -92,7 +92,7 @@ class GraphServiceStub:
     """
     GetKillSwitch: _grpc.UnaryUnaryMultiCallable[_graph_service_pb2.GetKillSwitchRequest, _graph_service_pb2.GetKillSwitchResponse]
     """Returns a kill switch: a project's, `projects/{project}/killSwitch`, or the global one,
-    `projects/-/killSwitch`. Every caller may read the global switch.
+    `projects/global/killSwitch`. Every caller may read the global switch.
     """
     ExportRecipeDiagram: _grpc.UnaryUnaryMultiCallable[_graph_service_pb2.ExportRecipeDiagramRequest, _graph_service_pb2.ExportRecipeDiagramResponse]
     """Renders a recipe (or a revision, with `@{revision_id}`) as a Mermaid `graph TD` diagram;
@@ -209,7 +209,7 @@ class GraphServiceAsyncStub(GraphServiceStub):
     """
     GetKillSwitch: _aio.UnaryUnaryMultiCallable[_graph_service_pb2.GetKillSwitchRequest, _graph_service_pb2.GetKillSwitchResponse]  # type: ignore[assignment]
     """Returns a kill switch: a project's, `projects/{project}/killSwitch`, or the global one,
-    `projects/-/killSwitch`. Every caller may read the global switch.
+    `projects/global/killSwitch`. Every caller may read the global switch.
     """
     ExportRecipeDiagram: _aio.UnaryUnaryMultiCallable[_graph_service_pb2.ExportRecipeDiagramRequest, _graph_service_pb2.ExportRecipeDiagramResponse]  # type: ignore[assignment]
     """Renders a recipe (or a revision, with `@{revision_id}`) as a Mermaid `graph TD` diagram;
@@ -395,7 +395,7 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_graph_service_pb2.GetKillSwitchResponse, _abc.Awaitable[_graph_service_pb2.GetKillSwitchResponse]]:
         """Returns a kill switch: a project's, `projects/{project}/killSwitch`, or the global one,
-        `projects/-/killSwitch`. Every caller may read the global switch.
+        `projects/global/killSwitch`. Every caller may read the global switch.
         """
 
     @_abc_1.abstractmethod

@@ -11,6 +11,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from maestro.v1 import common_pb2 as _common_pb2
 from maestro.v1 import route_service_pb2 as _route_service_pb2
 import builtins as _builtins
@@ -66,11 +67,15 @@ class _ChatCompletionFinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWra
     """`max_tokens` was reached."""
     CHAT_COMPLETION_FINISH_REASON_CONTENT_FILTER: _ChatCompletionFinishReason.ValueType  # 3
     """The provider's content filter stopped the output."""
-    CHAT_COMPLETION_FINISH_REASON_BUDGET_EXHAUSTED: _ChatCompletionFinishReason.ValueType  # 4
-    """The request's Budget (cost, tokens or wall time) ran out mid-generation."""
+    CHAT_COMPLETION_FINISH_REASON_BUDGET_EXCEEDED: _ChatCompletionFinishReason.ValueType  # 4
+    """The request's Budget (cost, tokens or wall time) was exceeded mid-generation."""
     CHAT_COMPLETION_FINISH_REASON_ERROR: _ChatCompletionFinishReason.ValueType  # 5
     """A deployment failed after producing output and the call stopped (policy FAIL, or no fallback
     left); `error` says why.
+    """
+    CHAT_COMPLETION_FINISH_REASON_TOOL_CALLS: _ChatCompletionFinishReason.ValueType  # 6
+    """The model called tools: the output's `tool_calls` hold the calls, to be answered by
+    `CHAT_ROLE_TOOL` messages in a follow-up call.
     """
 
 class ChatCompletionFinishReason(_ChatCompletionFinishReason, metaclass=_ChatCompletionFinishReasonEnumTypeWrapper):
@@ -84,11 +89,15 @@ CHAT_COMPLETION_FINISH_REASON_LENGTH: ChatCompletionFinishReason.ValueType  # 2
 """`max_tokens` was reached."""
 CHAT_COMPLETION_FINISH_REASON_CONTENT_FILTER: ChatCompletionFinishReason.ValueType  # 3
 """The provider's content filter stopped the output."""
-CHAT_COMPLETION_FINISH_REASON_BUDGET_EXHAUSTED: ChatCompletionFinishReason.ValueType  # 4
-"""The request's Budget (cost, tokens or wall time) ran out mid-generation."""
+CHAT_COMPLETION_FINISH_REASON_BUDGET_EXCEEDED: ChatCompletionFinishReason.ValueType  # 4
+"""The request's Budget (cost, tokens or wall time) was exceeded mid-generation."""
 CHAT_COMPLETION_FINISH_REASON_ERROR: ChatCompletionFinishReason.ValueType  # 5
 """A deployment failed after producing output and the call stopped (policy FAIL, or no fallback
 left); `error` says why.
+"""
+CHAT_COMPLETION_FINISH_REASON_TOOL_CALLS: ChatCompletionFinishReason.ValueType  # 6
+"""The model called tools: the output's `tool_calls` hold the calls, to be answered by
+`CHAT_ROLE_TOOL` messages in a follow-up call.
 """
 Global___ChatCompletionFinishReason: _TypeAlias = ChatCompletionFinishReason  # noqa: Y015
 
@@ -184,6 +193,10 @@ class CreateChatCompletionRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     POST_FIRST_TOKEN_FAILURE_POLICY_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    SLO_TARGET_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The project the call belongs to, `projects/{project}`."""
     model: _builtins.str
@@ -203,10 +216,22 @@ class CreateChatCompletionRequest(_message.Message):
     idempotency_key: _builtins.str
     """Optional. A unique key (UUID) for this call, per project. A retry with the same key within
     24 hours returns the first call's result instead of generating again; while the first call
-    runs, the retry gets ABORTED.
+    runs, the retry gets ABORTED. The window is per data-plane instance: a retry that reaches
+    another instance generates again.
     """
     post_first_token_failure_policy: Global___PostFirstTokenFailurePolicy.ValueType
     """Optional. What to do when a deployment fails after producing output."""
+    tool_choice: _builtins.str
+    """Optional. Whether and which tools the model calls: "auto" (it decides), "none" (it calls
+    none), "required" (it calls at least one) or the name of one of `tools` (it calls that
+    one). Empty means "auto" when `tools` is set, "none" otherwise; any other value is
+    INVALID_ARGUMENT.
+    """
+    artifact: _builtins.str
+    """Optional. The artifact (prompt, agent or recipe) the call serves,
+    `projects/{project}/artifacts/{artifact}`: its version is picked by the snapshot's traffic
+    split for the artifact and reported in `artifact_version`. Empty: no artifact.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """Required. The conversation, oldest message first; at least one message."""
@@ -224,11 +249,11 @@ class CreateChatCompletionRequest(_message.Message):
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
         """Optional. Limits on the call: routing excludes deployments projected over it, and generation
-        stops with BUDGET_EXHAUSTED when it runs out.
+        stops with BUDGET_EXCEEDED when it is exceeded.
         """
 
     @_builtins.property
-    def jurisdiction(self) -> _route_service_pb2.JurisdictionConstraints:
+    def jurisdiction(self) -> _common_pb2.JurisdictionConstraints:
         """Optional. Where the call's data may go."""
 
     @_builtins.property
@@ -241,6 +266,16 @@ class CreateChatCompletionRequest(_message.Message):
         Unset means the config's default.
         """
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolDefinition]:
+        """Optional. Tools the model may call, at most 128; names unique (INVALID_ARGUMENT otherwise)."""
+
+    @_builtins.property
+    def slo_target(self) -> _common_pb2.SloTarget:
+        """Optional. Latency targets of the call: routing excludes deployments whose forecast misses a
+        set target (SLO_FORECAST_MISS). Unset: no target.
+        """
+
     def __init__(
         self,
         *,
@@ -251,7 +286,7 @@ class CreateChatCompletionRequest(_message.Message):
         step_hint: _common_pb2.StepHint.ValueType = ...,
         objective_weights: _common_pb2.ObjectiveWeights | None = ...,
         budget: _common_pb2.Budget | None = ...,
-        jurisdiction: _route_service_pb2.JurisdictionConstraints | None = ...,
+        jurisdiction: _common_pb2.JurisdictionConstraints | None = ...,
         max_tokens: _builtins.int = ...,
         temperature: _builtins.float | None = ...,
         top_p: _builtins.float | None = ...,
@@ -260,10 +295,14 @@ class CreateChatCompletionRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         post_first_token_failure_policy: Global___PostFirstTokenFailurePolicy.ValueType = ...,
         first_token_timeout: _duration_pb2.Duration | None = ...,
+        tools: _abc.Iterable[_common_pb2.ToolDefinition] | None = ...,
+        tool_choice: _builtins.str = ...,
+        slo_target: _common_pb2.SloTarget | None = ...,
+        artifact: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "seed", b"seed", "slo_target", b"slo_target", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "artifact", b"artifact", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -297,6 +336,7 @@ class CreateChatCompletionResponse(_message.Message):
     FALLBACKS_FIELD_NUMBER: _builtins.int
     CONTINUED_AFTER_FAILURE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
     """Unique id of the completion."""
     finish_reason: Global___ChatCompletionFinishReason.ValueType
@@ -305,13 +345,20 @@ class CreateChatCompletionResponse(_message.Message):
     """Cost of every attempt, in US dollars."""
     continued_after_failure: _builtins.bool
     """True when the output was continued by a fallback after a failure mid-generation."""
+    artifact_version: _builtins.str
+    """The artifact version the call ran, picked by the snapshot's traffic split,
+    `projects/{project}/artifacts/{artifact}/versions/{version}`; empty when the request named
+    no `artifact`.
+    """
     @_builtins.property
     def message(self) -> _common_pb2.ChatMessage:
-        """The generated message, role `CHAT_ROLE_ASSISTANT`; partial when `finish_reason` is ERROR."""
+        """The generated message, role `CHAT_ROLE_ASSISTANT`; partial when `finish_reason` is ERROR. Its
+        `tool_calls` hold the tools the model called (`finish_reason` TOOL_CALLS).
+        """
 
     @_builtins.property
-    def error(self) -> _route_service_pb2.RouteStatus:
-        """Set when `finish_reason` is ERROR: why the call stopped."""
+    def error(self) -> _status_pb2.Status:
+        """Set when `finish_reason` is ERROR: why the call stopped, with its details (ErrorInfo)."""
 
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
@@ -322,7 +369,7 @@ class CreateChatCompletionResponse(_message.Message):
         """The routing decision the call started from."""
 
     @_builtins.property
-    def deployment(self) -> _route_service_pb2.DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """The deployment that produced the end of the output."""
 
     @_builtins.property
@@ -339,18 +386,19 @@ class CreateChatCompletionResponse(_message.Message):
         completion_id: _builtins.str = ...,
         message: _common_pb2.ChatMessage | None = ...,
         finish_reason: Global___ChatCompletionFinishReason.ValueType = ...,
-        error: _route_service_pb2.RouteStatus | None = ...,
+        error: _status_pb2.Status | None = ...,
         usage: _common_pb2.Usage | None = ...,
         cost_usd: _builtins.float = ...,
         route: _route_service_pb2.RouteDecisionSummary | None = ...,
-        deployment: _route_service_pb2.DeploymentRef | None = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
         fallbacks: _abc.Iterable[Global___ChatCompletionFallback] | None = ...,
         continued_after_failure: _builtins.bool = ...,
         timings: Global___ChatCompletionTimings | None = ...,
+        artifact_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "error", b"error", "message", b"message", "route", b"route", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_id", b"completion_id", "continued_after_failure", b"continued_after_failure", "cost_usd", b"cost_usd", "deployment", b"deployment", "error", b"error", "fallbacks", b"fallbacks", "finish_reason", b"finish_reason", "message", b"message", "route", b"route", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "completion_id", b"completion_id", "continued_after_failure", b"continued_after_failure", "cost_usd", b"cost_usd", "deployment", b"deployment", "error", b"error", "fallbacks", b"fallbacks", "finish_reason", b"finish_reason", "message", b"message", "route", b"route", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,8 +406,8 @@ Global___CreateChatCompletionResponse: _TypeAlias = CreateChatCompletionResponse
 
 @_typing.final
 class StreamChatCompletionRequest(_message.Message):
-    """Request message for InferenceService.StreamChatCompletion. Fields 1 to 16 mean what they mean in
-    CreateChatCompletionRequest.
+    """Request message for InferenceService.StreamChatCompletion. Fields shared with
+    CreateChatCompletionRequest mean what they mean there.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -381,6 +429,10 @@ class StreamChatCompletionRequest(_message.Message):
     POST_FIRST_TOKEN_FAILURE_POLICY_FIELD_NUMBER: _builtins.int
     FIRST_TOKEN_TIMEOUT_FIELD_NUMBER: _builtins.int
     COALESCING_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    SLO_TARGET_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The project the call belongs to, `projects/{project}`."""
     model: _builtins.str
@@ -400,10 +452,22 @@ class StreamChatCompletionRequest(_message.Message):
     idempotency_key: _builtins.str
     """Optional. A unique key (UUID) for this call, per project. A retry with the same key within
     24 hours replays the first call's result (`routed`, one `delta` with the whole text, `done`)
-    instead of generating again; while the first call runs, the retry gets ABORTED.
+    instead of generating again; while the first call runs, the retry gets ABORTED. The window
+    is per data-plane instance: a retry that reaches another instance generates again.
     """
     post_first_token_failure_policy: Global___PostFirstTokenFailurePolicy.ValueType
     """Optional. What to do when a deployment fails after producing output."""
+    tool_choice: _builtins.str
+    """Optional. Whether and which tools the model calls: "auto" (it decides), "none" (it calls
+    none), "required" (it calls at least one) or the name of one of `tools` (it calls that
+    one). Empty means "auto" when `tools` is set, "none" otherwise; any other value is
+    INVALID_ARGUMENT.
+    """
+    artifact: _builtins.str
+    """Optional. The artifact (prompt, agent or recipe) the call serves,
+    `projects/{project}/artifacts/{artifact}`: its version is picked by the snapshot's traffic
+    split for the artifact and reported in `artifact_version`. Empty: no artifact.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
         """Required. The conversation, oldest message first; at least one message."""
@@ -421,11 +485,11 @@ class StreamChatCompletionRequest(_message.Message):
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
         """Optional. Limits on the call: routing excludes deployments projected over it, and generation
-        stops with BUDGET_EXHAUSTED when it runs out.
+        stops with BUDGET_EXCEEDED when it is exceeded.
         """
 
     @_builtins.property
-    def jurisdiction(self) -> _route_service_pb2.JurisdictionConstraints:
+    def jurisdiction(self) -> _common_pb2.JurisdictionConstraints:
         """Optional. Where the call's data may go."""
 
     @_builtins.property
@@ -442,6 +506,16 @@ class StreamChatCompletionRequest(_message.Message):
     def coalescing(self) -> Global___ChatCompletionCoalescing:
         """Optional. How tokens are grouped into `delta` events."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolDefinition]:
+        """Optional. Tools the model may call, at most 128; names unique (INVALID_ARGUMENT otherwise)."""
+
+    @_builtins.property
+    def slo_target(self) -> _common_pb2.SloTarget:
+        """Optional. Latency targets of the call: routing excludes deployments whose forecast misses a
+        set target (SLO_FORECAST_MISS). Unset: no target.
+        """
+
     def __init__(
         self,
         *,
@@ -452,7 +526,7 @@ class StreamChatCompletionRequest(_message.Message):
         step_hint: _common_pb2.StepHint.ValueType = ...,
         objective_weights: _common_pb2.ObjectiveWeights | None = ...,
         budget: _common_pb2.Budget | None = ...,
-        jurisdiction: _route_service_pb2.JurisdictionConstraints | None = ...,
+        jurisdiction: _common_pb2.JurisdictionConstraints | None = ...,
         max_tokens: _builtins.int = ...,
         temperature: _builtins.float | None = ...,
         top_p: _builtins.float | None = ...,
@@ -462,10 +536,14 @@ class StreamChatCompletionRequest(_message.Message):
         post_first_token_failure_policy: Global___PostFirstTokenFailurePolicy.ValueType = ...,
         first_token_timeout: _duration_pb2.Duration | None = ...,
         coalescing: Global___ChatCompletionCoalescing | None = ...,
+        tools: _abc.Iterable[_common_pb2.ToolDefinition] | None = ...,
+        tool_choice: _builtins.str = ...,
+        slo_target: _common_pb2.SloTarget | None = ...,
+        artifact: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "seed", b"seed", "slo_target", b"slo_target", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "artifact", b"artifact", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -498,7 +576,7 @@ class StreamChatCompletionResponse(_message.Message):
 
     @_builtins.property
     def delta(self) -> Global___ChatCompletionDelta:
-        """A chunk of generated text."""
+        """A chunk of generated output: text and tool-call fragments."""
 
     @_builtins.property
     def fallback(self) -> Global___ChatCompletionFallback:
@@ -528,33 +606,80 @@ Global___StreamChatCompletionResponse: _TypeAlias = StreamChatCompletionResponse
 
 @_typing.final
 class ChatCompletionDelta(_message.Message):
-    """A chunk of generated text."""
+    """A chunk of generated output: text, tool-call fragments, or both."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
-    """Output only. The text of the chunk."""
+    """Output only. The text of the chunk; may be empty when the chunk holds only tool-call
+    fragments.
+    """
     index: _builtins.int
     """Output only. Position of the chunk in the stream: 0, 1, 2, ... with no gaps, across fallbacks."""
     token_count: _builtins.int
     """Output only. Tokens in the chunk."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatCompletionToolCallDelta]:
+        """Output only. Fragments of the tool calls the model is making, in order."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         index: _builtins.int = ...,
         token_count: _builtins.int = ...,
+        tool_calls: _abc.Iterable[Global___ChatCompletionToolCallDelta] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "text", b"text", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "text", b"text", "token_count", b"token_count", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatCompletionDelta: _TypeAlias = ChatCompletionDelta  # noqa: Y015
+
+@_typing.final
+class ChatCompletionToolCallDelta(_message.Message):
+    """A fragment of one tool call in a stream, as in the OpenAI chat protocol: the first fragment of
+    a call carries its `id` and `name`; the `arguments_json` fragments of all its deltas,
+    concatenated in order, make the call's arguments.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Output only. Position of the call among the message's tool calls, from 0; fragments with the
+    same index belong to the same call.
+    """
+    id: _builtins.str
+    """Output only. Id of the call; set in its first fragment only."""
+    name: _builtins.str
+    """Output only. Name of the tool called; set in its first fragment only."""
+    arguments_json: _builtins.str
+    """Output only. The next piece of the call's arguments JSON text."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChatCompletionToolCallDelta: _TypeAlias = ChatCompletionToolCallDelta  # noqa: Y015
 
 @_typing.final
 class ChatCompletionFallback(_message.Message):
@@ -576,18 +701,18 @@ class ChatCompletionFallback(_message.Message):
     above 0, the new deployment continues from the partial output.
     """
     @_builtins.property
-    def from_deployment(self) -> _route_service_pb2.DeploymentRef:
+    def from_deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The deployment that failed."""
 
     @_builtins.property
-    def to_deployment(self) -> _route_service_pb2.DeploymentRef:
+    def to_deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The deployment that takes over."""
 
     def __init__(
         self,
         *,
-        from_deployment: _route_service_pb2.DeploymentRef | None = ...,
-        to_deployment: _route_service_pb2.DeploymentRef | None = ...,
+        from_deployment: _common_pb2.DeploymentRef | None = ...,
+        to_deployment: _common_pb2.DeploymentRef | None = ...,
         reason: Global___ChatCompletionFallbackReason.ValueType = ...,
         detail: _builtins.str = ...,
         after_tokens: _builtins.int = ...,
@@ -614,6 +739,7 @@ class ChatCompletionDone(_message.Message):
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     CONTINUED_AFTER_FAILURE_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     completion_id: _builtins.str
     """Output only. Unique id of the completion."""
     finish_reason: Global___ChatCompletionFinishReason.ValueType
@@ -624,16 +750,23 @@ class ChatCompletionDone(_message.Message):
     """Output only. True when the output was continued by a fallback after a failure
     mid-generation.
     """
+    artifact_version: _builtins.str
+    """Output only. The artifact version the call ran, picked by the snapshot's traffic split,
+    `projects/{project}/artifacts/{artifact}/versions/{version}`; empty when the request named
+    no `artifact`.
+    """
     @_builtins.property
-    def error(self) -> _route_service_pb2.RouteStatus:
-        """Output only. Set when `finish_reason` is ERROR: why the call stopped."""
+    def error(self) -> _status_pb2.Status:
+        """Output only. Set when `finish_reason` is ERROR: why the call stopped, with its details
+        (ErrorInfo).
+        """
 
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Output only. Tokens used by every attempt."""
 
     @_builtins.property
-    def deployment(self) -> _route_service_pb2.DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The deployment that produced the end of the output."""
 
     @_builtins.property
@@ -645,16 +778,17 @@ class ChatCompletionDone(_message.Message):
         *,
         completion_id: _builtins.str = ...,
         finish_reason: Global___ChatCompletionFinishReason.ValueType = ...,
-        error: _route_service_pb2.RouteStatus | None = ...,
+        error: _status_pb2.Status | None = ...,
         usage: _common_pb2.Usage | None = ...,
         cost_usd: _builtins.float = ...,
-        deployment: _route_service_pb2.DeploymentRef | None = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
         continued_after_failure: _builtins.bool = ...,
         timings: Global___ChatCompletionTimings | None = ...,
+        artifact_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "error", b"error", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_id", b"completion_id", "continued_after_failure", b"continued_after_failure", "cost_usd", b"cost_usd", "deployment", b"deployment", "error", b"error", "finish_reason", b"finish_reason", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "completion_id", b"completion_id", "continued_after_failure", b"continued_after_failure", "cost_usd", b"cost_usd", "deployment", b"deployment", "error", b"error", "finish_reason", b"finish_reason", "timings", b"timings", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -779,13 +913,13 @@ class ModelDeployment(_message.Message):
     quality_score: _builtins.float
     """Output only. The deployment's quality score, 0 to 1, from the config and eval scorecards."""
     @_builtins.property
-    def deployment(self) -> _route_service_pb2.DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The deployment."""
 
     def __init__(
         self,
         *,
-        deployment: _route_service_pb2.DeploymentRef | None = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
         context_window_tokens: _builtins.int = ...,
         max_output_tokens: _builtins.int = ...,
         input_cost_per_1k_tokens_usd: _builtins.float = ...,
@@ -849,11 +983,11 @@ class ListModelsResponse(_message.Message):
 
     MODEL_GROUPS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
-    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty when this is the last page."""
-    config_version: _builtins.str
-    """Version of the config snapshot the list was read from."""
+    snapshot_version: _builtins.str
+    """Version of the config snapshot the list was read from (RouteConfig.snapshot_version)."""
     @_builtins.property
     def model_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelGroup]:
         """The model groups, ordered by `model`."""
@@ -863,11 +997,11 @@ class ListModelsResponse(_message.Message):
         *,
         model_groups: _abc.Iterable[Global___ModelGroup] | None = ...,
         next_page_token: _builtins.str = ...,
-        config_version: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_version", b"config_version", "model_groups", b"model_groups", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_groups", b"model_groups", "next_page_token", b"next_page_token", "snapshot_version", b"snapshot_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

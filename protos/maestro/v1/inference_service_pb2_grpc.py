@@ -96,8 +96,8 @@ class InferenceServiceServicer:
     def StreamChatCompletion(self, request, context):
         """Runs a chat completion and streams it. Streams so that tokens reach the caller as they are
         generated: the caller's time to first token is the provider's, not the whole completion's.
-        The stream is: one `routed` event, then `delta` events (with a `fallback` event wherever the
-        call moved to another deployment), then one `done` event.
+        The stream is: one `routed` event, then `delta` events of text and tool-call fragments (with
+        a `fallback` event wherever the call moved to another deployment), then one `done` event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

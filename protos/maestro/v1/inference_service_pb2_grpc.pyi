@@ -56,8 +56,8 @@ class InferenceServiceStub:
     StreamChatCompletion: _grpc.UnaryStreamMultiCallable[_inference_service_pb2.StreamChatCompletionRequest, _inference_service_pb2.StreamChatCompletionResponse]
     """Runs a chat completion and streams it. Streams so that tokens reach the caller as they are
     generated: the caller's time to first token is the provider's, not the whole completion's.
-    The stream is: one `routed` event, then `delta` events (with a `fallback` event wherever the
-    call moved to another deployment), then one `done` event.
+    The stream is: one `routed` event, then `delta` events of text and tool-call fragments (with
+    a `fallback` event wherever the call moved to another deployment), then one `done` event.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]
     """Lists the models (model groups) the project's snapshot offers, with their deployments. Named
@@ -91,8 +91,8 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     StreamChatCompletion: _aio.UnaryStreamMultiCallable[_inference_service_pb2.StreamChatCompletionRequest, _inference_service_pb2.StreamChatCompletionResponse]  # type: ignore[assignment]
     """Runs a chat completion and streams it. Streams so that tokens reach the caller as they are
     generated: the caller's time to first token is the provider's, not the whole completion's.
-    The stream is: one `routed` event, then `delta` events (with a `fallback` event wherever the
-    call moved to another deployment), then one `done` event.
+    The stream is: one `routed` event, then `delta` events of text and tool-call fragments (with
+    a `fallback` event wherever the call moved to another deployment), then one `done` event.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the models (model groups) the project's snapshot offers, with their deployments. Named
@@ -135,8 +135,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.StreamChatCompletionResponse], _abc.AsyncIterator[_inference_service_pb2.StreamChatCompletionResponse]]:
         """Runs a chat completion and streams it. Streams so that tokens reach the caller as they are
         generated: the caller's time to first token is the provider's, not the whole completion's.
-        The stream is: one `routed` event, then `delta` events (with a `fallback` event wherever the
-        call moved to another deployment), then one `done` event.
+        The stream is: one `routed` event, then `delta` events of text and tool-call fragments (with
+        a `fallback` event wherever the call moved to another deployment), then one `done` event.
         """
 
     @_abc_1.abstractmethod

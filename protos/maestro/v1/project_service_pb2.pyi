@@ -30,7 +30,10 @@ class Project(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `projects/{project}`; `{project}` is 1-63 characters of lower-case
-    letters, digits and hyphens, starting with a letter.
+    letters, digits and hyphens, starting with a letter. The ids `global` and `builtin` are
+    reserved and cannot be created as tenant projects: `global` holds the operator-owned global
+    config and kill switch (`projects/global/routeConfig`, `projects/global/killSwitch`);
+    `builtin` holds the read-only built-in recipes.
     """
     display_name: _builtins.str
     """Optional. Human-readable name."""
@@ -205,8 +208,8 @@ class CreateApiKeyRequest(_message.Message):
     parent: _builtins.str
     """Required. The project that will own the key, `projects/{project}`."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the key
-    created by the first call instead of creating another.
+    """Optional. Idempotency key; see the rule in common.proto. A retry returns the key created by
+    the first call, without its secret.
     """
     @_builtins.property
     def api_key(self) -> Global___ApiKey:
@@ -370,16 +373,20 @@ class DeleteApiKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the key to revoke, `projects/{project}/apiKeys/{api_key}`."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -268,7 +268,7 @@ class Rollout(_message.Message):
     CANARY_WEIGHT_PERCENT_FIELD_NUMBER: _builtins.int
     PAUSE_END_TIME_FIELD_NUMBER: _builtins.int
     ANALYSIS_RESULTS_FIELD_NUMBER: _builtins.int
-    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
@@ -300,7 +300,7 @@ class Rollout(_message.Message):
     """Output only. The candidate's share of the artifact's traffic now, 0 to 100; the stable
     version has the rest.
     """
-    config_version: _builtins.str
+    snapshot_version: _builtins.str
     """Output only. Version of the route config snapshot that carries `canary_weight_percent`
     (RouteConfig.snapshot_version).
     """
@@ -354,7 +354,7 @@ class Rollout(_message.Message):
         canary_weight_percent: _builtins.int = ...,
         pause_end_time: _timestamp_pb2.Timestamp | None = ...,
         analysis_results: _abc.Iterable[Global___RolloutAnalysisResult] | None = ...,
-        config_version: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
         revision: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
@@ -362,7 +362,7 @@ class Rollout(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "pause_end_time", b"pause_end_time", "rollback_window", b"rollback_window", "strategy", b"strategy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_results", b"analysis_results", "artifact", b"artifact", "canary_weight_percent", b"canary_weight_percent", "candidate_version", b"candidate_version", "config_version", b"config_version", "create_time", b"create_time", "current_step_index", b"current_step_index", "description", b"description", "etag", b"etag", "name", b"name", "pause_end_time", b"pause_end_time", "revision", b"revision", "rollback_window", b"rollback_window", "stable_version", b"stable_version", "state", b"state", "state_reason", b"state_reason", "strategy", b"strategy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_results", b"analysis_results", "artifact", b"artifact", "canary_weight_percent", b"canary_weight_percent", "candidate_version", b"candidate_version", "create_time", b"create_time", "current_step_index", b"current_step_index", "description", b"description", "etag", b"etag", "name", b"name", "pause_end_time", b"pause_end_time", "revision", b"revision", "rollback_window", b"rollback_window", "snapshot_version", b"snapshot_version", "stable_version", b"stable_version", "state", b"state", "state_reason", b"state_reason", "strategy", b"strategy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -972,7 +972,7 @@ class RolloutAuditEvent(_message.Message):
     SCORECARD_FIELD_NUMBER: _builtins.int
     GATE_DECISION_ID_FIELD_NUMBER: _builtins.int
     MEASUREMENTS_FIELD_NUMBER: _builtins.int
-    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name,
     `projects/{project}/rollouts/{rollout}/auditEvents/{audit_event}`.
@@ -1015,7 +1015,7 @@ class RolloutAuditEvent(_message.Message):
     """Output only. For eval gate events: the scorecard read."""
     gate_decision_id: _builtins.str
     """Output only. For eval gate events: EvaluateGate's `decision_id`."""
-    config_version: _builtins.str
+    snapshot_version: _builtins.str
     """Output only. For weight changes: version of the route config snapshot that carries the new
     weight (RouteConfig.snapshot_version).
     """
@@ -1050,11 +1050,11 @@ class RolloutAuditEvent(_message.Message):
         scorecard: _builtins.str = ...,
         gate_decision_id: _builtins.str = ...,
         measurements: _abc.Iterable[Global___RolloutMeasurement] | None = ...,
-        config_version: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "analysis_template", b"analysis_template", "candidate_digest", b"candidate_digest", "candidate_version", b"candidate_version", "config_version", b"config_version", "create_time", b"create_time", "eval_run", b"eval_run", "gate_decision_id", b"gate_decision_id", "measurements", b"measurements", "name", b"name", "reason", b"reason", "request_id", b"request_id", "revision", b"revision", "scorecard", b"scorecard", "stable_version", b"stable_version", "state_after", b"state_after", "state_before", b"state_before", "step_index", b"step_index", "weight_after_percent", b"weight_after_percent", "weight_before_percent", b"weight_before_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "analysis_template", b"analysis_template", "candidate_digest", b"candidate_digest", "candidate_version", b"candidate_version", "create_time", b"create_time", "eval_run", b"eval_run", "gate_decision_id", b"gate_decision_id", "measurements", b"measurements", "name", b"name", "reason", b"reason", "request_id", b"request_id", "revision", b"revision", "scorecard", b"scorecard", "snapshot_version", b"snapshot_version", "stable_version", b"stable_version", "state_after", b"state_after", "state_before", b"state_before", "step_index", b"step_index", "weight_after_percent", b"weight_after_percent", "weight_before_percent", b"weight_before_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1085,9 +1085,7 @@ class CreateArtifactVersionRequest(_message.Message):
     content_text: _builtins.str
     """Optional. The content as UTF-8 text (stored as its UTF-8 bytes)."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the version
-    created by the first call.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     @_builtins.property
     def artifact_version(self) -> Global___ArtifactVersion:
         """Required. The version's metadata: `kind`, and optionally `description`, `media_type` and
@@ -1278,9 +1276,7 @@ class CreateRolloutRequest(_message.Message):
     hyphens. Empty: the server assigns one.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the rollout
-    created by the first call instead of starting another.
-    """
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log."""
     validate_only: _builtins.bool
     """Optional. Validate only: nothing is created or published, and the response holds the
     rollout as it would start.
@@ -1583,9 +1579,7 @@ class PauseRolloutRequest(_message.Message):
     reason: _builtins.str
     """Optional. Why, for the audit log."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request, recorded in the audit log; a retry with the
-    same id returns the rollout as the first call left it.
-    """
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log."""
     def __init__(
         self,
         *,
@@ -1643,9 +1637,7 @@ class ResumeRolloutRequest(_message.Message):
     reason: _builtins.str
     """Optional. Why, for the audit log."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request, recorded in the audit log; a retry with the
-    same id returns the rollout as the first call left it.
-    """
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log."""
     def __init__(
         self,
         *,
@@ -1710,8 +1702,8 @@ class PromoteRolloutRequest(_message.Message):
     reason: _builtins.str
     """Optional. Why analysis is skipped, for the audit log."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request, recorded in the audit log; a retry with the
-    same id returns the rollout as the first call left it instead of skipping another step.
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log; a retry
+    does not skip another step.
     """
     def __init__(
         self,
@@ -1773,7 +1765,7 @@ class AbortRolloutRequest(_message.Message):
     empty in an emergency: an abort should not lose a race.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request, recorded in the audit log."""
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log."""
     def __init__(
         self,
         *,
@@ -1831,9 +1823,7 @@ class RetryRolloutRequest(_message.Message):
     reason: _builtins.str
     """Optional. Why, for the audit log."""
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request, recorded in the audit log; a retry with the
-    same id returns the rollout as the first call left it.
-    """
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log."""
     def __init__(
         self,
         *,

@@ -13,6 +13,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from maestro.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -77,7 +78,7 @@ class _RouteExclusionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """Its circuit breaker is open."""
     ROUTE_EXCLUSION_REASON_SATURATED: _RouteExclusionReason.ValueType  # 4
     """Its lane is saturated (queue or KV cache full), so the request spills over."""
-    ROUTE_EXCLUSION_REASON_OVER_BUDGET: _RouteExclusionReason.ValueType  # 5
+    ROUTE_EXCLUSION_REASON_BUDGET_EXCEEDED: _RouteExclusionReason.ValueType  # 5
     """Its projected cost or tokens exceed the request's Budget."""
     ROUTE_EXCLUSION_REASON_CONTEXT_WINDOW: _RouteExclusionReason.ValueType  # 6
     """The prompt plus the expected completion does not fit its context window."""
@@ -85,6 +86,8 @@ class _RouteExclusionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_
     """Its configured rate limit (`rpm` / `tpm`) is reached."""
     ROUTE_EXCLUSION_REASON_EXCLUDED_BY_CALLER: _RouteExclusionReason.ValueType  # 8
     """The caller listed it in `excluded_deployment_ids`."""
+    ROUTE_EXCLUSION_REASON_SLO_FORECAST_MISS: _RouteExclusionReason.ValueType  # 9
+    """Its forecast p95 latency or time to first token misses the request's `slo_target`."""
 
 class RouteExclusionReason(_RouteExclusionReason, metaclass=_RouteExclusionReasonEnumTypeWrapper):
     """Why a candidate was excluded from a routing decision."""
@@ -99,7 +102,7 @@ ROUTE_EXCLUSION_REASON_BREAKER_OPEN: RouteExclusionReason.ValueType  # 3
 """Its circuit breaker is open."""
 ROUTE_EXCLUSION_REASON_SATURATED: RouteExclusionReason.ValueType  # 4
 """Its lane is saturated (queue or KV cache full), so the request spills over."""
-ROUTE_EXCLUSION_REASON_OVER_BUDGET: RouteExclusionReason.ValueType  # 5
+ROUTE_EXCLUSION_REASON_BUDGET_EXCEEDED: RouteExclusionReason.ValueType  # 5
 """Its projected cost or tokens exceed the request's Budget."""
 ROUTE_EXCLUSION_REASON_CONTEXT_WINDOW: RouteExclusionReason.ValueType  # 6
 """The prompt plus the expected completion does not fit its context window."""
@@ -107,35 +110,9 @@ ROUTE_EXCLUSION_REASON_RATE_LIMITED: RouteExclusionReason.ValueType  # 7
 """Its configured rate limit (`rpm` / `tpm`) is reached."""
 ROUTE_EXCLUSION_REASON_EXCLUDED_BY_CALLER: RouteExclusionReason.ValueType  # 8
 """The caller listed it in `excluded_deployment_ids`."""
+ROUTE_EXCLUSION_REASON_SLO_FORECAST_MISS: RouteExclusionReason.ValueType  # 9
+"""Its forecast p95 latency or time to first token misses the request's `slo_target`."""
 Global___RouteExclusionReason: _TypeAlias = RouteExclusionReason  # noqa: Y015
-
-class _CircuitBreakerState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _CircuitBreakerStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitBreakerState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    CIRCUIT_BREAKER_STATE_UNSPECIFIED: _CircuitBreakerState.ValueType  # 0
-    """Not reported."""
-    CIRCUIT_BREAKER_STATE_CLOSED: _CircuitBreakerState.ValueType  # 1
-    """Traffic flows normally."""
-    CIRCUIT_BREAKER_STATE_OPEN: _CircuitBreakerState.ValueType  # 2
-    """Failures tripped the breaker: the deployment gets no traffic until the cool-down ends."""
-    CIRCUIT_BREAKER_STATE_HALF_OPEN: _CircuitBreakerState.ValueType  # 3
-    """After the cool-down: trial requests decide whether to close or reopen."""
-
-class CircuitBreakerState(_CircuitBreakerState, metaclass=_CircuitBreakerStateEnumTypeWrapper):
-    """The state of a deployment's circuit breaker."""
-
-CIRCUIT_BREAKER_STATE_UNSPECIFIED: CircuitBreakerState.ValueType  # 0
-"""Not reported."""
-CIRCUIT_BREAKER_STATE_CLOSED: CircuitBreakerState.ValueType  # 1
-"""Traffic flows normally."""
-CIRCUIT_BREAKER_STATE_OPEN: CircuitBreakerState.ValueType  # 2
-"""Failures tripped the breaker: the deployment gets no traffic until the cool-down ends."""
-CIRCUIT_BREAKER_STATE_HALF_OPEN: CircuitBreakerState.ValueType  # 3
-"""After the cool-down: trial requests decide whether to close or reopen."""
-Global___CircuitBreakerState: _TypeAlias = CircuitBreakerState  # noqa: Y015
 
 @_typing.final
 class RouteConfig(_message.Message):
@@ -163,11 +140,12 @@ class RouteConfig(_message.Message):
     revision, "0" before the first.
     """
     config_yaml: _builtins.str
-    """Required. The config as YAML in the LiteLLM proxy format (`model_list` with `model_name`,
+    """Optional. The config as YAML in the LiteLLM proxy format (`model_list` with `model_name`,
     `litellm_params`, `model_info`; `router_settings`, including `fallbacks` and
     `model_group_alias`) plus Maestro's `router:`, `policies:` and `telemetry:` blocks. Secrets
     must be references (`os.environ/NAME`); a literal `api_key` is INVALID_ARGUMENT. At most
-    1 MiB.
+    1 MiB. ApplyConfig requires it when `update_mask` is empty or names it (INVALID_ARGUMENT
+    otherwise) and ignores it when the mask leaves it out.
     """
     etag: _builtins.str
     """Output only. Changes exactly when `revision_id` does; pass it to ApplyConfig for optimistic
@@ -179,7 +157,8 @@ class RouteConfig(_message.Message):
     """
     snapshot_version: _builtins.str
     """Output only. Version of the merged snapshot that data planes receive for this project (the
-    `version` of its RouteConfigSnapshot); it changes when either layer changes.
+    `snapshot_version` of its RouteConfigSnapshot); it changes when either layer or the
+    project's artifact traffic splits change.
     """
     @_builtins.property
     def policy_modules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutePolicyModule]:
@@ -314,105 +293,6 @@ class RouteConfigRevision(_message.Message):
 Global___RouteConfigRevision: _TypeAlias = RouteConfigRevision  # noqa: Y015
 
 @_typing.final
-class DeploymentRef(_message.Message):
-    """A deployment: one entry of the config's `model_list`, serving a model group through a provider."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MODEL_GROUP_FIELD_NUMBER: _builtins.int
-    DEPLOYMENT_ID_FIELD_NUMBER: _builtins.int
-    PROVIDER_FIELD_NUMBER: _builtins.int
-    PROVIDER_MODEL_FIELD_NUMBER: _builtins.int
-    model_group: _builtins.str
-    """Output only. The model group (LiteLLM `model_name`) the deployment serves, such as `gpt-4o`."""
-    deployment_id: _builtins.str
-    """Output only. The deployment id: `model_info.id` from the config, or a stable hash of the
-    entry's `litellm_params` when the config gives none.
-    """
-    provider: _builtins.str
-    """Output only. The provider, such as `openai`, `anthropic` or `vllm` (the in-house lane)."""
-    provider_model: _builtins.str
-    """Output only. The provider's model (LiteLLM `litellm_params.model`), such as `openai/gpt-4o`."""
-    def __init__(
-        self,
-        *,
-        model_group: _builtins.str = ...,
-        deployment_id: _builtins.str = ...,
-        provider: _builtins.str = ...,
-        provider_model: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment_id", b"deployment_id", "model_group", b"model_group", "provider", b"provider", "provider_model", b"provider_model"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeploymentRef: _TypeAlias = DeploymentRef  # noqa: Y015
-
-@_typing.final
-class JurisdictionConstraints(_message.Message):
-    """Limits on where a request's data may go. Policy may narrow them further; a request can never
-    widen what policy allows.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ALLOWED_JURISDICTIONS_FIELD_NUMBER: _builtins.int
-    REQUIRE_IN_HOUSE_FIELD_NUMBER: _builtins.int
-    require_in_house: _builtins.bool
-    """Optional. Only in-house deployments (the vLLM lane and other self-hosted ones) may serve the
-    request.
-    """
-    @_builtins.property
-    def allowed_jurisdictions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Optional. Jurisdictions the data may go to (ISO 3166-1 alpha-2 codes such as `DE`, or region
-        names declared in the config such as `EU`); matched against each deployment's declared
-        jurisdiction. Empty means any.
-        """
-
-    def __init__(
-        self,
-        *,
-        allowed_jurisdictions: _abc.Iterable[_builtins.str] | None = ...,
-        require_in_house: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_jurisdictions", b"allowed_jurisdictions", "require_in_house", b"require_in_house"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___JurisdictionConstraints: _TypeAlias = JurisdictionConstraints  # noqa: Y015
-
-@_typing.final
-class RouteStatus(_message.Message):
-    """An error carried inside a message rather than as the RPC's status, shaped like
-    `google.rpc.Status`.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CODE_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    code: _builtins.int
-    """Output only. The `google.rpc.Code` value, such as 3 for INVALID_ARGUMENT."""
-    message: _builtins.str
-    """Output only. A developer-facing description of the error."""
-    def __init__(
-        self,
-        *,
-        code: _builtins.int = ...,
-        message: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RouteStatus: _TypeAlias = RouteStatus  # noqa: Y015
-
-@_typing.final
 class RouteDecision(_message.Message):
     """The outcome of one routing decision, with its full explanation."""
 
@@ -429,7 +309,7 @@ class RouteDecision(_message.Message):
     EFFECTIVE_WEIGHTS_FIELD_NUMBER: _builtins.int
     PROJECTED_COST_FIELD_NUMBER: _builtins.int
     SLO_FORECAST_FIELD_NUMBER: _builtins.int
-    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
     DECIDE_TIME_FIELD_NUMBER: _builtins.int
     DECISION_LATENCY_FIELD_NUMBER: _builtins.int
@@ -445,18 +325,18 @@ class RouteDecision(_message.Message):
     """Output only. Whether content tagging ran. False when the request carried neither messages nor
     a `content_digest` with cached tags: then only `supplied_tags` applied.
     """
-    config_version: _builtins.str
+    snapshot_version: _builtins.str
     """Output only. Version of the config snapshot the decision used (RouteConfig.snapshot_version)."""
     dry_run: _builtins.bool
     """Output only. True for an ExplainRoute dry run, which was not recorded."""
     @_builtins.property
-    def deployment(self) -> Global___DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The chosen deployment; unset only in an ExplainRoute answer where every
         candidate is excluded.
         """
 
     @_builtins.property
-    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentRef]:
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DeploymentRef]:
         """Output only. Deployments to try, in order, if the chosen one fails: configured
         `router_settings.fallbacks` first, then the remaining eligible deployments by score.
         """
@@ -506,8 +386,8 @@ class RouteDecision(_message.Message):
         self,
         *,
         decision_id: _builtins.str = ...,
-        deployment: Global___DeploymentRef | None = ...,
-        fallbacks: _abc.Iterable[Global___DeploymentRef] | None = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
+        fallbacks: _abc.Iterable[_common_pb2.DeploymentRef] | None = ...,
         candidates: _abc.Iterable[Global___RouteCandidate] | None = ...,
         omitted_candidate_count: _builtins.int = ...,
         supplied_tags: _abc.Iterable[_builtins.str] | None = ...,
@@ -516,14 +396,14 @@ class RouteDecision(_message.Message):
         effective_weights: _common_pb2.ObjectiveWeights | None = ...,
         projected_cost: Global___RouteCostProjection | None = ...,
         slo_forecast: Global___RouteSloForecast | None = ...,
-        config_version: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
         dry_run: _builtins.bool = ...,
         decide_time: _timestamp_pb2.Timestamp | None = ...,
         decision_latency: _duration_pb2.Duration | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decide_time", b"decide_time", "decision_latency", b"decision_latency", "deployment", b"deployment", "effective_weights", b"effective_weights", "projected_cost", b"projected_cost", "slo_forecast", b"slo_forecast"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "config_version", b"config_version", "content_tagged", b"content_tagged", "decide_time", b"decide_time", "decision_id", b"decision_id", "decision_latency", b"decision_latency", "deployment", b"deployment", "detected_tags", b"detected_tags", "dry_run", b"dry_run", "effective_weights", b"effective_weights", "fallbacks", b"fallbacks", "omitted_candidate_count", b"omitted_candidate_count", "projected_cost", b"projected_cost", "slo_forecast", b"slo_forecast", "supplied_tags", b"supplied_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "content_tagged", b"content_tagged", "decide_time", b"decide_time", "decision_id", b"decision_id", "decision_latency", b"decision_latency", "deployment", b"deployment", "detected_tags", b"detected_tags", "dry_run", b"dry_run", "effective_weights", b"effective_weights", "fallbacks", b"fallbacks", "omitted_candidate_count", b"omitted_candidate_count", "projected_cost", b"projected_cost", "slo_forecast", b"slo_forecast", "snapshot_version", b"snapshot_version", "supplied_tags", b"supplied_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,18 +418,18 @@ class RouteDecisionSummary(_message.Message):
     DECISION_ID_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
-    CONFIG_VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Output only. Id of the decision, as in RouteDecision.decision_id."""
-    config_version: _builtins.str
-    """Output only. Version of the config snapshot the decision used."""
+    snapshot_version: _builtins.str
+    """Output only. Version of the config snapshot the decision used (RouteConfig.snapshot_version)."""
     @_builtins.property
-    def deployment(self) -> Global___DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The chosen deployment."""
 
     @_builtins.property
-    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentRef]:
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DeploymentRef]:
         """Output only. The fallbacks, in the order they will be tried."""
 
     @_builtins.property
@@ -560,14 +440,14 @@ class RouteDecisionSummary(_message.Message):
         self,
         *,
         decision_id: _builtins.str = ...,
-        deployment: Global___DeploymentRef | None = ...,
-        fallbacks: _abc.Iterable[Global___DeploymentRef] | None = ...,
-        config_version: _builtins.str = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
+        fallbacks: _abc.Iterable[_common_pb2.DeploymentRef] | None = ...,
+        snapshot_version: _builtins.str = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_version", b"config_version", "decision_id", b"decision_id", "deployment", b"deployment", "fallbacks", b"fallbacks", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "deployment", b"deployment", "fallbacks", b"fallbacks", "snapshot_version", b"snapshot_version", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,6 +469,7 @@ class RouteCandidate(_message.Message):
     EXCLUSION_DETAIL_FIELD_NUMBER: _builtins.int
     PROJECTED_COST_USD_FIELD_NUMBER: _builtins.int
     EXPECTED_P95_LATENCY_FIELD_NUMBER: _builtins.int
+    SATURATION_FIELD_NUMBER: _builtins.int
     verdict: Global___RouteCandidateVerdict.ValueType
     """Output only. What became of the candidate."""
     rank: _builtins.int
@@ -609,7 +490,7 @@ class RouteCandidate(_message.Message):
     projected_cost_usd: _builtins.float
     """Output only. Projected cost of the step on this candidate, in US dollars."""
     @_builtins.property
-    def deployment(self) -> Global___DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The candidate."""
 
     @_builtins.property
@@ -622,10 +503,16 @@ class RouteCandidate(_message.Message):
     def expected_p95_latency(self) -> _duration_pb2.Duration:
         """Output only. Expected p95 latency of the step on this candidate, from live signals."""
 
+    @_builtins.property
+    def saturation(self) -> Global___DeploymentSaturation:
+        """Output only. The candidate lane's saturation and capacity as the decision saw them, for
+        in-house lanes; unset otherwise.
+        """
+
     def __init__(
         self,
         *,
-        deployment: Global___DeploymentRef | None = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
         verdict: Global___RouteCandidateVerdict.ValueType = ...,
         rank: _builtins.int = ...,
         score: _builtins.float = ...,
@@ -635,10 +522,11 @@ class RouteCandidate(_message.Message):
         exclusion_detail: _builtins.str = ...,
         projected_cost_usd: _builtins.float = ...,
         expected_p95_latency: _duration_pb2.Duration | None = ...,
+        saturation: Global___DeploymentSaturation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "expected_p95_latency", b"expected_p95_latency", "objective_scores", b"objective_scores"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "expected_p95_latency", b"expected_p95_latency", "objective_scores", b"objective_scores", "saturation", b"saturation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "exclusion_detail", b"exclusion_detail", "exclusion_reason", b"exclusion_reason", "expected_p95_latency", b"expected_p95_latency", "objective_scores", b"objective_scores", "policy_rule", b"policy_rule", "projected_cost_usd", b"projected_cost_usd", "rank", b"rank", "score", b"score", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "exclusion_detail", b"exclusion_detail", "exclusion_reason", b"exclusion_reason", "expected_p95_latency", b"expected_p95_latency", "objective_scores", b"objective_scores", "policy_rule", b"policy_rule", "projected_cost_usd", b"projected_cost_usd", "rank", b"rank", "saturation", b"saturation", "score", b"score", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -737,8 +625,13 @@ class RouteSloForecast(_message.Message):
     EXPECTED_P95_LATENCY_FIELD_NUMBER: _builtins.int
     EXPECTED_TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
     EXPECTED_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    MEETS_SLO_FIELD_NUMBER: _builtins.int
     expected_error_rate: _builtins.float
     """Output only. Expected error rate, 0 to 1, over the signal window."""
+    meets_slo: _builtins.bool
+    """Output only. Whether the forecast meets the request's `slo_target`: each target set is at
+    or above its forecast. True when the request set no target.
+    """
     @_builtins.property
     def expected_p95_latency(self) -> _duration_pb2.Duration:
         """Output only. Expected p95 latency of the whole completion."""
@@ -753,10 +646,11 @@ class RouteSloForecast(_message.Message):
         expected_p95_latency: _duration_pb2.Duration | None = ...,
         expected_time_to_first_token: _duration_pb2.Duration | None = ...,
         expected_error_rate: _builtins.float = ...,
+        meets_slo: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expected_p95_latency", b"expected_p95_latency", "expected_time_to_first_token", b"expected_time_to_first_token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_error_rate", b"expected_error_rate", "expected_p95_latency", b"expected_p95_latency", "expected_time_to_first_token", b"expected_time_to_first_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_error_rate", b"expected_error_rate", "expected_p95_latency", b"expected_p95_latency", "expected_time_to_first_token", b"expected_time_to_first_token", "meets_slo", b"meets_slo"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -780,6 +674,7 @@ class ChooseRequest(_message.Message):
     ESTIMATED_COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     JURISDICTION_FIELD_NUMBER: _builtins.int
     EXCLUDED_DEPLOYMENT_IDS_FIELD_NUMBER: _builtins.int
+    SLO_TARGET_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The project the step belongs to, `projects/{project}`."""
     content_digest: _builtins.str
@@ -819,15 +714,23 @@ class ChooseRequest(_message.Message):
 
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
-        """Optional. Limits the step's projected cost and tokens; candidates over it are excluded."""
+        """Optional. Limits the step's projected cost and tokens; candidates over it are excluded
+        (BUDGET_EXCEEDED).
+        """
 
     @_builtins.property
-    def jurisdiction(self) -> Global___JurisdictionConstraints:
+    def jurisdiction(self) -> _common_pb2.JurisdictionConstraints:
         """Optional. Where the step's data may go."""
 
     @_builtins.property
     def excluded_deployment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional. Deployment ids not to choose, such as ones the caller already tried."""
+
+    @_builtins.property
+    def slo_target(self) -> _common_pb2.SloTarget:
+        """Optional. Latency targets of the step: candidates whose forecast misses a set target are
+        excluded (SLO_FORECAST_MISS). Unset: no target.
+        """
 
     def __init__(
         self,
@@ -842,12 +745,13 @@ class ChooseRequest(_message.Message):
         budget: _common_pb2.Budget | None = ...,
         estimated_prompt_tokens: _builtins.int = ...,
         estimated_completion_tokens: _builtins.int = ...,
-        jurisdiction: Global___JurisdictionConstraints | None = ...,
+        jurisdiction: _common_pb2.JurisdictionConstraints | None = ...,
         excluded_deployment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        slo_target: _common_pb2.SloTarget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "slo_target", b"slo_target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "content_digest", b"content_digest", "estimated_completion_tokens", b"estimated_completion_tokens", "estimated_prompt_tokens", b"estimated_prompt_tokens", "excluded_deployment_ids", b"excluded_deployment_ids", "jurisdiction", b"jurisdiction", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "step_hint", b"step_hint", "step_tags", b"step_tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "content_digest", b"content_digest", "estimated_completion_tokens", b"estimated_completion_tokens", "estimated_prompt_tokens", b"estimated_prompt_tokens", "excluded_deployment_ids", b"excluded_deployment_ids", "jurisdiction", b"jurisdiction", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -916,16 +820,16 @@ class StreamChooseResponse(_message.Message):
         """The decision, as Choose would return it."""
 
     @_builtins.property
-    def error(self) -> Global___RouteStatus:
-        """The error Choose would have returned, such as FAILED_PRECONDITION when every candidate is
-        excluded.
+    def error(self) -> _status_pb2.Status:
+        """The error Choose would have returned, with its details (ErrorInfo, BadRequest), such as
+        FAILED_PRECONDITION with reason `NO_ELIGIBLE_DEPLOYMENT` when every candidate is excluded.
         """
 
     def __init__(
         self,
         *,
         response: Global___ChooseResponse | None = ...,
-        error: Global___RouteStatus | None = ...,
+        error: _status_pb2.Status | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1057,9 +961,7 @@ class ApplyConfigRequest(_message.Message):
     call fails with ABORTED and nothing changes.
     """
     request_id: _builtins.str
-    """Optional. A unique id (UUID) for this request: a retry with the same id returns the result of
-    the first call instead of creating another revision.
-    """
+    """Optional. Idempotency key; see the rule in common.proto."""
     description: _builtins.str
     """Optional. Why the config changes; stored on the revision. At most 1,024 characters."""
     @_builtins.property
@@ -1244,14 +1146,16 @@ class WatchConfigRequest(_message.Message):
     VERSION_INFO_FIELD_NUMBER: _builtins.int
     RESPONSE_NONCE_FIELD_NUMBER: _builtins.int
     ERROR_DETAIL_FIELD_NUMBER: _builtins.int
+    REJECTED_ROUTE_CONFIGS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Required. Stable id of the data-plane instance, such as its pod name. Must be the same in
     every message of the stream.
     """
     version_info: _builtins.str
     """Optional. In the first message: the `version_info` the data plane already holds, to resume
-    after a reconnect (empty: it holds nothing). In an ACK: the version just applied. In a NACK:
-    the last version applied, still in use.
+    after a reconnect (empty: it holds nothing). In an ACK: the version just applied, the
+    snapshots in `rejected_route_configs` excepted. In a NACK: the last version applied, still
+    in use.
     """
     response_nonce: _builtins.str
     """Optional. The `nonce` of the response this message ACKs or NACKs; empty in the first message."""
@@ -1263,8 +1167,16 @@ class WatchConfigRequest(_message.Message):
         """
 
     @_builtins.property
-    def error_detail(self) -> Global___RouteStatus:
-        """Optional. Set only in a NACK: why the data plane rejected the response."""
+    def error_detail(self) -> _status_pb2.Status:
+        """Optional. Set only in a NACK of the whole response, for a malformed response: why the data
+        plane rejected all of it. A snapshot rejected on its own goes in `rejected_route_configs`.
+        """
+
+    @_builtins.property
+    def rejected_route_configs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedRouteConfig]:
+        """Optional. In an ACK: the project snapshots of the response the data plane rejected. Each
+        such project keeps its last good snapshot; the response's other snapshots apply.
+        """
 
     def __init__(
         self,
@@ -1273,15 +1185,52 @@ class WatchConfigRequest(_message.Message):
         route_configs: _abc.Iterable[_builtins.str] | None = ...,
         version_info: _builtins.str = ...,
         response_nonce: _builtins.str = ...,
-        error_detail: Global___RouteStatus | None = ...,
+        error_detail: _status_pb2.Status | None = ...,
+        rejected_route_configs: _abc.Iterable[Global___RejectedRouteConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error_detail", b"error_detail"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_detail", b"error_detail", "node_id", b"node_id", "response_nonce", b"response_nonce", "route_configs", b"route_configs", "version_info", b"version_info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_detail", b"error_detail", "node_id", b"node_id", "rejected_route_configs", b"rejected_route_configs", "response_nonce", b"response_nonce", "route_configs", b"route_configs", "version_info", b"version_info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchConfigRequest: _TypeAlias = WatchConfigRequest  # noqa: Y015
+
+@_typing.final
+class RejectedRouteConfig(_message.Message):
+    """One project snapshot a data plane rejected while it applied the rest of a WatchConfig response
+    (a per-resource NACK, as in delta xDS).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_CONFIG_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    route_config: _builtins.str
+    """Required. The rejected project's config, `projects/{project}/routeConfig`."""
+    snapshot_version: _builtins.str
+    """Required. The `snapshot_version` rejected. The project keeps its last good snapshot."""
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Required. Why, such as INVALID_ARGUMENT with a `BadRequest` field violation naming the
+        policy module and position that failed to compile.
+        """
+
+    def __init__(
+        self,
+        *,
+        route_config: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
+        error: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "route_config", b"route_config", "snapshot_version", b"snapshot_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedRouteConfig: _TypeAlias = RejectedRouteConfig  # noqa: Y015
 
 @_typing.final
 class WatchConfigResponse(_message.Message):
@@ -1340,16 +1289,19 @@ class RouteConfigSnapshot(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROUTE_CONFIG_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
     REVISION_ID_FIELD_NUMBER: _builtins.int
     GLOBAL_REVISION_ID_FIELD_NUMBER: _builtins.int
     CONFIG_YAML_FIELD_NUMBER: _builtins.int
     GLOBAL_POLICY_MODULES_FIELD_NUMBER: _builtins.int
     POLICY_MODULES_FIELD_NUMBER: _builtins.int
+    TRAFFIC_SPLITS_FIELD_NUMBER: _builtins.int
     route_config: _builtins.str
     """Output only. The project's config, `projects/{project}/routeConfig`."""
-    version: _builtins.str
-    """Output only. Version of this snapshot, as in RouteConfig.snapshot_version."""
+    snapshot_version: _builtins.str
+    """Output only. Version of this snapshot, as in RouteConfig.snapshot_version. It changes
+    whenever the snapshot does: either config layer, or `traffic_splits`.
+    """
     revision_id: _builtins.str
     """Output only. The project config's revision merged in."""
     global_revision_id: _builtins.str
@@ -1364,24 +1316,86 @@ class RouteConfigSnapshot(_message.Message):
     def policy_modules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutePolicyModule]:
         """Output only. The project config's policy modules, compiled on their own."""
 
+    @_builtins.property
+    def traffic_splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactTrafficSplit]:
+        """Output only. The traffic splits of the project's artifacts, as RolloutService sets them: one
+        per artifact with a stable version (outside a rollout, the stable version at weight 100).
+        Every change of a split publishes a new `snapshot_version`.
+        """
+
     def __init__(
         self,
         *,
         route_config: _builtins.str = ...,
-        version: _builtins.str = ...,
+        snapshot_version: _builtins.str = ...,
         revision_id: _builtins.str = ...,
         global_revision_id: _builtins.str = ...,
         config_yaml: _builtins.str = ...,
         global_policy_modules: _abc.Iterable[Global___RoutePolicyModule] | None = ...,
         policy_modules: _abc.Iterable[Global___RoutePolicyModule] | None = ...,
+        traffic_splits: _abc.Iterable[Global___ArtifactTrafficSplit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_yaml", b"config_yaml", "global_policy_modules", b"global_policy_modules", "global_revision_id", b"global_revision_id", "policy_modules", b"policy_modules", "revision_id", b"revision_id", "route_config", b"route_config", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_yaml", b"config_yaml", "global_policy_modules", b"global_policy_modules", "global_revision_id", b"global_revision_id", "policy_modules", b"policy_modules", "revision_id", b"revision_id", "route_config", b"route_config", "snapshot_version", b"snapshot_version", "traffic_splits", b"traffic_splits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteConfigSnapshot: _TypeAlias = RouteConfigSnapshot  # noqa: Y015
+
+@_typing.final
+class ArtifactTrafficSplit(_message.Message):
+    """How one artifact's traffic is split among its versions. The data plane picks a version by
+    these weights for each call that names the artifact, or once for a graph run, which keeps it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VersionWeight(_message.Message):
+        """One version and its share of the artifact's traffic."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+        WEIGHT_PERCENT_FIELD_NUMBER: _builtins.int
+        artifact_version: _builtins.str
+        """Output only. The version, `projects/{project}/artifacts/{artifact}/versions/{version}`."""
+        weight_percent: _builtins.int
+        """Output only. The version's share of the artifact's traffic, 0 to 100."""
+        def __init__(
+            self,
+            *,
+            artifact_version: _builtins.str = ...,
+            weight_percent: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "weight_percent", b"weight_percent"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    VERSION_WEIGHTS_FIELD_NUMBER: _builtins.int
+    artifact: _builtins.str
+    """Output only. The artifact, `projects/{project}/artifacts/{artifact}`."""
+    @_builtins.property
+    def version_weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactTrafficSplit.VersionWeight]:
+        """Output only. The versions with their weights, which sum to 100."""
+
+    def __init__(
+        self,
+        *,
+        artifact: _builtins.str = ...,
+        version_weights: _abc.Iterable[Global___ArtifactTrafficSplit.VersionWeight] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "version_weights", b"version_weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ArtifactTrafficSplit: _TypeAlias = ArtifactTrafficSplit  # noqa: Y015
 
 @_typing.final
 class ReportObservationsRequest(_message.Message):
@@ -1390,10 +1404,15 @@ class ReportObservationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
     OBSERVATIONS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Required. Stable id of the reporting data-plane instance, as in WatchConfig. Must be the same
     in every message of the stream.
+    """
+    batch_id: _builtins.str
+    """Required. Client-chosen id of the batch, unique within the stream (such as a counter), at
+    most 64 characters; echoed in the batch's response. A repeated id is ignored.
     """
     @_builtins.property
     def observations(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentObservation]:
@@ -1403,11 +1422,12 @@ class ReportObservationsRequest(_message.Message):
         self,
         *,
         node_id: _builtins.str = ...,
+        batch_id: _builtins.str = ...,
         observations: _abc.Iterable[Global___DeploymentObservation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "observations", b"observations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "node_id", b"node_id", "observations", b"observations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1415,7 +1435,9 @@ Global___ReportObservationsRequest: _TypeAlias = ReportObservationsRequest  # no
 
 @_typing.final
 class DeploymentObservation(_message.Message):
-    """What a data plane observed of one deployment for one project over a time window."""
+    """What a data plane observed of one deployment for one project and artifact version over a time
+    window.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1444,18 +1466,21 @@ class DeploymentObservation(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_COUNT_FIELD_NUMBER: _builtins.int
-    LATENCIES_FIELD_NUMBER: _builtins.int
-    TIMES_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
     ERROR_COUNTS_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     SATURATION_FIELD_NUMBER: _builtins.int
     BREAKER_STATE_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     deployment_id: _builtins.str
     """Required. The deployment observed."""
     project: _builtins.str
-    """Required. The project the traffic belonged to, `projects/{project}`, for cost attribution."""
+    """Required. The project the traffic belonged to, `projects/{project}`, for cost attribution
+    and that project's DeploymentSignals.
+    """
     request_count: _builtins.int
     """Optional. Requests completed or failed in the window."""
     prompt_tokens: _builtins.int
@@ -1464,8 +1489,14 @@ class DeploymentObservation(_message.Message):
     """Optional. Completion tokens received."""
     cost_usd: _builtins.float
     """Optional. Cost of the window's requests, in US dollars."""
-    breaker_state: Global___CircuitBreakerState.ValueType
+    breaker_state: _common_pb2.CircuitBreakerState.ValueType
     """Optional. The reporting node's circuit breaker state for the deployment at `end_time`."""
+    artifact_version: _builtins.str
+    """Optional. The artifact version the window's requests ran,
+    `projects/{project}/artifacts/{artifact}/versions/{version}`, so that SLO burn can be
+    computed per candidate version; empty for requests that named no artifact. A data plane
+    reports one observation per deployment, project and artifact version.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Required. Start of the window."""
@@ -1475,12 +1506,12 @@ class DeploymentObservation(_message.Message):
         """Required. End of the window; at most 5 minutes after `start_time`."""
 
     @_builtins.property
-    def latencies(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
-        """Optional. Latency of each completed request; beyond 10,000, a uniform sample."""
+    def latency(self) -> Global___LatencyHistogram:
+        """Optional. Latency of the window's completed requests."""
 
     @_builtins.property
-    def times_to_first_token(self) -> _containers.RepeatedCompositeFieldContainer[_duration_pb2.Duration]:
-        """Optional. Time to first token of each streamed request; beyond 10,000, a uniform sample."""
+    def time_to_first_token(self) -> Global___LatencyHistogram:
+        """Optional. Time to first token of the window's streamed requests."""
 
     @_builtins.property
     def error_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -1500,22 +1531,68 @@ class DeploymentObservation(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         request_count: _builtins.int = ...,
-        latencies: _abc.Iterable[_duration_pb2.Duration] | None = ...,
-        times_to_first_token: _abc.Iterable[_duration_pb2.Duration] | None = ...,
+        latency: Global___LatencyHistogram | None = ...,
+        time_to_first_token: Global___LatencyHistogram | None = ...,
         error_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
         saturation: Global___DeploymentSaturation | None = ...,
-        breaker_state: Global___CircuitBreakerState.ValueType = ...,
+        breaker_state: _common_pb2.CircuitBreakerState.ValueType = ...,
+        artifact_version: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "saturation", b"saturation", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "latency", b"latency", "saturation", b"saturation", "start_time", b"start_time", "time_to_first_token", b"time_to_first_token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breaker_state", b"breaker_state", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "deployment_id", b"deployment_id", "end_time", b"end_time", "error_counts", b"error_counts", "latencies", b"latencies", "project", b"project", "prompt_tokens", b"prompt_tokens", "request_count", b"request_count", "saturation", b"saturation", "start_time", b"start_time", "times_to_first_token", b"times_to_first_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "breaker_state", b"breaker_state", "completion_tokens", b"completion_tokens", "cost_usd", b"cost_usd", "deployment_id", b"deployment_id", "end_time", b"end_time", "error_counts", b"error_counts", "latency", b"latency", "project", b"project", "prompt_tokens", b"prompt_tokens", "request_count", b"request_count", "saturation", b"saturation", "start_time", b"start_time", "time_to_first_token", b"time_to_first_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeploymentObservation: _TypeAlias = DeploymentObservation  # noqa: Y015
+
+@_typing.final
+class LatencyHistogram(_message.Message):
+    """A latency distribution as histogram buckets, in milliseconds. Counts are per bucket, not
+    cumulative: bucket i counts the samples above bound i-1 (above 0 for the first) and at most
+    bound i; the last bucket, above the last bound, is +Inf.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_UPPER_BOUNDS_MS_FIELD_NUMBER: _builtins.int
+    BUCKET_COUNTS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SUM_MS_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """Optional. Total samples: the sum of `bucket_counts`."""
+    sum_ms: _builtins.float
+    """Optional. Sum of the samples in milliseconds."""
+    @_builtins.property
+    def bucket_upper_bounds_ms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Required. Upper bounds of the finite buckets in milliseconds, strictly increasing; at most
+        64.
+        """
+
+    @_builtins.property
+    def bucket_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Required. Samples per bucket: one entry per bound, then one for the +Inf bucket, so one more
+        entry than `bucket_upper_bounds_ms` (INVALID_ARGUMENT otherwise).
+        """
+
+    def __init__(
+        self,
+        *,
+        bucket_upper_bounds_ms: _abc.Iterable[_builtins.float] | None = ...,
+        bucket_counts: _abc.Iterable[_builtins.int] | None = ...,
+        count: _builtins.int = ...,
+        sum_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_counts", b"bucket_counts", "bucket_upper_bounds_ms", b"bucket_upper_bounds_ms", "count", b"count", "sum_ms", b"sum_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyHistogram: _TypeAlias = LatencyHistogram  # noqa: Y015
 
 @_typing.final
 class DeploymentSaturation(_message.Message):
@@ -1526,22 +1603,44 @@ class DeploymentSaturation(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     RUNNING_REQUESTS_FIELD_NUMBER: _builtins.int
     KV_CACHE_USAGE_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_ONGOING_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
+    PREFIX_CACHE_HIT_RATIO_FIELD_NUMBER: _builtins.int
+    SHED_COUNT_FIELD_NUMBER: _builtins.int
     queue_depth: _builtins.int
     """Optional. Requests waiting in the lane's queues."""
     running_requests: _builtins.int
     """Optional. Requests being generated."""
     kv_cache_usage_ratio: _builtins.float
     """Optional. Fraction of the KV cache in use, 0 to 1."""
+    max_ongoing_requests: _builtins.int
+    """Optional. Most requests the lane runs at once, over all its replicas (Ray Serve
+    `max_ongoing_requests` times replicas); 0 when unknown.
+    """
+    max_queued_requests: _builtins.int
+    """Optional. Most requests the lane queues before it sheds (Ray Serve `max_queued_requests`);
+    0 when unlimited or unknown.
+    """
+    prefix_cache_hit_ratio: _builtins.float
+    """Optional. Fraction of prompt tokens served from the prefix cache, 0 to 1."""
+    shed_count: _builtins.int
+    """Optional. Requests the lane shed (refused with its queue full): over the observation window
+    in an observation, over the signal window in DeploymentSignals and routing rationales.
+    """
     def __init__(
         self,
         *,
         queue_depth: _builtins.int = ...,
         running_requests: _builtins.int = ...,
         kv_cache_usage_ratio: _builtins.float = ...,
+        max_ongoing_requests: _builtins.int = ...,
+        max_queued_requests: _builtins.int = ...,
+        prefix_cache_hit_ratio: _builtins.float = ...,
+        shed_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv_cache_usage_ratio", b"kv_cache_usage_ratio", "queue_depth", b"queue_depth", "running_requests", b"running_requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv_cache_usage_ratio", b"kv_cache_usage_ratio", "max_ongoing_requests", b"max_ongoing_requests", "max_queued_requests", b"max_queued_requests", "prefix_cache_hit_ratio", b"prefix_cache_hit_ratio", "queue_depth", b"queue_depth", "running_requests", b"running_requests", "shed_count", b"shed_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1549,25 +1648,29 @@ Global___DeploymentSaturation: _TypeAlias = DeploymentSaturation  # noqa: Y015
 
 @_typing.final
 class ReportObservationsResponse(_message.Message):
-    """Response message for RouteService.ReportObservations."""
+    """Response message for RouteService.ReportObservations: the answer to one batch."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    BATCH_ID_FIELD_NUMBER: _builtins.int
     ACCEPTED_COUNT_FIELD_NUMBER: _builtins.int
     DROPPED_COUNT_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The `batch_id` of the batch answered."""
     accepted_count: _builtins.int
-    """Observations accepted."""
+    """Observations of the batch accepted."""
     dropped_count: _builtins.int
-    """Observations dropped because their deployment or project is in no snapshot."""
+    """Observations of the batch dropped because their deployment or project is in no snapshot."""
     def __init__(
         self,
         *,
+        batch_id: _builtins.str = ...,
         accepted_count: _builtins.int = ...,
         dropped_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "dropped_count", b"dropped_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_count", b"accepted_count", "batch_id", b"batch_id", "dropped_count", b"dropped_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1575,7 +1678,11 @@ Global___ReportObservationsResponse: _TypeAlias = ReportObservationsResponse  # 
 
 @_typing.final
 class DeploymentSignals(_message.Message):
-    """The live signals of one deployment, aggregated over every data plane and project that uses it."""
+    """The live signals of one deployment as seen by one project. The traffic figures (requests,
+    latencies, errors, rates, cost) come from that project's traffic only, aggregated over every
+    data plane: a project-scoped name never shows another tenant's traffic or spend. The breaker
+    state and saturation are the deployment's own state, the same for every project.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1598,19 +1705,19 @@ class DeploymentSignals(_message.Message):
     `{deployment}` is the deployment id.
     """
     sample_count: _builtins.int
-    """Output only. Requests observed in the window."""
+    """Output only. The project's requests observed in the window."""
     error_rate: _builtins.float
-    """Output only. Fraction of requests that failed, 0 to 1."""
+    """Output only. Fraction of the project's requests that failed, 0 to 1."""
     requests_per_second: _builtins.float
-    """Output only. Requests per second over the window."""
+    """Output only. The project's requests per second over the window."""
     cost_per_1k_tokens_usd: _builtins.float
-    """Output only. Observed cost per 1,000 tokens, in US dollars."""
-    breaker_state: Global___CircuitBreakerState.ValueType
+    """Output only. Observed cost per 1,000 tokens of the project's requests, in US dollars."""
+    breaker_state: _common_pb2.CircuitBreakerState.ValueType
     """Output only. The breaker state, OPEN if any data plane reports it open."""
     reporting_node_count: _builtins.int
-    """Output only. Data planes that reported in the window."""
+    """Output only. Data planes that reported the project's traffic in the window."""
     @_builtins.property
-    def deployment(self) -> Global___DeploymentRef:
+    def deployment(self) -> _common_pb2.DeploymentRef:
         """Output only. The deployment."""
 
     @_builtins.property
@@ -1619,15 +1726,15 @@ class DeploymentSignals(_message.Message):
 
     @_builtins.property
     def p50_latency(self) -> _duration_pb2.Duration:
-        """Output only. Median latency of completed requests."""
+        """Output only. Median latency of the project's completed requests."""
 
     @_builtins.property
     def p95_latency(self) -> _duration_pb2.Duration:
-        """Output only. 95th-percentile latency of completed requests."""
+        """Output only. 95th-percentile latency of the project's completed requests."""
 
     @_builtins.property
     def p95_time_to_first_token(self) -> _duration_pb2.Duration:
-        """Output only. 95th-percentile time to first token of streamed requests."""
+        """Output only. 95th-percentile time to first token of the project's streamed requests."""
 
     @_builtins.property
     def saturation(self) -> Global___DeploymentSaturation:
@@ -1641,7 +1748,7 @@ class DeploymentSignals(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        deployment: Global___DeploymentRef | None = ...,
+        deployment: _common_pb2.DeploymentRef | None = ...,
         window: _duration_pb2.Duration | None = ...,
         sample_count: _builtins.int = ...,
         p50_latency: _duration_pb2.Duration | None = ...,
@@ -1650,7 +1757,7 @@ class DeploymentSignals(_message.Message):
         error_rate: _builtins.float = ...,
         requests_per_second: _builtins.float = ...,
         cost_per_1k_tokens_usd: _builtins.float = ...,
-        breaker_state: Global___CircuitBreakerState.ValueType = ...,
+        breaker_state: _common_pb2.CircuitBreakerState.ValueType = ...,
         saturation: Global___DeploymentSaturation | None = ...,
         reporting_node_count: _builtins.int = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,

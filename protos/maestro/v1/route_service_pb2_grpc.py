@@ -32,8 +32,8 @@ class RouteServiceStub:
 
     A decision is a pure function of (config snapshot, request, live signals): candidates are the
     deployments of the requested model group (every group when none is named); policy and hard
-    limits (jurisdiction, open breaker, saturation, budget, context window) exclude some; the rest
-    are scored and ranked.
+    limits (jurisdiction, open breaker, saturation, budget, context window, SLO target) exclude
+    some; the rest are scored and ranked.
 
     Config is one versioned snapshot per project, the `RouteConfig` singleton: LiteLLM proxy YAML
     plus Rego policy modules. Every `ApplyConfig` that changes it creates a revision and publishes
@@ -91,7 +91,7 @@ class RouteServiceStub:
                 request_serializer=maestro_dot_v1_dot_route__service__pb2.WatchConfigRequest.SerializeToString,
                 response_deserializer=maestro_dot_v1_dot_route__service__pb2.WatchConfigResponse.FromString,
                 _registered_method=True)
-        self.ReportObservations = channel.stream_unary(
+        self.ReportObservations = channel.stream_stream(
                 '/maestro.v1.RouteService/ReportObservations',
                 request_serializer=maestro_dot_v1_dot_route__service__pb2.ReportObservationsRequest.SerializeToString,
                 response_deserializer=maestro_dot_v1_dot_route__service__pb2.ReportObservationsResponse.FromString,
@@ -115,8 +115,8 @@ class RouteServiceServicer:
 
     A decision is a pure function of (config snapshot, request, live signals): candidates are the
     deployments of the requested model group (every group when none is named); policy and hard
-    limits (jurisdiction, open breaker, saturation, budget, context window) exclude some; the rest
-    are scored and ranked.
+    limits (jurisdiction, open breaker, saturation, budget, context window, SLO target) exclude
+    some; the rest are scored and ranked.
 
     Config is one versioned snapshot per project, the `RouteConfig` singleton: LiteLLM proxy YAML
     plus Rego policy modules. Every `ApplyConfig` that changes it creates a revision and publishes
@@ -206,36 +206,50 @@ class RouteServiceServicer:
         Protocol: the data plane's first request names its node, the configs it serves and the
         `version_info` it already holds (resume). The server answers with the snapshots that differ
         from that version, then sends a response only when a watched snapshot changes. The data plane
-        answers every response with a request carrying its `nonce`: an ACK (`version_info` = the new
-        version) or a NACK (`version_info` = the last version it applied, `error_detail` set). After
-        a NACK the data plane keeps its last good snapshot and the server sends nothing more until a
-        newer version exists. A response sent before the previous one was ACKed or NACKed supersedes
-        it. Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+        answers every response with a request carrying its `nonce`, either:
+        - an ACK: `version_info` = the new version. Project snapshots it rejected (they do not
+        validate or compile) are listed in `rejected_route_configs`, each with its
+        `snapshot_version` and a `google.rpc.Status`: per snapshot, delta-xDS style, a rejected
+        project keeps its last good snapshot while the response's other snapshots apply, and the
+        server does not resend that project until it has a newer `snapshot_version`; or
+        - a NACK of the whole response, for a malformed response (one the data plane cannot decode
+        or apply at all): `version_info` = the last version it applied, `error_detail` set. The
+        data plane keeps every last good snapshot and the server sends nothing more until a newer
+        version exists.
+        A response sent before the previous one was ACKed or NACKed supersedes it. Requires
+        data-plane (operator) credentials: PERMISSION_DENIED otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportObservations(self, request_iterator, context):
-        """Receives live observations from a data plane. Client-streaming because a data plane sends a
-        batch every few seconds for as long as it runs; one long-lived stream avoids a round trip per
-        batch. The response, sent when the data plane closes the stream, counts what was accepted.
-        Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+        """Receives live observations from a data plane and answers each batch. Streams both ways
+        because a data plane sends a batch every few seconds for as long as it runs: one long-lived
+        stream avoids a round trip per batch, and the per-batch answers tell a data plane that
+        reconnects which batches were accepted. Each request carries a client-chosen `batch_id`,
+        unique within the stream, and is answered by one response with that `batch_id` and the
+        accepted count. A batch whose `batch_id` was already received on the stream is ignored (its
+        observations are not counted again) and answered with the counts of its first delivery.
+        After a reconnect the data plane re-sends only the batches that got no answer. Requires
+        data-plane (operator) credentials: PERMISSION_DENIED otherwise.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDeploymentSignals(self, request, context):
-        """Returns the current live signals of one deployment. NOT_FOUND when the deployment is not in
-        the project's snapshot; a deployment without traffic yet has `sample_count` 0.
+        """Returns the current live signals of one deployment, from the caller's project's traffic
+        only. NOT_FOUND when the deployment is not in the project's snapshot; a deployment without
+        traffic from the project yet has `sample_count` 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDeploymentSignals(self, request, context):
-        """Lists the current live signals of the deployments in a project's snapshot.
+        """Lists the current live signals of the deployments in a project's snapshot, from that
+        project's traffic only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -279,7 +293,7 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     request_deserializer=maestro_dot_v1_dot_route__service__pb2.WatchConfigRequest.FromString,
                     response_serializer=maestro_dot_v1_dot_route__service__pb2.WatchConfigResponse.SerializeToString,
             ),
-            'ReportObservations': grpc.stream_unary_rpc_method_handler(
+            'ReportObservations': grpc.stream_stream_rpc_method_handler(
                     servicer.ReportObservations,
                     request_deserializer=maestro_dot_v1_dot_route__service__pb2.ReportObservationsRequest.FromString,
                     response_serializer=maestro_dot_v1_dot_route__service__pb2.ReportObservationsResponse.SerializeToString,
@@ -309,8 +323,8 @@ class RouteService:
 
     A decision is a pure function of (config snapshot, request, live signals): candidates are the
     deployments of the requested model group (every group when none is named); policy and hard
-    limits (jurisdiction, open breaker, saturation, budget, context window) exclude some; the rest
-    are scored and ranked.
+    limits (jurisdiction, open breaker, saturation, budget, context window, SLO target) exclude
+    some; the rest are scored and ranked.
 
     Config is one versioned snapshot per project, the `RouteConfig` singleton: LiteLLM proxy YAML
     plus Rego policy modules. Every `ApplyConfig` that changes it creates a revision and publishes
@@ -527,7 +541,7 @@ class RouteService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
             '/maestro.v1.RouteService/ReportObservations',

@@ -35,8 +35,8 @@ class RouteServiceStub:
 
     A decision is a pure function of (config snapshot, request, live signals): candidates are the
     deployments of the requested model group (every group when none is named); policy and hard
-    limits (jurisdiction, open breaker, saturation, budget, context window) exclude some; the rest
-    are scored and ranked.
+    limits (jurisdiction, open breaker, saturation, budget, context window, SLO target) exclude
+    some; the rest are scored and ranked.
 
     Config is one versioned snapshot per project, the `RouteConfig` singleton: LiteLLM proxy YAML
     plus Rego policy modules. Every `ApplyConfig` that changes it creates a revision and publishes
@@ -105,24 +105,39 @@ class RouteServiceStub:
     Protocol: the data plane's first request names its node, the configs it serves and the
     `version_info` it already holds (resume). The server answers with the snapshots that differ
     from that version, then sends a response only when a watched snapshot changes. The data plane
-    answers every response with a request carrying its `nonce`: an ACK (`version_info` = the new
-    version) or a NACK (`version_info` = the last version it applied, `error_detail` set). After
-    a NACK the data plane keeps its last good snapshot and the server sends nothing more until a
-    newer version exists. A response sent before the previous one was ACKed or NACKed supersedes
-    it. Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+    answers every response with a request carrying its `nonce`, either:
+    - an ACK: `version_info` = the new version. Project snapshots it rejected (they do not
+      validate or compile) are listed in `rejected_route_configs`, each with its
+      `snapshot_version` and a `google.rpc.Status`: per snapshot, delta-xDS style, a rejected
+      project keeps its last good snapshot while the response's other snapshots apply, and the
+      server does not resend that project until it has a newer `snapshot_version`; or
+    - a NACK of the whole response, for a malformed response (one the data plane cannot decode
+      or apply at all): `version_info` = the last version it applied, `error_detail` set. The
+      data plane keeps every last good snapshot and the server sends nothing more until a newer
+      version exists.
+    A response sent before the previous one was ACKed or NACKed supersedes it. Requires
+    data-plane (operator) credentials: PERMISSION_DENIED otherwise.
     """
-    ReportObservations: _grpc.StreamUnaryMultiCallable[_route_service_pb2.ReportObservationsRequest, _route_service_pb2.ReportObservationsResponse]
-    """Receives live observations from a data plane. Client-streaming because a data plane sends a
-    batch every few seconds for as long as it runs; one long-lived stream avoids a round trip per
-    batch. The response, sent when the data plane closes the stream, counts what was accepted.
-    Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+    ReportObservations: _grpc.StreamStreamMultiCallable[_route_service_pb2.ReportObservationsRequest, _route_service_pb2.ReportObservationsResponse]
+    """Receives live observations from a data plane and answers each batch. Streams both ways
+    because a data plane sends a batch every few seconds for as long as it runs: one long-lived
+    stream avoids a round trip per batch, and the per-batch answers tell a data plane that
+    reconnects which batches were accepted. Each request carries a client-chosen `batch_id`,
+    unique within the stream, and is answered by one response with that `batch_id` and the
+    accepted count. A batch whose `batch_id` was already received on the stream is ignored (its
+    observations are not counted again) and answered with the counts of its first delivery.
+    After a reconnect the data plane re-sends only the batches that got no answer. Requires
+    data-plane (operator) credentials: PERMISSION_DENIED otherwise.
     """
     GetDeploymentSignals: _grpc.UnaryUnaryMultiCallable[_route_service_pb2.GetDeploymentSignalsRequest, _route_service_pb2.GetDeploymentSignalsResponse]
-    """Returns the current live signals of one deployment. NOT_FOUND when the deployment is not in
-    the project's snapshot; a deployment without traffic yet has `sample_count` 0.
+    """Returns the current live signals of one deployment, from the caller's project's traffic
+    only. NOT_FOUND when the deployment is not in the project's snapshot; a deployment without
+    traffic from the project yet has `sample_count` 0.
     """
     ListDeploymentSignals: _grpc.UnaryUnaryMultiCallable[_route_service_pb2.ListDeploymentSignalsRequest, _route_service_pb2.ListDeploymentSignalsResponse]
-    """Lists the current live signals of the deployments in a project's snapshot."""
+    """Lists the current live signals of the deployments in a project's snapshot, from that
+    project's traffic only.
+    """
 
 @_typing.type_check_only
 class RouteServiceAsyncStub(RouteServiceStub):
@@ -132,8 +147,8 @@ class RouteServiceAsyncStub(RouteServiceStub):
 
     A decision is a pure function of (config snapshot, request, live signals): candidates are the
     deployments of the requested model group (every group when none is named); policy and hard
-    limits (jurisdiction, open breaker, saturation, budget, context window) exclude some; the rest
-    are scored and ranked.
+    limits (jurisdiction, open breaker, saturation, budget, context window, SLO target) exclude
+    some; the rest are scored and ranked.
 
     Config is one versioned snapshot per project, the `RouteConfig` singleton: LiteLLM proxy YAML
     plus Rego policy modules. Every `ApplyConfig` that changes it creates a revision and publishes
@@ -199,24 +214,39 @@ class RouteServiceAsyncStub(RouteServiceStub):
     Protocol: the data plane's first request names its node, the configs it serves and the
     `version_info` it already holds (resume). The server answers with the snapshots that differ
     from that version, then sends a response only when a watched snapshot changes. The data plane
-    answers every response with a request carrying its `nonce`: an ACK (`version_info` = the new
-    version) or a NACK (`version_info` = the last version it applied, `error_detail` set). After
-    a NACK the data plane keeps its last good snapshot and the server sends nothing more until a
-    newer version exists. A response sent before the previous one was ACKed or NACKed supersedes
-    it. Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+    answers every response with a request carrying its `nonce`, either:
+    - an ACK: `version_info` = the new version. Project snapshots it rejected (they do not
+      validate or compile) are listed in `rejected_route_configs`, each with its
+      `snapshot_version` and a `google.rpc.Status`: per snapshot, delta-xDS style, a rejected
+      project keeps its last good snapshot while the response's other snapshots apply, and the
+      server does not resend that project until it has a newer `snapshot_version`; or
+    - a NACK of the whole response, for a malformed response (one the data plane cannot decode
+      or apply at all): `version_info` = the last version it applied, `error_detail` set. The
+      data plane keeps every last good snapshot and the server sends nothing more until a newer
+      version exists.
+    A response sent before the previous one was ACKed or NACKed supersedes it. Requires
+    data-plane (operator) credentials: PERMISSION_DENIED otherwise.
     """
-    ReportObservations: _aio.StreamUnaryMultiCallable[_route_service_pb2.ReportObservationsRequest, _route_service_pb2.ReportObservationsResponse]  # type: ignore[assignment]
-    """Receives live observations from a data plane. Client-streaming because a data plane sends a
-    batch every few seconds for as long as it runs; one long-lived stream avoids a round trip per
-    batch. The response, sent when the data plane closes the stream, counts what was accepted.
-    Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+    ReportObservations: _aio.StreamStreamMultiCallable[_route_service_pb2.ReportObservationsRequest, _route_service_pb2.ReportObservationsResponse]  # type: ignore[assignment]
+    """Receives live observations from a data plane and answers each batch. Streams both ways
+    because a data plane sends a batch every few seconds for as long as it runs: one long-lived
+    stream avoids a round trip per batch, and the per-batch answers tell a data plane that
+    reconnects which batches were accepted. Each request carries a client-chosen `batch_id`,
+    unique within the stream, and is answered by one response with that `batch_id` and the
+    accepted count. A batch whose `batch_id` was already received on the stream is ignored (its
+    observations are not counted again) and answered with the counts of its first delivery.
+    After a reconnect the data plane re-sends only the batches that got no answer. Requires
+    data-plane (operator) credentials: PERMISSION_DENIED otherwise.
     """
     GetDeploymentSignals: _aio.UnaryUnaryMultiCallable[_route_service_pb2.GetDeploymentSignalsRequest, _route_service_pb2.GetDeploymentSignalsResponse]  # type: ignore[assignment]
-    """Returns the current live signals of one deployment. NOT_FOUND when the deployment is not in
-    the project's snapshot; a deployment without traffic yet has `sample_count` 0.
+    """Returns the current live signals of one deployment, from the caller's project's traffic
+    only. NOT_FOUND when the deployment is not in the project's snapshot; a deployment without
+    traffic from the project yet has `sample_count` 0.
     """
     ListDeploymentSignals: _aio.UnaryUnaryMultiCallable[_route_service_pb2.ListDeploymentSignalsRequest, _route_service_pb2.ListDeploymentSignalsResponse]  # type: ignore[assignment]
-    """Lists the current live signals of the deployments in a project's snapshot."""
+    """Lists the current live signals of the deployments in a project's snapshot, from that
+    project's traffic only.
+    """
 
 class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
     """RouteService chooses a model deployment for each step on five weighted objectives (quality,
@@ -225,8 +255,8 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
 
     A decision is a pure function of (config snapshot, request, live signals): candidates are the
     deployments of the requested model group (every group when none is named); policy and hard
-    limits (jurisdiction, open breaker, saturation, budget, context window) exclude some; the rest
-    are scored and ranked.
+    limits (jurisdiction, open breaker, saturation, budget, context window, SLO target) exclude
+    some; the rest are scored and ranked.
 
     Config is one versioned snapshot per project, the `RouteConfig` singleton: LiteLLM proxy YAML
     plus Rego policy modules. Every `ApplyConfig` that changes it creates a revision and publishes
@@ -332,11 +362,18 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         Protocol: the data plane's first request names its node, the configs it serves and the
         `version_info` it already holds (resume). The server answers with the snapshots that differ
         from that version, then sends a response only when a watched snapshot changes. The data plane
-        answers every response with a request carrying its `nonce`: an ACK (`version_info` = the new
-        version) or a NACK (`version_info` = the last version it applied, `error_detail` set). After
-        a NACK the data plane keeps its last good snapshot and the server sends nothing more until a
-        newer version exists. A response sent before the previous one was ACKed or NACKed supersedes
-        it. Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+        answers every response with a request carrying its `nonce`, either:
+        - an ACK: `version_info` = the new version. Project snapshots it rejected (they do not
+          validate or compile) are listed in `rejected_route_configs`, each with its
+          `snapshot_version` and a `google.rpc.Status`: per snapshot, delta-xDS style, a rejected
+          project keeps its last good snapshot while the response's other snapshots apply, and the
+          server does not resend that project until it has a newer `snapshot_version`; or
+        - a NACK of the whole response, for a malformed response (one the data plane cannot decode
+          or apply at all): `version_info` = the last version it applied, `error_detail` set. The
+          data plane keeps every last good snapshot and the server sends nothing more until a newer
+          version exists.
+        A response sent before the previous one was ACKed or NACKed supersedes it. Requires
+        data-plane (operator) credentials: PERMISSION_DENIED otherwise.
         """
 
     @_abc_1.abstractmethod
@@ -344,11 +381,16 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_route_service_pb2.ReportObservationsRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_route_service_pb2.ReportObservationsResponse, _abc.Awaitable[_route_service_pb2.ReportObservationsResponse]]:
-        """Receives live observations from a data plane. Client-streaming because a data plane sends a
-        batch every few seconds for as long as it runs; one long-lived stream avoids a round trip per
-        batch. The response, sent when the data plane closes the stream, counts what was accepted.
-        Requires data-plane (operator) credentials: PERMISSION_DENIED otherwise.
+    ) -> _typing.Union[_abc.Iterator[_route_service_pb2.ReportObservationsResponse], _abc.AsyncIterator[_route_service_pb2.ReportObservationsResponse]]:
+        """Receives live observations from a data plane and answers each batch. Streams both ways
+        because a data plane sends a batch every few seconds for as long as it runs: one long-lived
+        stream avoids a round trip per batch, and the per-batch answers tell a data plane that
+        reconnects which batches were accepted. Each request carries a client-chosen `batch_id`,
+        unique within the stream, and is answered by one response with that `batch_id` and the
+        accepted count. A batch whose `batch_id` was already received on the stream is ignored (its
+        observations are not counted again) and answered with the counts of its first delivery.
+        After a reconnect the data plane re-sends only the batches that got no answer. Requires
+        data-plane (operator) credentials: PERMISSION_DENIED otherwise.
         """
 
     @_abc_1.abstractmethod
@@ -357,8 +399,9 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _route_service_pb2.GetDeploymentSignalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_route_service_pb2.GetDeploymentSignalsResponse, _abc.Awaitable[_route_service_pb2.GetDeploymentSignalsResponse]]:
-        """Returns the current live signals of one deployment. NOT_FOUND when the deployment is not in
-        the project's snapshot; a deployment without traffic yet has `sample_count` 0.
+        """Returns the current live signals of one deployment, from the caller's project's traffic
+        only. NOT_FOUND when the deployment is not in the project's snapshot; a deployment without
+        traffic from the project yet has `sample_count` 0.
         """
 
     @_abc_1.abstractmethod
@@ -367,6 +410,8 @@ class RouteServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _route_service_pb2.ListDeploymentSignalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_route_service_pb2.ListDeploymentSignalsResponse, _abc.Awaitable[_route_service_pb2.ListDeploymentSignalsResponse]]:
-        """Lists the current live signals of the deployments in a project's snapshot."""
+        """Lists the current live signals of the deployments in a project's snapshot, from that
+        project's traffic only.
+        """
 
 def add_RouteServiceServicer_to_server(servicer: RouteServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
