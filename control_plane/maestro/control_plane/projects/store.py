@@ -50,7 +50,7 @@ class ProjectStore:
         return ProjectRecord(name, display_name, now) if cursor.rowcount else None
 
     def get_project(self, name: str) -> ProjectRecord | None:
-        with self._db.transaction() as conn:
+        with self._db.read() as conn:
             row = conn.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
         return (
             ProjectRecord(row["name"], row["display_name"], _time(row["create_time"]))
@@ -89,12 +89,12 @@ class ProjectStore:
         return record, True
 
     def get_key(self, name: str) -> ApiKeyRecord | None:
-        with self._db.transaction() as conn:
+        with self._db.read() as conn:
             row = conn.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
         return _key(row) if row else None
 
     def find_key_by_hash(self, secret_sha256: str) -> ApiKeyRecord | None:
-        with self._db.transaction() as conn:
+        with self._db.read() as conn:
             row = conn.execute(
                 "SELECT * FROM api_keys WHERE secret_sha256 = ?", (secret_sha256,)
             ).fetchone()
@@ -111,7 +111,7 @@ class ProjectStore:
             params += list(after)
         query += " ORDER BY create_time DESC, name DESC LIMIT ?"
         params.append(limit)
-        with self._db.transaction() as conn:
+        with self._db.read() as conn:
             return [_key(row) for row in conn.execute(query, params).fetchall()]
 
     def delete_key(self, name: str) -> bool:

@@ -63,9 +63,21 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block in one IMMEDIATE transaction: all of it commits, or none of it."""
+        """Run a write block in one IMMEDIATE transaction: all of it commits, or none of it."""
+        with self._begin("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """Run a read block in one deferred transaction: a consistent snapshot that takes no
+        write lock, so readers in other processes are not serialised behind it (WAL)."""
+        with self._begin("BEGIN DEFERRED") as conn:
+            yield conn
+
+    @contextmanager
+    def _begin(self, statement: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(statement)
             try:
                 yield self._conn
             except BaseException:
