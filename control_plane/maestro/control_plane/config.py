@@ -86,6 +86,19 @@ class LoggingConfig(_Section):
     format: Literal["json", "console"] = "json"
 
 
+class RoutingConfig(_Section):
+    """Where RouteService's config comes from besides ApplyConfig: files, hot-reloaded."""
+
+    project: str = Field(
+        "demo", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Project the files configure."
+    )
+    config_file: Path | None = Field(
+        None, description="LiteLLM-format YAML (e.g. deploy/router/litellm.yaml); unset: none."
+    )
+    policy_files: tuple[Path, ...] = Field((), description="Rego modules applied with it.")
+    watch: bool = Field(True, description="Apply a new revision whenever the files change.")
+
+
 class MaestroConfig(_Section):
     """The whole server configuration."""
 
@@ -94,6 +107,7 @@ class MaestroConfig(_Section):
     store: StoreConfig = StoreConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     logging: LoggingConfig = LoggingConfig()
+    routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _insecure_only_on_loopback(self) -> MaestroConfig:

@@ -116,6 +116,12 @@ class FailedPrecondition(MaestroError):
     code = code_pb2.FAILED_PRECONDITION
 
 
+class Aborted(MaestroError):
+    """A concurrency conflict (etag mismatch, lost race): read again and retry."""
+
+    code = code_pb2.ABORTED
+
+
 class ResourceExhausted(MaestroError):
     """A quota, budget or capacity limit was hit."""
 

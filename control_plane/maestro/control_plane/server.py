@@ -19,6 +19,12 @@ from maestro.control_plane.config import MaestroConfig
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.servicer import ProjectServicer
 from maestro.control_plane.projects.store import ProjectStore
+from maestro.control_plane.route.files import apply_files, watch_files
+from maestro.control_plane.route.registry import SnapshotRegistry
+from maestro.control_plane.route.service import RouteService
+from maestro.control_plane.route.servicer import RouteServicer
+from maestro.control_plane.route.store import RouteConfigStore
+from maestro.control_plane.route.tagging import ContentTagger
 from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
 from maestro.control_plane.rpc.interceptors import GuardInterceptor
 from maestro.control_plane.rpc.reflection import enable_reflection
@@ -33,14 +39,15 @@ from maestro.v1 import (
     project_service_pb2_grpc,
     rollout_service_pb2,
     route_service_pb2,
+    route_service_pb2_grpc,
 )
 
 log = structlog.get_logger(__name__)
 
 PROJECT_SERVICE = project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"]
+ROUTE_SERVICE = route_service_pb2.DESCRIPTOR.services_by_name["RouteService"]
 # Services of the contract whose capability is not built yet, and what they are waiting for.
 PENDING_SERVICES = (
-    (route_service_pb2.DESCRIPTOR.services_by_name["RouteService"], "the routing engine"),
     (graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"], "the agent graph runtime"),
     (eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"], "the eval runner"),
     (rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"], "progressive delivery"),
@@ -60,7 +67,10 @@ class ControlPlane:
     health: HealthServicer
     database: Database
     projects: ProjectService
+    routes: RouteService
     port: int
+    stopping: asyncio.Event
+    background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -75,8 +85,12 @@ class ControlPlane:
         self._stopped.set()
         grace = self.config.server.grace_period_s if grace_s is None else grace_s
         log.info("server.stopping", grace_period_s=grace)
+        self.stopping.set()  # long-lived streams (WatchConfig, ...) end themselves
         await self.health.shut_down()
         await self.server.stop(grace)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         self.database.close()
         log.info("server.stopped")
 
@@ -106,11 +120,25 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
     )
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(projects), server)
+    stopping = asyncio.Event()
+    registry = SnapshotRegistry()
+    routes = RouteService(
+        RouteConfigStore(database),
+        registry,
+        ContentTagger(),
+        tracer=telemetry.tracer_provider.get_tracer("maestro.route"),
+        meter=telemetry.meter_provider.get_meter("maestro.route"),
+    )
+    await routes.load_all()
+    route_service_pb2_grpc.add_RouteServiceServicer_to_server(
+        RouteServicer(routes, registry, stopping), server
+    )
     for service, capability in PENDING_SERVICES:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    service_names = [PROJECT_SERVICE.full_name, *(s.full_name for s, _ in PENDING_SERVICES)]
+    served = (PROJECT_SERVICE, ROUTE_SERVICE)
+    service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in PENDING_SERVICES)]
     enable_reflection(
         server, [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     )
@@ -121,10 +149,17 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     await server.start()
     # Per-service health: implemented services SERVING; pending ones NOT_SERVING, so a probe on
     # a service name tells whether it can do its job, not just whether the process is up.
-    await health.set(PROJECT_SERVICE.full_name, SERVING)
+    for service in served:
+        await health.set(service.full_name, SERVING)
     for service, _ in PENDING_SERVICES:
         await health.set(service.full_name, NOT_SERVING)
-    plane = ControlPlane(config, server, health, database, projects, port)
+    plane = ControlPlane(config, server, health, database, projects, routes, port, stopping)
+    if config.routing.config_file is not None:
+        await apply_files(routes, config.routing)
+        if config.routing.watch:
+            plane.background.append(
+                asyncio.create_task(watch_files(routes, config.routing, stopping))
+            )
     log.info(
         "server.ready",
         address=plane.address,

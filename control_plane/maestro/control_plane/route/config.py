@@ -1,0 +1,318 @@
+"""The routing config: the LiteLLM proxy YAML format plus Maestro's `router:` and `policies:`.
+
+`parse_route_config` turns YAML text into a validated `RouteConfigSpec` or raises
+`InvalidArgument` whose field violations point into the YAML (`model_list[2].litellm_params.model`).
+LiteLLM's own keys that Maestro does not use (`litellm_settings`, `general_settings`, extra
+`litellm_params`) are accepted and kept, so a LiteLLM proxy config loads unchanged.
+
+Deployment facts the objectives need live in LiteLLM's per-deployment `model_info`:
+`quality` (0-1, default 0.5), `jurisdiction`, `in_house`, `input_cost_per_token` /
+`output_cost_per_token` (default: LiteLLM's price map), `max_input_tokens`,
+`expected_p95_latency_ms` (the prior before live traffic), `id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from maestro.control_plane.errors import FieldViolation, InvalidArgument
+from maestro.control_plane.route import catalog
+
+OBJECTIVES = ("quality", "latency", "cost", "reliability", "sovereignty")
+# The seed's objective names, and the short ones the x-maestro-objectives header uses.
+OBJECTIVE_ALIASES = {
+    "quality": "quality",
+    "p95_latency_ms": "latency",
+    "latency": "latency",
+    "cost_per_1k_tokens": "cost",
+    "cost": "cost",
+    "reliability": "reliability",
+    "sovereignty": "sovereignty",
+}
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class _Open(BaseModel):
+    """LiteLLM-owned sections: unknown keys are LiteLLM's business, kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _Closed(BaseModel):
+    """Maestro-owned sections: unknown keys are typos."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LitellmParams(_Open):
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: str | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _secret_is_a_reference(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("os.environ/"):
+            raise ValueError("must be a reference such as os.environ/OPENAI_API_KEY, not a literal")
+        return value
+
+
+class ModelInfo(_Open):
+    id: str | None = Field(None, min_length=1, max_length=128)
+    quality: float = Field(0.5, ge=0, le=1)
+    jurisdiction: str | None = Field(None, min_length=1, max_length=64)
+    in_house: bool | None = None
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
+    max_input_tokens: int | None = Field(None, gt=0)
+    expected_p95_latency_ms: float = Field(1000.0, gt=0)
+
+
+class ModelEntry(_Open):
+    model_name: str = Field(min_length=1, max_length=128)
+    litellm_params: LitellmParams
+    model_info: ModelInfo = ModelInfo()
+
+
+class FallbackChain(_Closed):
+    primary: str
+    on_error: list[str] = Field(min_length=1)
+
+
+class RouterSection(_Closed):
+    strategy: Literal["multi_objective"] = "multi_objective"
+    objectives: list[str] | dict[str, float] = Field(default_factory=lambda: list(OBJECTIVES))
+    fallbacks: list[FallbackChain] = Field(default_factory=list)
+    max_fallbacks: int = Field(3, ge=0, le=16)
+    latency_reference_ms: float = Field(
+        1000.0, gt=0, description="p95 at which the latency score is 0.5."
+    )
+    cost_reference_per_1k: float = Field(
+        0.01, gt=0, description="USD per 1k tokens at which the cost score is 0.5."
+    )
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, value: list[str] | dict[str, float]) -> list[str] | dict[str, float]:
+        names = value if isinstance(value, list) else list(value)
+        unknown = [name for name in names if name not in OBJECTIVE_ALIASES]
+        if unknown:
+            raise ValueError(f"unknown objectives {unknown}; known: {sorted(OBJECTIVE_ALIASES)}")
+        if isinstance(value, dict) and any(weight < 0 for weight in value.values()):
+            raise ValueError("objective weights must not be negative")
+        return value
+
+
+class PoliciesSection(_Closed):
+    content_tags: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class RouteConfigDocument(_Open):
+    model_list: list[ModelEntry] = Field(min_length=1)
+    router_settings: dict[str, Any] = Field(default_factory=dict)
+    router: RouterSection = RouterSection()
+    policies: PoliciesSection = PoliciesSection()
+    telemetry: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSpec:
+    """One deployment with every fact the decision needs, defaults resolved."""
+
+    deployment_id: str
+    model_name: str
+    litellm_model: str
+    provider: str
+    api_base: str | None
+    quality: float
+    jurisdiction: str
+    in_house: bool
+    input_cost_per_token: float | None
+    output_cost_per_token: float | None
+    max_input_tokens: int | None
+    expected_p95_latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfigSpec:
+    document: RouteConfigDocument
+    deployments: tuple[DeploymentSpec, ...]
+    model_names: tuple[str, ...]
+    weights: dict[str, float]
+    fallbacks: dict[str, tuple[str, ...]]
+    content_tags: dict[str, frozenset[str]]
+    aliases: dict[str, str]
+
+
+def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec:
+    """Parse and validate config YAML; violations name `field` plus the path inside it."""
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise InvalidArgument([FieldViolation(field, "larger than 1 MiB")])
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise InvalidArgument([FieldViolation(field, f"{where}not valid YAML")]) from error
+    if not isinstance(raw, dict):
+        raise InvalidArgument([FieldViolation(field, "the top level must be a mapping")])
+    try:
+        document = RouteConfigDocument.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidArgument(
+            [FieldViolation(f"{field}: {_path(e['loc'])}", e["msg"]) for e in error.errors()]
+        ) from error
+    return _resolve(document, field)
+
+
+def _path(location: tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
+    violations: list[FieldViolation] = []
+    deployments: list[DeploymentSpec] = []
+    seen_ids: set[str] = set()
+    for index, entry in enumerate(document.model_list):
+        where = f"{field}: model_list[{index}]"
+        try:
+            facts = catalog.lookup(entry.litellm_params.model)
+        except ValueError as error:
+            violations.append(FieldViolation(f"{where}.litellm_params.model", str(error)))
+            continue
+        info = entry.model_info
+        deployment_id = info.id or _derived_id(entry)
+        if deployment_id in seen_ids:
+            violations.append(FieldViolation(f"{where}.model_info.id", "duplicate deployment id"))
+        seen_ids.add(deployment_id)
+        in_house = (
+            info.in_house
+            if info.in_house is not None
+            else facts.provider in catalog.IN_HOUSE_PROVIDERS
+        )
+        deployments.append(
+            DeploymentSpec(
+                deployment_id=deployment_id,
+                model_name=entry.model_name,
+                litellm_model=entry.litellm_params.model,
+                provider=facts.provider,
+                api_base=entry.litellm_params.api_base,
+                quality=info.quality,
+                jurisdiction=info.jurisdiction or ("internal" if in_house else "unspecified"),
+                in_house=in_house,
+                input_cost_per_token=_price(
+                    info.input_cost_per_token, facts.input_cost_per_token, in_house
+                ),
+                output_cost_per_token=_price(
+                    info.output_cost_per_token, facts.output_cost_per_token, in_house
+                ),
+                max_input_tokens=info.max_input_tokens or facts.max_input_tokens,
+                expected_p95_latency_ms=info.expected_p95_latency_ms,
+            )
+        )
+    model_names = tuple(dict.fromkeys(d.model_name for d in deployments))
+    # References are checked against every declared name, so one bad entry is reported once
+    # rather than again by each fallback or tag rule that names it.
+    known = {entry.model_name for entry in document.model_list}
+    fallbacks = _fallbacks(document, known, field, violations)
+    content_tags: dict[str, frozenset[str]] = {}
+    for tag, models in document.policies.content_tags.items():
+        for name in models:
+            if name not in known:
+                violations.append(
+                    FieldViolation(
+                        f"{field}: policies.content_tags.{tag}", f"unknown model {name!r}"
+                    )
+                )
+        content_tags[tag.strip().lower()] = frozenset(models)
+    aliases = {
+        str(alias): str(target)
+        for alias, target in (document.router_settings.get("model_group_alias") or {}).items()
+    }
+    for alias, target in aliases.items():
+        if target not in known:
+            violations.append(
+                FieldViolation(
+                    f"{field}: router_settings.model_group_alias.{alias}",
+                    f"unknown model {target!r}",
+                )
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    return RouteConfigSpec(
+        document=document,
+        deployments=tuple(deployments),
+        model_names=model_names,
+        weights=_weights(document.router.objectives),
+        fallbacks=fallbacks,
+        content_tags=content_tags,
+        aliases=aliases,
+    )
+
+
+def _price(declared: float | None, listed: float | None, in_house: bool) -> float | None:
+    if declared is not None:
+        return declared
+    if listed is not None:
+        return listed
+    return 0.0 if in_house else None
+
+
+def _derived_id(entry: ModelEntry) -> str:
+    """LiteLLM-style stable id: a hash of the group and its parameters."""
+    material = json.dumps(
+        [entry.model_name, entry.litellm_params.model_dump(mode="json")], sort_keys=True
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _weights(objectives: list[str] | dict[str, float]) -> dict[str, float]:
+    if isinstance(objectives, list):
+        weights = dict.fromkeys(OBJECTIVES, 0.0)
+        for name in objectives:
+            weights[OBJECTIVE_ALIASES[name]] = 1.0
+        return weights
+    weights = dict.fromkeys(OBJECTIVES, 0.0)
+    for name, weight in objectives.items():
+        weights[OBJECTIVE_ALIASES[name]] += weight
+    return weights
+
+
+def _fallbacks(
+    document: RouteConfigDocument, known: set[str], field: str, violations: list[FieldViolation]
+) -> dict[str, tuple[str, ...]]:
+    chains: dict[str, list[str]] = {}
+    for index, chain in enumerate(document.router.fallbacks):
+        for name in [chain.primary, *chain.on_error]:
+            if name not in known:
+                violations.append(
+                    FieldViolation(f"{field}: router.fallbacks[{index}]", f"unknown model {name!r}")
+                )
+        chains.setdefault(chain.primary, []).extend(chain.on_error)
+    # LiteLLM's own format: router_settings.fallbacks: [{"gpt-4o": ["sonnet-3.7"]}]
+    for index, item in enumerate(document.router_settings.get("fallbacks") or []):
+        if not isinstance(item, dict):
+            violations.append(
+                FieldViolation(f"{field}: router_settings.fallbacks[{index}]", "must be a mapping")
+            )
+            continue
+        for primary, targets in item.items():
+            for name in [primary, *(targets or [])]:
+                if name not in known:
+                    violations.append(
+                        FieldViolation(
+                            f"{field}: router_settings.fallbacks[{index}]",
+                            f"unknown model {name!r}",
+                        )
+                    )
+            chains.setdefault(str(primary), []).extend(str(t) for t in targets or [])
+    return {primary: tuple(dict.fromkeys(chain)) for primary, chain in chains.items()}

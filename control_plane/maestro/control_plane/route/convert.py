@@ -1,0 +1,293 @@
+"""RouteService messages <-> domain values: validation of requests, rationale of decisions."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from maestro.control_plane.errors import FieldViolation, InvalidArgument
+from maestro.control_plane.route.config import OBJECTIVES
+from maestro.control_plane.route.engine import Decision, Exclusion
+from maestro.control_plane.route.policy import PolicyModule
+from maestro.control_plane.route.service import Choice, ChooseInput
+from maestro.control_plane.route.store import Revision
+from maestro.v1 import common_pb2, route_service_pb2
+
+CHOOSE_CANDIDATE_CAP = 16
+_HINTS = {
+    common_pb2.STEP_HINT_UNSPECIFIED: "",
+    common_pb2.STEP_HINT_DRAFT: "draft",
+    common_pb2.STEP_HINT_FINALIZATION: "finalization",
+}
+_PACKAGE = re.compile(r"^\s*package\s+([\w.]+)", re.MULTILINE)
+
+
+def choose_input(
+    request: route_service_pb2.ChooseRequest, objectives_header: str, prefix: str = ""
+) -> ChooseInput:
+    """Validate a ChooseRequest; every bad field is reported at once."""
+    violations: list[FieldViolation] = []
+    if request.messages and request.content_digest:
+        violations.append(
+            FieldViolation(f"{prefix}content_digest", "give either messages or content_digest")
+        )
+    for index, message in enumerate(request.messages):
+        if message.role == common_pb2.CHAT_ROLE_UNSPECIFIED:
+            violations.append(FieldViolation(f"{prefix}messages[{index}].role", "required"))
+    weights: tuple[float, float, float, float, float] | None = None
+    if request.HasField("objective_weights"):
+        values = tuple(getattr(request.objective_weights, name) for name in OBJECTIVES)
+        for name, value in zip(OBJECTIVES, values, strict=True):
+            if not math.isfinite(value) or value < 0:
+                violations.append(
+                    FieldViolation(
+                        f"{prefix}objective_weights.{name}", "must be a finite number >= 0"
+                    )
+                )
+        if any(values):
+            weights = (values[0], values[1], values[2], values[3], values[4])
+    if request.step_hint not in _HINTS:
+        violations.append(FieldViolation(f"{prefix}step_hint", "unknown value"))
+    for field in ("estimated_prompt_tokens", "estimated_completion_tokens"):
+        if getattr(request, field) < 0:
+            violations.append(FieldViolation(f"{prefix}{field}", "must not be negative"))
+    budget = request.budget
+    if not math.isfinite(budget.max_cost_usd) or budget.max_cost_usd < 0:
+        violations.append(
+            FieldViolation(f"{prefix}budget.max_cost_usd", "must be a finite number >= 0")
+        )
+    max_p95 = request.slo_target.max_p95_latency
+    if max_p95.seconds < 0 or max_p95.nanos < 0:
+        violations.append(
+            FieldViolation(f"{prefix}slo_target.max_p95_latency", "must not be negative")
+        )
+    if violations:
+        raise InvalidArgument(violations)
+    return ChooseInput(
+        parent=request.parent,
+        texts=tuple(m.content for m in request.messages if m.content),
+        supplied_tags=tuple(request.step_tags),
+        weights=weights,
+        objectives_header=objectives_header,
+        hint=_HINTS[request.step_hint],
+        model=request.model,
+        max_cost_usd=budget.max_cost_usd,
+        prompt_tokens=request.estimated_prompt_tokens,
+        completion_tokens=request.estimated_completion_tokens,
+        allowed_jurisdictions=frozenset(request.jurisdiction.allowed_jurisdictions),
+        require_in_house=request.jurisdiction.require_in_house,
+        excluded_ids=frozenset(request.excluded_deployment_ids),
+        max_p95_ms=max_p95.seconds * 1000 + max_p95.nanos / 1e6,
+    )
+
+
+def policy_modules(
+    modules: list[route_service_pb2.RoutePolicyModule],
+) -> tuple[PolicyModule, ...]:
+    return tuple(PolicyModule(m.name, m.source) for m in modules)
+
+
+def _duration_ms(ms: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(ms * 1e6))
+    return duration
+
+
+def deployment_ref(decision: Decision, index: int) -> common_pb2.DeploymentRef:
+    deployment = decision.snapshot.deployments[index]
+    return common_pb2.DeploymentRef(
+        model_group=deployment.model_name,
+        deployment_id=deployment.deployment_id,
+        provider=deployment.provider,
+        provider_model=deployment.litellm_model,
+    )
+
+
+def decision_message(choice: Choice, cap: int | None) -> route_service_pb2.RouteDecision:
+    """The decision with its rationale: every candidate when `cap` is None, else the chosen
+    ones first and then the best-scoring others, up to `cap`."""
+    decision = choice.decision
+    snapshot = decision.snapshot
+    request = decision.request
+    decided = timestamp_pb2.Timestamp()
+    decided.FromDatetime(choice.decided_at)
+    latency = duration_pb2.Duration()
+    latency.FromNanoseconds(choice.latency_ns)
+    message = route_service_pb2.RouteDecision(
+        decision_id=choice.decision_id,
+        supplied_tags=sorted(choice.supplied_tags),
+        detected_tags=sorted(choice.detected_tags),
+        content_tagged=bool(choice.detected_tags),
+        effective_weights=common_pb2.ObjectiveWeights(
+            **{name: float(w) for name, w in zip(OBJECTIVES, decision.weights, strict=True)}
+        ),
+        snapshot_version=choice.snapshot_version,
+        dry_run=choice.dry_run,
+        decide_time=decided,
+        decision_latency=latency,
+    )
+    scores = decision.weights @ snapshot.values
+    chosen = [decision.winner, *decision.fallbacks] if decision.winner >= 0 else []
+    if decision.winner >= 0:
+        message.deployment.CopyFrom(deployment_ref(decision, decision.winner))
+        message.fallbacks.extend(deployment_ref(decision, i) for i in decision.fallbacks)
+        winner = decision.winner
+        prompt_cost = _finite(snapshot.price_in[winner] * request.prompt_tokens)
+        completion_cost = _finite(snapshot.price_out[winner] * request.completion_tokens)
+        per_1k = _finite((snapshot.price_in[winner] + snapshot.price_out[winner]) * 500)
+        message.projected_cost.CopyFrom(
+            route_service_pb2.RouteCostProjection(
+                prompt_tokens=request.prompt_tokens,
+                completion_tokens=request.completion_tokens,
+                prompt_cost_usd=prompt_cost,
+                completion_cost_usd=completion_cost,
+                total_cost_usd=prompt_cost + completion_cost,
+                cost_per_1k_tokens_usd=per_1k,
+            )
+        )
+        signals = snapshot.signals(winner)
+        message.slo_forecast.CopyFrom(
+            route_service_pb2.RouteSloForecast(
+                expected_p95_latency=_duration_ms(signals.p95_ms),
+                expected_time_to_first_token=_duration_ms(signals.ttft_ms),
+                expected_error_rate=signals.error_rate,
+                meets_slo=not request.max_p95_ms or signals.p95_ms <= request.max_p95_ms,
+            )
+        )
+    indices = list(snapshot.candidate_indices(request))
+    if cap is not None and len(indices) > cap:
+        others = np.array([i for i in indices if i not in chosen], dtype=np.intp)
+        best_others = others[np.argsort(-scores[others], kind="stable")][: cap - len(chosen)]
+        selected = [*chosen, *(int(i) for i in best_others)]
+    else:
+        selected = indices
+    message.omitted_candidate_count = len(indices) - len(selected)
+    key = snapshot.policy.tag_key(request.tags)
+    entries = []
+    for index in selected:
+        entries.append((index, _candidate(decision, index, float(scores[index]), chosen, key)))
+    # Chosen first (in order), then eligible by score, then excluded by score.
+    ranked = sorted(
+        entries,
+        key=lambda e: (
+            chosen.index(e[0]) if e[0] in chosen else len(chosen) + (e[1].exclusion_reason != 0),
+            -e[1].score,
+        ),
+    )
+    for rank, (_, candidate) in enumerate(ranked, start=1):
+        if candidate.verdict != route_service_pb2.ROUTE_CANDIDATE_VERDICT_EXCLUDED:
+            candidate.rank = rank
+        message.candidates.append(candidate)
+    return message
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+_VERDICT_TEXT = {
+    Exclusion.POLICY_DENIED: "denied by policy",
+    Exclusion.JURISDICTION: "outside the allowed jurisdictions",
+    Exclusion.BREAKER_OPEN: "circuit breaker open",
+    Exclusion.SATURATED: "saturated",
+    Exclusion.BUDGET_EXCEEDED: "projected cost over the step budget (or price unknown)",
+    Exclusion.CONTEXT_WINDOW: "prompt longer than the context window",
+    Exclusion.EXCLUDED_BY_CALLER: "excluded by the caller",
+    Exclusion.SLO_FORECAST_MISS: "expected p95 latency over the SLO target",
+}
+
+
+def _candidate(
+    decision: Decision, index: int, score: float, chosen: list[int], key: int
+) -> route_service_pb2.RouteCandidate:
+    snapshot = decision.snapshot
+    request = decision.request
+    values = snapshot.values[:, index]
+    projected = snapshot.price_in[index] * request.prompt_tokens + snapshot.price_out[index] * (
+        request.completion_tokens
+    )
+    candidate = route_service_pb2.RouteCandidate(
+        deployment=deployment_ref(decision, index),
+        score=score,
+        objective_scores=route_service_pb2.RouteObjectiveScores(
+            **{name: float(v) for name, v in zip(OBJECTIVES, values, strict=True)}
+        ),
+        projected_cost_usd=_finite(projected),
+        expected_p95_latency=_duration_ms(float(snapshot.p95_ms[index])),
+    )
+    if index == decision.winner:
+        candidate.verdict = route_service_pb2.ROUTE_CANDIDATE_VERDICT_CHOSEN
+        return candidate
+    if index in chosen:
+        candidate.verdict = route_service_pb2.ROUTE_CANDIDATE_VERDICT_FALLBACK
+        return candidate
+    reasons = snapshot.exclusions(request, index)
+    if not reasons:
+        candidate.verdict = route_service_pb2.ROUTE_CANDIDATE_VERDICT_NOT_SELECTED
+        candidate.exclusion_detail = "eligible; a higher-scoring deployment was chosen"
+        return candidate
+    candidate.verdict = route_service_pb2.ROUTE_CANDIDATE_VERDICT_EXCLUDED
+    candidate.exclusion_reason = int(reasons[0])  # type: ignore[assignment]
+    candidate.exclusion_detail = "; ".join(_VERDICT_TEXT[r] for r in reasons)
+    if reasons[0] == Exclusion.POLICY_DENIED:
+        candidate.policy_rule = _policy_rule(decision, index, key)
+    return candidate
+
+
+def _policy_rule(decision: Decision, index: int, key: int) -> str:
+    snapshot = decision.snapshot
+    group = int(snapshot.group_of[index])
+    if not snapshot.policy.allowed_row(key)[group]:
+        return "; ".join(snapshot.policy.reasons(key, group))
+    tags = sorted(decision.request.tags & frozenset(snapshot.spec.content_tags))
+    return "; ".join(
+        f"policies.content_tags.{tag}: only {sorted(snapshot.spec.content_tags[tag])}"
+        for tag in tags
+    )
+
+
+def route_config_message(name: str, revision: Revision | None) -> route_service_pb2.RouteConfig:
+    message = route_service_pb2.RouteConfig(name=name, revision_id="0", snapshot_version="0")
+    if revision is None:
+        return message
+    message.revision_id = str(revision.revision)
+    message.snapshot_version = str(revision.revision)
+    message.config_yaml = revision.config_yaml
+    message.policy_modules.extend(module_message(m) for m in revision.policy_modules)
+    message.etag = revision.digest
+    message.update_time.FromDatetime(revision.create_time)
+    return message
+
+
+def module_message(module: PolicyModule) -> route_service_pb2.RoutePolicyModule:
+    match = _PACKAGE.search(module.source)
+    return route_service_pb2.RoutePolicyModule(
+        name=module.name, source=module.source, rego_package=match.group(1) if match else ""
+    )
+
+
+def revision_message(revision: Revision) -> route_service_pb2.RouteConfigRevision:
+    name = f"{revision.project}/routeConfig"
+    message = route_service_pb2.RouteConfigRevision(
+        name=f"{name}/revisions/{revision.revision}",
+        revision_id=str(revision.revision),
+        route_config=route_config_message(name, revision),
+        description=revision.description,
+        creator=revision.creator,
+        digest=revision.digest,
+    )
+    message.create_time.FromDatetime(revision.create_time)
+    return message
+
+
+def snapshot_message(revision: Revision) -> route_service_pb2.RouteConfigSnapshot:
+    return route_service_pb2.RouteConfigSnapshot(
+        route_config=f"{revision.project}/routeConfig",
+        snapshot_version=str(revision.revision),
+        revision_id=str(revision.revision),
+        config_yaml=revision.config_yaml,
+        policy_modules=[module_message(m) for m in revision.policy_modules],
+    )

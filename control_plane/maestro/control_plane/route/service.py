@@ -1,0 +1,501 @@
+"""RouteService logic: choose, explain, apply and read configs. No grpc here.
+
+The request path (`choose`) does dictionary look-ups, content tagging of the request's text and
+the engine's vector arithmetic; everything else (YAML, Rego, LiteLLM's catalog) happens when a
+config is applied, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from opentelemetry import metrics, trace
+
+from maestro.control_plane import names
+from maestro.control_plane.auth import Principal, require_project
+from maestro.control_plane.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    MaestroError,
+    NotFound,
+)
+from maestro.control_plane.route.engine import (
+    Decision,
+    RouteRequest,
+    RoutingSnapshot,
+    UnknownModel,
+    parse_objectives_header,
+)
+from maestro.control_plane.route.policy import PolicyError, PolicyModule
+from maestro.control_plane.route.registry import Published, SnapshotRegistry, compile_revision
+from maestro.control_plane.route.store import Revision, RouteConfigStore, digest_of
+from maestro.control_plane.route.tagging import ContentTagger, merge_tags
+from maestro.control_plane.rpc import pagination
+
+log = structlog.get_logger(__name__)
+CHARS_PER_TOKEN = 4  # a rough prompt-size estimate when the caller gives none
+MAX_POLICY_MODULES = 64
+EXPLAIN_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ChooseInput:
+    """A routing request as the domain sees it (converted from ChooseRequest)."""
+
+    parent: str
+    texts: tuple[str, ...] = ()
+    supplied_tags: tuple[str, ...] = ()
+    weights: tuple[float, float, float, float, float] | None = None
+    objectives_header: str = ""
+    hint: str = ""
+    model: str = ""
+    max_cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    allowed_jurisdictions: frozenset[str] = frozenset()
+    require_in_house: bool = False
+    excluded_ids: frozenset[str] = frozenset()
+    max_p95_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    decision: Decision
+    snapshot_version: str
+    supplied_tags: frozenset[str]
+    detected_tags: frozenset[str]
+    decision_id: str
+    decided_at: datetime
+    latency_ns: int
+    dry_run: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigView:
+    """A project's config as GetConfig shows it; `revision` None before the first apply."""
+
+    name: str
+    revision: Revision | None
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    view: ConfigView
+    snapshot: RoutingSnapshot
+    created: bool
+
+
+class RouteService:
+    def __init__(
+        self,
+        store: RouteConfigStore,
+        registry: SnapshotRegistry,
+        tagger: ContentTagger,
+        *,
+        tracer: trace.Tracer,
+        meter: metrics.Meter,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._tagger = tagger
+        self._tracer = tracer
+        self._decisions = meter.create_counter(
+            "maestro.route.decisions", description="Routing decisions by chosen model group."
+        )
+        self._policy_exclusions = meter.create_counter(
+            "maestro.route.policy_exclusions",
+            description="Candidate deployments excluded by policy, by model group requested.",
+        )
+        self._fallback_routes = meter.create_counter(
+            "maestro.route.fallback_routes",
+            description="Decisions that routed to a fallback group of the requested model.",
+        )
+        self._explain_cache: OrderedDict[tuple[str, int], RoutingSnapshot] = OrderedDict()
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        """Compile and publish every project's latest stored revision (at server start)."""
+        for project in await asyncio.to_thread(self._store.projects_with_config):
+            revision = await asyncio.to_thread(self._store.latest, project)
+            if revision is None:
+                continue
+            try:
+                snapshot = await asyncio.to_thread(
+                    compile_revision, revision, self._registry.board(project)
+                )
+            except (MaestroError, PolicyError) as error:
+                log.error("route.config_unloadable", project=project, error=str(error))
+                continue
+            await self._registry.publish(revision, snapshot)
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def choose(
+        self, principal: Principal, request: ChooseInput, *, dry_run: bool = False
+    ) -> Choice:
+        """Decide. Synchronous on purpose: it never waits, so it never yields the loop."""
+        started = time.perf_counter_ns()
+        project_id = names.parse_project_name(request.parent, "parent")
+        require_project(principal, project_id)
+        published = self._published(request.parent)
+        with self._tracer.start_as_current_span("maestro.route.choose") as span:
+            detected = self._tagger.tags(request.texts) if request.texts else frozenset()
+            try:
+                supplied = merge_tags(frozenset(), request.supplied_tags)
+            except ValueError as error:
+                raise InvalidArgument([FieldViolation("step_tags", str(error))]) from None
+            route_request = self._route_request(request, supplied | detected)
+            decision = self._decide(published.snapshot, route_request)
+            latency = time.perf_counter_ns() - started
+            self._record(span, principal, published, decision, request, latency)
+        if decision.winner < 0 and not dry_run:
+            raise FailedPrecondition(
+                "no deployment is eligible for this step; ExplainRoute lists why each was excluded",
+                reason="NO_ELIGIBLE_DEPLOYMENT",
+                metadata={"snapshot_version": published.snapshot_version},
+            )
+        return Choice(
+            decision,
+            published.snapshot_version,
+            supplied,
+            detected,
+            uuid.uuid4().hex,
+            datetime.now(UTC),
+            latency,
+            dry_run,
+        )
+
+    async def explain(
+        self, principal: Principal, request: ChooseInput, config_revision: str
+    ) -> Choice:
+        """A dry run; with `config_revision`, against that stored revision of the config."""
+        if not config_revision:
+            return self.choose(principal, request, dry_run=True)
+        project_id, revision_number = _parse_revision_name(config_revision, "config_revision")
+        require_project(principal, project_id)
+        if names.project_name(project_id) != request.parent:
+            raise InvalidArgument(
+                [FieldViolation("config_revision", "must be a revision of request.parent's config")]
+            )
+        snapshot = await self._revision_snapshot(request.parent, revision_number)
+        started = time.perf_counter_ns()
+        detected = self._tagger.tags(request.texts) if request.texts else frozenset()
+        try:
+            supplied = merge_tags(frozenset(), request.supplied_tags)
+        except ValueError as error:
+            raise InvalidArgument([FieldViolation("request.step_tags", str(error))]) from None
+        decision = self._decide(snapshot, self._route_request(request, supplied | detected))
+        return Choice(
+            decision,
+            snapshot.version,
+            supplied,
+            detected,
+            uuid.uuid4().hex,
+            datetime.now(UTC),
+            time.perf_counter_ns() - started,
+            True,
+        )
+
+    def _published(self, parent: str) -> Published:
+        published = self._registry.current(parent)
+        if published is None:
+            raise FailedPrecondition(
+                f"{parent} has no routing config yet; apply one with ApplyConfig",
+                reason="NO_ROUTE_CONFIG",
+            )
+        return published
+
+    def _route_request(self, request: ChooseInput, tags: frozenset[str]) -> RouteRequest:
+        weights = request.weights
+        if weights is None and request.objectives_header:
+            try:
+                weights = parse_objectives_header(request.objectives_header)
+            except ValueError as error:
+                raise InvalidArgument(
+                    [FieldViolation("x-maestro-objectives", str(error))],
+                    message=f"invalid x-maestro-objectives metadata: {error}",
+                ) from None
+        prompt_tokens = request.prompt_tokens or math.ceil(
+            sum(len(t) for t in request.texts) / CHARS_PER_TOKEN
+        )
+        return RouteRequest(
+            tags=tags,
+            weights=weights,
+            hint=request.hint,
+            model=request.model,
+            max_cost_usd=request.max_cost_usd,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=request.completion_tokens,
+            allowed_jurisdictions=request.allowed_jurisdictions,
+            require_in_house=request.require_in_house,
+            excluded_ids=request.excluded_ids,
+            max_p95_ms=request.max_p95_ms,
+        )
+
+    @staticmethod
+    def _decide(snapshot: RoutingSnapshot, request: RouteRequest) -> Decision:
+        try:
+            return snapshot.decide(request)
+        except UnknownModel:
+            raise NotFound(
+                f"model {request.model!r} is not a model group or alias of this project's config",
+                reason="MODEL_NOT_FOUND",
+            ) from None
+
+    def _record(
+        self,
+        span: trace.Span,
+        principal: Principal,
+        published: Published,
+        decision: Decision,
+        request: ChooseInput,
+        latency_ns: int,
+    ) -> None:
+        snapshot = decision.snapshot
+        requested = request.model or "*"
+        span.set_attribute("maestro.project", principal.project_id)
+        span.set_attribute("gen_ai.operation.name", "route")
+        span.set_attribute("gen_ai.request.model", requested)
+        span.set_attribute("maestro.route.snapshot_version", published.snapshot_version)
+        span.set_attribute("maestro.route.tags", sorted(decision.request.tags))
+        span.set_attribute("maestro.route.decision_latency_us", latency_ns / 1000)
+        key = snapshot.policy.tag_key(decision.request.tags)
+        denied = int((~snapshot.policy_mask(key)).sum())
+        if denied:
+            self._policy_exclusions.add(denied, {"gen_ai.request.model": requested})
+        if decision.winner < 0:
+            span.set_attribute("maestro.route.outcome", "no_eligible_deployment")
+            self._decisions.add(1, {"gen_ai.request.model": requested, "outcome": "none"})
+            return
+        chosen = snapshot.deployments[decision.winner]
+        span.set_attribute("maestro.route.outcome", "chosen")
+        span.set_attribute("gen_ai.response.model", chosen.model_name)
+        span.set_attribute("gen_ai.provider.name", chosen.provider)
+        span.set_attribute("maestro.route.deployment_id", chosen.deployment_id)
+        span.set_attribute("maestro.route.fallback_count", len(decision.fallbacks))
+        self._decisions.add(
+            1,
+            {
+                "gen_ai.request.model": requested,
+                "gen_ai.response.model": chosen.model_name,
+                "gen_ai.provider.name": chosen.provider,
+                "outcome": "chosen",
+            },
+        )
+        if request.model and chosen.model_name != request.model:
+            self._fallback_routes.add(
+                1, {"gen_ai.request.model": requested, "gen_ai.response.model": chosen.model_name}
+            )
+
+    # -- config -----------------------------------------------------------------------------
+
+    async def get_config(self, principal: Principal, name: str) -> ConfigView:
+        project = _config_project(name, "name")
+        require_project(principal, project.removeprefix("projects/"))
+        published = self._registry.current(project)
+        revision = (
+            published.revision
+            if published
+            else await asyncio.to_thread(self._store.latest, project)
+        )
+        return ConfigView(name, revision)
+
+    async def apply_config(
+        self,
+        principal: Principal,
+        name: str,
+        config_yaml: str,
+        modules: tuple[PolicyModule, ...],
+        *,
+        mask: tuple[str, ...],
+        validate_only: bool,
+        etag: str,
+        request_id: str,
+        description: str,
+    ) -> Applied:
+        project = _config_project(name, "route_config.name")
+        require_project(principal, project.removeprefix("projects/"))
+        _check_apply_fields(modules, mask, request_id, description)
+        current = await asyncio.to_thread(self._store.latest, project)
+        if etag and etag != (current.digest if current else digest_of("", ())):
+            raise Aborted(
+                "the config changed since it was read (etag mismatch); read it again and retry",
+                reason="ETAG_MISMATCH",
+            )
+        if mask and current is not None:
+            config_yaml = config_yaml if "config_yaml" in mask else current.config_yaml
+            modules = modules if "policy_modules" in mask else current.policy_modules
+        if not config_yaml:
+            raise InvalidArgument([FieldViolation("route_config.config_yaml", "required")])
+        candidate = Revision(
+            project, (current.revision if current else 0) + 1, config_yaml, modules,
+            description, principal.api_key or "", digest_of(config_yaml, modules),
+            datetime.now(UTC),
+        )  # fmt: skip
+        snapshot = await asyncio.to_thread(self._compile, candidate, project)
+        if validate_only:
+            return Applied(ConfigView(name, current), snapshot, created=False)
+        stored = await asyncio.to_thread(
+            self._append,
+            project,
+            config_yaml,
+            modules,
+            description=description,
+            creator=principal.api_key or "",
+            request_id=request_id or None,
+            expected_revision=current.revision if current else 0,
+        )
+        if stored is None:
+            raise Aborted(
+                "another ApplyConfig won the race; read the config and retry",
+                reason="CONCURRENT_APPLY",
+            )
+        revision, created = stored
+        if created:
+            snapshot = RoutingSnapshot(
+                snapshot.spec,
+                snapshot.policy,
+                str(revision.revision),
+                self._registry.board(project),
+            )
+            await self._registry.publish(revision, snapshot)
+            log.info("route.config_applied", project=project, revision=revision.revision)
+        return Applied(ConfigView(name, revision), snapshot, created)
+
+    def _append(
+        self, project: str, config_yaml: str, modules: tuple[PolicyModule, ...], **kwargs: Any
+    ) -> tuple[Revision, bool] | None:
+        try:
+            return self._store.append(project, config_yaml, modules, **kwargs)
+        except sqlite3.IntegrityError:
+            raise NotFound(
+                f"project {project!r} does not exist", reason="PROJECT_NOT_FOUND"
+            ) from None
+
+    def _compile(self, revision: Revision, project: str) -> RoutingSnapshot:
+        try:
+            return compile_revision(revision, self._registry.board(project))
+        except PolicyError as error:
+            index = next(
+                (i for i, m in enumerate(revision.policy_modules) if m.name == error.module), None
+            )
+            field = (
+                f"route_config.policy_modules[{index}].source"
+                if index is not None
+                else "route_config.policy_modules"
+            )
+            where = f"{error.line}: " if error.line else ""
+            raise InvalidArgument([FieldViolation(field, f"{where}{error.message}")]) from None
+        except InvalidArgument as error:
+            raise InvalidArgument(
+                [FieldViolation(f"route_config.{v.field}", v.description) for v in error.violations]
+            ) from None
+
+    async def list_revisions(
+        self, principal: Principal, parent: str, page_size: int, page_token: str
+    ) -> tuple[list[Revision], str]:
+        project = _config_project(parent, "parent")
+        size = pagination.page_size(page_size)
+        after = pagination.decode_token(page_token, parent)
+        require_project(principal, project.removeprefix("projects/"))
+        before = int(after[0]) if after and isinstance(after[0], int) else None
+        rows = await asyncio.to_thread(self._store.page, project, size + 1, before)
+        items = rows[:size]
+        token = pagination.encode_token(parent, [items[-1].revision]) if len(rows) > size else ""
+        return items, token
+
+    async def _revision_snapshot(self, project: str, number: int) -> RoutingSnapshot:
+        key = (project, number)
+        cached = self._explain_cache.get(key)
+        if cached is not None:
+            self._explain_cache.move_to_end(key)
+            return cached
+        revision = await asyncio.to_thread(self._store.get, project, number)
+        if revision is None:
+            raise NotFound(
+                f"{project}/routeConfig/revisions/{number} does not exist",
+                reason="REVISION_NOT_FOUND",
+            )
+        # Compiled against a private signal board: explaining history must not disturb live state.
+        snapshot = await asyncio.to_thread(compile_revision, revision)
+        self._explain_cache[key] = snapshot
+        if len(self._explain_cache) > EXPLAIN_CACHE_SIZE:
+            self._explain_cache.popitem(last=False)
+        return snapshot
+
+
+def _config_project(name: str, field: str) -> str:
+    """`projects/{p}/routeConfig` -> `projects/{p}`."""
+    project, _, rest = name.rpartition("/")
+    if rest != "routeConfig":
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    field,
+                    f"{name!r} is not a route config name; "
+                    "expected projects/{project}/routeConfig",
+                )
+            ]
+        )
+    names.parse_project_name(project, field)
+    return project
+
+
+def _parse_revision_name(value: str, field: str) -> tuple[str, int]:
+    prefix, _, number = value.rpartition("/revisions/")
+    project = _config_project(prefix, field) if prefix else ""
+    if not project or not number.isdigit() or int(number) < 1:
+        raise InvalidArgument(
+            [FieldViolation(field, "expected projects/{project}/routeConfig/revisions/{revision}")]
+        )
+    return project.removeprefix("projects/"), int(number)
+
+
+def _check_apply_fields(
+    modules: tuple[PolicyModule, ...], mask: tuple[str, ...], request_id: str, description: str
+) -> None:
+    violations: list[FieldViolation] = []
+    unknown = [path for path in mask if path not in ("config_yaml", "policy_modules")]
+    if unknown:
+        violations.append(
+            FieldViolation(
+                "update_mask", f"unknown paths {unknown}; use config_yaml, policy_modules"
+            )
+        )
+    if len(modules) > MAX_POLICY_MODULES:
+        violations.append(
+            FieldViolation("route_config.policy_modules", f"at most {MAX_POLICY_MODULES}")
+        )
+    seen: set[str] = set()
+    for index, module in enumerate(modules):
+        if not module.name:
+            violations.append(
+                FieldViolation(f"route_config.policy_modules[{index}].name", "required")
+            )
+        elif module.name in seen:
+            violations.append(
+                FieldViolation(f"route_config.policy_modules[{index}].name", "duplicate")
+            )
+        seen.add(module.name)
+        if not module.source.strip():
+            violations.append(
+                FieldViolation(f"route_config.policy_modules[{index}].source", "required")
+            )
+    if len(request_id) > 64:
+        violations.append(FieldViolation("request_id", "at most 64 characters (use a UUID)"))
+    if len(description) > 1024:
+        violations.append(FieldViolation("description", "at most 1024 characters"))
+    if violations:
+        raise InvalidArgument(violations)

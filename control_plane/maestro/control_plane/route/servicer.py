@@ -1,0 +1,242 @@
+"""gRPC face of RouteService: validate, convert, delegate to `service.RouteService`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from maestro.control_plane.auth import current_principal, require_project
+from maestro.control_plane.errors import (
+    FieldViolation,
+    InvalidArgument,
+    MaestroError,
+    Unimplemented,
+)
+from maestro.control_plane.route import convert
+from maestro.control_plane.route.registry import Published, SnapshotRegistry
+from maestro.control_plane.route.service import RouteService, _config_project
+from maestro.v1 import route_service_pb2 as pb
+from maestro.v1 import route_service_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+OBJECTIVES_HEADER = "x-maestro-objectives"
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _header(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == OBJECTIVES_HEADER:
+            return str(value)
+    return ""
+
+
+class RouteServicer(pb_grpc.RouteServiceServicer):
+    def __init__(
+        self, service: RouteService, registry: SnapshotRegistry, stopping: asyncio.Event
+    ) -> None:
+        self._service = service
+        self._registry = registry
+        self._stopping = stopping
+        # A new epoch per process: a version_info from before a restart means "resend all".
+        self._epoch = secrets.token_hex(4)
+
+    async def Choose(self, request: pb.ChooseRequest, context: Context) -> pb.ChooseResponse:
+        choice = self._service.choose(
+            current_principal(), convert.choose_input(request, _header(context))
+        )
+        return pb.ChooseResponse(
+            decision=convert.decision_message(choice, convert.CHOOSE_CANDIDATE_CAP)
+        )
+
+    async def StreamChoose(
+        self, request_iterator: AsyncIterator[pb.StreamChooseRequest], context: Context
+    ) -> AsyncIterator[pb.StreamChooseResponse]:
+        principal = current_principal()
+        header = _header(context)
+        async for item in request_iterator:
+            try:
+                choice = self._service.choose(
+                    principal, convert.choose_input(item.request, header, prefix="request.")
+                )
+            except MaestroError as error:
+                yield pb.StreamChooseResponse(error=error.to_status())
+                continue
+            yield pb.StreamChooseResponse(
+                response=pb.ChooseResponse(
+                    decision=convert.decision_message(choice, convert.CHOOSE_CANDIDATE_CAP)
+                )
+            )
+
+    async def ExplainRoute(
+        self, request: pb.ExplainRouteRequest, context: Context
+    ) -> pb.ExplainRouteResponse:
+        choice = await self._service.explain(
+            current_principal(),
+            convert.choose_input(request.request, _header(context), prefix="request."),
+            request.config_revision,
+        )
+        return pb.ExplainRouteResponse(decision=convert.decision_message(choice, cap=None))
+
+    async def GetConfig(
+        self, request: pb.GetConfigRequest, context: Context
+    ) -> pb.GetConfigResponse:
+        view = await self._service.get_config(current_principal(), request.name)
+        return pb.GetConfigResponse(
+            route_config=convert.route_config_message(view.name, view.revision)
+        )
+
+    async def ApplyConfig(
+        self, request: pb.ApplyConfigRequest, context: Context
+    ) -> pb.ApplyConfigResponse:
+        config = request.route_config
+        applied = await self._service.apply_config(
+            current_principal(),
+            config.name,
+            config.config_yaml,
+            convert.policy_modules(list(config.policy_modules)),
+            mask=tuple(request.update_mask.paths),
+            validate_only=request.validate_only,
+            etag=request.etag,
+            request_id=request.request_id,
+            description=request.description,
+        )
+        response = pb.ApplyConfigResponse(
+            route_config=convert.route_config_message(applied.view.name, applied.view.revision),
+            validation=pb.RouteConfigValidation(
+                model_group_count=len(applied.snapshot.group_names),
+                deployment_count=len(applied.snapshot.deployments),
+                decision_table_rows=applied.snapshot.policy.row_count,
+                warnings=_warnings(applied.snapshot),
+            ),
+        )
+        if applied.view.revision is not None and not request.validate_only:
+            response.revision.CopyFrom(convert.revision_message(applied.view.revision))
+        return response
+
+    async def ListConfigRevisions(
+        self, request: pb.ListConfigRevisionsRequest, context: Context
+    ) -> pb.ListConfigRevisionsResponse:
+        revisions, token = await self._service.list_revisions(
+            current_principal(), request.parent, request.page_size, request.page_token
+        )
+        return pb.ListConfigRevisionsResponse(
+            revisions=[convert.revision_message(r) for r in revisions], next_page_token=token
+        )
+
+    async def WatchConfig(
+        self, request_iterator: AsyncIterator[pb.WatchConfigRequest], context: Context
+    ) -> AsyncIterator[pb.WatchConfigResponse]:
+        """xDS-style: answer the first request with what changed since its version, then push
+        each change; ACKs and NACKs are read (and logged) by a side task."""
+        principal = current_principal()
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if not first.node_id:
+            raise InvalidArgument([FieldViolation("node_id", "required")])
+        projects = frozenset(
+            _config_project(name, f"route_configs[{i}]")
+            for i, name in enumerate(first.route_configs)
+        ) or frozenset({f"projects/{principal.project_id}"})
+        for project in projects:
+            require_project(principal, project.removeprefix("projects/"))
+        generation = self._resume_point(first.version_info)
+        acks = asyncio.create_task(self._read_acks(first.node_id, request_iterator))
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            full_state = generation < 0
+            while not self._stopping.is_set():
+                changed = (
+                    self._registry.all(projects)
+                    if full_state
+                    else self._registry.changed_since(generation, projects)
+                )
+                current = self._registry.generation
+                if changed or full_state:
+                    yield self._response(changed, current, full_state)
+                generation, full_state = current, False
+                change = asyncio.create_task(self._registry.wait_for_change(generation))
+                await asyncio.wait({change, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                change.cancel()
+        finally:
+            acks.cancel()
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acks
+
+    def _resume_point(self, version_info: str) -> int:
+        epoch, _, number = version_info.partition(":")
+        if epoch == self._epoch and number.isdigit() and int(number) <= self._registry.generation:
+            return int(number)
+        return -1  # unknown, stale or from another process: send the full state
+
+    def _response(
+        self, changed: list[Published], generation: int, full_state: bool
+    ) -> pb.WatchConfigResponse:
+        return pb.WatchConfigResponse(
+            version_info=f"{self._epoch}:{generation}",
+            nonce=secrets.token_hex(8),
+            snapshots=[convert.snapshot_message(p.revision) for p in changed],
+            full_state=full_state,
+        )
+
+    async def _read_acks(
+        self, node_id: str, request_iterator: AsyncIterator[pb.WatchConfigRequest]
+    ) -> None:
+        async for ack in request_iterator:
+            if ack.HasField("error_detail"):
+                log.warning(
+                    "route.watch_nack", node=node_id, nonce=ack.response_nonce,
+                    error=ack.error_detail.message,
+                )  # fmt: skip
+            for rejected in ack.rejected_route_configs:
+                log.warning(
+                    "route.snapshot_rejected", node=node_id, config=rejected.route_config,
+                    version=rejected.snapshot_version, error=rejected.error.message,
+                )  # fmt: skip
+            if not ack.HasField("error_detail"):
+                log.debug("route.watch_ack", node=node_id, version=ack.version_info)
+
+    async def ReportObservations(
+        self, request_iterator: AsyncIterator[pb.ReportObservationsRequest], context: Context
+    ) -> AsyncIterator[pb.ReportObservationsResponse]:
+        raise _signals_pending("ReportObservations")
+        yield  # pragma: no cover - makes this a streaming handler
+
+    async def GetDeploymentSignals(
+        self, request: pb.GetDeploymentSignalsRequest, context: Context
+    ) -> pb.GetDeploymentSignalsResponse:
+        raise _signals_pending("GetDeploymentSignals")
+
+    async def ListDeploymentSignals(
+        self, request: pb.ListDeploymentSignalsRequest, context: Context
+    ) -> pb.ListDeploymentSignalsResponse:
+        raise _signals_pending("ListDeploymentSignals")
+
+
+def _signals_pending(method: str) -> Unimplemented:
+    return Unimplemented(
+        f"maestro.v1.RouteService/{method} is part of the API but not available in this "
+        "release: live signal ingestion from data planes is not built yet",
+        reason="CAPABILITY_NOT_AVAILABLE",
+        metadata={
+            "service": "maestro.v1.RouteService",
+            "method": method,
+            "capability": "live signal ingestion from data planes",
+        },
+    )
+
+
+def _warnings(snapshot: Any) -> list[str]:
+    return [
+        f"deployment {d.deployment_id} ({d.model_name}): no price in config or LiteLLM's map; "
+        "its cost objective is neutral and it is excluded from budgeted steps"
+        for d in snapshot.deployments
+        if d.input_cost_per_token is None or d.output_cost_per_token is None
+    ]
