@@ -77,6 +77,13 @@ class TelemetryConfig(_Section):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port; unset disables."
     )
+    trace_sampling_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded (parent-based: a sampled caller's trace is "
+        "always continued). Every RPC is still instrumented; unsampled spans cost little.",
+    )
 
 
 class LoggingConfig(_Section):

@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from maestro.control_plane.config import TelemetryConfig
 
@@ -50,7 +51,9 @@ def build_telemetry(
     resource = Resource.create(
         {"service.name": config.service_name, "service.version": service_version()}
     )
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider = TracerProvider(
+        resource=resource, sampler=ParentBased(TraceIdRatioBased(config.trace_sampling_ratio))
+    )
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
     if config.otlp_endpoint:

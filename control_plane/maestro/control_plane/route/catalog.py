@@ -32,6 +32,7 @@ def _litellm() -> Any:
     return litellm
 
 
+@cache  # configs repeat the same model across many deployments; LiteLLM's parse is slow
 def lookup(model: str) -> CatalogEntry:
     """Provider and prices of a LiteLLM model string such as `openai/gpt-4o`.
 

@@ -36,6 +36,8 @@ OBJECTIVE_ALIASES = {
     "sovereignty": "sovereignty",
 }
 MAX_CONFIG_BYTES = 1024 * 1024
+# libyaml's safe loader parses large configs (10,000 deployments) about 10x faster.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Open(BaseModel):
@@ -150,12 +152,17 @@ class RouteConfigSpec:
     aliases: dict[str, str]
 
 
-def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec:
-    """Parse and validate config YAML; violations name `field` plus the path inside it."""
-    if len(text.encode()) > MAX_CONFIG_BYTES:
-        raise InvalidArgument([FieldViolation(field, "larger than 1 MiB")])
+def parse_route_config(
+    text: str, field: str = "config_yaml", max_bytes: int | None = MAX_CONFIG_BYTES
+) -> RouteConfigSpec:
+    """Parse and validate config YAML; violations name `field` plus the path inside it.
+
+    `max_bytes` bounds what an API caller may send; config files pass None.
+    """
+    if max_bytes is not None and len(text.encode()) > max_bytes:
+        raise InvalidArgument([FieldViolation(field, f"larger than {max_bytes} bytes")])
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SafeLoader)  # a safe loader: plain data only
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -20,6 +20,7 @@ Semantics, which the property tests check:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -178,7 +179,10 @@ class RoutingSnapshot:
                 deployment.deployment_id, _Signals(p95_ms=deployment.expected_p95_latency_ms)
             )
             self._write_signals(i, signals)
-        self._default_weights = _normalise(tuple(spec.weights[o] for o in OBJECTIVES))
+        self._default_tuple = tuple(spec.weights[o] for o in OBJECTIVES)
+        self._hinted_defaults = {
+            hint: _hinted_weights(self._default_tuple, hint) for hint in HINT_MULTIPLIERS
+        }
         self._policy_masks: dict[int, BoolArray] = {}
         self._jurisdiction_masks: dict[frozenset[str], BoolArray] = {}
         self._content_tags = frozenset(spec.content_tags)
@@ -271,11 +275,12 @@ class RoutingSnapshot:
     # -- the decision -----------------------------------------------------------------------
 
     def effective_weights(self, request: RouteRequest) -> FloatArray:
-        base = self._default_weights if request.weights is None else _normalise(request.weights)
-        multipliers = HINT_MULTIPLIERS.get(request.hint)
-        if multipliers is None:
-            raise ValueError(f"unknown step hint {request.hint!r}")
-        return _normalise(tuple(w * m for w, m in zip(base, multipliers, strict=True)))
+        """Normalised weights after the step hint; computed once per distinct input (cached)."""
+        if request.weights is None:
+            weights = self._hinted_defaults.get(request.hint)
+            if weights is not None:
+                return weights
+        return _hinted_weights(request.weights or self._default_tuple, request.hint)
 
     def eligible(self, request: RouteRequest, span: slice) -> BoolArray:
         """Eligibility of the deployments in `span` (a fresh array)."""
@@ -330,14 +335,14 @@ class RoutingSnapshot:
         for group in route:
             span = self.group_slices[group]
             scores = self.masked_scores(request, weights, span)
-            best = int(np.argmax(scores))
+            best = int(scores.argmax())
             if scores[best] == -np.inf:
                 continue
             if winner < 0:
                 winner = span.start + best
                 # One more replica of the same group first, as LiteLLM retries within a group.
                 scores[best] = -np.inf
-                second = int(np.argmax(scores))
+                second = int(scores.argmax())
                 if scores[second] > -np.inf:
                     fallbacks.append(span.start + second)
             else:
@@ -346,7 +351,7 @@ class RoutingSnapshot:
 
     def _decide_overall(self, request: RouteRequest, weights: FloatArray) -> Decision:
         scores = self.masked_scores(request, weights, slice(0, len(self.deployments)))
-        winner = int(np.argmax(scores)) if len(scores) else -1
+        winner = int(scores.argmax()) if len(scores) else -1
         if winner < 0 or scores[winner] == -np.inf:
             return Decision(-1, (), weights, self, request)
         fallbacks: tuple[int, ...] = ()
@@ -406,6 +411,18 @@ class RoutingSnapshot:
         return [
             i for g in route for i in range(self.group_slices[g].start, self.group_slices[g].stop)
         ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _hinted_weights(weights: tuple[float, ...], hint: str) -> FloatArray:
+    """Weights scaled by the step hint and normalised; read-only because it is shared."""
+    multipliers = HINT_MULTIPLIERS.get(hint)
+    if multipliers is None:
+        raise ValueError(f"unknown step hint {hint!r}")
+    base = _normalise(weights)
+    result = _normalise(float(w) * m for w, m in zip(base, multipliers, strict=True))
+    result.setflags(write=False)
+    return result
 
 
 def _normalise(weights: Iterable[float]) -> FloatArray:

@@ -62,6 +62,7 @@ import ctypes
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,9 @@ BoolArray = npt.NDArray[np.bool_]
 
 _rs: Any = regopy.rego_shared  # the C API: `regopy.Output` and `Input` are not enough, see below
 _MAX_TAG_LENGTH = 128
+# rego-cpp does not document thread safety, and regopy's calls release the GIL: one compile at a
+# time (compiles run off the event loop, in threads).
+_ENGINE_LOCK = threading.Lock()
 _STRING_LITERAL = re.compile(r'"((?:[^"\\\n]|\\.)*)"|`([^`]*)`')
 _ROUTING_PACKAGE_DECL = re.compile(r"^[ \t]*package[ \t]+maestro\.routing[ \t]*(?:#.*)?$", re.M)
 _REASON_RULE_DECL = re.compile(r"^[ \t]*(deny_reason|violation)\b", re.M)
@@ -402,6 +406,11 @@ class _Engine:
                         reasons[i, j] = tuple(sorted(texts))
         return allowed, reasons
 
+    def close(self) -> None:
+        """Free the bundle, then the interpreter that built it."""
+        self._bundle = None
+        self._interpreter = None
+
     def _query(self, rule: str) -> object:
         self.queries += 1
         output = _rs.rego.regoBundleQueryEntrypoint(
@@ -475,7 +484,11 @@ def string_literals(source: str) -> set[str]:
 
 
 def _tag_like(text: str) -> bool:
-    return 0 < len(text) <= _MAX_TAG_LENGTH and not any(c.isspace() for c in text)
+    return (
+        0 < len(text) <= _MAX_TAG_LENGTH
+        and "\0" not in text  # the C API takes NUL-terminated strings
+        and not any(c.isspace() for c in text)
+    )
 
 
 def _row_tagsets(tags: Sequence[str]) -> list[list[str]]:
@@ -538,19 +551,23 @@ def compile_routing_policy(
         ({t for t in known_tags if _tag_like(t)} | (literals & facts)) - direct - {OTHER_TAG}
     )
     reason_rules = [r for r in REASON_RULES if any(_declares(m.source, r) for m in routing)]
-    try:
-        engine = _Engine(modules, reason_rules, models, project)
-        promoted: set[str] = set()
-        if probes and models:
-            probe_rows, _ = engine.evaluate([[OTHER_TAG], *([t] for t in probes)], False)
-            promoted = {
-                t for k, t in enumerate(probes, 1) if (probe_rows[k] != probe_rows[0]).any()
-            }
-        tags = tuple(sorted(direct | promoted))
-        _check_tag_count(where, tags)
-        table, reasons = engine.evaluate(_row_tagsets(tags), bool(reason_rules))
-    except _EngineError as error:
-        raise PolicyError(error.module or where, error.line, error.message) from None
+    with _ENGINE_LOCK:
+        try:
+            engine = _Engine(modules, reason_rules, models, project)
+            try:
+                promoted: set[str] = set()
+                if probes and models:
+                    probe_rows, _ = engine.evaluate([[OTHER_TAG], *([t] for t in probes)], False)
+                    promoted = {
+                        t for k, t in enumerate(probes, 1) if (probe_rows[k] != probe_rows[0]).any()
+                    }
+                tags = tuple(sorted(direct | promoted))
+                _check_tag_count(where, tags)
+                table, reasons = engine.evaluate(_row_tagsets(tags), bool(reason_rules))
+            finally:
+                engine.close()
+        except _EngineError as error:
+            raise PolicyError(error.module or where, error.line, error.message) from None
     info = CompileInfo(engine.queries, engine.cells, time.perf_counter() - started)
     return PolicyTable(names, tags, table, reasons, fallback, info)
 

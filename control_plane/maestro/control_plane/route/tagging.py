@@ -131,7 +131,7 @@ class Finding:
 _DIGITS: Final = "0123456789"
 _IPV6_TRIGGER: Final = re.compile(r":(?::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:)")
 _DIGIT_TRIGGER: Final = re.compile(
-    r"[0-9](?:[ ./()\-]{0,3}[0-9]){5}|[0-9]{1,3}(?:\.[0-9]{1,3}){3}", re.ASCII
+    r"[0-9](?:(?:[ ./()\-]{0,3}[0-9]){5}|[0-9]{0,2}(?:\.[0-9]{1,3}){3})", re.ASCII
 )
 _CLUSTER_GAP: Final = 4  # digits at most 3 characters apart belong to one cluster
 _CLUSTER_MIN_DIGITS: Final = 4  # the fewest digits any trigger needs (a dotted quad)
@@ -274,6 +274,7 @@ _DIGIT: Final = re.compile(r"[0-9]")
 # "tel:+1..."), never a date or a dotted quad.
 _PHONE_SEP: Final = r"(?: ?[\-./] ?| |\) ?| ?\()"
 _PHONE_BODY: Final = (
+    r"(?=[+(]{0,2}[0-9](?:[ ./()\-]{0,3}[0-9]){6})"  # at least 7 digits
     r"[+(0-9]"
     r"(?![0-9]{3}[\-./][0-9]{1,2}[\-./][0-9]{1,2}(?![0-9]))"
     r"(?![0-9]?[\-./][0-9]{1,2}[\-./](?:19|20)[0-9]{2}(?![0-9]))"
@@ -300,7 +301,7 @@ _PHONE_DATE: Final = re.compile(
 _SHORT_DOTTED_GROUP: Final = re.compile(r"(?:^|[^0-9])[0-9](?:\.|$)|\.[0-9](?![0-9])", re.ASCII)
 _DIGIT_GROUPS: Final = re.compile(r"[0-9]+")
 _LAST_GROUP: Final = re.compile(rf"{_PHONE_SEP}[0-9]+\)?$")
-_PHONE_RETRIES: Final = 2
+_PHONE_TRIMS: Final = 8
 _MIN_PHONE_DIGITS: Final = 7
 _MAX_PHONE_DIGITS: Final = 17  # 15 (E.164) plus an international '00' prefix
 
@@ -540,40 +541,53 @@ class ContentTagger:
             trigger = _IPV6_TRIGGER.search(text, resume, hi)
 
     def _find_numbers(self, text: str, lo: int, hi: int) -> Iterator[Finding]:
-        matches: Iterable[re.Match[str] | None] = _NUMBER.finditer(text, max(0, lo - 1), hi)
-        if lo == 0:
-            matches = (_NUMBER_AT_START.match(text, 0, hi), *matches)
-        for match in matches:
-            if match is None:
-                continue
-            if match.group("run") is None:
-                yield from self._phone_findings(text, match.start("phone"), match.group("phone"))
-                continue
-            start, end = match.span("run")
-            digits = _NOT_DIGITS.sub("", match.group("run"))
-            # No card issuer has 15-digit numbers starting 1, 2, 7 or 8: never both kinds.
-            if len(digits) == 15 and digits[0] in "1278" and nir.is_valid(digits):
-                yield Finding("national_id", start, end)
-            elif _card_issuer_ok(digits) and luhn.is_valid(digits):
-                yield Finding("card", start, end)
-            elif start == 0 or text[start - 1] != ":":
-                phone = _PHONE.match(text, start, hi)  # "0012025550123": a run, yet a phone
-                if phone is not None:
-                    yield from self._phone_findings(text, start, phone.group())
+        match = _NUMBER_AT_START.match(text, 0, hi) if lo == 0 else None
+        if match is None:
+            match = _NUMBER.search(text, max(0, lo - 1), hi)
+        while match is not None:
+            finding = self._number_finding(text, match, hi)
+            resume = match.end()
+            if finding is not None:
+                yield finding
+                if finding.end < resume:
+                    # A phone took the number after it ("+44 20 7946 0958 4111 1111 1111 1111")
+                    # and was cut back: read what follows the separator as a fresh number.
+                    resume = finding.end
+                    after = _NUMBER_AT_START.match(text, resume + 1, hi)
+                    if after is not None and text[resume] == " ":
+                        match = after
+                        continue
+            match = _NUMBER.search(text, resume, hi)
 
-    def _phone_findings(self, text: str, start: int, candidate: str) -> Iterator[Finding]:
-        for _ in range(_PHONE_RETRIES + 1):
+    def _number_finding(self, text: str, match: re.Match[str], hi: int) -> Finding | None:
+        if match.group("run") is None:
+            return self._phone_finding(text, match.start("phone"), match.group("phone"))
+        start, end = match.span("run")
+        digits = _NOT_DIGITS.sub("", match.group("run"))
+        # No card issuer has 15-digit numbers starting 1, 2, 7 or 8: never both kinds.
+        if len(digits) == 15 and digits[0] in "1278" and nir.is_valid(digits):
+            return Finding("national_id", start, end)
+        if _card_issuer_ok(digits) and luhn.is_valid(digits):
+            return Finding("card", start, end)
+        if start > 0 and text[start - 1] == ":":
+            return None
+        phone = _PHONE.match(text, start, hi)  # "0012025550123": a long run, yet a phone
+        return None if phone is None else self._phone_finding(text, start, phone.group())
+
+    def _phone_finding(self, text: str, start: int, candidate: str) -> Finding | None:
+        for _ in range(_PHONE_TRIMS + 1):
             if candidate[-1] == ")" and candidate.count("(") < candidate.count(")"):
                 candidate = candidate[:-1]
             if self._is_phone(candidate):
-                if not _version_context(text, start):
-                    yield Finding("phone", start, start + len(candidate))
-                return
+                if _version_context(text, start):
+                    return None
+                return Finding("phone", start, start + len(candidate))
             # "call 020 7946 0958 2 times": the run took a following number; drop it.
             trimmed = _LAST_GROUP.sub("", candidate)
             if trimmed == candidate or len(trimmed) < _MIN_PHONE_DIGITS:
-                return
+                return None
             candidate = trimmed
+        return None
 
     def _is_phone(self, candidate: str) -> bool:
         bare = candidate.lstrip("(")
@@ -653,7 +667,11 @@ def _ipv6_finding(candidate: str, start: int) -> Finding | None:
 def _windows(text: str) -> list[tuple[int, int]]:
     """Where detectors must look: merged spans around trigger places, each ending at whitespace
     so no token is cut short. Empty when no detector can match anywhere (the fast path); the
-    whole text, in chunks, when places are dense (logs, tables)."""
+    whole text, in chunks, when places are dense (logs, tables).
+
+    Digits are located with `str.find` while they are few; past `budget` of them (prose full of
+    years and counts) one `_DIGIT_TRIGGER` pass finds the places instead, and past `budget`
+    places the text counts as dense."""
     length = len(text)
     budget = _SPARSE_PLACES + length // 128
     places: list[tuple[int, int]] = []
@@ -668,15 +686,13 @@ def _windows(text: str) -> list[tuple[int, int]]:
             places.append(hit.span())
             if len(places) > budget:
                 return _chunks(text)
-    positions: list[int] = []
-    for digit in _DIGITS:
-        at = text.find(digit)
-        while at >= 0:
-            positions.append(at)
-            if len(positions) > budget:
+    positions = _digit_positions(text, budget)
+    if positions is None:  # too many digits to cluster one by one: let the regex look
+        for hit in _DIGIT_TRIGGER.finditer(text):
+            places.append(hit.span())
+            if len(places) > budget:
                 return _chunks(text)
-            at = text.find(digit, at + 1)
-    if positions:
+    elif positions:
         positions.sort()
         first = previous = positions[0]
         count = 1
@@ -702,6 +718,19 @@ def _windows(text: str) -> list[tuple[int, int]]:
             hi = max(hi, windows.pop()[1])
         windows.append((lo, hi))
     return windows
+
+
+def _digit_positions(text: str, budget: int) -> list[int] | None:
+    """Offsets of the ASCII digits in `text`, or None when there are more than `budget`."""
+    positions: list[int] = []
+    for digit in _DIGITS:
+        at = text.find(digit)
+        while at >= 0:
+            positions.append(at)
+            if len(positions) > budget:
+                return None
+            at = text.find(digit, at + 1)
+    return positions
 
 
 def _chunks(text: str) -> list[tuple[int, int]]:
