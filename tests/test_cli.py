@@ -12,6 +12,7 @@ from maestro.control_plane.cli import app
 from tests.conftest import RunningServer
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _invoke(*args: str) -> tuple[int, str, str]:
@@ -71,3 +72,16 @@ def test_check_config_names_the_bad_field(tmp_path: Path) -> None:
     result = runner.invoke(app, ["check-config", str(config)])
     assert result.exit_code == 2
     assert "server.port" in result.stderr
+
+
+async def test_route_apply_then_choose_routes_pii_in_house(server: RunningServer) -> None:
+    common = ("--project", "alpha", "--target", server.target, "--api-key", server.alpha_key)
+    code, out, _ = await _invoke(
+        "route", "apply", str(ROOT / "deploy/router/litellm.yaml"),
+        "--policy", str(ROOT / "deploy/router/policies/routing.rego"), *common,
+    )  # fmt: skip
+    assert code == 0
+    assert "revision: 1" in out
+    code, out, _ = await _invoke("route", "choose", "--model", "gpt-4o", "--tag", "pii", *common)
+    assert code == 0
+    assert json.loads(out)["deployment"]["modelGroup"] == "ig-local-70b"

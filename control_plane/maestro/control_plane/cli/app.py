@@ -18,7 +18,9 @@ from maestro.control_plane.errors import MaestroError
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.store.sqlite import Database
+from maestro.v1 import common_pb2
 from maestro.v1 import project_service_pb2 as project_pb
+from maestro.v1 import route_service_pb2 as route_pb
 
 app = typer.Typer(
     help="Maestro: route, stream and govern LLM and agent traffic.", no_args_is_help=True
@@ -27,8 +29,10 @@ admin = typer.Typer(
     help="Operator commands that act on the local store directly.", no_args_is_help=True
 )
 keys = typer.Typer(help="API keys of your project (through the API).", no_args_is_help=True)
+route = typer.Typer(help="RouteService: decisions and routing config.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(keys, name="keys")
+app.add_typer(route, name="route")
 
 DEMO_PROJECT = "demo"
 ConfigOption = Annotated[
@@ -224,3 +228,98 @@ def delete_key(
         except MaestroRpcError as error:
             _fail(error)
     typer.echo(f"deleted {name}")
+
+
+def _choose_request(
+    project: str, model: str, tags: list[str], message: list[str]
+) -> route_pb.ChooseRequest:
+    return route_pb.ChooseRequest(
+        parent=f"projects/{project}",
+        model=model,
+        step_tags=tags,
+        messages=[
+            common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content=m) for m in message
+        ],
+    )
+
+
+ProjectOption = Annotated[str, typer.Option(help="Project id.")]
+ModelOption = Annotated[str, typer.Option(help="Model group or alias; empty: any.")]
+TagOption = Annotated[list[str], typer.Option("--tag", help="Step tag (repeatable), e.g. pii.")]
+MessageOption = Annotated[
+    list[str], typer.Option("--message", help="User message text (repeatable); it is tagged too.")
+]
+ObjectivesOption = Annotated[
+    str, typer.Option(help="x-maestro-objectives, e.g. quality,latency or cost=0.7,quality=0.3.")
+]
+
+
+@route.command("choose")
+def route_choose(
+    project: ProjectOption = "demo",
+    model: ModelOption = "",
+    tag: TagOption = [],  # noqa: B006 - typer reads the default, never mutates it
+    message: MessageOption = [],  # noqa: B006
+    objectives: ObjectivesOption = "",
+    explain: Annotated[bool, typer.Option(help="Dry run listing every candidate.")] = False,
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """Ask for a routing decision and print it with its rationale."""
+    request = _choose_request(project, model, tag, message)
+    metadata = (("x-maestro-objectives", objectives),) if objectives else ()
+    with _client(target, api_key) as client:
+        try:
+            if explain:
+                _print(
+                    client.routes.ExplainRoute(
+                        route_pb.ExplainRouteRequest(request=request), metadata=metadata
+                    ).decision
+                )
+            else:
+                _print(client.routes.Choose(request, metadata=metadata).decision)
+        except MaestroRpcError as error:
+            _fail(error)
+
+
+@route.command("get-config")
+def route_get_config(
+    project: ProjectOption = "demo",
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """Print the project's current routing config."""
+    with _client(target, api_key) as client:
+        try:
+            name = f"projects/{project}/routeConfig"
+            _print(client.routes.GetConfig(route_pb.GetConfigRequest(name=name)).route_config)
+        except MaestroRpcError as error:
+            _fail(error)
+
+
+@route.command("apply")
+def route_apply(
+    config_file: Annotated[Path, typer.Argument(help="LiteLLM-format YAML.")],
+    policy: Annotated[list[Path], typer.Option(help="Rego module file (repeatable).")] = [],  # noqa: B006
+    project: ProjectOption = "demo",
+    validate_only: Annotated[bool, typer.Option(help="Check without storing.")] = False,
+    target: TargetOption = "127.0.0.1:50051",
+    api_key: KeyOption = None,
+) -> None:
+    """Validate and apply a routing config as a new revision."""
+    config = route_pb.RouteConfig(
+        name=f"projects/{project}/routeConfig",
+        config_yaml=config_file.read_text(),
+        policy_modules=[
+            route_pb.RoutePolicyModule(name=p.name, source=p.read_text()) for p in policy
+        ],
+    )
+    with _client(target, api_key) as client:
+        try:
+            response = client.routes.ApplyConfig(
+                route_pb.ApplyConfigRequest(route_config=config, validate_only=validate_only)
+            )
+        except MaestroRpcError as error:
+            _fail(error)
+    _print(response.validation)
+    typer.echo(f"revision: {response.route_config.revision_id}")

@@ -270,7 +270,7 @@ _DIGIT: Final = re.compile(r"[0-9]")
 # ---------------------------------------------------------------------------------------------
 # Phones: digits with single separators (the '(0)' of "+44 (0)20 ..." is a ' (' then a ')'),
 # after '+', '(' or '(+', or starting with a 0 (trunk or '00' exit code), or grouped (a
-# separator within the first five digits). Never glued to a preceding token (except
+# separator within the first four digits). Never glued to a preceding token (except
 # "tel:+1..."), never a date or a dotted quad.
 _PHONE_SEP: Final = r"(?: ?[\-./] ?| |\) ?| ?\()"
 _PHONE_BODY: Final = (
@@ -279,7 +279,7 @@ _PHONE_BODY: Final = (
     r"(?![0-9]{3}[\-./][0-9]{1,2}[\-./][0-9]{1,2}(?![0-9]))"
     r"(?![0-9]?[\-./][0-9]{1,2}[\-./](?:19|20)[0-9]{2}(?![0-9]))"
     r"(?![0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?!\.?[0-9]))"
-    rf"(?:(?<=\()\+?[0-9]|(?<=\+)[0-9]|(?<=0)|(?<=[1-9])[0-9]{{0,4}}+(?={_PHONE_SEP}[0-9]))"
+    rf"(?:(?<=\()\+?[0-9]|(?<=\+)[0-9]|(?<=0)|(?<=[1-9])[0-9]{{0,3}}+(?={_PHONE_SEP}[0-9]))"
     rf"[0-9]*+(?:{_PHONE_SEP}[0-9]++){{0,10}}+"
     r"\)?(?![\w@]|[\-./]?[0-9])"
 )
@@ -287,7 +287,7 @@ _PHONE_BODY: Final = (
 # text that is far fewer attempts than one per digit. A long run must not follow a comma or a
 # digit and a separator; a phone may follow a ':' only with its '+' ("tel:+1 ...").
 _NUMBER: Final = re.compile(
-    r"[^\w.+/@\-]"
+    r"[^\w.+/@\-](?=[0-9+(])"
     rf"(?:(?<![0-9][ \-])(?<!,)(?P<run>{_RUN_BODY})|(?:(?<!:)|(?=\+))(?P<phone>{_PHONE_BODY}))",
     re.ASCII,
 )
@@ -670,8 +670,8 @@ def _windows(text: str) -> list[tuple[int, int]]:
     whole text, in chunks, when places are dense (logs, tables).
 
     Digits are located with `str.find` while they are few; past `budget` of them (prose full of
-    years and counts) one `_DIGIT_TRIGGER` pass finds the places instead, and past `budget`
-    places the text counts as dense."""
+    years and counts) one `_DIGIT_TRIGGER` pass finds the places instead, and once there are
+    more places than windows could usefully skip, the text counts as dense."""
     length = len(text)
     budget = _SPARSE_PLACES + length // 128
     places: list[tuple[int, int]] = []
@@ -688,9 +688,10 @@ def _windows(text: str) -> list[tuple[int, int]]:
                 return _chunks(text)
     positions = _digit_positions(text, budget)
     if positions is None:  # too many digits to cluster one by one: let the regex look
+        dense = len(places) + _SPARSE_PLACES // 8 + length // 256
         for hit in _DIGIT_TRIGGER.finditer(text):
             places.append(hit.span())
-            if len(places) > budget:
+            if len(places) > dense:  # windows would cover most of the text anyway
                 return _chunks(text)
     elif positions:
         positions.sort()
