@@ -17,6 +17,7 @@ import regopy  # type: ignore[import-untyped, unused-ignore]
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from maestro.control_plane.route import policy
 from maestro.control_plane.route.policy import (
     MAX_TAG_BITS,
     OTHER_TAG,
@@ -108,6 +109,7 @@ KNOWN_TAGS = ("pii", "pii.email", "pii.phone", "export_ctrl", "draft")
 TAG_ALPHABET = (*KNOWN_TAGS, "customer-42", "zz-unknown", "ig-local-70b")
 
 
+@cache  # tables are immutable; each compile starts a worker process (about 0.2 s)
 def _seed_table() -> PolicyTable:
     return _compile([PolicyModule("routing.rego", SEED_ROUTING)])
 
@@ -290,15 +292,41 @@ def test_too_many_policy_tags_raise_policy_error() -> None:
         _compile([PolicyModule("wide.rego", f"package maestro.routing\n\n{rules}")])
 
 
+def test_syntax_error_fails_even_without_models() -> None:
+    broken = PolicyModule("broken.rego", "package maestro.routing\n\nallow {\n")
+    with pytest.raises(PolicyError) as caught:
+        compile_routing_policy([broken], [], "alpha")
+    assert caught.value.module == "broken.rego"
+
+
+def test_a_worker_that_dies_fails_the_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine runs in worker processes; one killed by a signal rejects the policy set."""
+    monkeypatch.setattr(policy, "_WORKER_BOOT", "import os, signal; os.kill(os.getpid(), 11)")
+    with pytest.raises(PolicyError, match="engine failed"):
+        _compile([PolicyModule("routing.rego", SEED_ROUTING)])
+
+
+def test_tables_split_across_workers_match_one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    modules = [
+        PolicyModule("user.rego", USER_ROUTING),
+        PolicyModule("export.rego", USER_EXPORT_REASONS),
+    ]
+    whole = _compile(modules)
+    monkeypatch.setattr(policy, "_CELLS_PER_WORKER", 8 * len(MODELS))  # eight rows a worker
+    split = _compile(modules)
+    assert split.info.processes > whole.info.processes
+    assert split.tags == whole.tags
+    for key in range(whole.row_count):
+        assert np.array_equal(split.allowed_row(key), whole.allowed_row(key))
+        for j in range(len(MODELS)):
+            assert split.reasons(key, j) == whole.reasons(key, j)
+
+
 # -- user policies ----------------------------------------------------------------------------
 
 
-def _user_table() -> PolicyTable:
-    return _user_table_cached()
-
-
 @cache
-def _user_table_cached() -> PolicyTable:
+def _user_table() -> PolicyTable:
     return _compile(
         [
             PolicyModule("user.rego", USER_ROUTING),
@@ -334,11 +362,6 @@ def _seed_oracle() -> regopy.Interpreter:
     return _interpreter(SEED_ROUTING)
 
 
-@cache
-def _seed_table_cached() -> PolicyTable:
-    return _seed_table()
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     tags=st.frozensets(st.sampled_from(TAG_ALPHABET), max_size=4),
@@ -348,7 +371,7 @@ def _seed_table_cached() -> PolicyTable:
 def test_table_agrees_with_direct_evaluation(
     tags: frozenset[str], model: ModelFacts, user: bool
 ) -> None:
-    table = _user_table() if user else _seed_table_cached()
+    table = _user_table() if user else _seed_table()
     expected = _oracle(_user_oracle() if user else _seed_oracle(), _input(tags, model, "alpha"))
     key = table.tag_key(tags)
     index = table.models.index(model.name)

@@ -187,6 +187,7 @@ class RoutingSnapshot:
         self._jurisdiction_masks: dict[frozenset[str], BoolArray] = {}
         self._content_tags = frozenset(spec.content_tags)
         self._content_tag_masks: dict[frozenset[str], BoolArray] = {}
+        self._denied_counts: dict[int, int] = {}
 
     # -- config-time helpers --------------------------------------------------------------
 
@@ -208,6 +209,14 @@ class RoutingSnapshot:
             mask = self.policy.allowed_row(key)[self.group_of]
             self._policy_masks[key] = mask
         return mask
+
+    def denied_count(self, key: int) -> int:
+        """How many deployments the policy table denies for a tag key (cached; for metrics)."""
+        count = self._denied_counts.get(key)
+        if count is None:
+            count = int((~self.policy_mask(key)).sum())
+            self._denied_counts[key] = count
+        return count
 
     def content_tag_mask(self, tags: frozenset[str]) -> BoolArray | None:
         """`policies.content_tags`: a tag listed there confines the step to its models (to the

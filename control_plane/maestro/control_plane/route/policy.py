@@ -41,13 +41,17 @@ restriction: every model is allowed for every tag set.
 
 Evaluation (regopy 1.5.2, rego-cpp underneath). The modules are built once into a bundle with
 `allow` (and the reason rules) as entry points; each cell then costs one `set_input` and one
-entry-point query, 30-150 us depending on the policy. Evaluating the whole domain in one query,
-with a generated module that iterates it and evaluates `allow` `with input as` each cell, works
-only for policies whose `allow` neither calls a function (`in`, `startswith`, `count`, `sprintf`
-...) nor refers to another rule: rego-cpp 1.5.2 cannot compile `with input` over those (internal
-error "shape `rego-localref` has no field `rego-refhead`"), it stops a query after a fixed
-statement count (about 10^5 cells of the seed policy), and where it works it saves only 10-20%,
-because evaluation, not the query, dominates. So every cell goes through the bundle.
+entry-point query, 30-150 us depending on the policy. This runs in worker processes (at most
+`_CELLS_PER_WORKER` cells each, several at once on large domains), never in the server: rego-cpp
+leaks 1.5-6 KB on every query, which a 10^6-cell table would turn into gigabytes, and regopy has
+paths that crash the process. A worker costs about 0.2 s to start.
+
+Evaluating the whole domain in one query (a generated module iterates it and evaluates `allow`
+`with input as` each cell) was measured and rejected: rego-cpp 1.5.2 cannot compile `with input`
+over an `allow` that calls any function (`in`, `startswith`, `count`, `sprintf`, ...) or refers
+to another rule (internal error "shape `rego-localref` has no field `rego-refhead`"), stops a
+query after a fixed statement count (about 10^5 cells of the seed policy), and where it works it
+is only 10-40% faster, because evaluation, not the query, dominates.
 
 Fail closed: a module that does not parse raises `PolicyError(module, line, message)`; a set that
 does not compile (two `default allow`, a function that does not exist, ...) or whose evaluation
@@ -58,11 +62,15 @@ in Rego's default (non-strict) mode: the expression is undefined, so the cell is
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import json
 import math
+import os
 import re
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,9 +108,14 @@ BoolArray = npt.NDArray[np.bool_]
 
 _rs: Any = regopy.rego_shared  # the C API: `regopy.Output` and `Input` are not enough, see below
 _MAX_TAG_LENGTH = 128
-# rego-cpp does not document thread safety, and regopy's calls release the GIL: one compile at a
-# time (compiles run off the event loop, in threads).
-_ENGINE_LOCK = threading.Lock()
+_CELLS_PER_WORKER = 50_000  # rego-cpp leaks 1.5-6 KB a query: bound what one worker accumulates
+_MAX_WORKERS = 8
+_COMPILE_TIMEOUT_S = 600.0
+_WORKER_BOOT = (
+    "import json, sys; sys.path[:0] = json.loads(sys.argv[3]); "
+    "from maestro.control_plane.route.policy import _worker_main; "
+    "_worker_main(sys.argv[1], sys.argv[2])"
+)
 _STRING_LITERAL = re.compile(r'"((?:[^"\\\n]|\\.)*)"|`([^`]*)`')
 _ROUTING_PACKAGE_DECL = re.compile(r"^[ \t]*package[ \t]+maestro\.routing[ \t]*(?:#.*)?$", re.M)
 _REASON_RULE_DECL = re.compile(r"^[ \t]*(deny_reason|violation)\b", re.M)
@@ -150,10 +163,12 @@ class PolicyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CompileInfo:
-    """What a compile cost: engine queries, evaluated cells (probes included), seconds."""
+    """What a compile cost: engine queries, evaluated cells (probes included), worker
+    processes, wall-clock seconds."""
 
     queries: int
     cells: int
+    processes: int
     seconds: float
 
 
@@ -387,14 +402,15 @@ class _Engine:
         self._entrypoints = {rule: e.encode() for rule, e in zip(rules, entrypoints, strict=True)}
 
     def evaluate(
-        self, tagsets: Sequence[Sequence[str]], with_reasons: bool
+        self, tagsets: Sequence[Sequence[str]], reasons_from: int
     ) -> tuple[BoolArray, dict[tuple[int, int], tuple[str, ...]]]:
-        """allowed[i, j] (`allow` is exactly true for tag set i and model j), and for denied
-        cells, with `with_reasons`, the strings the reason rules yield."""
+        """allowed[i, j] (`allow` is exactly true for tag set i and model j), and for the denied
+        cells of rows from `reasons_from` on, the strings the reason rules yield."""
         allowed = np.zeros((len(tagsets), len(self._models)), dtype=np.bool_)
         reasons: dict[tuple[int, int], tuple[str, ...]] = {}
         for i, tagset in enumerate(tagsets):
             tags = [tag.encode() for tag in tagset]
+            with_reasons = bool(self.reason_rules) and i >= reasons_from
             for j, model in enumerate(self._models):
                 self._set_input(tags, model)
                 self.cells += 1
@@ -460,6 +476,163 @@ def _strings(value: object) -> list[str]:
     else:
         return []
     return [item if isinstance(item, str) else json.dumps(item) for item in items]
+
+
+# -- worker processes -------------------------------------------------------------------------
+#
+# The engine runs in child processes, never in the server: rego-cpp 1.5.2 leaks 1.5-6 KB on every
+# query (freed outputs and interpreters included), which a 10^6-cell table would turn into
+# gigabytes; a crash in native code (regopy has SIGSEGV paths) costs a rejected config, not the
+# control plane; and large domains are evaluated in parallel.
+
+
+def _worker_main(job_path: str, result_path: str) -> None:
+    """A worker's entry point: evaluate the job's rows, write the result as JSON."""
+    with open(job_path, encoding="utf-8") as file:
+        job = json.load(file)
+    models = [ModelFacts(n, p, j, bool(h)) for n, p, j, h in job["models"]]
+    modules = [PolicyModule(name, source) for name, source in job["modules"]]
+    engine: _Engine | None = None
+    try:
+        engine = _Engine(modules, job["reason_rules"], models, job["project"])
+        allowed, reasons = engine.evaluate(job["tagsets"], job["reasons_from"])
+    except _EngineError as error:
+        result: dict[str, object] = {
+            "ok": False,
+            "module": error.module,
+            "line": error.line,
+            "message": error.message,
+        }
+    else:
+        texts: dict[tuple[str, ...], int] = {}
+        cells = [[i, j, texts.setdefault(t, len(texts))] for (i, j), t in reasons.items()]
+        result = {
+            "ok": True,
+            "allowed": base64.b64encode(np.packbits(allowed, axis=None).tobytes()).decode(),
+            "reason_texts": [list(t) for t in texts],
+            "reason_cells": cells,
+            "queries": engine.queries,
+            "cells": engine.cells,
+        }
+    finally:
+        if engine is not None:
+            engine.close()
+    with open(result_path, "w", encoding="utf-8") as file:
+        json.dump(result, file)
+
+
+@dataclass(slots=True)
+class _Evaluation:
+    allowed: BoolArray
+    reasons: dict[tuple[int, int], tuple[str, ...]]
+    queries: int = 0
+    cells: int = 0
+    processes: int = 0
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _evaluate(
+    modules: Sequence[PolicyModule],
+    models: Sequence[ModelFacts],
+    project: str,
+    reason_rules: Sequence[str],
+    tagsets: Sequence[Sequence[str]],
+    reasons_from: int,
+    where: str,
+) -> _Evaluation:
+    """Evaluate every (tag set, model) cell in worker processes, `_CELLS_PER_WORKER` each.
+
+    At least one worker runs, so a module set that does not compile fails even without cells.
+    """
+    result = _Evaluation(np.zeros((len(tagsets), len(models)), dtype=np.bool_), {})
+    rows_per_job = max(1, _CELLS_PER_WORKER // max(1, len(models)))
+    starts = list(range(0, len(tagsets), rows_per_job)) or [0]
+    common = {
+        "modules": [[m.name, m.source] for m in modules],
+        "models": [[m.name, m.provider, m.jurisdiction, m.in_house] for m in models],
+        "project": project,
+        "reason_rules": list(reason_rules),
+    }
+    deadline = time.monotonic() + _COMPILE_TIMEOUT_S
+    with tempfile.TemporaryDirectory(prefix="maestro-policy-") as scratch:
+        pending = list(enumerate(starts))
+        running: list[tuple[int, int, subprocess.Popen[bytes], Any]] = []
+        try:
+            while pending or running:
+                while pending and len(running) < min(_MAX_WORKERS, _cpu_count()):
+                    k, start = pending.pop(0)
+                    job = {
+                        **common,
+                        "tagsets": [list(t) for t in tagsets[start : start + rows_per_job]],
+                        "reasons_from": max(0, reasons_from - start),
+                    }
+                    job_path = os.path.join(scratch, f"job-{k}.json")
+                    with open(job_path, "w", encoding="utf-8") as file:
+                        json.dump(job, file)
+                    stderr = open(os.path.join(scratch, f"err-{k}.txt"), "wb")  # noqa: SIM115
+                    command = [
+                        sys.executable,
+                        "-c",
+                        _WORKER_BOOT,
+                        job_path,
+                        os.path.join(scratch, f"result-{k}.json"),
+                        json.dumps([p for p in sys.path if p]),
+                    ]
+                    process = subprocess.Popen(
+                        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+                    )
+                    running.append((k, start, process, stderr))
+                    result.processes += 1
+                k, start, process, stderr = running.pop(0)
+                try:
+                    code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    running.append((k, start, process, stderr))
+                    raise PolicyError(
+                        where, None, f"evaluating the policy took over {_COMPILE_TIMEOUT_S:.0f} s"
+                    ) from None
+                stderr.close()
+                _merge(result, start, rows_per_job, scratch, k, code, where)
+        finally:
+            for _, _, process, stderr in running:
+                process.kill()
+                process.wait()
+                stderr.close()
+    return result
+
+
+def _merge(
+    result: _Evaluation, start: int, rows: int, scratch: str, k: int, code: int, where: str
+) -> None:
+    """Fold worker k's result (up to `rows` rows from `start`) into `result`, or raise
+    PolicyError."""
+    try:
+        with open(os.path.join(scratch, f"result-{k}.json"), encoding="utf-8") as file:
+            output = json.load(file)
+    except (OSError, ValueError):
+        with open(os.path.join(scratch, f"err-{k}.txt"), "rb") as file:
+            lines = file.read().decode(errors="replace").strip().splitlines()
+        status = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        detail = f"{lines[-1]} ({status})" if lines else status
+        raise PolicyError(where, None, f"the policy engine failed: {detail}") from None
+    if not output["ok"]:
+        raise PolicyError(output["module"] or where, output["line"], output["message"])
+    rows = max(0, min(result.allowed.shape[0] - start, rows))
+    columns = result.allowed.shape[1]
+    bits = np.frombuffer(base64.b64decode(output["allowed"]), dtype=np.uint8)
+    block = np.unpackbits(bits, count=rows * columns).astype(np.bool_).reshape(rows, columns)
+    result.allowed[start : start + rows] = block
+    texts = [tuple(t) for t in output["reason_texts"]]
+    for i, j, t in output["reason_cells"]:
+        result.reasons[start + i, j] = texts[t]
+    result.queries += output["queries"]
+    result.cells += output["cells"]
 
 
 # -- compilation ------------------------------------------------------------------------------
@@ -537,7 +710,7 @@ def compile_routing_policy(
     fallback = f"denied by policy {where}"
     if not routing:
         everything = np.ones((2, len(names)), dtype=np.bool_)
-        info = CompileInfo(0, 0, time.perf_counter() - started)
+        info = CompileInfo(0, 0, 0, time.perf_counter() - started)
         return PolicyTable(names, (), everything, {}, fallback, info)
 
     facts = {project}
@@ -551,24 +724,34 @@ def compile_routing_policy(
         ({t for t in known_tags if _tag_like(t)} | (literals & facts)) - direct - {OTHER_TAG}
     )
     reason_rules = [r for r in REASON_RULES if any(_declares(m.source, r) for m in routing)]
-    with _ENGINE_LOCK:
-        try:
-            engine = _Engine(modules, reason_rules, models, project)
-            try:
-                promoted: set[str] = set()
-                if probes and models:
-                    probe_rows, _ = engine.evaluate([[OTHER_TAG], *([t] for t in probes)], False)
-                    promoted = {
-                        t for k, t in enumerate(probes, 1) if (probe_rows[k] != probe_rows[0]).any()
-                    }
-                tags = tuple(sorted(direct | promoted))
-                _check_tag_count(where, tags)
-                table, reasons = engine.evaluate(_row_tagsets(tags), bool(reason_rules))
-            finally:
-                engine.close()
-        except _EngineError as error:
-            raise PolicyError(error.module or where, error.line, error.message) from None
-    info = CompileInfo(engine.queries, engine.cells, time.perf_counter() - started)
+    # Round one: the probes and the table over the literal tags; round two only if a probe
+    # changed some verdict (its tag then needs a bit of its own).
+    probe_rows = [[OTHER_TAG], *([t] for t in probes)] if probes else []
+    tags = tuple(sorted(direct))
+    _check_tag_count(where, tags)
+    rows = _row_tagsets(tags)
+    first = _evaluate(
+        modules, models, project, reason_rules, [*probe_rows, *rows], len(probe_rows), where
+    )
+    evaluation = first
+    table = first.allowed[len(probe_rows) :]
+    reasons = {(i - len(probe_rows), j): r for (i, j), r in first.reasons.items()}
+    promoted = {
+        t
+        for k, t in enumerate(probes, 1)
+        if probe_rows and (first.allowed[k] != first.allowed[0]).any()
+    }
+    if promoted:
+        tags = tuple(sorted(direct | promoted))
+        _check_tag_count(where, tags)
+        evaluation = _evaluate(modules, models, project, reason_rules, _row_tagsets(tags), 0, where)
+        table, reasons = evaluation.allowed, evaluation.reasons
+    info = CompileInfo(
+        first.queries + (evaluation.queries if promoted else 0),
+        first.cells + (evaluation.cells if promoted else 0),
+        first.processes + (evaluation.processes if promoted else 0),
+        time.perf_counter() - started,
+    )
     return PolicyTable(names, tags, table, reasons, fallback, info)
 
 

@@ -8,6 +8,7 @@ config is applied, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import sqlite3
 import time
@@ -265,39 +266,48 @@ class RouteService:
     ) -> None:
         snapshot = decision.snapshot
         requested = request.model or "*"
-        span.set_attribute("maestro.project", principal.project_id)
-        span.set_attribute("gen_ai.operation.name", "route")
-        span.set_attribute("gen_ai.request.model", requested)
-        span.set_attribute("maestro.route.snapshot_version", published.snapshot_version)
-        span.set_attribute("maestro.route.tags", sorted(decision.request.tags))
-        span.set_attribute("maestro.route.decision_latency_us", latency_ns / 1000)
-        key = snapshot.policy.tag_key(decision.request.tags)
-        denied = int((~snapshot.policy_mask(key)).sum())
-        if denied:
-            self._policy_exclusions.add(denied, {"gen_ai.request.model": requested})
-        if decision.winner < 0:
-            span.set_attribute("maestro.route.outcome", "no_eligible_deployment")
-            self._decisions.add(1, {"gen_ai.request.model": requested, "outcome": "none"})
-            return
-        chosen = snapshot.deployments[decision.winner]
-        span.set_attribute("maestro.route.outcome", "chosen")
-        span.set_attribute("gen_ai.response.model", chosen.model_name)
-        span.set_attribute("gen_ai.provider.name", chosen.provider)
-        span.set_attribute("maestro.route.deployment_id", chosen.deployment_id)
-        span.set_attribute("maestro.route.fallback_count", len(decision.fallbacks))
-        self._decisions.add(
-            1,
-            {
+        chosen = snapshot.deployments[decision.winner] if decision.winner >= 0 else None
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                "maestro.project": principal.project_id,
+                "gen_ai.operation.name": "route",
                 "gen_ai.request.model": requested,
-                "gen_ai.response.model": chosen.model_name,
-                "gen_ai.provider.name": chosen.provider,
-                "outcome": "chosen",
-            },
+                "maestro.route.snapshot_version": published.snapshot_version,
+                "maestro.route.tags": sorted(decision.request.tags),
+                "maestro.route.decision_latency_us": latency_ns / 1000,
+                "maestro.route.outcome": "chosen" if chosen else "no_eligible_deployment",
+                "maestro.route.fallback_count": len(decision.fallbacks),
+            }
+            if chosen is not None:
+                attributes["gen_ai.response.model"] = chosen.model_name
+                attributes["gen_ai.provider.name"] = chosen.provider
+                attributes["maestro.route.deployment_id"] = chosen.deployment_id
+            span.set_attributes(attributes)
+        denied = snapshot.denied_count(snapshot.policy.tag_key(decision.request.tags))
+        if denied:
+            self._policy_exclusions.add(denied, self._labels(requested))
+        if chosen is None:
+            self._decisions.add(1, self._labels(requested, outcome="none"))
+            return
+        self._decisions.add(
+            1, self._labels(requested, chosen.model_name, chosen.provider, outcome="chosen")
         )
         if request.model and chosen.model_name != request.model:
-            self._fallback_routes.add(
-                1, {"gen_ai.request.model": requested, "gen_ai.response.model": chosen.model_name}
-            )
+            self._fallback_routes.add(1, self._labels(requested, chosen.model_name))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the service lives as long as the process
+    def _labels(
+        self, requested: str, chosen: str = "", provider: str = "", outcome: str = ""
+    ) -> dict[str, str]:
+        """Metric attributes, built once per combination rather than once per decision."""
+        labels = {"gen_ai.request.model": requested}
+        if chosen:
+            labels["gen_ai.response.model"] = chosen
+        if provider:
+            labels["gen_ai.provider.name"] = provider
+        if outcome:
+            labels["outcome"] = outcome
+        return labels
 
     # -- config -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from opentelemetry import metrics, trace
 
 from maestro.control_plane.auth import Principal, set_principal
 from maestro.control_plane.errors import MaestroError, Unauthenticated, internal_status
-from maestro.control_plane.rpc.handlers import wrap_handler
+from maestro.control_plane.rpc.handlers import Around, wrap_handler
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +51,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._authenticate = authenticate
         self._insecure_project = insecure_project
         # OpenTelemetry's RPC semantic conventions; the gRPC instrumentation emits traces only.
+        self._guarded: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
         self._duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Time to serve a Maestro RPC."
         )
@@ -64,9 +65,18 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        # grpc asks interceptors for a handler on every call; the guarded handler of a method
+        # is built once and reused while the registered handler stays the same.
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         if handler is None or method.lstrip("/").split("/")[0] in EXEMPT_SERVICES:
             return handler
+        guarded = wrap_handler(handler, self._guard_for(method))
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
+    def _guard_for(self, method: str) -> Around:
         service, _, method_name = method.lstrip("/").partition("/")
 
         @asynccontextmanager
@@ -79,7 +89,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 # Each RPC runs in its own task, so the principal is scoped to this call.
                 set_principal(principal)
                 attributes["maestro.project"] = principal.project_id
-                trace.get_current_span().set_attribute("maestro.project", principal.project_id)
+                span = trace.get_current_span()
+                if span.is_recording():
+                    span.set_attribute("maestro.project", principal.project_id)
                 yield
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -99,7 +111,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 attributes["rpc.grpc.status_code"] = code.value[0]
                 self._duration.record((time.perf_counter() - started) * 1000, attributes)
 
-        return wrap_handler(handler, guard)
+        return guard
 
     async def _principal(self, metadata: Any) -> Principal:
         secret = _credential(metadata)
