@@ -339,3 +339,13 @@ async def test_choose_emits_a_route_span_and_decision_counters(
         "maestro.route.policy_exclusions",
         "maestro.route.fallback_routes",
     } <= names
+
+
+async def test_oversized_config_through_the_api_is_invalid_argument(
+    routed: AsyncMaestroClient,
+) -> None:
+    huge = SEED_YAML + "#" * (1024 * 1024) + "\n"
+    with pytest.raises(MaestroRpcError) as caught:
+        await routed.routes.ApplyConfig(pb.ApplyConfigRequest(route_config=_seed_config(huge)))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == ["route_config.config_yaml"]

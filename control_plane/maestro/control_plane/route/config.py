@@ -152,15 +152,12 @@ class RouteConfigSpec:
     aliases: dict[str, str]
 
 
-def parse_route_config(
-    text: str, field: str = "config_yaml", max_bytes: int | None = MAX_CONFIG_BYTES
-) -> RouteConfigSpec:
+def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec:
     """Parse and validate config YAML; violations name `field` plus the path inside it.
 
-    `max_bytes` bounds what an API caller may send; config files pass None.
+    No size limit here: ApplyConfig bounds what an API caller may send (MAX_CONFIG_BYTES);
+    config files and stored revisions compile whatever their size.
     """
-    if max_bytes is not None and len(text.encode()) > max_bytes:
-        raise InvalidArgument([FieldViolation(field, f"larger than {max_bytes} bytes")])
     try:
         raw = yaml.load(text, Loader=_SafeLoader)  # a safe loader: plain data only
     except yaml.YAMLError as error:

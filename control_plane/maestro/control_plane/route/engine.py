@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from maestro.control_plane.route.policy import PolicyTable
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
 
 QUALITY, LATENCY, COST, RELIABILITY, SOVEREIGNTY = range(5)
 DEFAULT_RELIABILITY = 0.99
@@ -188,6 +189,7 @@ class RoutingSnapshot:
         self._content_tags = frozenset(spec.content_tags)
         self._content_tag_masks: dict[frozenset[str], BoolArray] = {}
         self._denied_counts: dict[int, int] = {}
+        self._candidates: dict[str, IntArray] = {}
 
     # -- config-time helpers --------------------------------------------------------------
 
@@ -410,16 +412,21 @@ class RoutingSnapshot:
             reasons.append(Exclusion.EXCLUDED_BY_CALLER)
         return reasons
 
-    def candidate_indices(self, request: RouteRequest) -> Sequence[int]:
-        """The deployments a request considers, in route order."""
-        if not request.model:
-            return range(len(self.deployments))
-        route = self._routes.get(request.model)
-        if route is None:
-            raise UnknownModel(request.model)
-        return [
-            i for g in route for i in range(self.group_slices[g].start, self.group_slices[g].stop)
-        ]
+    def candidate_indices(self, request: RouteRequest) -> IntArray:
+        """The deployments a request considers, in route order (cached per route; read-only)."""
+        indices = self._candidates.get(request.model)
+        if indices is None:
+            if request.model:
+                route = self._routes.get(request.model)
+                if route is None:
+                    raise UnknownModel(request.model)
+                slices = [self.group_slices[g] for g in route]
+                indices = np.concatenate([np.arange(s.start, s.stop) for s in slices])
+            else:
+                indices = np.arange(len(self.deployments))
+            indices.setflags(write=False)
+            self._candidates[request.model] = indices
+        return indices
 
 
 @functools.lru_cache(maxsize=1024)

@@ -19,6 +19,7 @@ from maestro.control_plane.errors import (
     Unimplemented,
 )
 from maestro.control_plane.route import convert
+from maestro.control_plane.route.config import MAX_CONFIG_BYTES
 from maestro.control_plane.route.registry import Published, SnapshotRegistry
 from maestro.control_plane.route.service import RouteService, _config_project
 from maestro.v1 import route_service_pb2 as pb
@@ -95,6 +96,10 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         self, request: pb.ApplyConfigRequest, context: Context
     ) -> pb.ApplyConfigResponse:
         config = request.route_config
+        if len(config.config_yaml.encode()) > MAX_CONFIG_BYTES:
+            raise InvalidArgument(
+                [FieldViolation("route_config.config_yaml", "larger than 1 MiB; use a config file")]
+            )
         applied = await self._service.apply_config(
             current_principal(),
             config.name,
