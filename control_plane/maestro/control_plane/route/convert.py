@@ -10,7 +10,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.route.config import OBJECTIVES
-from maestro.control_plane.route.engine import Decision, Exclusion
+from maestro.control_plane.route.engine import Decision, Exclusion, RouteRequest
 from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.route.service import Choice, ChooseInput
 from maestro.control_plane.route.store import Revision
@@ -66,12 +66,8 @@ def choose_input(
         )
     if violations:
         raise InvalidArgument(violations)
-    return ChooseInput(
-        parent=request.parent,
-        texts=tuple(m.content for m in request.messages if m.content),
-        supplied_tags=tuple(request.step_tags),
+    route = RouteRequest(
         weights=weights,
-        objectives_header=objectives_header,
         hint=_HINTS[request.step_hint],
         model=request.model,
         max_cost_usd=budget.max_cost_usd,
@@ -81,6 +77,13 @@ def choose_input(
         require_in_house=request.jurisdiction.require_in_house,
         excluded_ids=frozenset(request.excluded_deployment_ids),
         max_p95_ms=max_p95.seconds * 1000 + max_p95.nanos / 1e6,
+    )
+    return ChooseInput(
+        parent=request.parent,
+        route=route,
+        texts=tuple(m.content for m in request.messages if m.content),
+        supplied_tags=tuple(request.step_tags),
+        objectives_header=objectives_header,
     )
 
 

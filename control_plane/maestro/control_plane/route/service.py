@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,22 +52,14 @@ EXPLAIN_CACHE_SIZE = 8
 
 @dataclass(frozen=True, slots=True)
 class ChooseInput:
-    """A routing request as the domain sees it (converted from ChooseRequest)."""
+    """A routing request as the domain sees it (converted from ChooseRequest): the engine's
+    request before content tagging, plus what tagging and weighting start from."""
 
     parent: str
+    route: RouteRequest = field(default_factory=RouteRequest)
     texts: tuple[str, ...] = ()
     supplied_tags: tuple[str, ...] = ()
-    weights: tuple[float, float, float, float, float] | None = None
     objectives_header: str = ""
-    hint: str = ""
-    model: str = ""
-    max_cost_usd: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    allowed_jurisdictions: frozenset[str] = frozenset()
-    require_in_house: bool = False
-    excluded_ids: frozenset[str] = frozenset()
-    max_p95_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +144,8 @@ class RouteService:
         require_project(principal, project_id)
         published = self._published(request.parent)
         with self._tracer.start_as_current_span("maestro.route.choose") as span:
-            detected = self._tagger.tags(request.texts) if request.texts else frozenset()
-            try:
-                supplied = merge_tags(frozenset(), request.supplied_tags)
-            except ValueError as error:
-                raise InvalidArgument([FieldViolation("step_tags", str(error))]) from None
-            route_request = self._route_request(request, supplied | detected)
-            decision = self._decide(published.snapshot, route_request)
+            route, supplied, detected = self._prepare(request)
+            decision = self._decide(published.snapshot, route)
             latency = time.perf_counter_ns() - started
             self._record(span, principal, published, decision, request, latency)
         if decision.winner < 0 and not dry_run:
@@ -167,16 +154,7 @@ class RouteService:
                 reason="NO_ELIGIBLE_DEPLOYMENT",
                 metadata={"snapshot_version": published.snapshot_version},
             )
-        return Choice(
-            decision,
-            published.snapshot_version,
-            supplied,
-            detected,
-            uuid.uuid4().hex,
-            datetime.now(UTC),
-            latency,
-            dry_run,
-        )
+        return _choice(decision, published.snapshot_version, supplied, detected, latency, dry_run)
 
     async def explain(
         self, principal: Principal, request: ChooseInput, config_revision: str
@@ -192,22 +170,36 @@ class RouteService:
             )
         snapshot = await self._revision_snapshot(request.parent, revision_number)
         started = time.perf_counter_ns()
+        route, supplied, detected = self._prepare(request)
+        decision = self._decide(snapshot, route)
+        latency = time.perf_counter_ns() - started
+        return _choice(decision, snapshot.version, supplied, detected, latency, dry_run=True)
+
+    def _prepare(self, request: ChooseInput) -> tuple[RouteRequest, frozenset[str], frozenset[str]]:
+        """The engine's request: tags from content merged with the caller's, the header's
+        weights when the request gives none, a prompt-size estimate when it gives none."""
         detected = self._tagger.tags(request.texts) if request.texts else frozenset()
         try:
             supplied = merge_tags(frozenset(), request.supplied_tags)
         except ValueError as error:
-            raise InvalidArgument([FieldViolation("request.step_tags", str(error))]) from None
-        decision = self._decide(snapshot, self._route_request(request, supplied | detected))
-        return Choice(
-            decision,
-            snapshot.version,
-            supplied,
-            detected,
-            uuid.uuid4().hex,
-            datetime.now(UTC),
-            time.perf_counter_ns() - started,
-            True,
+            raise InvalidArgument([FieldViolation("step_tags", str(error))]) from None
+        route = request.route
+        weights = route.weights
+        if weights is None and request.objectives_header:
+            try:
+                weights = parse_objectives_header(request.objectives_header)
+            except ValueError as error:
+                raise InvalidArgument(
+                    [FieldViolation("x-maestro-objectives", str(error))],
+                    message=f"invalid x-maestro-objectives metadata: {error}",
+                ) from None
+        prompt_tokens = route.prompt_tokens or math.ceil(
+            sum(len(t) for t in request.texts) / CHARS_PER_TOKEN
         )
+        prepared = replace(
+            route, tags=supplied | detected, weights=weights, prompt_tokens=prompt_tokens
+        )
+        return prepared, supplied, detected
 
     def _published(self, parent: str) -> Published:
         published = self._registry.current(parent)
@@ -217,33 +209,6 @@ class RouteService:
                 reason="NO_ROUTE_CONFIG",
             )
         return published
-
-    def _route_request(self, request: ChooseInput, tags: frozenset[str]) -> RouteRequest:
-        weights = request.weights
-        if weights is None and request.objectives_header:
-            try:
-                weights = parse_objectives_header(request.objectives_header)
-            except ValueError as error:
-                raise InvalidArgument(
-                    [FieldViolation("x-maestro-objectives", str(error))],
-                    message=f"invalid x-maestro-objectives metadata: {error}",
-                ) from None
-        prompt_tokens = request.prompt_tokens or math.ceil(
-            sum(len(t) for t in request.texts) / CHARS_PER_TOKEN
-        )
-        return RouteRequest(
-            tags=tags,
-            weights=weights,
-            hint=request.hint,
-            model=request.model,
-            max_cost_usd=request.max_cost_usd,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=request.completion_tokens,
-            allowed_jurisdictions=request.allowed_jurisdictions,
-            require_in_house=request.require_in_house,
-            excluded_ids=request.excluded_ids,
-            max_p95_ms=request.max_p95_ms,
-        )
 
     @staticmethod
     def _decide(snapshot: RoutingSnapshot, request: RouteRequest) -> Decision:
@@ -265,7 +230,7 @@ class RouteService:
         latency_ns: int,
     ) -> None:
         snapshot = decision.snapshot
-        requested = request.model or "*"
+        requested = request.route.model or "*"
         chosen = snapshot.deployments[decision.winner] if decision.winner >= 0 else None
         if span.is_recording():
             attributes: dict[str, Any] = {
@@ -292,7 +257,7 @@ class RouteService:
         self._decisions.add(
             1, self._labels(requested, chosen.model_name, chosen.provider, outcome="chosen")
         )
-        if request.model and chosen.model_name != request.model:
+        if request.route.model and chosen.model_name != request.route.model:
             self._fallback_routes.add(1, self._labels(requested, chosen.model_name))
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - the service lives as long as the process
@@ -444,6 +409,26 @@ class RouteService:
         if len(self._explain_cache) > EXPLAIN_CACHE_SIZE:
             self._explain_cache.popitem(last=False)
         return snapshot
+
+
+def _choice(
+    decision: Decision,
+    version: str,
+    supplied: frozenset[str],
+    detected: frozenset[str],
+    latency_ns: int,
+    dry_run: bool,
+) -> Choice:
+    return Choice(
+        decision,
+        version,
+        supplied,
+        detected,
+        uuid.uuid4().hex,
+        datetime.now(UTC),
+        latency_ns,
+        dry_run,
+    )
 
 
 def _config_project(name: str, field: str) -> str:
