@@ -1,5 +1,8 @@
 """The decision engine: policy is never violated and the winner maximises the weighted score.
 
+The property test draws 10,000 requests: random tags, message content (with and without PII,
+tagged by the real detectors), weights, hints, budgets, jurisdictions and breaker states.
+
 The oracle is independent of the engine: Rego verdicts come from regopy evaluating the policy
 directly, and scores are recomputed in plain Python from the deployments' facts.
 """
@@ -7,6 +10,7 @@ directly, and scores are recomputed in plain Python from the deployments' facts.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from maestro.control_plane.route.engine import (
     parse_objectives_header,
 )
 from maestro.control_plane.route.policy import ModelFacts, PolicyModule, compile_routing_policy
+from maestro.control_plane.route.tagging import ContentTagger, merge_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_POLICY = (ROOT / "deploy/router/policies/routing.rego").read_text()
@@ -144,6 +149,13 @@ requests = st.builds(
     ),
     require_in_house=st.booleans(),
 )
+TAGGER = ContentTagger()
+CLEAN = ["Summarise the attached memo.", "Draft a polite reply about the 3 open tickets.", ""]
+PII = ["Write to jane.doe@example.com today.", "Card 4111 1111 1111 1111 was declined."]
+# (message text, whether it carries PII): clean sentences, PII sentences, and mixtures.
+contents = st.tuples(st.sampled_from(CLEAN), st.sampled_from(["", *PII])).map(
+    lambda parts: (f"{parts[0]} {parts[1]}".strip(), bool(parts[1]))
+)
 breaker_states = st.dictionaries(
     st.sampled_from(["gpt-4o-us", "gpt-4o-eu", "mini", "sonnet", "local-a", "local-b"]),
     st.tuples(st.booleans(), st.floats(0, 0.5), st.floats(50, 5000)),
@@ -208,10 +220,17 @@ def _shared_snapshot() -> RoutingSnapshot:
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,
 )
-@given(request=requests, states=breaker_states)
+@given(request=requests, states=breaker_states, content=contents)
 def test_no_decision_violates_policy_and_winner_maximises_score(
-    request: RouteRequest, states: dict[str, tuple[bool, float, float]]
+    request: RouteRequest,
+    states: dict[str, tuple[bool, float, float]],
+    content: tuple[str, bool],
 ) -> None:
+    text, carries_pii = content
+    # Content is tagged first and merged with the caller's tags, as RouteService does.
+    detected = TAGGER.tags([text])
+    assert ("pii" in detected) == carries_pii
+    request = replace(request, tags=merge_tags(detected, request.tags))
     snapshot = _shared_snapshot()
     for deployment in snapshot.deployments:
         broken, errors, p95 = states.get(deployment.deployment_id, (False, 0.01, 1000.0))
