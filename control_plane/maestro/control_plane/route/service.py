@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,7 +56,7 @@ class ChooseInput:
     request before content tagging, plus what tagging and weighting start from."""
 
     parent: str
-    route: RouteRequest = field(default_factory=RouteRequest)
+    route: RouteRequest = RouteRequest()  # noqa: RUF009 - frozen, so one shared default is safe
     texts: tuple[str, ...] = ()
     supplied_tags: tuple[str, ...] = ()
     objectives_header: str = ""
@@ -277,7 +277,7 @@ class RouteService:
     # -- config -----------------------------------------------------------------------------
 
     async def get_config(self, principal: Principal, name: str) -> ConfigView:
-        project = _config_project(name, "name")
+        project = config_project(name, "name")
         require_project(principal, project.removeprefix("projects/"))
         published = self._registry.current(project)
         revision = (
@@ -300,7 +300,7 @@ class RouteService:
         request_id: str,
         description: str,
     ) -> Applied:
-        project = _config_project(name, "route_config.name")
+        project = config_project(name, "route_config.name")
         require_project(principal, project.removeprefix("projects/"))
         _check_apply_fields(modules, mask, request_id, description)
         current = await asyncio.to_thread(self._store.latest, project)
@@ -381,7 +381,7 @@ class RouteService:
     async def list_revisions(
         self, principal: Principal, parent: str, page_size: int, page_token: str
     ) -> tuple[list[Revision], str]:
-        project = _config_project(parent, "parent")
+        project = config_project(parent, "parent")
         size = pagination.page_size(page_size)
         after = pagination.decode_token(page_token, parent)
         require_project(principal, project.removeprefix("projects/"))
@@ -431,8 +431,8 @@ def _choice(
     )
 
 
-def _config_project(name: str, field: str) -> str:
-    """`projects/{p}/routeConfig` -> `projects/{p}`."""
+def config_project(name: str, field: str) -> str:
+    """`projects/{p}/routeConfig` -> `projects/{p}`; INVALID_ARGUMENT on `field` otherwise."""
     project, _, rest = name.rpartition("/")
     if rest != "routeConfig":
         raise InvalidArgument(
@@ -450,7 +450,7 @@ def _config_project(name: str, field: str) -> str:
 
 def _parse_revision_name(value: str, field: str) -> tuple[str, int]:
     prefix, _, number = value.rpartition("/revisions/")
-    project = _config_project(prefix, field) if prefix else ""
+    project = config_project(prefix, field) if prefix else ""
     if not project or not number.isdigit() or int(number) < 1:
         raise InvalidArgument(
             [FieldViolation(field, "expected projects/{project}/routeConfig/revisions/{revision}")]

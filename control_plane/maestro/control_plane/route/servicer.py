@@ -21,7 +21,7 @@ from maestro.control_plane.errors import (
 from maestro.control_plane.route import convert
 from maestro.control_plane.route.config import MAX_CONFIG_BYTES
 from maestro.control_plane.route.registry import Published, SnapshotRegistry
-from maestro.control_plane.route.service import RouteService, _config_project
+from maestro.control_plane.route.service import RouteService, config_project
 from maestro.v1 import route_service_pb2 as pb
 from maestro.v1 import route_service_pb2_grpc as pb_grpc
 
@@ -146,7 +146,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         if not first.node_id:
             raise InvalidArgument([FieldViolation("node_id", "required")])
         projects = frozenset(
-            _config_project(name, f"route_configs[{i}]")
+            config_project(name, f"route_configs[{i}]")
             for i, name in enumerate(first.route_configs)
         ) or frozenset({f"projects/{principal.project_id}"})
         for project in projects:
