@@ -349,3 +349,116 @@ async def test_oversized_config_through_the_api_is_invalid_argument(
         await routed.routes.ApplyConfig(pb.ApplyConfigRequest(route_config=_seed_config(huge)))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in caught.value.field_violations] == ["route_config.config_yaml"]
+
+
+# The operators' policy: export-controlled steps may not use openai models.
+GLOBAL_POLICY = """package maestro.routing
+
+default allow = false
+
+allow {
+  not deny
+}
+
+deny {
+  input.step_tags[_] == "export_ctrl"
+  input.model.provider == "openai"
+}
+"""
+PERMISSIVE_POLICY = "package maestro.routing\n\ndefault allow = true\n"
+ALPHA_ONLY_YAML = """model_list:
+  - model_name: alpha-model
+    litellm_params: {model: openai/gpt-4o-mini}
+"""
+
+
+@pytest.fixture
+async def layered(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, Path]]:
+    """A server whose operators configure the global layer through files."""
+    global_yaml = tmp_path / "global.yaml"
+    global_yaml.write_text(SEED_YAML)
+    global_rego = tmp_path / "global.rego"
+    global_rego.write_text(GLOBAL_POLICY)
+    running = await start_server(
+        tmp_path,
+        **{
+            "routing.project": "global",
+            "routing.config_file": str(global_yaml),
+            "routing.policy_files": [str(global_rego)],
+        },
+    )
+    yield running, global_yaml
+    await running.plane.stop(grace_s=0)
+
+
+async def test_project_without_config_routes_with_the_global_config(
+    layered: tuple[RunningServer, Path],
+) -> None:
+    running, _ = layered
+    async with running.client(running.beta_key) as beta:
+        response = await beta.routes.Choose(
+            pb.ChooseRequest(parent="projects/beta", model="gpt-4o")
+        )
+    assert response.decision.deployment.model_group == "gpt-4o"
+
+
+async def test_global_config_is_readable_by_projects_but_not_writable(
+    layered: tuple[RunningServer, Path],
+) -> None:
+    running, _ = layered
+    async with running.client(running.alpha_key) as alpha:
+        read = await alpha.routes.GetConfig(pb.GetConfigRequest(name="projects/global/routeConfig"))
+        assert read.route_config.revision_id == "1"
+        with pytest.raises(MaestroRpcError) as caught:
+            await alpha.routes.ApplyConfig(
+                pb.ApplyConfigRequest(
+                    route_config=pb.RouteConfig(
+                        name="projects/global/routeConfig", config_yaml=SEED_YAML
+                    )
+                )
+            )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_project_config_adds_to_the_global_layer_and_cannot_widen_its_policy(
+    layered: tuple[RunningServer, Path],
+) -> None:
+    running, _ = layered
+    async with running.client(running.alpha_key) as alpha:
+        applied = await alpha.routes.ApplyConfig(
+            pb.ApplyConfigRequest(
+                route_config=_seed_config(ALPHA_ONLY_YAML, rego=PERMISSIVE_POLICY)
+            )
+        )
+        assert applied.route_config.snapshot_version == "1.1"
+        assert applied.route_config.global_revision_id == "1"
+        own = await _choose(alpha, model="alpha-model")
+        assert own.deployment.model_group == "alpha-model"
+        inherited = await _choose(alpha, model="gpt-4o")
+        assert inherited.deployment.model_group == "gpt-4o"
+        # The project's own policy allows everything; the global one still denies openai
+        # models for export-controlled steps, so the chain moves on to sonnet-3.7.
+        export = await _choose(alpha, model="gpt-4o", step_tags=["export_ctrl"])
+    assert export.deployment.model_group == "sonnet-3.7"
+    denied = next(c for c in export.candidates if c.deployment.model_group == "gpt-4o")
+    assert denied.policy_rule.startswith("global policy:")
+
+
+async def test_global_change_republishes_project_snapshots(
+    layered: tuple[RunningServer, Path],
+) -> None:
+    running, global_yaml = layered
+    async with running.client(running.alpha_key) as alpha:
+        await alpha.routes.ApplyConfig(
+            pb.ApplyConfigRequest(
+                route_config=_seed_config(ALPHA_ONLY_YAML, rego=PERMISSIVE_POLICY)
+            )
+        )
+        global_yaml.write_text(SEED_YAML + "\n# operators' edit\n")
+        for _ in range(200):  # bounded: 200 x 50 ms
+            current = await alpha.routes.GetConfig(pb.GetConfigRequest(name=ALPHA_CONFIG))
+            if current.route_config.snapshot_version == "1.2":
+                break
+            await asyncio.sleep(0.05)
+    assert current.route_config.snapshot_version == "1.2"
+    assert current.route_config.global_revision_id == "2"

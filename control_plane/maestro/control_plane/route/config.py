@@ -158,6 +158,11 @@ def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec
     No size limit here: ApplyConfig bounds what an API caller may send (MAX_CONFIG_BYTES);
     config files and stored revisions compile whatever their size.
     """
+    return resolve_route_config(load_yaml(text, field), field)
+
+
+def load_yaml(text: str, field: str = "config_yaml") -> dict[str, Any]:
+    """The YAML as plain data; INVALID_ARGUMENT on `field` when it is not a mapping."""
     try:
         raw = yaml.load(text, Loader=_SafeLoader)  # a safe loader: plain data only
     except yaml.YAMLError as error:
@@ -166,6 +171,11 @@ def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec
         raise InvalidArgument([FieldViolation(field, f"{where}not valid YAML")]) from error
     if not isinstance(raw, dict):
         raise InvalidArgument([FieldViolation(field, "the top level must be a mapping")])
+    return raw
+
+
+def resolve_route_config(raw: dict[str, Any], field: str = "config_yaml") -> RouteConfigSpec:
+    """Validate parsed config data and resolve every deployment's facts."""
     try:
         document = RouteConfigDocument.model_validate(raw)
     except ValidationError as error:
@@ -272,10 +282,12 @@ def _price(declared: float | None, listed: float | None, in_house: bool) -> floa
 
 
 def _derived_id(entry: ModelEntry) -> str:
+    return derived_deployment_id(entry.model_name, entry.litellm_params.model_dump(mode="json"))
+
+
+def derived_deployment_id(model_name: str, litellm_params: dict[str, Any]) -> str:
     """LiteLLM-style stable id: a hash of the group and its parameters."""
-    material = json.dumps(
-        [entry.model_name, entry.litellm_params.model_dump(mode="json")], sort_keys=True
-    )
+    material = json.dumps([model_name, litellm_params], sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.route.config import OBJECTIVES
 from maestro.control_plane.route.engine import Decision, Exclusion, RouteRequest
 from maestro.control_plane.route.policy import PolicyModule
+from maestro.control_plane.route.registry import Published
 from maestro.control_plane.route.service import Choice, ChooseInput
 from maestro.control_plane.route.store import Revision
 from maestro.v1 import common_pb2, route_service_pb2
@@ -255,12 +256,19 @@ def _policy_rule(decision: Decision, index: int, key: int) -> str:
     )
 
 
-def route_config_message(name: str, revision: Revision | None) -> route_service_pb2.RouteConfig:
+def route_config_message(
+    name: str, revision: Revision | None, published: Published | None = None
+) -> route_service_pb2.RouteConfig:
     message = route_service_pb2.RouteConfig(name=name, revision_id="0", snapshot_version="0")
+    if published is not None:
+        message.snapshot_version = published.snapshot_version
+        if published.global_revision is not None:
+            message.global_revision_id = str(published.global_revision.revision)
     if revision is None:
         return message
     message.revision_id = str(revision.revision)
-    message.snapshot_version = str(revision.revision)
+    if published is None:
+        message.snapshot_version = str(revision.revision)
     message.config_yaml = revision.config_yaml
     message.policy_modules.extend(module_message(m) for m in revision.policy_modules)
     message.etag = revision.digest
@@ -289,11 +297,18 @@ def revision_message(revision: Revision) -> route_service_pb2.RouteConfigRevisio
     return message
 
 
-def snapshot_message(revision: Revision) -> route_service_pb2.RouteConfigSnapshot:
-    return route_service_pb2.RouteConfigSnapshot(
+def snapshot_message(published: Published) -> route_service_pb2.RouteConfigSnapshot:
+    revision = published.revision
+    message = route_service_pb2.RouteConfigSnapshot(
         route_config=f"{revision.project}/routeConfig",
-        snapshot_version=str(revision.revision),
+        snapshot_version=published.snapshot_version,
         revision_id=str(revision.revision),
-        config_yaml=revision.config_yaml,
+        config_yaml=published.merged_yaml,
         policy_modules=[module_message(m) for m in revision.policy_modules],
     )
+    if published.global_revision is not None:
+        message.global_revision_id = str(published.global_revision.revision)
+        message.global_policy_modules.extend(
+            module_message(m) for m in published.global_revision.policy_modules
+        )
+    return message

@@ -23,18 +23,37 @@ import enum
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from maestro.control_plane.route.config import OBJECTIVE_ALIASES, OBJECTIVES, RouteConfigSpec
-from maestro.control_plane.route.policy import PolicyTable
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
 
 QUALITY, LATENCY, COST, RELIABILITY, SOVEREIGNTY = range(5)
+
+
+class PolicyView(Protocol):
+    """A compiled policy as the engine reads it: `policy.PolicyTable`, or two of them layered
+    (`layers.LayeredPolicy`)."""
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
+
+    @property
+    def row_count(self) -> int: ...
+
+    def tag_key(self, tags: frozenset[str]) -> int: ...
+
+    def allowed_row(self, key: int) -> BoolArray: ...
+
+    def reasons(self, key: int, model_index: int) -> tuple[str, ...]: ...
+
+
 DEFAULT_RELIABILITY = 0.99
 # Step hints scale the weights before normalisation (seed A4: drafts favour cost and latency,
 # finalisation favours quality).
@@ -115,7 +134,7 @@ class RoutingSnapshot:
     def __init__(
         self,
         spec: RouteConfigSpec,
-        policy: PolicyTable,
+        policy: PolicyView,
         version: str,
         board: SignalBoard | None = None,
     ) -> None:

@@ -9,8 +9,14 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from maestro.control_plane.route.config import parse_route_config
-from maestro.control_plane.route.engine import RoutingSnapshot, SignalBoard
+from maestro.control_plane.route.config import load_yaml, resolve_route_config
+from maestro.control_plane.route.engine import PolicyView, RoutingSnapshot, SignalBoard
+from maestro.control_plane.route.layers import (
+    GLOBAL_PROJECT,
+    LayeredPolicy,
+    merge_layers,
+    merged_yaml,
+)
 from maestro.control_plane.route.policy import ModelFacts, compile_routing_policy
 from maestro.control_plane.route.store import Revision
 from maestro.control_plane.route.tagging import KINDS, PII_TAG
@@ -21,33 +27,69 @@ DETECTOR_TAGS = (PII_TAG, *(f"{PII_TAG}.{kind}" for kind in KINDS))
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """A project's snapshot as published: `generation` orders every publish of the registry."""
+    """A project's snapshot as published: `generation` orders every publish of the registry.
+
+    `global_revision` is the global layer merged in (None for the global config itself, or when
+    operators have not configured one).
+    """
 
     project: str
     revision: Revision
     snapshot: RoutingSnapshot
     generation: int
+    global_revision: Revision | None = None
+    merged_yaml: str = ""
 
     @property
     def snapshot_version(self) -> str:
-        return str(self.revision.revision)
+        return self.snapshot.version
 
 
-def compile_revision(revision: Revision, board: SignalBoard | None = None) -> RoutingSnapshot:
-    """Parse, resolve and compile a stored revision (CPU-bound: run it off the event loop).
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    snapshot: RoutingSnapshot
+    global_revision: Revision | None
+    merged_yaml: str
+
+
+def compile_revision(
+    revision: Revision, board: SignalBoard | None = None, global_revision: Revision | None = None
+) -> Compiled:
+    """Parse, resolve and compile a stored revision, on top of the global layer when given
+    (CPU-bound: run it off the event loop). The version is `{revision}` alone, or
+    `{revision}.{global revision}` for a layered snapshot.
 
     Raises InvalidArgument for a bad config and PolicyError for a bad policy.
     """
-    spec = parse_route_config(revision.config_yaml)
+    layered = global_revision is not None and revision.project != GLOBAL_PROJECT
+    raw = load_yaml(revision.config_yaml)
+    if layered:
+        assert global_revision is not None
+        raw = merge_layers(load_yaml(global_revision.config_yaml), raw)
+    spec = resolve_route_config(raw)
     facts = [
         ModelFacts(d.model_name, d.provider, d.jurisdiction, d.in_house)
         for d in {d.model_name: d for d in spec.deployments}.values()
     ]
     project_id = revision.project.removeprefix("projects/")
-    table = compile_routing_policy(
-        revision.policy_modules, facts, project_id, known_tags=[*DETECTOR_TAGS, *spec.content_tags]
+    known_tags = [*DETECTOR_TAGS, *spec.content_tags]
+    policy: PolicyView = compile_routing_policy(
+        revision.policy_modules, facts, project_id, known_tags=known_tags
     )
-    return RoutingSnapshot(spec, table, str(revision.revision), board)
+    version = str(revision.revision)
+    if layered:
+        assert global_revision is not None
+        outer = compile_routing_policy(
+            global_revision.policy_modules, facts, project_id, known_tags=known_tags
+        )
+        policy = LayeredPolicy(outer, policy)
+        version = f"{revision.revision}.{global_revision.revision}"
+    snapshot = RoutingSnapshot(spec, policy, version, board)
+    return Compiled(
+        snapshot,
+        global_revision if layered else None,
+        merged_yaml(raw) if layered else revision.config_yaml,
+    )
 
 
 class SnapshotRegistry:
@@ -68,10 +110,17 @@ class SnapshotRegistry:
         """Live signals of a project's deployments, shared by its successive snapshots."""
         return self._boards.setdefault(project, SignalBoard())
 
-    async def publish(self, revision: Revision, snapshot: RoutingSnapshot) -> Published:
+    async def publish(self, revision: Revision, compiled: Compiled) -> Published:
         async with self._changed:
             self._generation += 1
-            published = Published(revision.project, revision, snapshot, self._generation)
+            published = Published(
+                revision.project,
+                revision,
+                compiled.snapshot,
+                self._generation,
+                compiled.global_revision,
+                compiled.merged_yaml,
+            )
             self._current[revision.project] = published
             self._changed.notify_all()
         return published

@@ -38,8 +38,14 @@ from maestro.control_plane.route.engine import (
     UnknownModel,
     parse_objectives_header,
 )
+from maestro.control_plane.route.layers import GLOBAL_PROJECT
 from maestro.control_plane.route.policy import PolicyError, PolicyModule
-from maestro.control_plane.route.registry import Published, SnapshotRegistry, compile_revision
+from maestro.control_plane.route.registry import (
+    Compiled,
+    Published,
+    SnapshotRegistry,
+    compile_revision,
+)
 from maestro.control_plane.route.store import Revision, RouteConfigStore, digest_of
 from maestro.control_plane.route.tagging import ContentTagger, merge_tags
 from maestro.control_plane.rpc import pagination
@@ -80,6 +86,7 @@ class ConfigView:
 
     name: str
     revision: Revision | None
+    published: Published | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,19 +126,36 @@ class RouteService:
     # -- start-up ---------------------------------------------------------------------------
 
     async def load_all(self) -> None:
-        """Compile and publish every project's latest stored revision (at server start)."""
-        for project in await asyncio.to_thread(self._store.projects_with_config):
+        """Compile and publish every project's latest stored revision (at server start), the
+        global layer first since the others compile on top of it."""
+        await asyncio.to_thread(self._store.ensure_project, GLOBAL_PROJECT)
+        projects = await asyncio.to_thread(self._store.projects_with_config)
+        for project in sorted(projects, key=lambda p: p != GLOBAL_PROJECT):
             revision = await asyncio.to_thread(self._store.latest, project)
-            if revision is None:
-                continue
-            try:
-                snapshot = await asyncio.to_thread(
-                    compile_revision, revision, self._registry.board(project)
-                )
-            except (MaestroError, PolicyError) as error:
-                log.error("route.config_unloadable", project=project, error=str(error))
-                continue
-            await self._registry.publish(revision, snapshot)
+            if revision is not None:
+                await self._publish_compiled(revision)
+
+    async def _publish_compiled(self, revision: Revision) -> bool:
+        """Compile a stored revision on the current global layer and publish it; on failure
+        log and keep what is published (a global change can break a project's config)."""
+        try:
+            compiled = await asyncio.to_thread(
+                compile_revision,
+                revision,
+                self._registry.board(revision.project),
+                self._global_revision(revision.project),
+            )
+        except (MaestroError, PolicyError) as error:
+            log.error("route.config_unloadable", project=revision.project, error=str(error))
+            return False
+        await self._registry.publish(revision, compiled)
+        return True
+
+    def _global_revision(self, project: str) -> Revision | None:
+        if project == GLOBAL_PROJECT:
+            return None
+        published = self._registry.current(GLOBAL_PROJECT)
+        return published.revision if published else None
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -202,7 +226,8 @@ class RouteService:
         return prepared, supplied, detected
 
     def _published(self, parent: str) -> Published:
-        published = self._registry.current(parent)
+        # A project without a config of its own routes with the global config alone.
+        published = self._registry.current(parent) or self._registry.current(GLOBAL_PROJECT)
         if published is None:
             raise FailedPrecondition(
                 f"{parent} has no routing config yet; apply one with ApplyConfig",
@@ -278,14 +303,12 @@ class RouteService:
 
     async def get_config(self, principal: Principal, name: str) -> ConfigView:
         project = config_project(name, "name")
-        require_project(principal, project.removeprefix("projects/"))
+        if project != GLOBAL_PROJECT:  # every project may read the global config
+            require_project(principal, project.removeprefix("projects/"))
         published = self._registry.current(project)
-        revision = (
-            published.revision
-            if published
-            else await asyncio.to_thread(self._store.latest, project)
-        )
-        return ConfigView(name, revision)
+        if published is not None:
+            return ConfigView(name, published.revision, published)
+        return ConfigView(name, await asyncio.to_thread(self._store.latest, project))
 
     async def apply_config(
         self,
@@ -319,9 +342,9 @@ class RouteService:
             description, principal.api_key or "", digest_of(config_yaml, modules),
             datetime.now(UTC),
         )  # fmt: skip
-        snapshot = await asyncio.to_thread(self._compile, candidate, project)
+        compiled = await asyncio.to_thread(self._compile, candidate, project)
         if validate_only:
-            return Applied(ConfigView(name, current), snapshot, created=False)
+            return Applied(ConfigView(name, current), compiled.snapshot, created=False)
         stored = await asyncio.to_thread(
             self._append,
             project,
@@ -338,16 +361,17 @@ class RouteService:
                 reason="CONCURRENT_APPLY",
             )
         revision, created = stored
-        if created:
-            snapshot = RoutingSnapshot(
-                snapshot.spec,
-                snapshot.policy,
-                str(revision.revision),
-                self._registry.board(project),
-            )
-            await self._registry.publish(revision, snapshot)
-            log.info("route.config_applied", project=project, revision=revision.revision)
-        return Applied(ConfigView(name, revision), snapshot, created)
+        if not created:  # a retried request: the first call's revision, already published
+            return Applied(ConfigView(name, revision), compiled.snapshot, created)
+        published = await self._registry.publish(revision, compiled)
+        log.info("route.config_applied", project=project, revision=revision.revision)
+        if project == GLOBAL_PROJECT:
+            # Every project routes on top of the global layer: rebuild their snapshots.
+            for other in await asyncio.to_thread(self._store.projects_with_config):
+                latest = await asyncio.to_thread(self._store.latest, other)
+                if other != GLOBAL_PROJECT and latest is not None:
+                    await self._publish_compiled(latest)
+        return Applied(ConfigView(name, revision, published), compiled.snapshot, created)
 
     def _append(
         self, project: str, config_yaml: str, modules: tuple[PolicyModule, ...], **kwargs: Any
@@ -359,9 +383,11 @@ class RouteService:
                 f"project {project!r} does not exist", reason="PROJECT_NOT_FOUND"
             ) from None
 
-    def _compile(self, revision: Revision, project: str) -> RoutingSnapshot:
+    def _compile(self, revision: Revision, project: str) -> Compiled:
         try:
-            return compile_revision(revision, self._registry.board(project))
+            return compile_revision(
+                revision, self._registry.board(project), self._global_revision(project)
+            )
         except PolicyError as error:
             index = next(
                 (i for i, m in enumerate(revision.policy_modules) if m.name == error.module), None
@@ -404,7 +430,10 @@ class RouteService:
                 reason="REVISION_NOT_FOUND",
             )
         # Compiled against a private signal board: explaining history must not disturb live state.
-        snapshot = await asyncio.to_thread(compile_revision, revision)
+        compiled = await asyncio.to_thread(
+            compile_revision, revision, None, self._global_revision(project)
+        )
+        snapshot = compiled.snapshot
         self._explain_cache[key] = snapshot
         if len(self._explain_cache) > EXPLAIN_CACHE_SIZE:
             self._explain_cache.popitem(last=False)

@@ -89,7 +89,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
     ) -> pb.GetConfigResponse:
         view = await self._service.get_config(current_principal(), request.name)
         return pb.GetConfigResponse(
-            route_config=convert.route_config_message(view.name, view.revision)
+            route_config=convert.route_config_message(view.name, view.revision, view.published)
         )
 
     async def ApplyConfig(
@@ -112,7 +112,9 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
             description=request.description,
         )
         response = pb.ApplyConfigResponse(
-            route_config=convert.route_config_message(applied.view.name, applied.view.revision),
+            route_config=convert.route_config_message(
+                applied.view.name, applied.view.revision, applied.view.published
+            ),
             validation=pb.RouteConfigValidation(
                 model_group_count=len(applied.snapshot.group_names),
                 deployment_count=len(applied.snapshot.deployments),
@@ -187,7 +189,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         return pb.WatchConfigResponse(
             version_info=f"{self._epoch}:{generation}",
             nonce=secrets.token_hex(8),
-            snapshots=[convert.snapshot_message(p.revision) for p in changed],
+            snapshots=[convert.snapshot_message(p) for p in changed],
             full_state=full_state,
         )
 

@@ -104,6 +104,15 @@ class RouteConfigStore:
             )
         return revision, True
 
+    def ensure_project(self, project: str) -> None:
+        """Create a reserved project's row (`projects/global`) if it is missing."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO projects(name, display_name, create_time) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO NOTHING",
+                (project, "reserved", datetime.now(UTC).isoformat()),
+            )
+
     def latest(self, project: str) -> Revision | None:
         with self._db.read() as conn:
             row = conn.execute(
