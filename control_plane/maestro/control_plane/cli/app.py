@@ -114,6 +114,27 @@ def up(
     serve(config)
 
 
+@app.command("sim-provider")
+def sim_provider(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 8900,
+    profile: Annotated[
+        Path | None, typer.Option(help="Fault profile (YAML or JSON): latency, errors, brownouts.")
+    ] = None,
+) -> None:
+    """Serve the simulated OpenAI-compatible provider until SIGTERM or SIGINT."""
+    from maestro.control_plane.config import LoggingConfig
+    from maestro.control_plane.logs import configure_logging
+    from maestro.data_plane.sim import ProfileError, run
+
+    configure_logging(LoggingConfig())
+    try:
+        run(host, port, profile)
+    except ProfileError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command("check-config")
 def check_config(config_path: Annotated[Path, typer.Argument(help="YAML config file.")]) -> None:
     """Validate a config file (with MAESTRO_* overrides) and print the effective settings."""
