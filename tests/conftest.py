@@ -47,7 +47,12 @@ def test_config(tmp_path: Path, **overrides: object) -> MaestroConfig:
     return load_config(
         None,
         env={},
-        **{"server.port": 0, "store.sqlite_path": str(tmp_path / "maestro.db"), **overrides},
+        **{
+            "server.port": 0,
+            "store.sqlite_path": str(tmp_path / "maestro.db"),
+            "data_plane.http_port": 0,
+            **overrides,
+        },
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 BIN = Path(sys.executable).parent
@@ -34,11 +35,15 @@ SERVICES = {
 }
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 @dataclass
 class UpProcess:
     process: subprocess.Popen[str]
     address: str
     api_key: str
+    openai_base_url: str
 
 
 def _grpcurl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -47,7 +52,7 @@ def _grpcurl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str
     )
 
 
-def _wait_ready(process: subprocess.Popen[str], deadline_s: float = 60) -> str:
+def _wait_ready(process: subprocess.Popen[str], deadline_s: float = 60) -> dict[str, str]:
     assert process.stderr is not None
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -55,15 +60,27 @@ def _wait_ready(process: subprocess.Popen[str], deadline_s: float = 60) -> str:
         if not line:
             raise AssertionError(f"maestro up exited early with {process.wait()}")
         if line.startswith("{") and json.loads(line).get("event") == "server.ready":
-            return str(json.loads(line)["address"])
+            return dict(json.loads(line))
     raise AssertionError("maestro up did not report server.ready in time")
+
+
+def _demo_config(tmp_path: Path) -> Path:
+    """The packaged demo config with the repo's routing files by absolute path, so the
+    process can run in a scratch directory."""
+    demo = (ROOT / "control_plane/maestro/control_plane/demo.yaml").read_text()
+    for relative in ("deploy/router/litellm.yaml", "deploy/router/policies/routing.rego"):
+        demo = demo.replace(relative, str(ROOT / relative))
+    path = tmp_path / "maestro.yaml"
+    path.write_text(demo)
+    return path
 
 
 @pytest.fixture
 def maestro_up(tmp_path: Path) -> Iterator[UpProcess]:
     env = {**os.environ, "MAESTRO_SERVER__GRACE_PERIOD_S": "5"}
+    config = _demo_config(tmp_path)
     with subprocess.Popen(
-        [str(BIN / "maestro"), "up", "--port", "0"],
+        [str(BIN / "maestro"), "up", "--config", str(config), "--port", "0", "--http-port", "0"],
         cwd=tmp_path,
         env=env,
         stderr=subprocess.PIPE,
@@ -71,13 +88,13 @@ def maestro_up(tmp_path: Path) -> Iterator[UpProcess]:
         text=True,
     ) as process:
         try:
-            address = _wait_ready(process)
+            ready = _wait_ready(process)
             # Keep reading the log so the server never blocks on a full pipe.
             assert process.stderr is not None
             drain = threading.Thread(target=process.stderr.read, daemon=True)
             drain.start()
             api_key = (tmp_path / ".maestro" / "demo-api-key").read_text().strip()
-            yield UpProcess(process, address, api_key)
+            yield UpProcess(process, ready["address"], api_key, ready["openai_base_url"])
         finally:
             if process.poll() is None:
                 process.kill()
@@ -156,6 +173,67 @@ def test_grpcurl_malformed_request_gets_field_violations_and_server_keeps_servin
     checked = _grpcurl("-d", '{"service": ""}', maestro_up.address, "grpc.health.v1.Health/Check")
     assert json.loads(checked.stdout) == {"status": "SERVING"}
     assert maestro_up.process.poll() is None
+
+
+def test_openai_client_streams_a_chat_completion_through_maestro_up(
+    maestro_up: UpProcess,
+) -> None:
+    client = openai.OpenAI(
+        base_url=maestro_up.openai_base_url, api_key=maestro_up.api_key, max_retries=0
+    )
+    with client:
+        stream = client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "Summarise the quarterly numbers."}],
+            stream=True,
+            max_tokens=12,
+            stream_options={"include_usage": True},
+        )
+        texts, usage = [], None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                texts.append(chunk.choices[0].delta.content)
+            usage = chunk.usage or usage
+    assert "".join(texts).strip()
+    assert usage is not None
+    assert usage.completion_tokens == 12
+
+
+def test_grpcurl_streams_a_chat_completion_through_maestro_up(maestro_up: UpProcess) -> None:
+    request = {
+        "parent": "projects/demo",
+        "model": "gpt-4o",
+        "messages": [{"role": "CHAT_ROLE_USER", "content": "my card is 4111 1111 1111 1111"}],
+        "maxTokens": 8,
+    }
+    streamed = _grpcurl(
+        "-H",
+        f"x-api-key: {maestro_up.api_key}",
+        "-d",
+        json.dumps(request),
+        maestro_up.address,
+        "maestro.v1.InferenceService/StreamChatCompletion",
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    events = [json.loads(part) for part in _json_objects(streamed.stdout)]
+    assert "routed" in events[0]
+    # The card number is PII: the seed policy keeps the step in house.
+    assert events[0]["routed"]["deployment"]["modelGroup"] == "ig-local-70b"
+    assert events[-1]["done"]["usage"]["completionTokens"] == "8"
+    assert any(e.get("delta", {}).get("text") for e in events)
+
+
+def _json_objects(text: str) -> list[str]:
+    """grpcurl prints one pretty JSON object per message; split them."""
+    decoder, index, out = json.JSONDecoder(), 0, []
+    text = text.strip()
+    while index < len(text):
+        _, end = decoder.raw_decode(text, index)
+        out.append(text[index:end])
+        index = end
+        while index < len(text) and text[index].isspace():
+            index += 1
+    return out
 
 
 def test_sigterm_during_open_stream_ends_it_cleanly_and_exits_zero(maestro_up: UpProcess) -> None:

@@ -128,6 +128,13 @@ class ResourceExhausted(MaestroError):
     code = code_pb2.RESOURCE_EXHAUSTED
 
 
+class Unavailable(MaestroError):
+    """Nothing could serve the call now (every deployment tried failed); retrying later may
+    succeed."""
+
+    code = code_pb2.UNAVAILABLE
+
+
 class Unimplemented(MaestroError):
     """The method is part of the contract but its capability is not built in this release."""
 

@@ -31,6 +31,7 @@ from maestro.control_plane.rpc.reflection import enable_reflection
 from maestro.control_plane.rpc.unimplemented import unimplemented_handler
 from maestro.control_plane.store.sqlite import Database
 from maestro.control_plane.telemetry import Telemetry
+from maestro.data_plane.plane import DataPlane, build_data_plane
 from maestro.v1 import (
     eval_service_pb2,
     graph_service_pb2,
@@ -51,11 +52,8 @@ PENDING_SERVICES = (
     (graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"], "the agent graph runtime"),
     (eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"], "the eval runner"),
     (rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"], "progressive delivery"),
-    (
-        inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"],
-        "the data plane's inference path",
-    ),
 )
+INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 
 
 @dataclass
@@ -70,6 +68,7 @@ class ControlPlane:
     routes: RouteService
     port: int
     stopping: asyncio.Event
+    data: DataPlane | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -87,7 +86,11 @@ class ControlPlane:
         log.info("server.stopping", grace_period_s=grace)
         self.stopping.set()  # long-lived streams (WatchConfig, ...) end themselves
         await self.health.shut_down()
+        if self.data is not None:
+            await self.data.stop_http()
         await self.server.stop(grace)
+        if self.data is not None:
+            await self.data.close()
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -133,17 +136,28 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     route_service_pb2_grpc.add_RouteServiceServicer_to_server(
         RouteServicer(routes, registry, stopping), server
     )
-    for service, capability in PENDING_SERVICES:
+    pending = list(PENDING_SERVICES)
+    data = None
+    if config.data_plane.enabled:
+        data = await build_data_plane(
+            config.data_plane, routes, projects.authenticate, insecure_project, telemetry
+        )
+        data.register(server, routes)
+    else:
+        pending.append((INFERENCE_SERVICE, "the data plane (data_plane.enabled is false)"))
+    for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    served = (PROJECT_SERVICE, ROUTE_SERVICE)
-    service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in PENDING_SERVICES)]
+    served = (PROJECT_SERVICE, ROUTE_SERVICE, *((INFERENCE_SERVICE,) if data else ()))
+    service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in pending)]
     enable_reflection(
         server, [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     )
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if port == 0:
+        if data is not None:
+            await data.close()
         database.close()
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     await server.start()
@@ -151,9 +165,11 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     # a service name tells whether it can do its job, not just whether the process is up.
     for service in served:
         await health.set(service.full_name, SERVING)
-    for service, _ in PENDING_SERVICES:
+    for service, _ in pending:
         await health.set(service.full_name, NOT_SERVING)
-    plane = ControlPlane(config, server, health, database, projects, routes, port, stopping)
+    plane = ControlPlane(config, server, health, database, projects, routes, port, stopping, data)
+    if data is not None:
+        await data.start_http()
     if config.routing.config_file is not None:
         await apply_files(routes, config.routing)
         if config.routing.watch:
@@ -165,5 +181,10 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         address=plane.address,
         auth_mode=config.auth.mode,
         store=str(config.store.sqlite_path),
+        openai_base_url=(
+            f"http://{config.data_plane.http_host}:{data.http_port}/v1"
+            if data is not None and data.http_port is not None
+            else None
+        ),
     )
     return plane

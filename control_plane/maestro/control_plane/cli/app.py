@@ -96,6 +96,10 @@ def up(
     port: Annotated[
         int | None, typer.Option(help="Override server.port (0: any free port).")
     ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(help="Override data_plane.http_port, the OpenAI-compatible ingress."),
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -103,8 +107,13 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Start the embedded default: control plane on SQLite with the demo project."""
-    overrides: dict[str, object] = {"server.host": host, "server.port": port}
+    """Start the embedded default: control plane and data plane on SQLite with the demo
+    project, and the simulated provider standing in for hosted models."""
+    overrides: dict[str, object] = {
+        "server.host": host,
+        "server.port": port,
+        "data_plane.http_port": http_port,
+    }
     if insecure:
         overrides |= {"auth.mode": "insecure", "auth.insecure_project": DEMO_PROJECT}
     config = _load(config_path, **overrides)

@@ -24,7 +24,8 @@ class CatalogEntry:
 
 
 @cache
-def _litellm() -> Any:
+def litellm_module() -> Any:
+    """LiteLLM, imported once, with the bundled price map (no network at import)."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
@@ -38,7 +39,7 @@ def lookup(model: str) -> CatalogEntry:
 
     Raises ValueError when LiteLLM cannot tell the provider.
     """
-    litellm = _litellm()
+    litellm = litellm_module()
     try:
         bare, provider, _, _ = litellm.get_llm_provider(model)
     except Exception as error:  # LiteLLM raises its own BadRequestError subclasses

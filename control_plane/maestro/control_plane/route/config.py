@@ -132,6 +132,7 @@ class DeploymentSpec:
     litellm_model: str
     provider: str
     api_base: str | None
+    api_key: str | None
     quality: float
     jurisdiction: str
     in_house: bool
@@ -220,6 +221,7 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
                 litellm_model=entry.litellm_params.model,
                 provider=facts.provider,
                 api_base=entry.litellm_params.api_base,
+                api_key=entry.litellm_params.api_key,
                 quality=info.quality,
                 jurisdiction=info.jurisdiction or ("internal" if in_house else "unspecified"),
                 in_house=in_house,

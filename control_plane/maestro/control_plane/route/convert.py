@@ -15,7 +15,7 @@ from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.route.registry import Published
 from maestro.control_plane.route.service import Choice, ChooseInput
 from maestro.control_plane.route.store import Revision
-from maestro.v1 import common_pb2, route_service_pb2
+from maestro.v1 import common_pb2, inference_service_pb2, route_service_pb2
 
 CHOOSE_CANDIDATE_CAP = 16
 _HINTS = {
@@ -26,15 +26,24 @@ _HINTS = {
 _PACKAGE = re.compile(r"^\s*package\s+([\w.]+)", re.MULTILINE)
 
 
-def choose_input(
-    request: route_service_pb2.ChooseRequest, objectives_header: str, prefix: str = ""
-) -> ChooseInput:
-    """Validate a ChooseRequest; every bad field is reported at once."""
-    violations: list[FieldViolation] = []
-    if request.messages and request.content_digest:
-        violations.append(
-            FieldViolation(f"{prefix}content_digest", "give either messages or content_digest")
-        )
+RoutingRequest = (
+    route_service_pb2.ChooseRequest
+    | inference_service_pb2.CreateChatCompletionRequest
+    | inference_service_pb2.StreamChatCompletionRequest
+)
+"""The requests that carry routing fields (model, messages, hint, weights, budget, ...)."""
+
+
+def route_request(
+    request: RoutingRequest,
+    violations: list[FieldViolation],
+    prefix: str = "",
+    *,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    excluded_ids: frozenset[str] = frozenset(),
+) -> RouteRequest:
+    """The engine's request from the shared routing fields; bad fields go to `violations`."""
     for index, message in enumerate(request.messages):
         if message.role == common_pb2.CHAT_ROLE_UNSPECIFIED:
             violations.append(FieldViolation(f"{prefix}messages[{index}].role", "required"))
@@ -52,9 +61,6 @@ def choose_input(
             weights = (values[0], values[1], values[2], values[3], values[4])
     if request.step_hint not in _HINTS:
         violations.append(FieldViolation(f"{prefix}step_hint", "unknown value"))
-    for field in ("estimated_prompt_tokens", "estimated_completion_tokens"):
-        if getattr(request, field) < 0:
-            violations.append(FieldViolation(f"{prefix}{field}", "must not be negative"))
     budget = request.budget
     if not math.isfinite(budget.max_cost_usd) or budget.max_cost_usd < 0:
         violations.append(
@@ -65,20 +71,42 @@ def choose_input(
         violations.append(
             FieldViolation(f"{prefix}slo_target.max_p95_latency", "must not be negative")
         )
-    if violations:
-        raise InvalidArgument(violations)
-    route = RouteRequest(
+    return RouteRequest(
         weights=weights,
-        hint=_HINTS[request.step_hint],
+        hint=_HINTS.get(request.step_hint, ""),
         model=request.model,
-        max_cost_usd=budget.max_cost_usd,
-        prompt_tokens=request.estimated_prompt_tokens,
-        completion_tokens=request.estimated_completion_tokens,
+        max_cost_usd=budget.max_cost_usd if math.isfinite(budget.max_cost_usd) else 0.0,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
         allowed_jurisdictions=frozenset(request.jurisdiction.allowed_jurisdictions),
         require_in_house=request.jurisdiction.require_in_house,
-        excluded_ids=frozenset(request.excluded_deployment_ids),
+        excluded_ids=excluded_ids,
         max_p95_ms=max_p95.seconds * 1000 + max_p95.nanos / 1e6,
     )
+
+
+def choose_input(
+    request: route_service_pb2.ChooseRequest, objectives_header: str, prefix: str = ""
+) -> ChooseInput:
+    """Validate a ChooseRequest; every bad field is reported at once."""
+    violations: list[FieldViolation] = []
+    if request.messages and request.content_digest:
+        violations.append(
+            FieldViolation(f"{prefix}content_digest", "give either messages or content_digest")
+        )
+    for field in ("estimated_prompt_tokens", "estimated_completion_tokens"):
+        if getattr(request, field) < 0:
+            violations.append(FieldViolation(f"{prefix}{field}", "must not be negative"))
+    route = route_request(
+        request,
+        violations,
+        prefix,
+        prompt_tokens=max(0, request.estimated_prompt_tokens),
+        completion_tokens=max(0, request.estimated_completion_tokens),
+        excluded_ids=frozenset(request.excluded_deployment_ids),
+    )
+    if violations:
+        raise InvalidArgument(violations)
     return ChooseInput(
         parent=request.parent,
         route=route,

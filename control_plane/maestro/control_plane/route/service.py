@@ -225,6 +225,11 @@ class RouteService:
         )
         return prepared, supplied, detected
 
+    def published_for(self, principal: Principal, parent: str) -> Published:
+        """The snapshot calls of `parent` route with (its own config, else the global one)."""
+        require_project(principal, names.parse_project_name(parent, "parent"))
+        return self._published(parent)
+
     def _published(self, parent: str) -> Published:
         # A project without a config of its own routes with the global config alone.
         published = self._registry.current(parent) or self._registry.current(GLOBAL_PROJECT)
@@ -298,6 +303,37 @@ class RouteService:
         if outcome:
             labels["outcome"] = outcome
         return labels
+
+    # -- live signals ----------------------------------------------------------------------
+
+    def record_signals(
+        self,
+        parent: str,
+        deployment_id: str,
+        *,
+        p95_ms: float | None = None,
+        ttft_ms: float | None = None,
+        error_rate: float | None = None,
+        saturated: bool | None = None,
+        samples: int = 0,
+    ) -> None:
+        """Live signals observed on a project's traffic; the next decision sees them."""
+        published = self._registry.current(parent) or self._registry.current(GLOBAL_PROJECT)
+        if published is not None:
+            published.snapshot.update_signals(
+                deployment_id,
+                p95_ms=p95_ms,
+                ttft_ms=ttft_ms,
+                error_rate=error_rate,
+                saturated=saturated,
+                samples=samples,
+            )
+
+    def set_breaker_open(self, deployment_id: str, is_open: bool) -> None:
+        """A data plane's breaker for the deployment opened or closed: every project routing
+        to it sees it (breakers are per deployment, not per project)."""
+        for published in self._registry.all(None):
+            published.snapshot.update_signals(deployment_id, breaker_open=is_open)
 
     # -- config -----------------------------------------------------------------------------
 

@@ -1,0 +1,140 @@
+"""Per-deployment circuit breakers: closed, open, half-open with probes.
+
+Closed counts outcomes in a rolling window of the last `window` calls and opens when failures
+reach `failure_ratio` of at least `min_calls` calls. Open refuses every call for `open_s`, then
+becomes half-open by a timer (not lazily), because routing stops sending calls to an open
+deployment and a lazy check would never run. Half-open lets `probes` calls through at a time;
+`close_after` successes close it, one failure opens it again.
+
+Every transition is kept (bounded) with its time, and passed to the listener, which publishes
+the breaker state to routing signals and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    window: int = 20
+    min_calls: int = 10
+    failure_ratio: float = 0.5
+    open_s: float = 5.0
+    probes: int = 2
+    close_after: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    deployment_id: str
+    from_state: BreakerState
+    to_state: BreakerState
+    at: float
+    """time.monotonic() of the transition."""
+
+
+Listener = Callable[[Transition], None]
+
+
+class CircuitBreaker:
+    __slots__ = (
+        "_failures",
+        "_listener",
+        "_outcomes",
+        "_probes_in_flight",
+        "_settings",
+        "_successes",
+        "_timer",
+        "deployment_id",
+        "opened_at",
+        "state",
+        "transitions",
+    )
+
+    def __init__(self, deployment_id: str, settings: BreakerSettings, listener: Listener) -> None:
+        self.deployment_id = deployment_id
+        self._settings = settings
+        self._listener = listener
+        self.state = BreakerState.CLOSED
+        self._outcomes: deque[bool] = deque(maxlen=settings.window)
+        self._failures = 0
+        self._probes_in_flight = 0
+        self._successes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.opened_at = 0.0
+        self.transitions: deque[Transition] = deque(maxlen=256)
+
+    def allow(self) -> bool:
+        """Whether a call may go to the deployment now; a True in half-open takes a probe
+        slot, which the call's `record` gives back."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.HALF_OPEN and self._probes_in_flight < self._settings.probes:
+            self._probes_in_flight += 1
+            return True
+        return False
+
+    def record(self, ok: bool) -> None:
+        """The outcome of a call `allow` let through."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._probes_in_flight = max(0, self._probes_in_flight - 1)
+            if not ok:
+                self._move(BreakerState.OPEN)
+            else:
+                self._successes += 1
+                if self._successes >= self._settings.close_after:
+                    self._move(BreakerState.CLOSED)
+            return
+        if self.state is BreakerState.OPEN:
+            return  # a call let through before the breaker opened
+        outcomes = self._outcomes
+        if len(outcomes) == outcomes.maxlen and not outcomes[0]:
+            self._failures -= 1
+        outcomes.append(ok)
+        if not ok:
+            self._failures += 1
+            settings = self._settings
+            if len(
+                outcomes
+            ) >= settings.min_calls and self._failures >= settings.failure_ratio * len(outcomes):
+                self._move(BreakerState.OPEN)
+
+    def release(self) -> None:
+        """A call `allow` let through ended without an outcome (the caller cancelled)."""
+        if self.state is BreakerState.HALF_OPEN:
+            self._probes_in_flight = max(0, self._probes_in_flight - 1)
+
+    def _move(self, to_state: BreakerState) -> None:
+        transition = Transition(self.deployment_id, self.state, to_state, time.monotonic())
+        self.state = to_state
+        self._outcomes.clear()
+        self._failures = 0
+        self._successes = 0
+        self._probes_in_flight = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if to_state is BreakerState.OPEN:
+            self.opened_at = transition.at
+            self._timer = asyncio.get_running_loop().call_later(
+                self._settings.open_s, self._move, BreakerState.HALF_OPEN
+            )
+        self.transitions.append(transition)
+        self._listener(transition)
+
+    def close_timers(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -1,0 +1,460 @@
+"""OpenAI-compatible HTTP ingress: `POST /v1/chat/completions` and `GET /v1/models`.
+
+The official `openai` client works against it unchanged: `base_url=http://host:port/v1` and a
+Maestro API key as `api_key`. `model` names a model group or alias ("" or "auto" lets the router
+choose among all). Maestro's own options ride in the body's `maestro` object (the client's
+`extra_body`): step tags, hint, objective weights, budget, jurisdiction, failure policy,
+first-token timeout and coalescing. Streamed chunks carry `maestro.token_count`; a fallback is a
+chunk with no choices and a `maestro.fallback` object; a failure after output is an SSE `error`
+event, which the `openai` client raises as an APIError.
+
+Response headers are sent with the first event, so a call that fails before producing anything
+gets a real HTTP status (429 when the data plane is full, 503 when every deployment failed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import orjson
+import structlog
+from aiohttp import web
+from google.rpc import code_pb2
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from maestro.control_plane.auth import Principal
+from maestro.control_plane.errors import (
+    FieldViolation,
+    InvalidArgument,
+    MaestroError,
+    Unauthenticated,
+)
+from maestro.control_plane.route.config import OBJECTIVES
+from maestro.control_plane.route.engine import RouteRequest
+from maestro.control_plane.route.service import ChooseInput, RouteService
+from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
+from maestro.data_plane.models import model_groups
+from maestro.data_plane.relay import GenerationParams
+from maestro.data_plane.service import CallInput, InferenceService, collect
+
+log = structlog.get_logger(__name__)
+
+Authenticate = Callable[[str], Awaitable[Principal | None]]
+_HTTP_STATUS: dict[int, int] = {
+    code_pb2.INVALID_ARGUMENT: 400,
+    code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.UNAUTHENTICATED: 401,
+    code_pb2.PERMISSION_DENIED: 403,
+    code_pb2.NOT_FOUND: 404,
+    code_pb2.ABORTED: 409,
+    code_pb2.RESOURCE_EXHAUSTED: 429,
+    code_pb2.UNIMPLEMENTED: 501,
+    code_pb2.UNAVAILABLE: 503,
+}
+_AUTO_MODELS = ("", "auto")
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+_DONE = b"data: [DONE]\n\n"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Budget(_Strict):
+    max_cost_usd: float = Field(0.0, ge=0, allow_inf_nan=False)
+    max_tokens: int = Field(0, ge=0)
+    max_wall_time_ms: float | None = Field(None, gt=0)
+
+
+class _Jurisdiction(_Strict):
+    allowed_jurisdictions: list[str] = Field(default_factory=list)
+    require_in_house: bool = False
+
+
+class MaestroOptions(_Strict):
+    """The body's `maestro` object."""
+
+    step_tags: list[str] = Field(default_factory=list)
+    step_hint: Literal["", "draft", "finalization"] = ""
+    objective_weights: dict[Literal[*OBJECTIVES], float] | None = None  # type: ignore[valid-type]
+    budget: _Budget = _Budget()
+    jurisdiction: _Jurisdiction = _Jurisdiction()
+    post_first_token_failure_policy: Literal["fail", "continue_on_fallback"] | None = None
+    first_token_timeout_ms: float | None = Field(None, gt=0, le=600_000)
+    max_chunk_tokens: int | None = Field(None, ge=1, le=1024)
+    max_chunk_delay_ms: float | None = Field(None, ge=0, le=1000)
+    idempotency_key: str = ""
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatBody(BaseModel):
+    """The OpenAI request fields Maestro reads; other OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = ""
+    messages: list[_Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_choice: str | dict[str, Any] | None = None
+    n: Literal[1] | None = None
+    maestro: MaestroOptions = MaestroOptions()
+
+
+def _violations(error: ValidationError) -> list[FieldViolation]:
+    out = []
+    for problem in error.errors(include_url=False):
+        path = ""
+        for part in problem["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        out.append(FieldViolation(path or "(body)", problem["msg"]))
+    return out
+
+
+def call_input(body: ChatBody, parent: str) -> CallInput:
+    """The domain request from an OpenAI body."""
+    options = body.maestro
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+    if len(stop) > 4:
+        raise InvalidArgument([FieldViolation("stop", "at most 4 sequences")])
+    weights = None
+    if options.objective_weights and any(options.objective_weights.values()):
+        w = tuple(float(options.objective_weights.get(name, 0.0)) for name in OBJECTIVES)
+        weights = (w[0], w[1], w[2], w[3], w[4])
+    messages = tuple(m.model_dump(exclude_none=True) for m in body.messages)
+    texts = tuple(m.content for m in body.messages if isinstance(m.content, str) and m.content)
+    model = "" if body.model in _AUTO_MODELS else body.model
+    route = RouteRequest(
+        weights=weights,
+        hint=options.step_hint,
+        model=model,
+        max_cost_usd=options.budget.max_cost_usd,
+        allowed_jurisdictions=frozenset(options.jurisdiction.allowed_jurisdictions),
+        require_in_house=options.jurisdiction.require_in_house,
+    )
+    return CallInput(
+        choose=ChooseInput(
+            parent=parent, route=route, texts=texts, supplied_tags=tuple(options.step_tags)
+        ),
+        messages=messages,
+        params=GenerationParams(
+            max_tokens=body.max_completion_tokens or body.max_tokens or 0,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=tuple(stop),
+            seed=body.seed,
+            tools=tuple(body.tools or ()),
+            tool_choice=body.tool_choice,
+        ),
+        first_token_timeout_s=(
+            options.first_token_timeout_ms / 1000 if options.first_token_timeout_ms else None
+        ),
+        post_first_token_policy=options.post_first_token_failure_policy,
+        max_chunk_tokens=options.max_chunk_tokens,
+        max_chunk_delay_s=(
+            options.max_chunk_delay_ms / 1000 if options.max_chunk_delay_ms is not None else None
+        ),
+        budget_max_tokens=options.budget.max_tokens,
+        budget_max_cost_usd=options.budget.max_cost_usd,
+        budget_max_wall_s=(
+            options.budget.max_wall_time_ms / 1000 if options.budget.max_wall_time_ms else None
+        ),
+        idempotency_key=options.idempotency_key,
+    )
+
+
+def error_response(error: MaestroError) -> web.Response:
+    body: dict[str, Any] = {
+        "error": {
+            "message": error.message,
+            "type": error.reason.lower(),
+            "code": error.reason,
+            "param": None,
+        }
+    }
+    if isinstance(error, InvalidArgument):
+        body["error"]["param"] = error.violations[0].field
+        body["error"]["field_violations"] = [
+            {"field": v.field, "description": v.description} for v in error.violations
+        ]
+    return web.Response(
+        status=_HTTP_STATUS.get(error.code, 500),
+        body=orjson.dumps(body),
+        content_type="application/json",
+    )
+
+
+def _deployment_json(routed: Routed, done: Done) -> dict[str, Any]:
+    deployment = done.deployment or routed.deployment
+    return {
+        "decision_id": routed.decision_id,
+        "snapshot_version": routed.snapshot_version,
+        "deployment_id": deployment.deployment_id,
+        "model_group": deployment.model_name,
+        "provider": deployment.provider,
+        "cost_usd": done.cost_usd,
+        "continued_after_failure": done.continued_after_failure,
+        "fallbacks": [_fallback_json(f) for f in done.fallbacks],
+    }
+
+
+def _fallback_json(fallback: Fallback) -> dict[str, Any]:
+    return {
+        "from_deployment_id": fallback.from_deployment.deployment_id,
+        "to_deployment_id": fallback.to_deployment.deployment_id,
+        "reason": fallback.reason.value,
+        "detail": fallback.detail,
+        "after_tokens": fallback.after_tokens,
+    }
+
+
+def _finish(reason: FinishReason) -> str:
+    return "length" if reason is FinishReason.BUDGET_EXCEEDED else reason.value
+
+
+class OpenAIIngress:
+    def __init__(
+        self,
+        service: InferenceService,
+        routes: RouteService,
+        authenticate: Authenticate,
+        insecure_project: str | None,
+    ) -> None:
+        self._service = service
+        self._routes = routes
+        self._authenticate = authenticate
+        self._insecure_project = insecure_project
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "serving", "inflight": self._service.inflight})
+
+    async def _principal(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        secret = header[7:].strip() if header.startswith("Bearer ") else ""
+        if not secret:
+            secret = request.headers.get("x-api-key", "")
+        if not secret:
+            if self._insecure_project is not None:
+                return Principal(self._insecure_project, None)
+            raise Unauthenticated(
+                "missing API key: send `Authorization: Bearer <key>`", reason="API_KEY_MISSING"
+            )
+        principal = await self._authenticate(secret)
+        if principal is None:
+            raise Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
+        return principal
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            principal = await self._principal(request)
+            parent = f"projects/{principal.project_id}"
+            published = self._routes.published_for(principal, parent)
+            groups = model_groups(published, parent, "")
+        except MaestroError as error:
+            return error_response(error)
+        created = int(published.revision.create_time.timestamp())
+        data = [
+            {"id": g.model, "object": "model", "created": created, "owned_by": "maestro"}
+            for g in groups
+        ]
+        return web.Response(
+            body=orjson.dumps({"object": "list", "data": data}), content_type="application/json"
+        )
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            principal = await self._principal(request)
+            try:
+                body = ChatBody.model_validate_json(await request.read())
+            except ValidationError as error:
+                raise InvalidArgument(_violations(error)) from None
+            call = call_input(body, f"projects/{principal.project_id}")
+            if not body.stream:
+                completion = await collect(self._service.stream(principal, call))
+                return self._completion_response(body, completion)
+            return await self._stream(request, body, principal, call)
+        except MaestroError as error:
+            return error_response(error)
+
+    def _completion_response(self, body: ChatBody, completion: Any) -> web.Response:
+        done: Done = completion.done
+        routed: Routed = completion.routed
+        message: dict[str, Any] = {"role": "assistant", "content": completion.text}
+        if completion.tool_calls:
+            message["tool_calls"] = [
+                {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                for i, n, a in completion.tool_calls
+            ]
+        payload: dict[str, Any] = {
+            "id": done.completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": (done.deployment or routed.deployment).model_name,
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": _finish(done.finish_reason)}
+            ],
+            "usage": {
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+                "total_tokens": done.prompt_tokens + done.completion_tokens,
+            },
+            "maestro": _deployment_json(routed, done),
+        }
+        if done.error is not None:
+            payload["maestro"]["error"] = {"message": done.error.message, "code": done.error.reason}
+        return web.Response(
+            body=orjson.dumps(payload),
+            content_type="application/json",
+            headers=self._route_headers(routed),
+        )
+
+    @staticmethod
+    def _route_headers(routed: Routed) -> dict[str, str]:
+        return {
+            "x-maestro-decision-id": routed.decision_id,
+            "x-maestro-deployment-id": routed.deployment.deployment_id,
+            "x-maestro-snapshot-version": routed.snapshot_version,
+        }
+
+    async def _stream(
+        self, request: web.Request, body: ChatBody, principal: Principal, call: CallInput
+    ) -> web.StreamResponse:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        response: web.StreamResponse | None = None
+        routed: Routed | None = None
+        head = b""
+        held: list[bytes] = []  # fallback chunks before the first output, sent with it
+        events = self._service.stream(principal, call)
+        try:
+            async with contextlib.aclosing(events) as stream:
+                async for event in stream:
+                    if isinstance(event, Routed):
+                        routed = event
+                        head = _chunk_head(event)
+                        continue
+                    if isinstance(event, Fallback):
+                        chunk = (
+                            head
+                            + b'],"maestro":{"fallback":'
+                            + orjson.dumps(_fallback_json(event))
+                            + b"}}\n\n"
+                        )
+                        if response is None:
+                            held.append(chunk)
+                        else:
+                            await response.write(chunk)
+                        continue
+                    if response is None:
+                        assert routed is not None
+                        response = web.StreamResponse(
+                            headers={**_SSE_HEADERS, **self._route_headers(routed)}
+                        )
+                        await response.prepare(request)
+                        await response.write(
+                            head + b'{"index":0,"delta":{"role":"assistant","content":""},'
+                            b'"finish_reason":null}]}\n\n' + b"".join(held)
+                        )
+                    if isinstance(event, Delta):
+                        await response.write(_delta_chunk(head, event))
+                    elif isinstance(event, Done):
+                        assert routed is not None
+                        await response.write(_done_chunks(head, routed, event, include_usage))
+        except MaestroError as error:
+            if response is None:
+                raise
+            await response.write(_error_event(error.message, error.reason) + _DONE)
+        if response is None:  # pragma: no cover - the relay always ends with Done or raises
+            raise web.HTTPInternalServerError()
+        await response.write_eof()
+        return response
+
+
+def _chunk_head(routed: Routed) -> bytes:
+    """Everything of a chunk before its choices: constant for the call, so built once."""
+    return (
+        b'data: {"id":"chatcmpl-'
+        + routed.decision_id.encode()
+        + b'","object":"chat.completion.chunk","created":'
+        + str(int(time.time())).encode()
+        + b',"model":'
+        + orjson.dumps(routed.deployment.model_name)
+        + b',"choices":['
+    )
+
+
+def _error_event(message: str, code: str) -> bytes:
+    return b"data: " + orjson.dumps({"error": {"message": message, "code": code}}) + b"\n\n"
+
+
+def _delta_chunk(head: bytes, delta: Delta) -> bytes:
+    payload: dict[str, Any] = {"content": delta.text}
+    if delta.tool_calls:
+        payload["tool_calls"] = [
+            {
+                "index": p.index,
+                **({"id": p.id, "type": "function"} if p.id else {}),
+                "function": {
+                    **({"name": p.name} if p.name else {}),
+                    "arguments": p.arguments,
+                },
+            }
+            for p in delta.tool_calls
+        ]
+    return (
+        head
+        + b'{"index":0,"delta":'
+        + orjson.dumps(payload)
+        + b',"finish_reason":null}],"maestro":{"token_count":'
+        + str(delta.token_count).encode()
+        + b"}}\n\n"
+    )
+
+
+def _done_chunks(head: bytes, routed: Routed, done: Done, include_usage: bool) -> bytes:
+    if done.finish_reason is FinishReason.ERROR and done.error is not None:
+        return _error_event(done.error.message, done.error.reason) + _DONE
+    out = (
+        head
+        + b'{"index":0,"delta":{},"finish_reason":'
+        + orjson.dumps(_finish(done.finish_reason))
+        + b'}],"maestro":'
+        + orjson.dumps(_deployment_json(routed, done))
+        + b"}\n\n"
+    )
+    if include_usage:
+        usage = {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens,
+        }
+        out += head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+    return out + _DONE

@@ -1,0 +1,124 @@
+"""Assembly of the data plane inside a Maestro process: providers, breakers, relay, the
+InferenceService servicer and the OpenAI-compatible HTTP ingress (and, in the embedded default,
+the simulated provider every deployment without an `api_base` is sent to)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import grpc
+import structlog
+from aiohttp import web
+
+from maestro.control_plane.config import DataPlaneConfig
+from maestro.control_plane.route.service import RouteService
+from maestro.control_plane.telemetry import Telemetry
+from maestro.data_plane.breaker import BreakerSettings
+from maestro.data_plane.http_ingress import Authenticate, OpenAIIngress
+from maestro.data_plane.observations import Observer
+from maestro.data_plane.providers.litellm_adapter import LitellmProvider
+from maestro.data_plane.providers.openai_compat import OpenAICompatProvider
+from maestro.data_plane.relay import Relay
+from maestro.data_plane.retry_budget import RetryBudget
+from maestro.data_plane.service import InferenceService
+from maestro.data_plane.servicer import InferenceServicer
+from maestro.data_plane.sim import SimProvider, load_profile
+from maestro.v1 import inference_service_pb2_grpc
+
+log = structlog.get_logger(__name__)
+DEMO_PROFILE = "demo-profile.yaml"
+
+
+def breaker_settings(config: DataPlaneConfig) -> BreakerSettings:
+    return BreakerSettings(
+        window=config.breaker_window,
+        min_calls=config.breaker_min_calls,
+        failure_ratio=config.breaker_failure_ratio,
+        open_s=config.breaker_open_s,
+        probes=config.breaker_probes,
+        close_after=config.breaker_close_after,
+    )
+
+
+@dataclass
+class DataPlane:
+    config: DataPlaneConfig
+    service: InferenceService
+    observer: Observer
+    native: OpenAICompatProvider
+    translating: LitellmProvider
+    ingress: OpenAIIngress
+    simulator: SimProvider | None = None
+    runner: web.AppRunner | None = None
+    http_port: int | None = None
+
+    def register(self, server: grpc.aio.Server, routes: RouteService) -> None:
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.service, routes), server
+        )
+
+    async def start_http(self) -> None:
+        if self.config.http_port is None:
+            return
+        self.runner = web.AppRunner(
+            self.ingress.application(), handler_cancellation=True, access_log=None
+        )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or ()
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
+        log.info("data_plane.http_ready", address=f"{self.config.http_host}:{self.http_port}")
+
+    async def stop_http(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def close(self) -> None:
+        await self.stop_http()
+        self.observer.close()
+        await self.native.aclose()
+        await self.translating.aclose()
+        if self.simulator is not None:
+            await self.simulator.stop()
+
+
+async def build_data_plane(
+    config: DataPlaneConfig,
+    routes: RouteService,
+    authenticate: Authenticate,
+    insecure_project: str | None,
+    telemetry: Telemetry,
+) -> DataPlane:
+    from maestro.data_plane.targets import TargetResolver
+
+    simulator = None
+    if config.simulated_provider:
+        profile = load_profile(
+            config.simulated_profile
+            or Path(str(resources.files("maestro.data_plane.sim") / DEMO_PROFILE))
+        )
+        simulator = SimProvider(profile, host="127.0.0.1")
+        await simulator.start()
+        log.info("data_plane.simulated_provider", base_url=simulator.base_url)
+    meter = telemetry.meter_provider.get_meter("maestro.data_plane")
+    observer = Observer(routes, breaker_settings(config), meter)
+    native = OpenAICompatProvider()
+    translating = LitellmProvider()
+    targets = TargetResolver(native, translating, simulator.base_url if simulator else None)
+    relay = Relay(
+        targets, observer, RetryBudget(config.retry_budget_ratio, config.retry_budget_min)
+    )
+    service = InferenceService(
+        routes,
+        relay,
+        config,
+        tracer=telemetry.tracer_provider.get_tracer("maestro.data_plane"),
+        meter=meter,
+    )
+    ingress = OpenAIIngress(service, routes, authenticate, insecure_project)
+    return DataPlane(config, service, observer, native, translating, ingress, simulator)

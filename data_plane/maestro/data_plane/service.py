@@ -1,0 +1,314 @@
+"""InferenceService as the domain sees it: admit, route, relay, remember.
+
+Both ingresses (gRPC and OpenAI-compatible HTTP) turn their request into a `CallInput` and
+consume the same event stream, so admission, routing, idempotency, telemetry and the relay are
+written once. Admission is a counter, not a queue: past `max_inflight_calls` a call is refused
+at once (RESOURCE_EXHAUSTED), because queueing in front of a saturated relay only turns overload
+into latency for everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from opentelemetry import metrics, trace
+
+from maestro.control_plane.auth import Principal
+from maestro.control_plane.config import DataPlaneConfig
+from maestro.control_plane.errors import (
+    Aborted,
+    FailedPrecondition,
+    MaestroError,
+    ResourceExhausted,
+)
+from maestro.control_plane.route.service import ChooseInput, RouteService
+from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed
+from maestro.data_plane.relay import CallOptions, CallPlan, GenerationParams, Relay
+
+IDEMPOTENCY_TTL_S = 24 * 3600
+PostFirstTokenPolicy = Literal["fail", "continue_on_fallback"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallInput:
+    """A validated chat completion request, whichever ingress it came from. None or 0 means
+    "the config's default" (or "no limit" for budgets)."""
+
+    choose: ChooseInput
+    messages: tuple[Mapping[str, Any], ...]
+    params: GenerationParams = GenerationParams()  # noqa: RUF009 - frozen, one shared default is safe
+    first_token_timeout_s: float | None = None
+    post_first_token_policy: PostFirstTokenPolicy | None = None
+    max_chunk_tokens: int | None = None
+    max_chunk_delay_s: float | None = None
+    budget_max_tokens: int = 0
+    budget_max_cost_usd: float = 0.0
+    budget_max_wall_s: float | None = None
+    idempotency_key: str = ""
+    deadline_s: float | None = None
+    """Time left before the caller's deadline; caps the first-token wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A finished call kept for idempotency_key retries."""
+
+    routed: Routed
+    text: str
+    tokens: int
+    done: Done
+
+
+class _Running:
+    """Marks an idempotency key whose first call is still running."""
+
+
+class InferenceService:
+    def __init__(
+        self,
+        routes: RouteService,
+        relay: Relay,
+        config: DataPlaneConfig,
+        *,
+        tracer: trace.Tracer,
+        meter: metrics.Meter,
+    ) -> None:
+        self._routes = routes
+        self._relay = relay
+        self._config = config
+        self._tracer = tracer
+        self._inflight = 0
+        self._replays: OrderedDict[tuple[str, str], tuple[float, Replay | _Running]] = OrderedDict()
+        self._calls = meter.create_counter(
+            "maestro.inference.calls",
+            description="Chat completions by requested model group and outcome.",
+        )
+        self._fallbacks = meter.create_counter(
+            "maestro.inference.fallbacks", description="Moves to another deployment, by reason."
+        )
+        self._duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of chat completions through the data plane.",
+        )
+        self._ttft = meter.create_histogram(
+            "maestro.inference.time_to_first_token",
+            unit="s",
+            description="Time from request to the first token sent to the caller.",
+        )
+        self._tokens = meter.create_histogram(
+            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per call."
+        )
+        self._refused = meter.create_counter(
+            "maestro.inference.refused", description="Calls refused because the process is full."
+        )
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def stream(self, principal: Principal, call: CallInput) -> AsyncGenerator[Event, None]:
+        """The call's events; raises MaestroError before the first event when it cannot run."""
+        if self._inflight >= self._config.max_inflight_calls:
+            self._refused.add(1)
+            raise ResourceExhausted(
+                f"the data plane is at its limit of {self._config.max_inflight_calls} calls in "
+                "progress; retry with backoff",
+                reason="DATA_PLANE_OVERLOADED",
+                metadata={"max_inflight_calls": str(self._config.max_inflight_calls)},
+            )
+        key = (call.choose.parent, call.idempotency_key) if call.idempotency_key else None
+        if key is not None:
+            replay = self._replay(key)
+            if replay is not None:
+                yield replay.routed
+                yield Delta(replay.text, 0, replay.tokens)
+                yield replay.done
+                return
+        self._inflight += 1
+        try:
+            async for event in self._run(principal, call, key):
+                yield event
+        finally:
+            self._inflight -= 1
+            if key is not None:
+                entry = self._replays.get(key)
+                if entry is not None and isinstance(entry[1], _Running):
+                    del self._replays[key]
+
+    async def _run(
+        self, principal: Principal, call: CallInput, key: tuple[str, str] | None
+    ) -> AsyncGenerator[Event, None]:
+        loop = asyncio.get_running_loop()
+        received = loop.time()
+        requested = call.choose.route.model or "*"
+        # Not start_as_current_span: a generator's steps may run in different contexts (gRPC
+        # and aiohttp close abandoned streams from elsewhere), and a context attached in one
+        # step cannot be detached in another. Nothing below starts child spans.
+        span = self._tracer.start_span(f"chat {requested}", kind=trace.SpanKind.CLIENT)
+        try:
+            choice = self._routes.choose(principal, call.choose)
+            plan = CallPlan(
+                parent=call.choose.parent,
+                choice=choice,
+                messages=call.messages,
+                params=call.params,
+                options=self._options(call, received),
+                received_at=received,
+                routed_at=loop.time(),
+            )
+            if key is not None:
+                self._replays[key] = (time.monotonic(), _Running())
+            texts: list[str] = []
+            routed: Routed | None = None
+            tokens = 0
+            async with contextlib.aclosing(self._relay.run(plan)) as events:
+                async for event in events:
+                    if isinstance(event, Delta):
+                        tokens += event.token_count
+                        if key is not None and event.text:
+                            texts.append(event.text)
+                    elif isinstance(event, Fallback):
+                        self._fallbacks.add(1, {"reason": event.reason.value})
+                    elif isinstance(event, Routed):
+                        routed = event
+                    elif isinstance(event, Done):
+                        self._finished(span, requested, event)
+                        if key is not None and routed is not None:
+                            self._remember(key, Replay(routed, "".join(texts), tokens, event))
+                    yield event
+        except MaestroError as error:
+            span.set_status(trace.StatusCode.ERROR, error.reason)
+            span.set_attribute("error.type", error.reason)
+            self._calls.add(1, {"gen_ai.request.model": requested, "outcome": error.reason})
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            span.set_attribute("error.type", "cancelled")
+            raise
+        finally:
+            span.end()
+
+    def _options(self, call: CallInput, received: float) -> CallOptions:
+        config = self._config
+        first_token = call.first_token_timeout_s or config.first_token_timeout_s
+        if call.deadline_s is not None:
+            first_token = min(first_token, call.deadline_s)
+        policy = call.post_first_token_policy or config.post_first_token_failure_policy
+        return CallOptions(
+            first_token_timeout_s=first_token,
+            stall_timeout_s=config.stall_timeout_s,
+            continue_after_failure=policy == "continue_on_fallback",
+            max_chunk_tokens=call.max_chunk_tokens or config.max_chunk_tokens,
+            max_chunk_delay_s=(
+                call.max_chunk_delay_s
+                if call.max_chunk_delay_s is not None
+                else config.max_chunk_delay_ms / 1000
+            ),
+            max_completion_tokens=call.budget_max_tokens,
+            max_cost_usd=call.budget_max_cost_usd,
+            wall_deadline=(
+                received + call.budget_max_wall_s if call.budget_max_wall_s is not None else None
+            ),
+        )
+
+    def _finished(self, span: trace.Span, requested: str, done: Done) -> None:
+        deployment = done.deployment
+        labels = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": requested,
+            "gen_ai.response.model": deployment.model_name if deployment else "",
+            "gen_ai.provider.name": deployment.provider if deployment else "",
+        }
+        outcome = {**labels, "outcome": done.finish_reason.value}
+        self._calls.add(1, outcome)
+        self._duration.record(done.timings.total_s, labels)
+        if done.timings.time_to_first_token_s is not None:
+            self._ttft.record(done.timings.time_to_first_token_s, labels)
+        self._tokens.record(done.prompt_tokens, {**labels, "gen_ai.token.type": "input"})
+        self._tokens.record(done.completion_tokens, {**labels, "gen_ai.token.type": "output"})
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    **labels,
+                    "gen_ai.usage.input_tokens": done.prompt_tokens,
+                    "gen_ai.usage.output_tokens": done.completion_tokens,
+                    "gen_ai.response.finish_reasons": [done.finish_reason.value],
+                    "maestro.inference.fallback_count": len(done.fallbacks),
+                    "maestro.inference.cost_usd": done.cost_usd,
+                    "maestro.deployment_id": deployment.deployment_id if deployment else "",
+                }
+            )
+
+    # -- idempotency --------------------------------------------------------------------------
+
+    def _replay(self, key: tuple[str, str]) -> Replay | None:
+        entry = self._replays.get(key)
+        if entry is None:
+            return None
+        stored_at, value = entry
+        if time.monotonic() - stored_at > IDEMPOTENCY_TTL_S:
+            del self._replays[key]
+            return None
+        if isinstance(value, _Running):
+            raise Aborted(
+                "a call with this idempotency_key is still running; retry after it ends",
+                reason="IDEMPOTENCY_KEY_IN_USE",
+            )
+        return value
+
+    def _remember(self, key: tuple[str, str], replay: Replay) -> None:
+        size = self._config.idempotency_cache_size
+        if not size:
+            self._replays.pop(key, None)
+            return
+        self._replays[key] = (time.monotonic(), replay)
+        self._replays.move_to_end(key)
+        while len(self._replays) > size:
+            self._replays.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole completion, from the event stream (CreateChatCompletion, non-stream HTTP)."""
+
+    routed: Routed
+    text: str
+    tool_calls: tuple[tuple[str, str, str], ...]
+    """(id, name, arguments JSON) per call, in order."""
+    done: Done
+
+
+async def collect(events: AsyncGenerator[Event, None]) -> Completion:
+    """Gather a call's events into one completion."""
+    routed: Routed | None = None
+    texts: list[str] = []
+    calls: dict[int, list[str]] = {}
+    for_index: dict[int, tuple[str, str]] = {}
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            if isinstance(event, Routed):
+                routed = event
+            elif isinstance(event, Delta):
+                if event.text:
+                    texts.append(event.text)
+                for piece in event.tool_calls:
+                    calls.setdefault(piece.index, []).append(piece.arguments)
+                    known = for_index.get(piece.index, ("", ""))
+                    for_index[piece.index] = (known[0] or piece.id, known[1] or piece.name)
+            elif isinstance(event, Done):
+                if routed is None:
+                    raise FailedPrecondition("the call ended without routing", reason="INTERNAL")
+                tool_calls = tuple(
+                    (*for_index[index], "".join(parts)) for index, parts in sorted(calls.items())
+                )
+                done = event
+                if tool_calls and done.finish_reason is FinishReason.STOP:
+                    done = replace(done, finish_reason=FinishReason.TOOL_CALLS)
+                return Completion(routed, "".join(texts), tool_calls, done)
+    raise FailedPrecondition("the call ended without a result", reason="INTERNAL")
