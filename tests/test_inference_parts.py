@@ -1,0 +1,186 @@
+"""The data plane's parts on their own: the circuit breaker's state machine, the retry budget,
+the SSE batch parser, and LiteLLM as a provider client against the simulated provider."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from maestro.data_plane.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
+from maestro.data_plane.providers.litellm_adapter import LitellmProvider
+from maestro.data_plane.providers.openai_compat import OpenAICompatProvider, SseBatchParser
+from maestro.data_plane.providers.types import FailureKind, ProviderError, ProviderRequest
+from maestro.data_plane.retry_budget import RetryBudget
+from maestro.data_plane.sim import FaultProfile, Faults, SimProvider, completion_text
+
+SETTINGS = BreakerSettings(
+    window=4, min_calls=4, failure_ratio=0.5, open_s=0.05, probes=1, close_after=2
+)
+
+
+def _breaker() -> tuple[CircuitBreaker, list[Transition]]:
+    seen: list[Transition] = []
+    return CircuitBreaker("d", SETTINGS, seen.append), seen
+
+
+async def _half_open(seen: list[Transition]) -> None:
+    """Wait (bounded) for the breaker's timer to make it half-open again."""
+    count = sum(t.to_state is BreakerState.HALF_OPEN for t in seen)
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if sum(t.to_state is BreakerState.HALF_OPEN for t in seen) > count:
+            return
+    raise AssertionError("the breaker did not go half-open")
+
+
+async def test_breaker_stays_closed_below_the_failure_ratio() -> None:
+    breaker, seen = _breaker()
+    for ok in (True, True, True, False, True, True, True, False):
+        assert breaker.allow()
+        breaker.record(ok)
+    assert breaker.state is BreakerState.CLOSED
+    assert not seen
+
+
+async def test_breaker_opens_at_the_ratio_and_refuses_calls() -> None:
+    breaker, seen = _breaker()
+    for ok in (True, False, True, False):
+        breaker.record(ok)
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+    assert [(t.from_state, t.to_state) for t in seen] == [(BreakerState.CLOSED, BreakerState.OPEN)]
+    breaker.close_timers()
+
+
+async def test_open_breaker_goes_half_open_by_timer_and_limits_probes() -> None:
+    breaker, seen = _breaker()
+    for _ in range(4):
+        breaker.record(False)
+    await _half_open(seen)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.allow()
+    assert not breaker.allow()  # one probe at a time
+    breaker.release()  # the probe was cancelled: its slot comes back
+    assert breaker.allow()
+
+
+async def test_half_open_closes_after_enough_successes_and_reopens_on_a_failure() -> None:
+    breaker, seen = _breaker()
+    for _ in range(4):
+        breaker.record(False)
+    await _half_open(seen)
+    assert breaker.allow()
+    breaker.record(False)
+    assert breaker.state is BreakerState.OPEN
+    await _half_open(seen)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record(True)
+    assert breaker.state.value == "closed"
+    assert [t.to_state for t in seen] == [
+        BreakerState.OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.CLOSED,
+    ]
+
+
+def test_retry_budget_allows_the_minimum_plus_a_share_of_calls_in_flight() -> None:
+    budget = RetryBudget(ratio=0.5, minimum=1)
+    budget.calls = 4
+    assert [budget.try_acquire() for _ in range(4)] == [True, True, True, False]
+    budget.release()
+    assert budget.try_acquire()
+
+
+def _events(*payloads: str) -> bytes:
+    return b"".join(f"data: {p}\n\n".encode() for p in payloads)
+
+
+def _chunk(content: str) -> str:
+    return '{{"choices":[{{"index":0,"delta":{{"content":{}}},"finish_reason":null}}]}}'.format(
+        f'"{content}"'
+    )
+
+
+def test_sse_parser_joins_events_split_across_reads() -> None:
+    data = _events(_chunk("a"), _chunk("b"), _chunk("c")) + b"data: [DONE]\n\n"
+    parser = SseBatchParser()
+    pieces: list[str] = []
+    for index in range(0, len(data), 7):
+        pieces.extend(parser.feed(data[index : index + 7]).pieces)
+    assert pieces == ["a", "b", "c"]
+    assert parser.done
+
+
+def test_sse_parser_reads_crlf_usage_finish_and_tool_calls() -> None:
+    tool = (
+        '{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1",'
+        '"function":{"name":"f","arguments":"{\\"x\\""}}]},"finish_reason":"tool_calls"}]}'
+    )
+    usage = '{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}'
+    batch = SseBatchParser().feed(_events(tool, usage).replace(b"\n", b"\r\n"))
+    assert batch.tool_calls[0].name == "f"
+    assert batch.tool_calls[0].arguments == '{"x"'
+    assert batch.finish_reason == "tool_calls"
+    assert (batch.prompt_tokens, batch.completion_tokens) == (3, 1)
+
+
+def test_sse_parser_raises_on_an_error_event_and_on_bad_json() -> None:
+    with pytest.raises(ProviderError, match="overloaded"):
+        SseBatchParser().feed(_events('{"error":{"message":"overloaded"}}'))
+    with pytest.raises(ProviderError, match="not JSON"):
+        SseBatchParser().feed(_events("{nope"))
+
+
+async def _read_all(stream: object) -> str:
+    text = []
+    while (batch := await stream.read()) is not None:  # type: ignore[attr-defined]
+        text.extend(batch.pieces)
+    await stream.aclose()  # type: ignore[attr-defined]
+    return "".join(text)
+
+
+@pytest.mark.parametrize("provider_name", ["native", "litellm"])
+async def test_both_provider_clients_stream_the_same_completion(provider_name: str) -> None:
+    messages = [{"role": "user", "content": "Write about the sea."}]
+    async with SimProvider(FaultProfile()) as sim:
+        if provider_name == "native":
+            provider: OpenAICompatProvider | LitellmProvider = OpenAICompatProvider()
+            model = "sim-1"
+        else:
+            provider, model = LitellmProvider(), "openai/sim-1"
+        request = ProviderRequest(
+            model=model, messages=messages, api_base=sim.base_url, api_key="sim", max_tokens=20
+        )
+        try:
+            text = await _read_all(await provider.open(request))
+        finally:
+            await provider.aclose()
+    assert text == completion_text("sim-1", messages, max_tokens=20)
+
+
+@pytest.mark.parametrize("provider_name", ["native", "litellm"])
+async def test_both_provider_clients_report_a_rate_limit_as_such(provider_name: str) -> None:
+    profile = FaultProfile(default=Faults(error_rate=1.0, error_codes={429: 1.0}))
+    async with SimProvider(profile) as sim:
+        provider: OpenAICompatProvider | LitellmProvider
+        if provider_name == "native":
+            provider, model = OpenAICompatProvider(), "sim-1"
+        else:
+            provider, model = LitellmProvider(), "openai/sim-1"
+        request = ProviderRequest(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            api_base=sim.base_url,
+            api_key="sim",
+        )
+        try:
+            with pytest.raises(ProviderError) as raised:
+                await _read_all(await provider.open(request))
+        finally:
+            await provider.aclose()
+    assert raised.value.kind is FailureKind.RATE_LIMITED
+    assert raised.value.status == 429
