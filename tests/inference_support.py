@@ -32,9 +32,9 @@ router:
 PARENT = "projects/alpha"
 
 
-def profile(**faults: object) -> FaultProfile:
+def profile(seed: int = 0, **faults: object) -> FaultProfile:
     """A profile serving any model, with `faults` for all of them."""
-    return FaultProfile(strict_models=False, default=Faults.model_validate(faults))
+    return FaultProfile(strict_models=False, seed=seed, default=Faults.model_validate(faults))
 
 
 @dataclass

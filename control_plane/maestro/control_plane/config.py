@@ -150,6 +150,9 @@ class DataPlaneConfig(_Section):
     retry_budget_min: int = Field(
         10, ge=0, description="Fallback attempts in flight always allowed, whatever the ratio."
     )
+    report_interval_s: float = Field(
+        1.0, gt=0, le=60, description="How often observations are folded into live signals."
+    )
     idempotency_cache_size: int = Field(
         10_000, ge=0, description="Completed calls remembered for idempotency_key replays."
     )

@@ -1,46 +1,55 @@
-"""Attempt outcomes -> live routing signals, breakers and metrics.
+"""Attempt outcomes -> breakers now, and windowed observations for the control plane.
 
-Each attempt on a deployment ends in one `observe` call (never per token). Latency is a p95
-over the last `_WINDOW` attempts, recomputed every `_EVERY` samples; error rate and TTFT are
-exponentially weighted. The routing engine reads them on the next decision, so a deployment
-that slows down or fails loses traffic before its breaker opens.
+Each attempt on a deployment ends in one `observe` call (never per token). The deployment's
+breaker hears the outcome at once. The outcome is also added to the current observation of its
+(project, deployment): counts, latency and TTFT histograms, tokens and cost. `flush` hands the
+observations gathered since the last flush to the sink, every `report_interval_s`: in the
+embedded default the sink is the in-process RouteService, which folds them into the live signals
+routing reads; a separate data plane would send them on RouteService.ReportObservations.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 
 import structlog
 from opentelemetry import metrics
 
-from maestro.control_plane.route.service import RouteService
+from maestro.control_plane.route.signals import Breaker, Observation, error_key
 from maestro.data_plane.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
 from maestro.data_plane.providers.types import FailureKind
 
 log = structlog.get_logger(__name__)
 
-_WINDOW = 64
-_EVERY = 8
-_ALPHA = 0.1
-
-
-@dataclass(slots=True)
-class _Stats:
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
-    error_rate: float = 0.0
-    ttft_ms: float = 0.0
-    pending: int = 0
+ObservationSink = Callable[[list[Observation]], object]
+BreakerListener = Callable[[str, bool], None]
+"""Told (deployment id, is_open) on every breaker transition."""
+_BREAKER_STATES = {
+    BreakerState.CLOSED: Breaker.CLOSED,
+    BreakerState.OPEN: Breaker.OPEN,
+    BreakerState.HALF_OPEN: Breaker.HALF_OPEN,
+}
 
 
 class Observer:
     def __init__(
-        self, routes: RouteService, settings: BreakerSettings, meter: metrics.Meter
+        self,
+        settings: BreakerSettings,
+        meter: metrics.Meter,
+        *,
+        node_id: str,
+        sink: ObservationSink,
+        on_breaker: BreakerListener,
     ) -> None:
-        self._routes = routes
-        self._stats: dict[tuple[str, str], _Stats] = {}
-        self._breakers: dict[str, CircuitBreaker] = {}
         self._settings = settings
+        self._node_id = node_id
+        self._sink = sink
+        self._on_breaker = on_breaker
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._current: dict[tuple[str, str], Observation] = {}
         self._attempts = meter.create_counter(
             "maestro.inference.attempts",
             description="Attempts on deployments, by deployment and outcome.",
@@ -57,10 +66,6 @@ class Observer:
             self._breakers[deployment_id] = breaker
         return breaker
 
-    def breaker_state(self, deployment_id: str) -> BreakerState:
-        breaker = self._breakers.get(deployment_id)
-        return breaker.state if breaker else BreakerState.CLOSED
-
     def _on_transition(self, transition: Transition) -> None:
         log.warning(
             "inference.breaker_transition",
@@ -72,9 +77,7 @@ class Observer:
             1,
             {"maestro.deployment_id": transition.deployment_id, "state": transition.to_state.value},
         )
-        self._routes.set_breaker_open(
-            transition.deployment_id, transition.to_state is BreakerState.OPEN
-        )
+        self._on_breaker(transition.deployment_id, transition.to_state is BreakerState.OPEN)
 
     def observe(
         self,
@@ -84,11 +87,13 @@ class Observer:
         *,
         duration_s: float,
         ttft_s: float | None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost_usd: float = 0.0,
     ) -> None:
         """One attempt's outcome; `failure` None for a success."""
-        breaker = self.breaker(deployment_id)
         if failure is not FailureKind.BREAKER_OPEN:
-            breaker.record(failure is None)
+            self.breaker(deployment_id).record(failure is None)
         self._attempts.add(
             1,
             {
@@ -97,36 +102,49 @@ class Observer:
             },
         )
         key = (parent, deployment_id)
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = self._stats[key] = _Stats()
-        stats.error_rate += _ALPHA * ((failure is not None) - stats.error_rate)
-        if ttft_s is not None:
-            ms = ttft_s * 1000
-            stats.ttft_ms = (
-                ms if not stats.ttft_ms else stats.ttft_ms + _ALPHA * (ms - stats.ttft_ms)
+        observation = self._current.get(key)
+        if observation is None:
+            observation = self._current[key] = Observation(
+                deployment_id, parent, 0.0, node_id=self._node_id
             )
+        observation.request_count += 1
         if failure is None:
-            stats.latencies_ms.append(duration_s * 1000)
-        stats.pending += 1
-        if stats.pending >= _EVERY or failure is not None:
-            self._publish(parent, deployment_id, stats)
+            observation.latency.record(duration_s * 1000)
+        else:
+            name = error_key(failure.value)
+            observation.error_counts[name] = observation.error_counts.get(name, 0) + 1
+        if ttft_s is not None:
+            observation.time_to_first_token.record(ttft_s * 1000)
+        observation.prompt_tokens += prompt_tokens
+        observation.completion_tokens += completion_tokens
+        observation.cost_usd += cost_usd
 
-    def _publish(self, parent: str, deployment_id: str, stats: _Stats) -> None:
-        p95 = None
-        if stats.latencies_ms:
-            ordered = sorted(stats.latencies_ms)
-            p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-        self._routes.record_signals(
-            parent,
-            deployment_id,
-            p95_ms=p95,
-            ttft_ms=stats.ttft_ms or None,
-            error_rate=stats.error_rate,
-            samples=stats.pending,
-        )
-        stats.pending = 0
+    def flush(self) -> list[Observation]:
+        """Hand what was observed since the last flush to the sink; returns it."""
+        if not self._current:
+            return []
+        now = time.time()
+        batch = list(self._current.values())
+        self._current = {}
+        for observation in batch:
+            observation.end_time = now
+            breaker = self._breakers.get(observation.deployment_id)
+            if breaker is not None:
+                observation.breaker_state = _BREAKER_STATES[breaker.state]
+        self._sink(batch)
+        return batch
+
+    async def report_forever(self, interval_s: float) -> None:
+        """Flush every `interval_s` until cancelled; a failing sink is logged, not fatal."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.flush()
+            except Exception:
+                log.exception("inference.observations_flush_failed")
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.flush()
         for breaker in self._breakers.values():
             breaker.close_timers()

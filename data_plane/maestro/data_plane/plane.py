@@ -4,6 +4,10 @@ the simulated provider every deployment without an `api_base` is sent to)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -53,6 +57,7 @@ class DataPlane:
     simulator: SimProvider | None = None
     runner: web.AppRunner | None = None
     http_port: int | None = None
+    reporter: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server, routes: RouteService) -> None:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
@@ -80,6 +85,10 @@ class DataPlane:
 
     async def close(self) -> None:
         await self.stop_http()
+        if self.reporter is not None:
+            self.reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reporter
         self.observer.close()
         await self.native.aclose()
         await self.translating.aclose()
@@ -93,7 +102,11 @@ async def build_data_plane(
     authenticate: Authenticate,
     insecure_project: str | None,
     telemetry: Telemetry,
+    node_id: str = "",
 ) -> DataPlane:
+    """The data plane of this process. `node_id` names it in the observations it reports
+    (default: host and pid)."""
+    node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
     from maestro.data_plane.targets import TargetResolver
 
     simulator = None
@@ -106,7 +119,13 @@ async def build_data_plane(
         await simulator.start()
         log.info("data_plane.simulated_provider", base_url=simulator.base_url)
     meter = telemetry.meter_provider.get_meter("maestro.data_plane")
-    observer = Observer(routes, breaker_settings(config), meter)
+    observer = Observer(
+        breaker_settings(config),
+        meter,
+        node_id=node_id,
+        sink=routes.ingest_observations,
+        on_breaker=routes.set_breaker_open,
+    )
     native = OpenAICompatProvider()
     translating = LitellmProvider()
     targets = TargetResolver(native, translating, simulator.base_url if simulator else None)
@@ -121,4 +140,6 @@ async def build_data_plane(
         meter=meter,
     )
     ingress = OpenAIIngress(service, routes, authenticate, insecure_project)
-    return DataPlane(config, service, observer, native, translating, ingress, simulator)
+    plane = DataPlane(config, service, observer, native, translating, ingress, simulator)
+    plane.reporter = asyncio.create_task(observer.report_forever(config.report_interval_s))
+    return plane

@@ -101,6 +101,8 @@ class _CallState:
     cost_usd: float = 0.0
     first_token_at: float | None = None
     finish: str | None = None
+    attempt_usage: tuple[int, int, float] = (0, 0, 0.0)
+    """(prompt tokens, completion tokens, cost) of the latest attempt."""
     fallbacks: list[Fallback] = field(default_factory=list)
 
     def delta(self, pieces: Sequence[str], tool_calls: Sequence[ToolCallPiece] = ()) -> Delta:
@@ -164,7 +166,7 @@ class Relay:
                     async for delta in self._attempt(state, deployment, attempt_ttft):
                         yield delta
                 except _Failed as failure:
-                    self._observe(plan, deployment, failure.kind, started, attempt_ttft)
+                    self._observe(state, deployment, failure.kind, started, attempt_ttft)
                     last = deployment
                     if state.delivered and not plan.options.continue_after_failure:
                         yield self._done(state, deployment, FinishReason.ERROR, failure.detail)
@@ -172,13 +174,13 @@ class Relay:
                     skipped.append((deployment, failure.kind, failure.detail))
                     continue
                 except _BudgetReached:
-                    self._observe(plan, deployment, None, started, attempt_ttft)
+                    self._observe(state, deployment, None, started, attempt_ttft)
                     yield self._done(state, deployment, FinishReason.BUDGET_EXCEEDED, None)
                     return
                 except BaseException:
                     breaker.release()
                     raise
-                self._observe(plan, deployment, None, started, attempt_ttft)
+                self._observe(state, deployment, None, started, attempt_ttft)
                 finish = FinishReason.from_provider(state.finish)
                 yield self._done(state, deployment, finish, None)
                 return
@@ -201,19 +203,23 @@ class Relay:
 
     def _observe(
         self,
-        plan: CallPlan,
+        state: _CallState,
         deployment: DeploymentSpec,
         failure: FailureKind | None,
         started: float,
         ttft: list[float],
     ) -> None:
         now = asyncio.get_running_loop().time()
+        prompt_tokens, completion_tokens, cost = state.attempt_usage
         self._observer.observe(
-            plan.parent,
+            state.plan.parent,
             deployment.deployment_id,
             failure,
             duration_s=now - started,
             ttft_s=ttft[0] if ttft else None,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost,
         )
 
     async def _attempt(
@@ -378,11 +384,13 @@ class Relay:
         tokens seen and a prompt estimate."""
         prompt = prompt_tokens if prompt_tokens is not None else _estimate_prompt_tokens(state.plan)
         completion = completion_tokens if completion_tokens is not None else produced
-        state.prompt_tokens += prompt
-        state.completion_tokens += completion
-        state.cost_usd += prompt * (deployment.input_cost_per_token or 0.0) + completion * (
+        cost = prompt * (deployment.input_cost_per_token or 0.0) + completion * (
             deployment.output_cost_per_token or 0.0
         )
+        state.prompt_tokens += prompt
+        state.completion_tokens += completion
+        state.cost_usd += cost
+        state.attempt_usage = (prompt, completion, cost)
 
     @staticmethod
     def _done(

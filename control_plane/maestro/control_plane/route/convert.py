@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from maestro.control_plane import names
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
-from maestro.control_plane.route.config import OBJECTIVES
+from maestro.control_plane.route.config import OBJECTIVES, DeploymentSpec
 from maestro.control_plane.route.engine import Decision, Exclusion, RouteRequest
 from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.route.registry import Published
 from maestro.control_plane.route.service import Choice, ChooseInput
+from maestro.control_plane.route.signals import (
+    LATENCY_BOUNDS_MS,
+    Breaker,
+    Histogram,
+    Observation,
+    SignalsView,
+    histogram_from_buckets,
+)
 from maestro.control_plane.route.store import Revision
 from maestro.v1 import common_pb2, inference_service_pb2, route_service_pb2
 
@@ -339,4 +349,148 @@ def snapshot_message(published: Published) -> route_service_pb2.RouteConfigSnaps
         message.global_policy_modules.extend(
             module_message(m) for m in published.global_revision.policy_modules
         )
+    return message
+
+
+MAX_OBSERVATIONS_PER_BATCH = 1000
+MAX_OBSERVATION_WINDOW_S = 300
+MAX_HISTOGRAM_BOUNDS = 64
+_BREAKER_STATES = {
+    common_pb2.CIRCUIT_BREAKER_STATE_UNSPECIFIED: Breaker.UNSPECIFIED,
+    common_pb2.CIRCUIT_BREAKER_STATE_CLOSED: Breaker.CLOSED,
+    common_pb2.CIRCUIT_BREAKER_STATE_OPEN: Breaker.OPEN,
+    common_pb2.CIRCUIT_BREAKER_STATE_HALF_OPEN: Breaker.HALF_OPEN,
+}
+
+
+def _histogram(
+    message: route_service_pb2.LatencyHistogram, field: str, violations: list[FieldViolation]
+) -> Histogram:
+    bounds, counts = list(message.bucket_upper_bounds_ms), list(message.bucket_counts)
+    if not bounds and not counts:
+        return Histogram()
+    if len(bounds) > MAX_HISTOGRAM_BOUNDS:
+        violations.append(FieldViolation(f"{field}.bucket_upper_bounds_ms", "at most 64 bounds"))
+    if any(b <= a for a, b in itertools.pairwise(bounds)) or any(
+        not math.isfinite(b) or b < 0 for b in bounds
+    ):
+        violations.append(
+            FieldViolation(f"{field}.bucket_upper_bounds_ms", "must be finite, >= 0, increasing")
+        )
+    if len(counts) != len(bounds) + 1:
+        violations.append(
+            FieldViolation(f"{field}.bucket_counts", "needs one more entry than the bounds")
+        )
+    if any(c < 0 for c in counts):
+        violations.append(FieldViolation(f"{field}.bucket_counts", "must not be negative"))
+    return histogram_from_buckets(bounds, counts, message.sum_ms)
+
+
+def observations(request: route_service_pb2.ReportObservationsRequest) -> list[Observation]:
+    """Validate one ReportObservations batch; every bad field is reported at once."""
+    violations: list[FieldViolation] = []
+    if not request.node_id:
+        violations.append(FieldViolation("node_id", "required"))
+    if not request.batch_id or len(request.batch_id) > 64:
+        violations.append(FieldViolation("batch_id", "required, at most 64 characters"))
+    if len(request.observations) > MAX_OBSERVATIONS_PER_BATCH:
+        violations.append(FieldViolation("observations", "at most 1,000 per batch"))
+    out = []
+    for index, item in enumerate(request.observations):
+        where = f"observations[{index}]"
+        if not item.deployment_id:
+            violations.append(FieldViolation(f"{where}.deployment_id", "required"))
+        try:
+            names.parse_project_name(item.project, f"{where}.project")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        start, end = item.start_time.ToNanoseconds() / 1e9, item.end_time.ToNanoseconds() / 1e9
+        if not item.HasField("end_time") or end < start or end - start > MAX_OBSERVATION_WINDOW_S:
+            violations.append(
+                FieldViolation(f"{where}.end_time", "required, after start_time, within 5 minutes")
+            )
+        counts = [item.request_count, item.prompt_tokens, item.completion_tokens]
+        if any(c < 0 for c in counts) or any(v < 0 for v in item.error_counts.values()):
+            violations.append(FieldViolation(where, "counts must not be negative"))
+        if not math.isfinite(item.cost_usd) or item.cost_usd < 0:
+            violations.append(FieldViolation(f"{where}.cost_usd", "must be a finite number >= 0"))
+        out.append(
+            Observation(
+                deployment_id=item.deployment_id,
+                project=item.project,
+                end_time=end,
+                request_count=item.request_count,
+                latency=_histogram(item.latency, f"{where}.latency", violations),
+                time_to_first_token=_histogram(
+                    item.time_to_first_token, f"{where}.time_to_first_token", violations
+                ),
+                error_counts=dict(item.error_counts),
+                prompt_tokens=item.prompt_tokens,
+                completion_tokens=item.completion_tokens,
+                cost_usd=item.cost_usd,
+                breaker_state=_BREAKER_STATES.get(item.breaker_state, Breaker.UNSPECIFIED),
+                node_id=request.node_id,
+            )
+        )
+    if violations:
+        raise InvalidArgument(violations)
+    return out
+
+
+def observation_message(observation: Observation) -> route_service_pb2.DeploymentObservation:
+    """An observation as a data plane sends it (the inverse of `observations`)."""
+    message = route_service_pb2.DeploymentObservation(
+        deployment_id=observation.deployment_id,
+        project=observation.project,
+        request_count=observation.request_count,
+        error_counts=observation.error_counts,
+        prompt_tokens=observation.prompt_tokens,
+        completion_tokens=observation.completion_tokens,
+        cost_usd=observation.cost_usd,
+        breaker_state=observation.breaker_state,  # type: ignore[arg-type]
+    )
+    message.start_time.FromNanoseconds(round((observation.end_time - 1) * 1e9))
+    message.end_time.FromNanoseconds(round(observation.end_time * 1e9))
+    for target, histogram in (
+        (message.latency, observation.latency),
+        (message.time_to_first_token, observation.time_to_first_token),
+    ):
+        target.bucket_upper_bounds_ms.extend(LATENCY_BOUNDS_MS)
+        target.bucket_counts.extend(histogram.counts)
+        target.count = histogram.count
+        target.sum_ms = histogram.sum_ms
+    return message
+
+
+_STATE_MESSAGES = {v: k for k, v in _BREAKER_STATES.items()}
+
+
+def signals_message(
+    parent: str, deployment: DeploymentSpec, view: SignalsView
+) -> route_service_pb2.DeploymentSignals:
+    message = route_service_pb2.DeploymentSignals(
+        name=f"{parent}/deploymentSignals/{deployment.deployment_id}",
+        deployment=common_pb2.DeploymentRef(
+            model_group=deployment.model_name,
+            deployment_id=deployment.deployment_id,
+            provider=deployment.provider,
+            provider_model=deployment.litellm_model,
+        ),
+        window=_duration_ms(view.window_s * 1000),
+        sample_count=view.sample_count,
+        error_rate=view.error_rate,
+        requests_per_second=view.requests_per_second,
+        cost_per_1k_tokens_usd=view.cost_per_1k_tokens_usd,
+        breaker_state=_STATE_MESSAGES[view.breaker_state],
+        reporting_node_count=view.reporting_node_count,
+    )
+    for field, value in (
+        ("p50_latency", view.p50_latency_ms),
+        ("p95_latency", view.p95_latency_ms),
+        ("p95_time_to_first_token", view.p95_ttft_ms),
+    ):
+        if value is not None:
+            getattr(message, field).CopyFrom(_duration_ms(value))
+    if view.update_time is not None:
+        message.update_time.FromNanoseconds(round(view.update_time * 1e9))
     return message

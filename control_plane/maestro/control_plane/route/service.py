@@ -14,6 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from maestro.control_plane.errors import (
     MaestroError,
     NotFound,
 )
+from maestro.control_plane.route.config import DeploymentSpec
 from maestro.control_plane.route.engine import (
     Decision,
     RouteRequest,
@@ -46,6 +48,7 @@ from maestro.control_plane.route.registry import (
     SnapshotRegistry,
     compile_revision,
 )
+from maestro.control_plane.route.signals import Breaker, Observation, SignalsView, SignalWindow
 from maestro.control_plane.route.store import Revision, RouteConfigStore, digest_of
 from maestro.control_plane.route.tagging import ContentTagger, merge_tags
 from maestro.control_plane.rpc import pagination
@@ -122,6 +125,7 @@ class RouteService:
             description="Decisions that routed to a fallback group of the requested model.",
         )
         self._explain_cache: OrderedDict[tuple[str, int], RoutingSnapshot] = OrderedDict()
+        self._signals = SignalWindow()
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -306,28 +310,61 @@ class RouteService:
 
     # -- live signals ----------------------------------------------------------------------
 
-    def record_signals(
-        self,
-        parent: str,
-        deployment_id: str,
-        *,
-        p95_ms: float | None = None,
-        ttft_ms: float | None = None,
-        error_rate: float | None = None,
-        saturated: bool | None = None,
-        samples: int = 0,
-    ) -> None:
-        """Live signals observed on a project's traffic; the next decision sees them."""
-        published = self._registry.current(parent) or self._registry.current(GLOBAL_PROJECT)
-        if published is not None:
-            published.snapshot.update_signals(
-                deployment_id,
-                p95_ms=p95_ms,
-                ttft_ms=ttft_ms,
-                error_rate=error_rate,
-                saturated=saturated,
-                samples=samples,
+    def ingest_observations(self, observations: Iterable[Observation]) -> tuple[int, int]:
+        """Fold data-plane observations into the live signals; (accepted, dropped). An
+        observation of a deployment its project's snapshot lacks is dropped."""
+        accepted = dropped = 0
+        touched: set[tuple[str, str]] = set()
+        now = time.time()
+        for observation in observations:
+            published = self._registry.current(observation.project) or self._registry.current(
+                GLOBAL_PROJECT
             )
+            if published is None or observation.deployment_id not in published.snapshot.index_of:
+                dropped += 1
+                continue
+            self._signals.add(observation, now)
+            touched.add((observation.project, observation.deployment_id))
+            accepted += 1
+        for project, deployment_id in touched:
+            self._refresh_signals(project, deployment_id, now)
+        return accepted, dropped
+
+    def _refresh_signals(self, project: str, deployment_id: str, now: float) -> None:
+        published = self._registry.current(project) or self._registry.current(GLOBAL_PROJECT)
+        if published is None:
+            return
+        view = self._signals.view(project, deployment_id, now)
+        published.snapshot.update_signals(
+            deployment_id,
+            p95_ms=view.p95_latency_ms,
+            ttft_ms=view.p95_ttft_ms,
+            error_rate=view.error_rate if view.sample_count else None,
+            breaker_open=(
+                view.breaker_state == Breaker.OPEN
+                if view.breaker_state != Breaker.UNSPECIFIED
+                else None
+            ),
+            samples=view.sample_count,
+        )
+
+    def deployment_signals(
+        self, principal: Principal, parent: str, deployment_id: str | None = None
+    ) -> list[tuple[DeploymentSpec, SignalsView]]:
+        """Signals of the project's deployments (or of one), from its own traffic only."""
+        published = self.published_for(principal, parent)
+        snapshot = published.snapshot
+        if deployment_id is not None:
+            index = snapshot.index_of.get(deployment_id)
+            if index is None:
+                raise NotFound(
+                    f"deployment {deployment_id!r} is not in {parent}'s routing snapshot",
+                    reason="DEPLOYMENT_NOT_FOUND",
+                )
+            deployments: Iterable[DeploymentSpec] = (snapshot.deployments[index],)
+        else:
+            deployments = snapshot.deployments
+        return [(d, self._signals.view(parent, d.deployment_id)) for d in deployments]
 
     def set_breaker_open(self, deployment_id: str, is_open: bool) -> None:
         """A data plane's breaker for the deployment opened or closed: every project routing

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import structlog
 
+from maestro.control_plane import names
 from maestro.control_plane.auth import current_principal, require_project
 from maestro.control_plane.errors import (
     FieldViolation,
     InvalidArgument,
     MaestroError,
-    Unimplemented,
 )
 from maestro.control_plane.route import convert
-from maestro.control_plane.route.config import MAX_CONFIG_BYTES
+from maestro.control_plane.route.config import MAX_CONFIG_BYTES, DeploymentSpec
 from maestro.control_plane.route.registry import Published, SnapshotRegistry
 from maestro.control_plane.route.service import RouteService, config_project
+from maestro.control_plane.route.signals import Breaker, SignalsView
+from maestro.control_plane.rpc import pagination
 from maestro.v1 import route_service_pb2 as pb
 from maestro.v1 import route_service_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
+MAX_REMEMBERED_BATCHES = 1024
+"""Batch ids remembered per ReportObservations stream, to ignore re-sent batches."""
 OBJECTIVES_HEADER = "x-maestro-objectives"
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -213,31 +218,117 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
     async def ReportObservations(
         self, request_iterator: AsyncIterator[pb.ReportObservationsRequest], context: Context
     ) -> AsyncIterator[pb.ReportObservationsResponse]:
-        raise _signals_pending("ReportObservations")
-        yield  # pragma: no cover - makes this a streaming handler
+        principal = current_principal()
+        answered: dict[str, pb.ReportObservationsResponse] = {}
+        node_id = ""
+        async for request in request_iterator:
+            if request.batch_id in answered:
+                yield answered[request.batch_id]  # a re-sent batch counts once
+                continue
+            batch = convert.observations(request)
+            if node_id and request.node_id != node_id:
+                raise InvalidArgument(
+                    [FieldViolation("node_id", "must be the same in every message of the stream")]
+                )
+            node_id = request.node_id
+            # Until credentials carry roles, a key reports only its own project's traffic.
+            for observation in batch:
+                require_project(principal, names.parse_project_name(observation.project, "project"))
+            accepted, dropped = self._service.ingest_observations(batch)
+            response = pb.ReportObservationsResponse(
+                batch_id=request.batch_id, accepted_count=accepted, dropped_count=dropped
+            )
+            if len(answered) >= MAX_REMEMBERED_BATCHES:
+                answered.pop(next(iter(answered)))
+            answered[request.batch_id] = response
+            yield response
 
     async def GetDeploymentSignals(
         self, request: pb.GetDeploymentSignalsRequest, context: Context
     ) -> pb.GetDeploymentSignalsResponse:
-        raise _signals_pending("GetDeploymentSignals")
+        parent, _, deployment_id = request.name.partition("/deploymentSignals/")
+        if not deployment_id or "/" in deployment_id:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "name", "must be projects/{project}/deploymentSignals/{deployment}"
+                    )
+                ]
+            )
+        names.parse_project_name(parent, "name")
+        [(deployment, view)] = self._service.deployment_signals(
+            current_principal(), parent, deployment_id
+        )
+        return pb.GetDeploymentSignalsResponse(
+            deployment_signals=convert.signals_message(parent, deployment, view)
+        )
 
     async def ListDeploymentSignals(
         self, request: pb.ListDeploymentSignalsRequest, context: Context
     ) -> pb.ListDeploymentSignalsResponse:
-        raise _signals_pending("ListDeploymentSignals")
+        checks = _signal_filter(request.filter)
+        size = pagination.page_size(request.page_size)
+        scope = f"signals:{request.parent}"
+        after = pagination.decode_token(request.page_token, scope)
+        rows = sorted(
+            (
+                (d, v)
+                for d, v in self._service.deployment_signals(current_principal(), request.parent)
+                if all(check(d, v) for check in checks)
+            ),
+            key=lambda row: (row[0].model_name, row[0].deployment_id),
+        )
+        if after:
+            rows = [r for r in rows if [r[0].model_name, r[0].deployment_id] > after]
+        page = rows[:size]
+        return pb.ListDeploymentSignalsResponse(
+            deployment_signals=[convert.signals_message(request.parent, d, v) for d, v in page],
+            next_page_token=(
+                pagination.encode_token(scope, [page[-1][0].model_name, page[-1][0].deployment_id])
+                if len(rows) > size
+                else ""
+            ),
+        )
 
 
-def _signals_pending(method: str) -> Unimplemented:
-    return Unimplemented(
-        f"maestro.v1.RouteService/{method} is part of the API but not available in this "
-        "release: live signal ingestion from data planes is not built yet",
-        reason="CAPABILITY_NOT_AVAILABLE",
-        metadata={
-            "service": "maestro.v1.RouteService",
-            "method": method,
-            "capability": "live signal ingestion from data planes",
-        },
-    )
+_SIGNAL_COMPARISON = re.compile(
+    r'^\s*(model_group|provider)\s*=\s*"([^"]*)"\s*$|^\s*breaker_state\s*=\s*(OPEN|CLOSED|HALF_OPEN)\s*$'
+)
+_STATE_NAMES = {"OPEN": Breaker.OPEN, "CLOSED": Breaker.CLOSED, "HALF_OPEN": Breaker.HALF_OPEN}
+SignalCheck = Callable[[DeploymentSpec, SignalsView], bool]
+
+
+def _signal_filter(text: str) -> list[SignalCheck]:
+    """`model_group = "gpt-4o" AND provider = "vllm" AND breaker_state = OPEN`, any subset."""
+    if not text.strip():
+        return []
+    checks: list[SignalCheck] = []
+    for part in re.split(r"\s+AND\s+", text.strip()):
+        match = _SIGNAL_COMPARISON.match(part)
+        if match is None:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "filter",
+                        f'cannot read {part.strip()!r}; use model_group = "...", '
+                        'provider = "..." or breaker_state = OPEN|CLOSED|HALF_OPEN joined by AND',
+                    )
+                ]
+            )
+        field, value, state = match.group(1), match.group(2), match.group(3)
+        checks.append(_signal_check(field, value, state))
+    return checks
+
+
+def _signal_check(field: str | None, value: str | None, state: str | None) -> SignalCheck:
+    def check(deployment: DeploymentSpec, view: SignalsView) -> bool:
+        if state is not None:
+            return view.breaker_state == _STATE_NAMES[state]
+        if field == "model_group":
+            return deployment.model_name == value
+        return deployment.provider == value
+
+    return check
 
 
 def _warnings(snapshot: Any) -> list[str]:
