@@ -71,8 +71,8 @@ from _rpc_load import (
 )
 
 from maestro.control_plane.route import convert
+from maestro.control_plane.route.decider import Choice
 from maestro.control_plane.route.engine import Decision
-from maestro.control_plane.route.service import Choice
 from maestro.v1 import route_service_pb2 as pb
 
 RESULTS = BENCH / "results"
@@ -325,8 +325,9 @@ async def bench_sections(plan: Plan) -> list[SectionRow]:
 
     from maestro.control_plane.auth import Principal
     from maestro.control_plane.route import convert
+    from maestro.control_plane.route.decider import ChooseInput
     from maestro.control_plane.route.registry import SnapshotRegistry, compile_revision
-    from maestro.control_plane.route.service import ChooseInput, RouteService
+    from maestro.control_plane.route.service import RouteService
     from maestro.control_plane.route.store import Revision as StoredRevision
     from maestro.control_plane.route.store import RouteConfigStore, digest_of
     from maestro.control_plane.route.tagging import ContentTagger

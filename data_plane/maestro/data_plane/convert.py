@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2, json_format
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.route.config import DeploymentSpec
 from maestro.control_plane.route.convert import route_request
-from maestro.control_plane.route.service import ChooseInput
+from maestro.control_plane.route.decider import ChooseInput
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed, Timings
 from maestro.data_plane.providers.types import FailureKind
 from maestro.data_plane.relay import GenerationParams

@@ -33,8 +33,8 @@ from maestro.control_plane.errors import (
     Unauthenticated,
 )
 from maestro.control_plane.route.config import OBJECTIVES
+from maestro.control_plane.route.decider import ChooseInput, Decider
 from maestro.control_plane.route.engine import RouteRequest
-from maestro.control_plane.route.service import ChooseInput, RouteService
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
 from maestro.data_plane.models import model_groups
 from maestro.data_plane.relay import GenerationParams
@@ -238,7 +238,7 @@ class OpenAIIngress:
     def __init__(
         self,
         service: InferenceService,
-        routes: RouteService,
+        routes: Decider,
         authenticate: Authenticate,
         insecure_project: str | None,
     ) -> None:

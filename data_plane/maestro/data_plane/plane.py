@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from maestro.control_plane.config import DataPlaneConfig
-from maestro.control_plane.route.service import RouteService
+from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings
 from maestro.data_plane.http_ingress import Authenticate, OpenAIIngress
@@ -59,7 +59,7 @@ class DataPlane:
     http_port: int | None = None
     reporter: asyncio.Task[None] | None = None
 
-    def register(self, server: grpc.aio.Server, routes: RouteService) -> None:
+    def register(self, server: grpc.aio.Server, routes: Decider) -> None:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(self.service, routes), server
         )
@@ -98,7 +98,7 @@ class DataPlane:
 
 async def build_data_plane(
     config: DataPlaneConfig,
-    routes: RouteService,
+    routes: Decider,
     authenticate: Authenticate,
     insecure_project: str | None,
     telemetry: Telemetry,

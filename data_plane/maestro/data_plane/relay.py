@@ -21,7 +21,7 @@ from typing import Any
 
 from maestro.control_plane.errors import MaestroError, Unavailable
 from maestro.control_plane.route.config import DeploymentSpec
-from maestro.control_plane.route.service import Choice
+from maestro.control_plane.route.decider import Choice
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed, Timings
 from maestro.data_plane.observations import Observer
 from maestro.data_plane.providers.types import (

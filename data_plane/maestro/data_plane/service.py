@@ -27,7 +27,7 @@ from maestro.control_plane.errors import (
     MaestroError,
     ResourceExhausted,
 )
-from maestro.control_plane.route.service import ChooseInput, RouteService
+from maestro.control_plane.route.decider import ChooseInput, Decider
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed
 from maestro.data_plane.relay import CallOptions, CallPlan, GenerationParams, Relay
 
@@ -72,7 +72,7 @@ class _Running:
 class InferenceService:
     def __init__(
         self,
-        routes: RouteService,
+        routes: Decider,
         relay: Relay,
         config: DataPlaneConfig,
         *,

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from maestro.control_plane.auth import current_principal
-from maestro.control_plane.route.service import RouteService
+from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.rpc.pagination import decode_token, encode_token, page_size
 from maestro.data_plane import convert
 from maestro.data_plane.events import Delta, Done, Fallback, Routed
@@ -31,7 +31,7 @@ def _header(context: Context) -> str:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, service: InferenceService, routes: RouteService) -> None:
+    def __init__(self, service: InferenceService, routes: Decider) -> None:
         self._service = service
         self._routes = routes
 

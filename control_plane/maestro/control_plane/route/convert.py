@@ -12,10 +12,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from maestro.control_plane import names
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.route.config import OBJECTIVES, DeploymentSpec
+from maestro.control_plane.route.decider import Choice, ChooseInput
 from maestro.control_plane.route.engine import Decision, Exclusion, RouteRequest
 from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.route.registry import Published
-from maestro.control_plane.route.service import Choice, ChooseInput
 from maestro.control_plane.route.signals import (
     LATENCY_BOUNDS_MS,
     Breaker,

@@ -1,0 +1,305 @@
+"""Routing decisions over published snapshots: choose, live signals. No grpc, no store.
+
+The request path (`choose`) does dictionary look-ups, content tagging of the request's text and
+the engine's vector arithmetic; everything else (YAML, Rego, LiteLLM's catalog) happened when
+the snapshot was compiled. RouteService adds the config store on top; a data plane that follows
+a remote control plane uses a Decider over the snapshots it receives.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from maestro.control_plane import names
+from maestro.control_plane.auth import Principal, require_project
+from maestro.control_plane.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from maestro.control_plane.route.config import DeploymentSpec
+from maestro.control_plane.route.engine import (
+    Decision,
+    RouteRequest,
+    RoutingSnapshot,
+    UnknownModel,
+    parse_objectives_header,
+)
+from maestro.control_plane.route.layers import GLOBAL_PROJECT
+from maestro.control_plane.route.registry import Published, SnapshotRegistry
+from maestro.control_plane.route.signals import Breaker, Observation, SignalsView, SignalWindow
+from maestro.control_plane.route.tagging import ContentTagger, merge_tags
+
+CHARS_PER_TOKEN = 4  # a rough prompt-size estimate when the caller gives none
+
+
+@dataclass(frozen=True, slots=True)
+class ChooseInput:
+    """A routing request as the domain sees it (converted from ChooseRequest): the engine's
+    request before content tagging, plus what tagging and weighting start from."""
+
+    parent: str
+    route: RouteRequest = RouteRequest()  # noqa: RUF009 - frozen, so one shared default is safe
+    texts: tuple[str, ...] = ()
+    supplied_tags: tuple[str, ...] = ()
+    objectives_header: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    decision: Decision
+    snapshot_version: str
+    supplied_tags: frozenset[str]
+    detected_tags: frozenset[str]
+    decision_id: str
+    decided_at: datetime
+    latency_ns: int
+    dry_run: bool
+
+
+class Decider:
+    def __init__(
+        self,
+        registry: SnapshotRegistry,
+        tagger: ContentTagger,
+        *,
+        tracer: trace.Tracer,
+        meter: metrics.Meter,
+    ) -> None:
+        self._registry = registry
+        self._tagger = tagger
+        self._tracer = tracer
+        self._decisions = meter.create_counter(
+            "maestro.route.decisions", description="Routing decisions by chosen model group."
+        )
+        self._policy_exclusions = meter.create_counter(
+            "maestro.route.policy_exclusions",
+            description="Candidate deployments excluded by policy, by model group requested.",
+        )
+        self._fallback_routes = meter.create_counter(
+            "maestro.route.fallback_routes",
+            description="Decisions that routed to a fallback group of the requested model.",
+        )
+        self._signals = SignalWindow()
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def choose(
+        self, principal: Principal, request: ChooseInput, *, dry_run: bool = False
+    ) -> Choice:
+        """Decide. Synchronous on purpose: it never waits, so it never yields the loop."""
+        started = time.perf_counter_ns()
+        project_id = names.parse_project_name(request.parent, "parent")
+        require_project(principal, project_id)
+        published = self._published(request.parent)
+        with self._tracer.start_as_current_span("maestro.route.choose") as span:
+            route, supplied, detected = self._prepare(request)
+            decision = self._decide(published.snapshot, route)
+            latency = time.perf_counter_ns() - started
+            self._record(span, principal, published, decision, request, latency)
+        if decision.winner < 0 and not dry_run:
+            raise FailedPrecondition(
+                "no deployment is eligible for this step; ExplainRoute lists why each was excluded",
+                reason="NO_ELIGIBLE_DEPLOYMENT",
+                metadata={"snapshot_version": published.snapshot_version},
+            )
+        return choice_of(decision, published.snapshot_version, supplied, detected, latency, dry_run)
+
+    def _prepare(self, request: ChooseInput) -> tuple[RouteRequest, frozenset[str], frozenset[str]]:
+        """The engine's request: tags from content merged with the caller's, the header's
+        weights when the request gives none, a prompt-size estimate when it gives none."""
+        detected = self._tagger.tags(request.texts) if request.texts else frozenset()
+        try:
+            supplied = merge_tags(frozenset(), request.supplied_tags)
+        except ValueError as error:
+            raise InvalidArgument([FieldViolation("step_tags", str(error))]) from None
+        route = request.route
+        weights = route.weights
+        if weights is None and request.objectives_header:
+            try:
+                weights = parse_objectives_header(request.objectives_header)
+            except ValueError as error:
+                raise InvalidArgument(
+                    [FieldViolation("x-maestro-objectives", str(error))],
+                    message=f"invalid x-maestro-objectives metadata: {error}",
+                ) from None
+        prompt_tokens = route.prompt_tokens or math.ceil(
+            sum(len(t) for t in request.texts) / CHARS_PER_TOKEN
+        )
+        prepared = replace(
+            route, tags=supplied | detected, weights=weights, prompt_tokens=prompt_tokens
+        )
+        return prepared, supplied, detected
+
+    def published_for(self, principal: Principal, parent: str) -> Published:
+        """The snapshot calls of `parent` route with (its own config, else the global one)."""
+        require_project(principal, names.parse_project_name(parent, "parent"))
+        return self._published(parent)
+
+    def _published(self, parent: str) -> Published:
+        # A project without a config of its own routes with the global config alone.
+        published = self._registry.current(parent) or self._registry.current(GLOBAL_PROJECT)
+        if published is None:
+            raise FailedPrecondition(
+                f"{parent} has no routing config yet; apply one with ApplyConfig",
+                reason="NO_ROUTE_CONFIG",
+            )
+        return published
+
+    @staticmethod
+    def _decide(snapshot: RoutingSnapshot, request: RouteRequest) -> Decision:
+        try:
+            return snapshot.decide(request)
+        except UnknownModel:
+            raise NotFound(
+                f"model {request.model!r} is not a model group or alias of this project's config",
+                reason="MODEL_NOT_FOUND",
+            ) from None
+
+    def _record(
+        self,
+        span: trace.Span,
+        principal: Principal,
+        published: Published,
+        decision: Decision,
+        request: ChooseInput,
+        latency_ns: int,
+    ) -> None:
+        snapshot = decision.snapshot
+        requested = request.route.model or "*"
+        chosen = snapshot.deployments[decision.winner] if decision.winner >= 0 else None
+        if span.is_recording():
+            attributes: dict[str, Any] = {
+                "maestro.project": principal.project_id,
+                "gen_ai.operation.name": "route",
+                "gen_ai.request.model": requested,
+                "maestro.route.snapshot_version": published.snapshot_version,
+                "maestro.route.tags": sorted(decision.request.tags),
+                "maestro.route.decision_latency_us": latency_ns / 1000,
+                "maestro.route.outcome": "chosen" if chosen else "no_eligible_deployment",
+                "maestro.route.fallback_count": len(decision.fallbacks),
+            }
+            if chosen is not None:
+                attributes["gen_ai.response.model"] = chosen.model_name
+                attributes["gen_ai.provider.name"] = chosen.provider
+                attributes["maestro.route.deployment_id"] = chosen.deployment_id
+            span.set_attributes(attributes)
+        denied = snapshot.denied_count(snapshot.policy.tag_key(decision.request.tags))
+        if denied:
+            self._policy_exclusions.add(denied, self._labels(requested))
+        if chosen is None:
+            self._decisions.add(1, self._labels(requested, outcome="none"))
+            return
+        self._decisions.add(
+            1, self._labels(requested, chosen.model_name, chosen.provider, outcome="chosen")
+        )
+        if request.route.model and chosen.model_name != request.route.model:
+            self._fallback_routes.add(1, self._labels(requested, chosen.model_name))
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the service lives as long as the process
+    def _labels(
+        self, requested: str, chosen: str = "", provider: str = "", outcome: str = ""
+    ) -> dict[str, str]:
+        """Metric attributes, built once per combination rather than once per decision."""
+        labels = {"gen_ai.request.model": requested}
+        if chosen:
+            labels["gen_ai.response.model"] = chosen
+        if provider:
+            labels["gen_ai.provider.name"] = provider
+        if outcome:
+            labels["outcome"] = outcome
+        return labels
+
+    # -- live signals ----------------------------------------------------------------------
+
+    def ingest_observations(self, observations: Iterable[Observation]) -> tuple[int, int]:
+        """Fold data-plane observations into the live signals; (accepted, dropped). An
+        observation of a deployment its project's snapshot lacks is dropped."""
+        accepted = dropped = 0
+        touched: set[tuple[str, str]] = set()
+        now = time.time()
+        for observation in observations:
+            published = self._registry.current(observation.project) or self._registry.current(
+                GLOBAL_PROJECT
+            )
+            if published is None or observation.deployment_id not in published.snapshot.index_of:
+                dropped += 1
+                continue
+            self._signals.add(observation, now)
+            touched.add((observation.project, observation.deployment_id))
+            accepted += 1
+        for project, deployment_id in touched:
+            self._refresh_signals(project, deployment_id, now)
+        return accepted, dropped
+
+    def _refresh_signals(self, project: str, deployment_id: str, now: float) -> None:
+        published = self._registry.current(project) or self._registry.current(GLOBAL_PROJECT)
+        if published is None:
+            return
+        view = self._signals.view(project, deployment_id, now)
+        published.snapshot.update_signals(
+            deployment_id,
+            p95_ms=view.p95_latency_ms,
+            ttft_ms=view.p95_ttft_ms,
+            error_rate=view.error_rate if view.sample_count else None,
+            breaker_open=(
+                view.breaker_state == Breaker.OPEN
+                if view.breaker_state != Breaker.UNSPECIFIED
+                else None
+            ),
+            samples=view.sample_count,
+        )
+
+    def deployment_signals(
+        self, principal: Principal, parent: str, deployment_id: str | None = None
+    ) -> list[tuple[DeploymentSpec, SignalsView]]:
+        """Signals of the project's deployments (or of one), from its own traffic only."""
+        published = self.published_for(principal, parent)
+        snapshot = published.snapshot
+        if deployment_id is not None:
+            index = snapshot.index_of.get(deployment_id)
+            if index is None:
+                raise NotFound(
+                    f"deployment {deployment_id!r} is not in {parent}'s routing snapshot",
+                    reason="DEPLOYMENT_NOT_FOUND",
+                )
+            deployments: Iterable[DeploymentSpec] = (snapshot.deployments[index],)
+        else:
+            deployments = snapshot.deployments
+        return [(d, self._signals.view(parent, d.deployment_id)) for d in deployments]
+
+    def set_breaker_open(self, deployment_id: str, is_open: bool) -> None:
+        """A data plane's breaker for the deployment opened or closed: every project routing
+        to it sees it (breakers are per deployment, not per project)."""
+        for published in self._registry.all(None):
+            published.snapshot.update_signals(deployment_id, breaker_open=is_open)
+
+
+def choice_of(
+    decision: Decision,
+    version: str,
+    supplied: frozenset[str],
+    detected: frozenset[str],
+    latency_ns: int,
+    dry_run: bool,
+) -> Choice:
+    return Choice(
+        decision,
+        version,
+        supplied,
+        detected,
+        uuid.uuid4().hex,
+        datetime.now(UTC),
+        latency_ns,
+        dry_run,
+    )
