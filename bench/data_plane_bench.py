@@ -25,13 +25,19 @@ coalescing 16 tokens / 20 ms); for (2) only, the LiteLLM proxy with one worker
     CPU-second figure of the `maestro up` process from (4), HTTP ingress included.
 (2) Ingress vs the LiteLLM proxy (one worker) vs the sim directly: `run_load` (OpenAI mode),
     concurrency 16, max_tokens 256, one window each.
-(3) Time to first token overhead: sequential requests (concurrency 1, 16 tokens, `sim-ttft`),
-    direct vs the HTTP ingress vs gRPC StreamChatCompletion; the p50/p99 differences.
+(3) Time to first token overhead: sequential requests (concurrency 1, 16 tokens), direct vs
+    the HTTP ingress vs gRPC StreamChatCompletion; the p50/p99 differences. Judged on `sim-ttft`
+    (the processes idle while the provider "thinks", as with a real one); `sim-1` (answers at
+    once, caches stay warm) is reported beside it.
 (4) Throughput of the `maestro up` process with coalescing at concurrency 32 (2,000-token
     completions, unpaced) for several coalescing settings and gRPC; and the delay coalescing
     adds, on a paced stream (`sim-paced`, 200 tokens/s): TTFT and inter-token gaps through
     Maestro against the sim directly. Per-request settings ride in the body's `maestro`
     object; `_load` has no option for extra body fields, so `_extra_body` patches its client.
+    A what-if row (not product behaviour; `--no-what-if` skips it): a second `maestro up`
+    whose objects alive after start-up are moved out of the garbage collector's reach
+    (`gc.freeze()`, sent by signal through a wrapper), to size the collector's share of the
+    relay's cost.
 
 CPU time of every process (/proc/<pid>/stat) is read at each window's edges: utilisation near
 1.0 (one core) marks a single-threaded bottleneck; the machine has `nproc` cores in all.
@@ -86,6 +92,16 @@ MAESTRO = "maestro up"
 PROXY = "litellm proxy"
 PROMPT = [{"role": "user", "content": "Write a long story about the sea."}]
 STOP_TIMEOUT_S = 10.0
+WHAT_IF = "Maestro HTTP ingress, what-if: gc.freeze() after start"
+# `maestro up` with one change that is not in the product: SIGUSR2 runs gc.freeze(), moving every
+# object alive after start-up (LiteLLM's catalogs among them) out of the collector's reach.
+GC_FREEZE_WRAPPER = """
+import gc, signal, sys
+sys.argv = ["maestro", *sys.argv[1:]]
+signal.signal(signal.SIGUSR2, lambda signum, frame: gc.freeze())
+from maestro.control_plane.cli import main
+main()
+"""
 START_TIMEOUT_S = 90.0
 
 GOAL_RELAY_RATIO = 20.0
@@ -294,7 +310,12 @@ class CpuWindow:
         return max(self.cpu_s, key=lambda name: self.cpu_s[name]) if self.cpu_s else "?"
 
     def text(self) -> str:
-        return ", ".join(f"{name} {self.util(name):.2f}" for name in self.cpu_s)
+        """Each process's cores busy; the busiest one in capitals (the likely bottleneck)."""
+        busiest = self.busiest()
+        return ", ".join(
+            f"{name.upper() if name == busiest else name} {self.util(name):.2f}"
+            for name in self.cpu_s
+        )
 
 
 @contextlib.contextmanager
@@ -354,9 +375,13 @@ def maestro_config(directory: Path, router: Path, *, http: bool) -> Path:
     return path
 
 
-async def start_maestro(directory: Path, router: Path) -> MaestroUp:
+async def start_maestro(directory: Path, router: Path, *, gc_freeze: bool = False) -> MaestroUp:
+    """`maestro up`; `gc_freeze`: under GC_FREEZE_WRAPPER, frozen once it is ready."""
     config = maestro_config(directory, router, http=True)
-    proc = spawn(MAESTRO, [str(BIN / "maestro"), "up", "--config", str(config)], directory)
+    command = [str(BIN / "maestro"), "up", "--config", str(config)]
+    if gc_freeze:
+        command = [sys.executable, "-c", GC_FREEZE_WRAPPER, *command[1:]]
+    proc = spawn(MAESTRO, command, directory)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if not proc.alive():
@@ -367,6 +392,9 @@ async def start_maestro(directory: Path, router: Path) -> MaestroUp:
                     continue
                 ready = json.loads(line)
                 key = (directory / "demo-api-key").read_text().strip()
+                if gc_freeze:
+                    os.kill(proc.pid, signal.SIGUSR2)
+                    await asyncio.sleep(0.5)
                 return MaestroUp(proc, ready["address"], ready["openai_base_url"], key)
         await asyncio.sleep(0.2)
     proc.stop()
@@ -679,34 +707,43 @@ def openai_load(target: str, api_key: str | None, **fields: Any) -> LoadConfig:
 async def bench_ttft(
     plan: Plan, sim_base: str, maestro: MaestroUp, pids: Mapping[str, int]
 ) -> list[LoadRow]:
-    common: dict[str, Any] = {
-        "model": "sim-ttft",
-        "concurrency": 1,
-        "max_tokens": plan.ttft_tokens,
-        "duration_s": plan.ttft_max_s,
-        "max_requests": plan.ttft_requests,
-    }
-    targets = (
-        ("sim directly (baseline)", openai_load(sim_base, None, **common)),
-        ("Maestro HTTP ingress", openai_load(maestro.openai_base_url, maestro.api_key, **common)),
-        (
-            "Maestro gRPC StreamChatCompletion",
-            LoadConfig(
-                target=maestro.grpc_address,
-                target_kind=TargetKind.GRPC,
-                api_key=maestro.api_key,
-                **common,
-            ),
-        ),
-    )
-    return [
-        await measure("3", label, config, pids, warmup_requests=plan.ttft_warmup_requests)
-        for label, config in targets
-    ]
+    """`sim-ttft` (a provider that takes 20 ms to start, so each process idles between
+    requests, as against a real provider) is the goal's figure; `sim-1` (answers at once, the
+    processes never idle) shows the overhead with warm caches."""
+    rows = []
+    for model, note in (("sim-ttft", f"{SIM_TTFT_MS} ms TTFT"), ("sim-1", "no TTFT")):
+        common: dict[str, Any] = {
+            "model": model,
+            "concurrency": 1,
+            "max_tokens": plan.ttft_tokens,
+            "duration_s": plan.ttft_max_s,
+            "max_requests": plan.ttft_requests,
+        }
+        grpc_config = LoadConfig(
+            target=maestro.grpc_address,
+            target_kind=TargetKind.GRPC,
+            api_key=maestro.api_key,
+            **common,
+        )
+        targets = (
+            (f"sim directly, {model} ({note}) (baseline)", openai_load(sim_base, None, **common)),
+            (f"Maestro HTTP ingress, {model} ({note})",
+             openai_load(maestro.openai_base_url, maestro.api_key, **common)),
+            (f"Maestro gRPC StreamChatCompletion, {model} ({note})", grpc_config),
+        )  # fmt: skip
+        for label, config in targets:
+            rows.append(
+                await measure("3", label, config, pids, warmup_requests=plan.ttft_warmup_requests)
+            )
+    return rows
 
 
 async def bench_throughput(
-    plan: Plan, sim_base: str, maestro: MaestroUp, pids: Mapping[str, int]
+    plan: Plan,
+    sim_base: str,
+    maestro: MaestroUp,
+    pids: Mapping[str, int],
+    what_if: MaestroUp | None,
 ) -> list[LoadRow]:
     common: dict[str, Any] = {
         "model": "sim-1",
@@ -746,6 +783,16 @@ async def bench_throughput(
             warmup_s=plan.throughput_warmup_s,
         )
     )
+    if what_if is not None:
+        rows.append(
+            await measure(
+                "4a",
+                WHAT_IF,
+                openai_load(what_if.openai_base_url, what_if.api_key, **common),
+                {SIM: pids[SIM], MAESTRO: what_if.proc.pid},
+                warmup_s=plan.throughput_warmup_s,
+            )
+        )
     return rows
 
 
@@ -937,16 +984,24 @@ class Report:
                      f"{_ratio(a, b):.2f}x", f">= {GOAL_DIRECT_SHARE:g}x",
                      _ratio(a, b) >= GOAL_DIRECT_SHARE)
             )  # fmt: skip
-        base = self._find(self.ttft, "sim directly")
         for row in self.ttft:
+            model = row.report.config.model
+            base = next(
+                (r for r in self.ttft
+                 if r.label.startswith("sim directly") and r.report.config.model == model),
+                None,
+            )  # fmt: skip
             if base is None or row is base:
                 continue
             p50 = row.report.ttft.p50_ms - base.report.ttft.p50_ms
             p99 = row.report.ttft.p99_ms - base.report.ttft.p99_ms
+            # The goal is judged on the realistic provider (sim-ttft); the warm one is reported.
+            judged = model == "sim-ttft"
             goals.append(
                 Goal("3", f"TTFT overhead p50, {row.label}", f"{row.report.ttft.p50_ms:.2f} ms",
                      f"{base.report.ttft.p50_ms:.2f} ms", f"+{p50:.2f} ms",
-                     f"<= +{GOAL_TTFT_OVERHEAD_MS:g} ms", p50 <= GOAL_TTFT_OVERHEAD_MS)
+                     f"<= +{GOAL_TTFT_OVERHEAD_MS:g} ms" if judged else "(reported)",
+                     p50 <= GOAL_TTFT_OVERHEAD_MS if judged else None)
             )  # fmt: skip
             goals.append(
                 Goal("3", f"TTFT overhead p99, {row.label}", f"{row.report.ttft.p99_ms:.2f} ms",
@@ -968,6 +1023,14 @@ class Report:
                 Goal("4", "same, tokens per CPU-second of the maestro up process",
                      f"{per_cpu:,.0f}", "", "", "(reported)", None)
             )  # fmt: skip
+            what_if = self._find(self.throughput, WHAT_IF)
+            if what_if is not None:
+                a, b = what_if.report.tokens_per_s, coalesced.report.tokens_per_s
+                goals.append(
+                    Goal("4", "what-if (not the product): same with gc.freeze() after start, "
+                         "tokens/s", f"{a:,.0f}", f"{b:,.0f}", f"{_ratio(a, b):.2f}x",
+                         "(reported)", None)
+                )  # fmt: skip
         paced_base = self._find(self.paced, "sim directly")
         for row in self.paced:
             if paced_base is None or row is paced_base:
@@ -1038,8 +1101,8 @@ class Report:
             ("(2) Concurrent streaming through each relay, "
              f"{self.plan.ingress_concurrency} streams, max_tokens {self.plan.ingress_tokens}, "
              f"{self.plan.ingress_window_s:g} s window", self.ingress),
-            (f"(3) Sequential requests, model sim-ttft (fixed {SIM_TTFT_MS} ms TTFT, unpaced), "
-             f"max_tokens {self.plan.ttft_tokens}", self.ttft),
+            (f"(3) Sequential requests, max_tokens {self.plan.ttft_tokens}; sim-ttft: fixed "
+             f"{SIM_TTFT_MS} ms TTFT then unpaced; sim-1: no TTFT", self.ttft),
             (f"(4a) maestro up throughput, {self.plan.throughput_concurrency} streams, "
              f"max_tokens {self.plan.throughput_tokens}, unpaced sim", self.throughput),
             (f"(4b) Paced stream ({PACED_TOKENS_PER_S} tokens/s), {self.plan.paced_concurrency} "
@@ -1135,15 +1198,19 @@ class Report:
              f"{self.plan.ingress_warmup_s:g} s warm-up, one sim behind all three.", self.ingress),
             ("## (3) TTFT overhead",
              f"Sequential (concurrency 1) requests, {self.plan.ttft_requests} per path after "
-             f"{self.plan.ttft_warmup_requests} warm-up, model `sim-ttft` (fixed "
-             f"{SIM_TTFT_MS} ms TTFT, then unpaced), max_tokens {self.plan.ttft_tokens}.",
+             f"{self.plan.ttft_warmup_requests} warm-up, max_tokens {self.plan.ttft_tokens}; "
+             f"model `sim-ttft` (fixed {SIM_TTFT_MS} ms TTFT, then unpaced: every process "
+             "idles while waiting, as with a real provider; the goal's figure) and `sim-1` "
+             "(no TTFT: caches stay warm). Server CPU per request: the serving process's CPU "
+             "time over the window / requests.",
              self.ttft),
             ("## (4a) Throughput of one `maestro up` process with coalescing",
              f"{self.plan.throughput_concurrency} concurrent streams, max_tokens "
              f"{self.plan.throughput_tokens}, unpaced sim, {self.plan.throughput_window_s:g} s "
              "window. Coalescing per request in the body's `maestro` object "
              "(`max_chunk_tokens`, `max_chunk_delay_ms`); the default row uses the config "
-             "defaults.", self.throughput),
+             "defaults. The what-if row is a second `maestro up` with `gc.freeze()` run once "
+             "it is ready (a wrapper, not product code).", self.throughput),
             ("## (4b) Delay added by coalescing on a paced stream",
              f"Model `sim-paced` ({PACED_TOKENS_PER_S} tokens/s, one token per "
              f"{1000 / PACED_TOKENS_PER_S:g} ms), {self.plan.paced_concurrency} streams, "
@@ -1204,7 +1271,7 @@ class Report:
 # -- main -------------------------------------------------------------------------------------
 
 
-async def run(plan: Plan, directory: Path, sections: set[str]) -> Report:
+async def run(plan: Plan, directory: Path, sections: set[str], gc_freeze_what_if: bool) -> Report:
     report = Report(machine(), plan)
     started = time.perf_counter()
     procs: list[Proc] = []
@@ -1236,12 +1303,19 @@ async def run(plan: Plan, directory: Path, sections: set[str]) -> Report:
         if "3" in sections:
             report.ttft = await bench_ttft(plan, sim_base, maestro, pids)
         if "4" in sections:
-            report.throughput = await bench_throughput(plan, sim_base, maestro, pids)
+            what_if = None
+            if gc_freeze_what_if:
+                progress("(4) starting a second maestro up for the gc.freeze() what-if")
+                what_if = await start_maestro(directory / "what-if", router, gc_freeze=True)
+                procs.append(what_if.proc)
+            report.throughput = await bench_throughput(plan, sim_base, maestro, pids, what_if)
+            if what_if is not None:
+                what_if.proc.stop()
             report.paced = await bench_paced(plan, sim_base, maestro, pids)
         if "2" in sections:
             report.ingress = await bench_ingress(plan, sim_base, maestro, pids)
         for proc in procs:
-            if not proc.alive():
+            if not proc.alive() and proc.popen.returncode not in (0, -signal.SIGTERM):
                 raise RuntimeError(f"{proc.name} died during the run:\n{proc.tail()}")
     finally:
         for proc in reversed(procs):
@@ -1264,6 +1338,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sections", default="1234", help="which sections to run, e.g. 14 (default: all)"
     )
     parser.add_argument(
+        "--no-what-if",
+        action="store_true",
+        help="skip (4a)'s what-if row: a second maestro up with gc.freeze() after start",
+    )
+    parser.add_argument(
         "--notes",
         type=Path,
         default=None,
@@ -1276,7 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="maestro-data-plane-bench-") as directory:
-        report = uvloop.run(run(plan, Path(directory), set(args.sections)))
+        report = uvloop.run(run(plan, Path(directory), set(args.sections), not args.no_what_if))
     table = report.table()
     print(table)
     command = "bench/data_plane_bench.py" + (" --quick" if args.quick else "")

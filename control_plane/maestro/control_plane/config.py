@@ -156,6 +156,18 @@ class DataPlaneConfig(_Section):
     idempotency_cache_size: int = Field(
         10_000, ge=0, description="Completed calls remembered for idempotency_key replays."
     )
+    control_plane_target: str | None = Field(
+        None,
+        description="`maestro data-plane` only: the control plane to follow (host:port), for "
+        "config snapshots (WatchConfig), observations (ReportObservations) and key checks.",
+    )
+    control_plane_api_key: str | None = Field(
+        None,
+        description="`maestro data-plane` only: the API key it uses there; it serves that key's "
+        "project. Prefer the env var MAESTRO_DATA_PLANE__CONTROL_PLANE_API_KEY.",
+        repr=False,
+    )
+    node_id: str = Field("", description="Names this data plane in WatchConfig and reports.")
     simulated_provider: bool = Field(
         False,
         description="Start the simulated OpenAI-compatible provider in process and send every "

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from maestro.control_plane.config import DataPlaneConfig
 from maestro.control_plane.route.decider import Decider
+from maestro.control_plane.route.signals import Observation
 from maestro.control_plane.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings
 from maestro.data_plane.http_ingress import Authenticate, OpenAIIngress
-from maestro.data_plane.observations import Observer
+from maestro.data_plane.observations import ObservationSink, Observer
 from maestro.data_plane.providers.litellm_adapter import LitellmProvider
 from maestro.data_plane.providers.openai_compat import OpenAICompatProvider
 from maestro.data_plane.relay import Relay
@@ -33,6 +34,14 @@ from maestro.v1 import inference_service_pb2_grpc
 
 log = structlog.get_logger(__name__)
 DEMO_PROFILE = "demo-profile.yaml"
+
+
+def _both(first: ObservationSink, second: ObservationSink) -> ObservationSink:
+    def sink(batch: list[Observation]) -> None:
+        first(batch)
+        second(batch)
+
+    return sink
 
 
 def breaker_settings(config: DataPlaneConfig) -> BreakerSettings:
@@ -103,9 +112,10 @@ async def build_data_plane(
     insecure_project: str | None,
     telemetry: Telemetry,
     node_id: str = "",
+    forward: ObservationSink | None = None,
 ) -> DataPlane:
     """The data plane of this process. `node_id` names it in the observations it reports
-    (default: host and pid)."""
+    (default: host and pid); `forward` also receives them (a remote control plane)."""
     node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
     from maestro.data_plane.targets import TargetResolver
 
@@ -123,7 +133,7 @@ async def build_data_plane(
         breaker_settings(config),
         meter,
         node_id=node_id,
-        sink=routes.ingest_observations,
+        sink=_both(routes.ingest_observations, forward) if forward else routes.ingest_observations,
         on_breaker=routes.set_breaker_open,
     )
     native = OpenAICompatProvider()

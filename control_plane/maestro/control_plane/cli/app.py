@@ -64,6 +64,24 @@ def _load(config_path: Path | None, **overrides: object) -> MaestroConfig:
         raise typer.Exit(2) from None
 
 
+def _load_defaults(**overrides: object) -> MaestroConfig:
+    try:
+        return load_config(
+            None, env=os.environ, **{k: v for k, v in overrides.items() if v is not None}
+        )
+    except ConfigError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+def _read_default_key() -> str:
+    path = Path(".maestro/demo-api-key")
+    if not path.exists():
+        typer.echo("no --api-key, MAESTRO_API_KEY or .maestro/demo-api-key", err=True)
+        raise typer.Exit(2)
+    return path.read_text().strip()
+
+
 def _demo_key_file(config: MaestroConfig) -> Path:
     return config.store.sqlite_path.parent / "demo-api-key"
 
@@ -121,6 +139,46 @@ def up(
     from maestro.control_plane.cli.serve import serve
 
     serve(config)
+
+
+@app.command("data-plane")
+def data_plane(
+    control_plane: Annotated[
+        str,
+        typer.Option(
+            "--control-plane",
+            envvar="MAESTRO_TARGET",
+            help="The control plane to follow, host:port.",
+        ),
+    ] = "127.0.0.1:50051",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MAESTRO_API_KEY",
+            help="API key on the control plane; the data plane serves its project.",
+        ),
+    ] = None,
+    config_path: ConfigOption = None,
+    port: Annotated[int, typer.Option(help="gRPC port of InferenceService.")] = 50061,
+    http_port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible ingress.")] = 8081,
+    node_id: Annotated[str, typer.Option(help="Name in WatchConfig and reports.")] = "",
+) -> None:
+    """Run a data plane on its own, following a control plane: InferenceService and the
+    OpenAI-compatible ingress, with config snapshots from WatchConfig."""
+    key = api_key or _read_default_key()
+    overrides: dict[str, object] = {
+        "server.port": port,
+        "data_plane.http_port": http_port,
+        "data_plane.control_plane_target": control_plane,
+        "data_plane.control_plane_api_key": key,
+        "data_plane.node_id": node_id or None,
+        "data_plane.simulated_provider": False,
+        "telemetry.service_name": "maestro-data-plane",
+    }
+    config = _load(config_path, **overrides) if config_path else _load_defaults(**overrides)
+    from maestro.control_plane.cli.serve import serve_with
+
+    serve_with(config, "data_plane")
 
 
 @app.command("sim-provider")

@@ -34,3 +34,20 @@ async def _serve(config: MaestroConfig) -> None:
 def serve(config: MaestroConfig) -> None:
     configure_logging(config.logging)
     uvloop.run(_serve(config))
+
+
+async def _serve_data_plane(config: MaestroConfig) -> None:
+    from maestro.data_plane.server import serve_data_plane
+
+    telemetry = build_telemetry(config.telemetry)
+    telemetry.install_global()
+    try:
+        await serve_data_plane(config, telemetry)
+    finally:
+        telemetry.shutdown()
+
+
+def serve_with(config: MaestroConfig, role: str) -> None:
+    """Run `role` ("control_plane", the embedded default, or "data_plane") in the foreground."""
+    configure_logging(config.logging)
+    uvloop.run(_serve(config) if role == "control_plane" else _serve_data_plane(config))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from maestro.control_plane.route.config import load_yaml, resolve_route_config
 from maestro.control_plane.route.engine import PolicyView, RoutingSnapshot, SignalBoard
@@ -17,7 +18,7 @@ from maestro.control_plane.route.layers import (
     merge_layers,
     merged_yaml,
 )
-from maestro.control_plane.route.policy import ModelFacts, compile_routing_policy
+from maestro.control_plane.route.policy import ModelFacts, PolicyModule, compile_routing_policy
 from maestro.control_plane.route.store import Revision
 from maestro.control_plane.route.tagging import KINDS, PII_TAG
 
@@ -63,33 +64,49 @@ def compile_revision(
     """
     layered = global_revision is not None and revision.project != GLOBAL_PROJECT
     raw = load_yaml(revision.config_yaml)
-    if layered:
-        assert global_revision is not None
-        raw = merge_layers(load_yaml(global_revision.config_yaml), raw)
-    spec = resolve_route_config(raw)
-    facts = [
-        ModelFacts(d.model_name, d.provider, d.jurisdiction, d.in_house)
-        for d in {d.model_name: d for d in spec.deployments}.values()
-    ]
-    project_id = revision.project.removeprefix("projects/")
-    known_tags = [*DETECTOR_TAGS, *spec.content_tags]
-    policy: PolicyView = compile_routing_policy(
-        revision.policy_modules, facts, project_id, known_tags=known_tags
-    )
     version = str(revision.revision)
     if layered:
         assert global_revision is not None
-        outer = compile_routing_policy(
-            global_revision.policy_modules, facts, project_id, known_tags=known_tags
-        )
-        policy = LayeredPolicy(outer, policy)
+        raw = merge_layers(load_yaml(global_revision.config_yaml), raw)
         version = f"{revision.revision}.{global_revision.revision}"
-    snapshot = RoutingSnapshot(spec, policy, version, board)
+    snapshot = compile_layers(
+        revision.project,
+        raw,
+        revision.policy_modules,
+        global_revision.policy_modules if layered and global_revision else None,
+        version,
+        board,
+    )
     return Compiled(
         snapshot,
         global_revision if layered else None,
         merged_yaml(raw) if layered else revision.config_yaml,
     )
+
+
+def compile_layers(
+    project: str,
+    raw: Any,
+    modules: tuple[PolicyModule, ...],
+    global_modules: tuple[PolicyModule, ...] | None,
+    version: str,
+    board: SignalBoard | None = None,
+) -> RoutingSnapshot:
+    """A snapshot from merged config YAML (parsed) and the two layers' policy modules: the
+    project's, ANDed under the global ones when there are any. A data plane following
+    WatchConfig compiles what it receives with this."""
+    spec = resolve_route_config(raw)
+    facts = [
+        ModelFacts(d.model_name, d.provider, d.jurisdiction, d.in_house)
+        for d in {d.model_name: d for d in spec.deployments}.values()
+    ]
+    project_id = project.removeprefix("projects/")
+    known_tags = [*DETECTOR_TAGS, *spec.content_tags]
+    policy: PolicyView = compile_routing_policy(modules, facts, project_id, known_tags=known_tags)
+    if global_modules is not None:
+        outer = compile_routing_policy(global_modules, facts, project_id, known_tags=known_tags)
+        policy = LayeredPolicy(outer, policy)
+    return RoutingSnapshot(spec, policy, version, board)
 
 
 class SnapshotRegistry:
@@ -124,6 +141,13 @@ class SnapshotRegistry:
             self._current[revision.project] = published
             self._changed.notify_all()
         return published
+
+    async def remove(self, project: str) -> None:
+        """Drop a project's snapshot (a data plane told the project's config is gone)."""
+        async with self._changed:
+            if self._current.pop(project, None) is not None:
+                self._generation += 1
+                self._changed.notify_all()
 
     def changed_since(self, generation: int, projects: frozenset[str] | None) -> list[Published]:
         return [

@@ -1,0 +1,282 @@
+"""A data plane deployed apart from its control plane: what it needs from it, over gRPC.
+
+- `SnapshotFollower` follows RouteService.WatchConfig (xDS-style): it compiles each snapshot it
+  receives into a local registry, ACKs it, or NACKs it with the reason while keeping the
+  previous one, and resumes from its last version after a reconnect. Calls never wait on it:
+  they route with whatever snapshot is local.
+- `ObservationReporter` sends the observations the data plane gathers on
+  RouteService.ReportObservations, numbering batches and re-sending unanswered ones after a
+  reconnect (the server counts a batch id once).
+- `RemoteKeyVerifier` authenticates callers' API keys by asking the control plane which project
+  a key belongs to (ProjectService.ListProjects with that key), cached for a short TTL.
+
+Reconnects back off exponentially with jitter (tenacity) and go on until the data plane stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import structlog
+from google.rpc import code_pb2, status_pb2
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from maestro.clients import AsyncMaestroClient
+from maestro.control_plane.auth import Principal
+from maestro.control_plane.errors import MaestroError, Unavailable
+from maestro.control_plane.route.config import load_yaml
+from maestro.control_plane.route.convert import observation_message
+from maestro.control_plane.route.layers import GLOBAL_PROJECT
+from maestro.control_plane.route.policy import PolicyModule
+from maestro.control_plane.route.registry import Compiled, SnapshotRegistry, compile_layers
+from maestro.control_plane.route.signals import Observation
+from maestro.control_plane.route.store import Revision
+from maestro.v1 import project_service_pb2, project_service_pb2_grpc
+from maestro.v1 import route_service_pb2 as rpb
+
+log = structlog.get_logger(__name__)
+
+STREAM_TIMEOUT_S = 3600.0
+"""Long-lived streams are re-opened hourly (resuming where they were) rather than never."""
+MAX_PENDING_OBSERVATIONS = 10_000
+_RECONNECT = wait_exponential_jitter(multiplier=0.2, max=10.0)
+
+
+class StreamEnded(Exception):
+    """The server ended a long-lived stream; reconnect."""
+
+
+def _retrying() -> AsyncRetrying:
+    return AsyncRetrying(
+        wait=_RECONNECT,
+        retry=retry_if_exception_type((grpc.RpcError, StreamEnded)),
+        reraise=True,
+    )
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+
+
+def _modules(messages: Any) -> tuple[PolicyModule, ...]:
+    return tuple(PolicyModule(m.name, m.source) for m in messages)
+
+
+def compile_snapshot(message: rpb.RouteConfigSnapshot, registry: SnapshotRegistry) -> Compiled:
+    """Compile a RouteConfigSnapshot as received (CPU-bound: run off the event loop)."""
+    project = message.route_config.removesuffix("/routeConfig")
+    layered = bool(message.global_revision_id)
+    snapshot = compile_layers(
+        project,
+        load_yaml(message.config_yaml),
+        _modules(message.policy_modules),
+        _modules(message.global_policy_modules) if layered else None,
+        message.snapshot_version,
+        registry.board(project),
+    )
+    global_revision = (
+        _revision(GLOBAL_PROJECT, message.global_revision_id, "", message.global_policy_modules)
+        if layered
+        else None
+    )
+    return Compiled(snapshot, global_revision, message.config_yaml)
+
+
+def _revision(project: str, number: str, config_yaml: str, modules: Any) -> Revision:
+    return Revision(
+        project=project,
+        revision=int(number) if number.isdigit() else 0,
+        config_yaml=config_yaml,
+        policy_modules=_modules(modules),
+        description="received on WatchConfig",
+        creator="control-plane",
+        digest="",
+        create_time=datetime.now(UTC),
+    )
+
+
+class SnapshotFollower:
+    def __init__(
+        self, client: AsyncMaestroClient, registry: SnapshotRegistry, node_id: str
+    ) -> None:
+        self._client = client
+        self._registry = registry
+        self._node_id = node_id
+        self._version = ""
+        self.synced = asyncio.Event()
+        """Set once the first response was applied: the data plane can route."""
+
+    async def run(self) -> None:
+        """Follow until cancelled, reconnecting with backoff."""
+        async for attempt in _retrying():
+            with attempt:
+                await self._session()
+
+    async def _session(self) -> None:
+        requests: asyncio.Queue[rpb.WatchConfigRequest] = asyncio.Queue()
+        requests.put_nowait(
+            rpb.WatchConfigRequest(node_id=self._node_id, version_info=self._version)
+        )
+
+        async def outgoing() -> AsyncIterator[rpb.WatchConfigRequest]:
+            while True:
+                yield await requests.get()
+
+        call = self._client.routes.WatchConfig(outgoing(), timeout=STREAM_TIMEOUT_S)
+        async for response in call:
+            requests.put_nowait(await self._apply(response))
+        raise StreamEnded
+
+    async def _apply(self, response: rpb.WatchConfigResponse) -> rpb.WatchConfigRequest:
+        rejected = []
+        for message in response.snapshots:
+            try:
+                compiled = await asyncio.to_thread(compile_snapshot, message, self._registry)
+            except (MaestroError, ValueError) as error:
+                log.error(
+                    "data_plane.snapshot_rejected",
+                    config=message.route_config,
+                    version=message.snapshot_version,
+                    error=str(error),
+                )
+                rejected.append(
+                    rpb.RejectedRouteConfig(
+                        route_config=message.route_config,
+                        snapshot_version=message.snapshot_version,
+                        error=status_pb2.Status(
+                            code=code_pb2.INVALID_ARGUMENT, message=str(error)[:1000]
+                        ),
+                    )
+                )
+                continue
+            project = message.route_config.removesuffix("/routeConfig")
+            revision = _revision(
+                project, message.revision_id, message.config_yaml, message.policy_modules
+            )
+            await self._registry.publish(revision, compiled)
+            log.info(
+                "data_plane.snapshot_applied", project=project, version=message.snapshot_version
+            )
+        kept = {m.route_config.removesuffix("/routeConfig") for m in response.snapshots}
+        for name in response.removed_route_configs:
+            await self._registry.remove(name.removesuffix("/routeConfig"))
+        if response.full_state:
+            for published in self._registry.all(None):
+                if published.project not in kept:
+                    await self._registry.remove(published.project)
+        ack = rpb.WatchConfigRequest(node_id=self._node_id, response_nonce=response.nonce)
+        if rejected:
+            ack.version_info = self._version  # a NACK keeps the version it had
+            ack.error_detail.CopyFrom(
+                status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="snapshots rejected")
+            )
+            ack.rejected_route_configs.extend(rejected)
+        else:
+            self._version = response.version_info
+            ack.version_info = self._version
+        self.synced.set()
+        return ack
+
+
+# -- observations -------------------------------------------------------------------------------
+
+
+class ObservationReporter:
+    """A sink for `Observer.flush` that streams batches to the control plane."""
+
+    def __init__(self, client: AsyncMaestroClient, node_id: str) -> None:
+        self._client = client
+        self._node_id = node_id
+        self._pending: deque[Observation] = deque()
+        self._wakeup = asyncio.Event()
+        self._unanswered: OrderedDict[str, rpb.ReportObservationsRequest] = OrderedDict()
+        self._ids = itertools.count(1)
+        self.dropped = 0
+        self.accepted = 0
+
+    def __call__(self, batch: list[Observation]) -> None:
+        for observation in batch:
+            if len(self._pending) >= MAX_PENDING_OBSERVATIONS:
+                self._pending.popleft()
+                self.dropped += 1
+            self._pending.append(observation)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        async for attempt in _retrying():
+            with attempt:
+                await self._session()
+
+    async def _session(self) -> None:
+        async def outgoing() -> AsyncIterator[rpb.ReportObservationsRequest]:
+            for request in list(self._unanswered.values()):  # re-sent after a reconnect
+                yield request
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._pending:
+                    chunk = [self._pending.popleft() for _ in range(min(1000, len(self._pending)))]
+                    request = rpb.ReportObservationsRequest(
+                        node_id=self._node_id,
+                        batch_id=str(next(self._ids)),
+                        observations=[observation_message(o) for o in chunk],
+                    )
+                    self._unanswered[request.batch_id] = request
+                    yield request
+
+        call = self._client.routes.ReportObservations(outgoing(), timeout=STREAM_TIMEOUT_S)
+        async for answer in call:
+            if self._unanswered.pop(answer.batch_id, None) is not None:
+                self.accepted += answer.accepted_count
+        raise StreamEnded
+
+
+# -- caller authentication ----------------------------------------------------------------------
+
+
+class RemoteKeyVerifier:
+    """`authenticate(secret)` for a data plane without the key store: asks the control plane."""
+
+    def __init__(self, target: str, ttl_s: float) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._projects = project_service_pb2_grpc.ProjectServiceStub(self._channel)
+        self._ttl_s = ttl_s
+        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+
+    async def authenticate(self, secret: str) -> Principal | None:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            listed = await self._projects.ListProjects(
+                project_service_pb2.ListProjectsRequest(page_size=1),
+                metadata=(("x-api-key", secret),),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                principal = None
+            else:
+                raise Unavailable(
+                    "cannot verify the API key: the control plane is unreachable",
+                    reason="CONTROL_PLANE_UNAVAILABLE",
+                ) from None
+        else:
+            project = listed.projects[0].name.removeprefix("projects/") if listed.projects else ""
+            principal = Principal(project, digest[:12]) if project else None
+        self._cache[digest] = (now + self._ttl_s, principal)
+        if len(self._cache) > 10_000:
+            self._cache.popitem(last=False)
+        return principal
+
+    async def close(self) -> None:
+        await self._channel.close(None)

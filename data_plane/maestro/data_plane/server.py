@@ -1,0 +1,164 @@
+"""`maestro data-plane`: the data plane as its own process, following a remote control plane.
+
+It serves InferenceService (gRPC, with health and reflection) and the OpenAI-compatible ingress,
+routes with snapshots it follows on WatchConfig, reports observations on ReportObservations and
+checks callers' API keys with the control plane. Health says NOT_SERVING until the first snapshot
+arrived, so a load balancer sends nothing before it can route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from maestro.clients import AsyncMaestroClient
+from maestro.control_plane.config import MaestroConfig
+from maestro.control_plane.route.decider import Decider
+from maestro.control_plane.route.registry import SnapshotRegistry
+from maestro.control_plane.route.tagging import ContentTagger
+from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
+from maestro.control_plane.rpc.interceptors import GuardInterceptor
+from maestro.control_plane.rpc.reflection import enable_reflection
+from maestro.control_plane.telemetry import Telemetry
+from maestro.data_plane.plane import DataPlane, build_data_plane
+from maestro.data_plane.remote import ObservationReporter, RemoteKeyVerifier, SnapshotFollower
+from maestro.v1 import inference_service_pb2
+
+log = structlog.get_logger(__name__)
+INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+@dataclass
+class DataPlaneServer:
+    config: MaestroConfig
+    server: grpc.aio.Server
+    health: HealthServicer
+    data: DataPlane
+    decider: Decider
+    follower: SnapshotFollower
+    reporter: ObservationReporter
+    client: AsyncMaestroClient
+    verifier: RemoteKeyVerifier
+    port: int
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.server.host}:{self.port}"
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        await self.health.shut_down()
+        await self.data.stop_http()
+        await self.server.stop(grace)
+        await self.data.close()  # flushes the last observations to the reporter
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.close()
+        await self.verifier.close()
+        log.info("server.stopped")
+
+
+async def _serving_once_synced(follower: SnapshotFollower, health: HealthServicer) -> None:
+    await follower.synced.wait()
+    await health.set(INFERENCE_SERVICE, SERVING)
+    await health.set("", SERVING)
+
+
+async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -> DataPlaneServer:
+    settings = config.data_plane
+    target, api_key = settings.control_plane_target, settings.control_plane_api_key
+    if not target or not api_key:
+        raise ValueError(
+            "a data plane needs data_plane.control_plane_target and control_plane_api_key"
+        )
+    node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    registry = SnapshotRegistry()
+    decider = Decider(
+        registry,
+        ContentTagger(),
+        tracer=telemetry.tracer_provider.get_tracer("maestro.route"),
+        meter=telemetry.meter_provider.get_meter("maestro.route"),
+    )
+    client = AsyncMaestroClient(target, api_key=api_key, tracer_provider=telemetry.tracer_provider)
+    verifier = RemoteKeyVerifier(target, config.auth.key_cache_ttl_s)
+    follower = SnapshotFollower(client, registry, node_id)
+    reporter = ObservationReporter(client, node_id)
+    data = await build_data_plane(
+        settings, decider, verifier.authenticate, None, telemetry, node_id, forward=reporter
+    )
+    message_limit = config.server.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
+            GuardInterceptor(
+                verifier.authenticate,
+                None,
+                telemetry.meter_provider.get_meter("maestro.data_plane"),
+            ),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+    )
+    data.register(server, decider)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    enable_reflection(
+        server, [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    )
+    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    if port == 0:
+        await data.close()
+        await client.close()
+        await verifier.close()
+        raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
+    await server.start()
+    await health.set(INFERENCE_SERVICE, NOT_SERVING)
+    await health.set("", NOT_SERVING)
+    running = DataPlaneServer(
+        config, server, health, data, decider, follower, reporter, client, verifier, port
+    )
+    running.tasks = [
+        asyncio.create_task(follower.run()),
+        asyncio.create_task(reporter.run()),
+        asyncio.create_task(_serving_once_synced(follower, health)),
+    ]
+    await data.start_http()
+    log.info(
+        "server.ready",
+        address=running.address,
+        role="data_plane",
+        control_plane=target,
+        node_id=node_id,
+        openai_base_url=(
+            f"http://{settings.http_host}:{data.http_port}/v1" if data.http_port else None
+        ),
+    )
+    return running
+
+
+async def serve_data_plane(config: MaestroConfig, telemetry: Telemetry) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    import signal
+
+    running = await start_data_plane_server(config, telemetry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
+    await running.stop()
