@@ -90,6 +90,9 @@ CLIENT = "client (bench)"
 SIM = "sim"
 MAESTRO = "maestro up"
 PROXY = "litellm proxy"
+OTHERS = "other processes"
+"""The machine's busy CPU time (/proc/stat) less this bench's processes: other work on the
+shared machine, the kernel's softirq work for loopback traffic included."""
 PROMPT = [{"role": "user", "content": "Write a long story about the sea."}]
 STOP_TIMEOUT_S = 10.0
 WHAT_IF = "Maestro HTTP ingress, what-if: gc.freeze() after start"
@@ -285,12 +288,23 @@ def find_child(needle: bytes) -> int | None:
     return None
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields)
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
     times = os.times()
     snapshot = {CLIENT: times.user + times.system}
     children = _children()
     for name, pid in pids.items():
         snapshot[name] = tree_cpu_s(pid, children)
+    snapshot[OTHERS] = machine_busy_s() - sum(snapshot.values())
     return snapshot
 
 
@@ -307,7 +321,9 @@ class CpuWindow:
         return value / self.wall_s if value is not None and self.wall_s > 0 else math.nan
 
     def busiest(self) -> str:
-        return max(self.cpu_s, key=lambda name: self.cpu_s[name]) if self.cpu_s else "?"
+        """The busiest of this bench's processes."""
+        ours = [name for name in self.cpu_s if name != OTHERS]
+        return max(ours, key=lambda name: self.cpu_s[name]) if ours else "?"
 
     def text(self) -> str:
         """Each process's cores busy; the busiest one in capitals (the likely bottleneck)."""
@@ -1063,7 +1079,9 @@ class Report:
             f"{m.get('loadavg_1m_at_end', math.nan):.2f} at end (a shared machine)",
             "Processes: the sim, maestro up, the LiteLLM proxy (section 2 only) and this client "
             "share the cores;",
-            "'cores busy' = CPU seconds / wall seconds of each process in the measured window.",
+            "'cores busy' = CPU seconds / wall seconds of each process in the measured window "
+            "(busiest in capitals);",
+            f"'{OTHERS}' = the machine's busy time less ours (other work, kernel softirqs).",
             "",
             "Goals",
             f"{'sec':<4} {'figure':<74} {'measured':>26} {'baseline':>22} {'ratio':>34} "
@@ -1148,6 +1166,10 @@ class Report:
             f"- load average (1 min): {m['loadavg_1m_at_start']:.2f} at start, "
             f"{m.get('loadavg_1m_at_end', math.nan):.2f} at end",
             f"- wall time: {self.wall_s:.0f} s",
+            "- cores busy: CPU seconds / wall seconds of each process over the measured window "
+            f"(1.00 = one core; {m['nproc']} in all); the busiest of the bench's processes in "
+            f"capitals; '{OTHERS}' is the machine's busy time less the bench's processes "
+            "(other work on this shared machine, kernel softirq time of loopback traffic).",
             "",
             "## Goals",
             "",
