@@ -447,6 +447,6 @@ async def test_calls_are_traced_and_counted(tmp_path: Path) -> None:
     assert {
         "maestro.inference.calls",
         "gen_ai.client.operation.duration",
-        "gen_ai.client.token.usage",
+        "maestro.inference.tokens",
         "maestro.inference.attempts",
     } <= names

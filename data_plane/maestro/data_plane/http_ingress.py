@@ -120,7 +120,10 @@ class ChatBody(BaseModel):
     tools: list[dict[str, Any]] | None = Field(None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     n: Literal[1] | None = None
-    maestro: MaestroOptions = MaestroOptions()
+    maestro: MaestroOptions | None = None
+
+
+_NO_OPTIONS = MaestroOptions()
 
 
 def _violations(error: ValidationError) -> list[FieldViolation]:
@@ -135,7 +138,7 @@ def _violations(error: ValidationError) -> list[FieldViolation]:
 
 def call_input(body: ChatBody, parent: str) -> CallInput:
     """The domain request from an OpenAI body."""
-    options = body.maestro
+    options = body.maestro or _NO_OPTIONS
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     if len(stop) > 4:
         raise InvalidArgument([FieldViolation("stop", "at most 4 sequences")])
@@ -348,20 +351,30 @@ class OpenAIIngress:
     async def _stream(
         self, request: web.Request, body: ChatBody, principal: Principal, call: CallInput
     ) -> web.StreamResponse:
+        """Relay the call as SSE. Writes are merged where the protocol allows (the headers, the
+        role chunk and the first delta; the last chunks and the end of the body): each write is
+        a send on the socket, and a short call is otherwise mostly sends."""
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         response: web.StreamResponse | None = None
         routed: Routed | None = None
         head = b""
-        held: list[bytes] = []  # fallback chunks before the first output, sent with it
+        held: list[bytes] = []  # chunks before the first output, sent with it
+        tail = b""
         events = self._service.stream(principal, call)
         try:
             async with contextlib.aclosing(events) as stream:
                 async for event in stream:
-                    if isinstance(event, Routed):
+                    if isinstance(event, Delta):
+                        chunk = _delta_chunk(head, event)
+                    elif isinstance(event, Routed):
                         routed = event
                         head = _chunk_head(event)
+                        held.append(
+                            head + b'{"index":0,"delta":{"role":"assistant","content":""},'
+                            b'"finish_reason":null}]}\n\n'
+                        )
                         continue
-                    if isinstance(event, Fallback):
+                    elif isinstance(event, Fallback):
                         chunk = (
                             head
                             + b'],"maestro":{"fallback":'
@@ -370,31 +383,30 @@ class OpenAIIngress:
                         )
                         if response is None:
                             held.append(chunk)
-                        else:
-                            await response.write(chunk)
-                        continue
+                            continue
+                    else:
+                        assert routed is not None
+                        tail = _done_chunks(head, routed, event, include_usage)
+                        break
                     if response is None:
                         assert routed is not None
                         response = web.StreamResponse(
                             headers={**_SSE_HEADERS, **self._route_headers(routed)}
                         )
                         await response.prepare(request)
-                        await response.write(
-                            head + b'{"index":0,"delta":{"role":"assistant","content":""},'
-                            b'"finish_reason":null}]}\n\n' + b"".join(held)
-                        )
-                    if isinstance(event, Delta):
-                        await response.write(_delta_chunk(head, event))
-                    elif isinstance(event, Done):
-                        assert routed is not None
-                        await response.write(_done_chunks(head, routed, event, include_usage))
+                        held.append(chunk)
+                        chunk = b"".join(held)
+                    await response.write(chunk)
         except MaestroError as error:
             if response is None:
                 raise
-            await response.write(_error_event(error.message, error.reason) + _DONE)
-        if response is None:  # pragma: no cover - the relay always ends with Done or raises
-            raise web.HTTPInternalServerError()
-        await response.write_eof()
+            tail = _error_event(error.message, error.reason) + _DONE
+        if response is None:
+            assert routed is not None
+            response = web.StreamResponse(headers={**_SSE_HEADERS, **self._route_headers(routed)})
+            await response.prepare(request)
+            tail = b"".join(held) + tail
+        await response.write_eof(tail)
         return response
 
 

@@ -19,6 +19,7 @@ import structlog
 from opentelemetry import metrics
 
 from maestro.control_plane.route.signals import Breaker, Observation, error_key
+from maestro.control_plane.tallies import Tally
 from maestro.data_plane.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
 from maestro.data_plane.providers.types import FailureKind
 
@@ -50,9 +51,10 @@ class Observer:
         self._on_breaker = on_breaker
         self._breakers: dict[str, CircuitBreaker] = {}
         self._current: dict[tuple[str, str], Observation] = {}
-        self._attempts = meter.create_counter(
+        self._attempts = Tally(
+            meter,
             "maestro.inference.attempts",
-            description="Attempts on deployments, by deployment and outcome.",
+            "Attempts on deployments, by deployment and outcome.",
         )
         self._transitions = meter.create_counter(
             "maestro.inference.breaker_transitions",
@@ -96,10 +98,10 @@ class Observer:
             self.breaker(deployment_id).record(failure is None)
         self._attempts.add(
             1,
-            {
-                "maestro.deployment_id": deployment_id,
-                "outcome": "ok" if failure is None else failure.value,
-            },
+            (
+                ("maestro.deployment_id", deployment_id),
+                ("outcome", "ok" if failure is None else failure.value),
+            ),
         )
         key = (parent, deployment_id)
         observation = self._current.get(key)

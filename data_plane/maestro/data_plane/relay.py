@@ -313,7 +313,9 @@ class Relay:
                         yield state.delta(pending[:chunk_tokens])
                         produced += chunk_tokens
                         del pending[:chunk_tokens]
-                    if pending and now - pending_since >= chunk_delay:
+                    # The call's first output goes out at once: coalescing trades inter-token
+                    # delay for throughput, never time to first token.
+                    if pending and (not state.delivered or now - pending_since >= chunk_delay):
                         yield state.delta(pending)
                         produced += len(pending)
                         pending = []

@@ -21,6 +21,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from maestro.clients import AsyncMaestroClient
 from maestro.control_plane.config import MaestroConfig
+from maestro.control_plane.heap import settle_heap
 from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.registry import SnapshotRegistry
 from maestro.control_plane.route.tagging import ContentTagger
@@ -155,6 +156,7 @@ async def serve_data_plane(config: MaestroConfig, telemetry: Telemetry) -> None:
     import signal
 
     running = await start_data_plane_server(config, telemetry)
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 
 from maestro.control_plane.auth import Principal
 from maestro.control_plane.config import DataPlaneConfig
@@ -28,10 +30,26 @@ from maestro.control_plane.errors import (
     ResourceExhausted,
 )
 from maestro.control_plane.route.decider import ChooseInput, Decider
+from maestro.control_plane.tallies import Tally
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed
 from maestro.data_plane.relay import CallOptions, CallPlan, GenerationParams, Relay
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+_INPUT = ("gen_ai.token.type", "input")
+_OUTPUT = ("gen_ai.token.type", "output")
+
+
+@functools.lru_cache(maxsize=4096)
+def _labels(requested: str, response_model: str, provider: str) -> dict[str, str]:
+    """Metric attributes, built once per combination rather than once per call."""
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": requested,
+        "gen_ai.response.model": response_model,
+        "gen_ai.provider.name": provider,
+    }
+
+
 PostFirstTokenPolicy = Literal["fail", "continue_on_fallback"]
 
 
@@ -53,6 +71,36 @@ class CallInput:
     idempotency_key: str = ""
     deadline_s: float | None = None
     """Time left before the caller's deadline; caps the first-token wait."""
+
+
+class _CallTrace:
+    """A call's `chat` span, started late with the call's real start time (not
+    start_as_current_span: a generator's steps may run in different contexts, and a context
+    attached in one step cannot be detached in another), and the routing decision's deferred
+    telemetry, parented to it."""
+
+    __slots__ = ("_requested", "_span", "_started_ns", "_tracer", "deferred")
+
+    def __init__(self, tracer: trace.Tracer, requested: str, started_ns: int) -> None:
+        self._tracer = tracer
+        self._requested = requested
+        self._started_ns = started_ns
+        self._span: trace.Span | None = None
+        self.deferred: list[Callable[[Context | None], None]] = []
+
+    def start(self) -> trace.Span:
+        if self._span is None:
+            self._span = self._tracer.start_span(
+                f"chat {self._requested}", kind=trace.SpanKind.CLIENT, start_time=self._started_ns
+            )
+            parent = trace.set_span_in_context(self._span)
+            for telemetry in self.deferred:
+                telemetry(parent)
+            self.deferred.clear()
+        return self._span
+
+    def end(self) -> None:
+        self.start().end()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +133,13 @@ class InferenceService:
         self._tracer = tracer
         self._inflight = 0
         self._replays: OrderedDict[tuple[str, str], tuple[float, Replay | _Running]] = OrderedDict()
-        self._calls = meter.create_counter(
+        self._calls = Tally(
+            meter,
             "maestro.inference.calls",
-            description="Chat completions by requested model group and outcome.",
+            "Chat completions by requested model group, deployment's group and outcome.",
         )
-        self._fallbacks = meter.create_counter(
-            "maestro.inference.fallbacks", description="Moves to another deployment, by reason."
+        self._fallbacks = Tally(
+            meter, "maestro.inference.fallbacks", "Moves to another deployment, by reason."
         )
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
@@ -102,11 +151,14 @@ class InferenceService:
             unit="s",
             description="Time from request to the first token sent to the caller.",
         )
-        self._tokens = meter.create_histogram(
-            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per call."
+        self._tokens = Tally(
+            meter,
+            "maestro.inference.tokens",
+            "Tokens used, by requested model group, deployment's group and type.",
+            unit="{token}",
         )
-        self._refused = meter.create_counter(
-            "maestro.inference.refused", description="Calls refused because the process is full."
+        self._refused = Tally(
+            meter, "maestro.inference.refused", "Calls refused because the process was full."
         )
 
     @property
@@ -116,7 +168,7 @@ class InferenceService:
     async def stream(self, principal: Principal, call: CallInput) -> AsyncGenerator[Event, None]:
         """The call's events; raises MaestroError before the first event when it cannot run."""
         if self._inflight >= self._config.max_inflight_calls:
-            self._refused.add(1)
+            self._refused.add(1, ())
             raise ResourceExhausted(
                 f"the data plane is at its limit of {self._config.max_inflight_calls} calls in "
                 "progress; retry with backoff",
@@ -148,12 +200,9 @@ class InferenceService:
         loop = asyncio.get_running_loop()
         received = loop.time()
         requested = call.choose.route.model or "*"
-        # Not start_as_current_span: a generator's steps may run in different contexts (gRPC
-        # and aiohttp close abandoned streams from elsewhere), and a context attached in one
-        # step cannot be detached in another. Nothing below starts child spans.
-        span = self._tracer.start_span(f"chat {requested}", kind=trace.SpanKind.CLIENT)
+        trace_ = _CallTrace(self._tracer, requested, time.time_ns())
         try:
-            choice = self._routes.choose(principal, call.choose)
+            choice = self._routes.choose(principal, call.choose, deferred=trace_.deferred)
             plan = CallPlan(
                 parent=call.choose.parent,
                 choice=choice,
@@ -163,6 +212,9 @@ class InferenceService:
                 received_at=received,
                 routed_at=loop.time(),
             )
+            # The spans are made on the loop's next turn: by then the provider request is on
+            # the wire, so the time to first token does not include them.
+            loop.call_soon(trace_.start)
             if key is not None:
                 self._replays[key] = (time.monotonic(), _Running())
             texts: list[str] = []
@@ -175,24 +227,25 @@ class InferenceService:
                         if key is not None and event.text:
                             texts.append(event.text)
                     elif isinstance(event, Fallback):
-                        self._fallbacks.add(1, {"reason": event.reason.value})
+                        self._fallbacks.add(1, (("reason", event.reason.value),))
                     elif isinstance(event, Routed):
                         routed = event
                     elif isinstance(event, Done):
-                        self._finished(span, requested, event)
+                        self._finished(trace_.start(), requested, event)
                         if key is not None and routed is not None:
                             self._remember(key, Replay(routed, "".join(texts), tokens, event))
                     yield event
         except MaestroError as error:
+            span = trace_.start()
             span.set_status(trace.StatusCode.ERROR, error.reason)
             span.set_attribute("error.type", error.reason)
-            self._calls.add(1, {"gen_ai.request.model": requested, "outcome": error.reason})
+            self._calls.add(1, (("gen_ai.request.model", requested), ("outcome", error.reason)))
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            span.set_attribute("error.type", "cancelled")
+            trace_.start().set_attribute("error.type", "cancelled")
             raise
         finally:
-            span.end()
+            trace_.end()
 
     def _options(self, call: CallInput, received: float) -> CallOptions:
         config = self._config
@@ -219,26 +272,29 @@ class InferenceService:
 
     def _finished(self, span: trace.Span, requested: str, done: Done) -> None:
         deployment = done.deployment
-        labels = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": requested,
-            "gen_ai.response.model": deployment.model_name if deployment else "",
-            "gen_ai.provider.name": deployment.provider if deployment else "",
-        }
-        outcome = {**labels, "outcome": done.finish_reason.value}
-        self._calls.add(1, outcome)
+        response_model = deployment.model_name if deployment else ""
+        provider = deployment.provider if deployment else ""
+        labels = _labels(requested, response_model, provider)
+        self._calls.add(
+            1,
+            (
+                ("gen_ai.request.model", requested),
+                ("gen_ai.response.model", response_model),
+                ("outcome", done.finish_reason.value),
+            ),
+        )
         self._duration.record(done.timings.total_s, labels)
         if done.timings.time_to_first_token_s is not None:
             self._ttft.record(done.timings.time_to_first_token_s, labels)
-        self._tokens.record(done.prompt_tokens, {**labels, "gen_ai.token.type": "input"})
-        self._tokens.record(done.completion_tokens, {**labels, "gen_ai.token.type": "output"})
+        self._tokens.add(done.prompt_tokens, (("gen_ai.request.model", requested), _INPUT))
+        self._tokens.add(done.completion_tokens, (("gen_ai.request.model", requested), _OUTPUT))
         if span.is_recording():
             span.set_attributes(
                 {
                     **labels,
                     "gen_ai.usage.input_tokens": done.prompt_tokens,
                     "gen_ai.usage.output_tokens": done.completion_tokens,
-                    "gen_ai.response.finish_reasons": [done.finish_reason.value],
+                    "gen_ai.response.finish_reasons": (done.finish_reason.value,),
                     "maestro.inference.fallback_count": len(done.fallbacks),
                     "maestro.inference.cost_usd": done.cost_usd,
                     "maestro.deployment_id": deployment.deployment_id if deployment else "",

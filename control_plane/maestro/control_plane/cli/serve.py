@@ -9,6 +9,7 @@ import structlog
 import uvloop
 
 from maestro.control_plane.config import MaestroConfig
+from maestro.control_plane.heap import settle_heap
 from maestro.control_plane.logs import configure_logging
 from maestro.control_plane.server import start_control_plane
 from maestro.control_plane.telemetry import build_telemetry
@@ -20,6 +21,7 @@ async def _serve(config: MaestroConfig) -> None:
     telemetry = build_telemetry(config.telemetry)
     telemetry.install_global()
     plane = await start_control_plane(config, telemetry)
+    settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -12,12 +12,13 @@ import functools
 import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 
 from maestro.control_plane import names
 from maestro.control_plane.auth import Principal, require_project
@@ -39,6 +40,7 @@ from maestro.control_plane.route.layers import GLOBAL_PROJECT
 from maestro.control_plane.route.registry import Published, SnapshotRegistry
 from maestro.control_plane.route.signals import Breaker, Observation, SignalsView, SignalWindow
 from maestro.control_plane.route.tagging import ContentTagger, merge_tags
+from maestro.control_plane.tallies import Labels, Tally
 
 CHARS_PER_TOKEN = 4  # a rough prompt-size estimate when the caller gives none
 
@@ -79,34 +81,60 @@ class Decider:
         self._registry = registry
         self._tagger = tagger
         self._tracer = tracer
-        self._decisions = meter.create_counter(
-            "maestro.route.decisions", description="Routing decisions by chosen model group."
+        # Tallies, not synchronous OpenTelemetry counters: a decision costs microseconds, and
+        # OpenTelemetry's add() hashes its attributes on every call (tallies.py).
+        self._decisions = Tally(
+            meter, "maestro.route.decisions", "Routing decisions by chosen model group."
         )
-        self._policy_exclusions = meter.create_counter(
+        self._policy_exclusions = Tally(
+            meter,
             "maestro.route.policy_exclusions",
-            description="Candidate deployments excluded by policy, by model group requested.",
+            "Candidate deployments excluded by policy, by model group requested.",
         )
-        self._fallback_routes = meter.create_counter(
+        self._fallback_routes = Tally(
+            meter,
             "maestro.route.fallback_routes",
-            description="Decisions that routed to a fallback group of the requested model.",
+            "Decisions that routed to a fallback group of the requested model.",
         )
         self._signals = SignalWindow()
 
     # -- decisions --------------------------------------------------------------------------
 
     def choose(
-        self, principal: Principal, request: ChooseInput, *, dry_run: bool = False
+        self,
+        principal: Principal,
+        request: ChooseInput,
+        *,
+        dry_run: bool = False,
+        deferred: list[Callable[[Context | None], None]] | None = None,
     ) -> Choice:
-        """Decide. Synchronous on purpose: it never waits, so it never yields the loop."""
+        """Decide. Synchronous on purpose: it never waits, so it never yields the loop.
+
+        The decision's span and counters are made after the decision, with its real start and
+        end times. With `deferred`, they are appended there instead, for the caller to run
+        (with the parent context it chooses) once its own latency-critical work is done: the
+        data plane sends the provider request first.
+        """
+        started_ns = time.time_ns()
         started = time.perf_counter_ns()
         project_id = names.parse_project_name(request.parent, "parent")
         require_project(principal, project_id)
         published = self._published(request.parent)
-        with self._tracer.start_as_current_span("maestro.route.choose") as span:
-            route, supplied, detected = self._prepare(request)
-            decision = self._decide(published.snapshot, route)
-            latency = time.perf_counter_ns() - started
+        route, supplied, detected = self._prepare(request)
+        decision = self._decide(published.snapshot, route)
+        latency = time.perf_counter_ns() - started
+
+        def telemetry(parent: Context | None) -> None:
+            span = self._tracer.start_span(
+                "maestro.route.choose", context=parent, start_time=started_ns
+            )
             self._record(span, principal, published, decision, request, latency)
+            span.end(end_time=started_ns + latency)
+
+        if deferred is None:
+            telemetry(None)
+        else:
+            deferred.append(telemetry)
         if decision.winner < 0 and not dry_run:
             raise FailedPrecondition(
                 "no deployment is eligible for this step; ExplainRoute lists why each was excluded",
@@ -209,16 +237,16 @@ class Decider:
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - the service lives as long as the process
     def _labels(
         self, requested: str, chosen: str = "", provider: str = "", outcome: str = ""
-    ) -> dict[str, str]:
+    ) -> Labels:
         """Metric attributes, built once per combination rather than once per decision."""
-        labels = {"gen_ai.request.model": requested}
+        labels = [("gen_ai.request.model", requested)]
         if chosen:
-            labels["gen_ai.response.model"] = chosen
+            labels.append(("gen_ai.response.model", chosen))
         if provider:
-            labels["gen_ai.provider.name"] = provider
+            labels.append(("gen_ai.provider.name", provider))
         if outcome:
-            labels["outcome"] = outcome
-        return labels
+            labels.append(("outcome", outcome))
+        return tuple(labels)
 
     # -- live signals ----------------------------------------------------------------------
 

@@ -8,10 +8,12 @@ providers that need translation; see `litellm_adapter.py`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from maestro.data_plane.providers.types import (
     Batch,
@@ -186,7 +188,7 @@ class OpenAICompatProvider:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s),
-                json_serialize=lambda value: orjson.dumps(value).decode(),
+                cookie_jar=aiohttp.DummyCookieJar(),
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -194,10 +196,9 @@ class OpenAICompatProvider:
     async def open(self, request: ProviderRequest) -> OpenAICompatStream:
         if not request.api_base:
             raise ProviderError("the deployment has no api_base")
-        headers = {"Content-Type": "application/json", **request.extra_headers}
-        if request.api_key:
-            headers["Authorization"] = f"Bearer {request.api_key}"
-        url = request.api_base.rstrip("/") + "/chat/completions"
+        url, headers = self._endpoint(request.api_base, request.api_key)
+        if request.extra_headers:
+            headers = {**headers, **request.extra_headers}
         try:
             response = await self._client().post(
                 url, data=orjson.dumps(request_body(request)), headers=headers
@@ -217,6 +218,14 @@ class OpenAICompatProvider:
                 _retry_after(response.headers),
             )
         return OpenAICompatStream(response)
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one provider per process
+    def _endpoint(self, api_base: str, api_key: str | None) -> tuple[yarl.URL, dict[str, str]]:
+        """The parsed URL and headers of a deployment, once, not per call."""
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return yarl.URL(api_base.rstrip("/") + "/chat/completions"), headers
 
     async def aclose(self) -> None:
         if self._session is not None:
