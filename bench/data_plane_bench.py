@@ -1,6 +1,6 @@
 """Data-plane benchmarks, one run, every Maestro figure against a baseline of the same run.
 
-    .venv/bin/python bench/data_plane_bench.py           # about 4-5 minutes on 2 cores
+    .venv/bin/python bench/data_plane_bench.py           # about 3.5 minutes on 2 cores
     .venv/bin/python bench/data_plane_bench.py --quick   # a smoke run (results to a temp dir)
 
 Processes: one simulated provider (`maestro sim-provider`, its own process) serving three
@@ -13,12 +13,15 @@ coalescing 16 tokens / 20 ms); for (2) only, the LiteLLM proxy with one worker
 (1) Relay tokens/s per process. Both relays run in this process against the sim, the same
     concurrency (8, 32), 2,000-token completions, a bounded window each:
     (a) Maestro: the real data plane in process (`start_control_plane`, the same assembly as
-        `maestro up`, without its ingresses), called as the ingresses call it:
+        `maestro up`, without its ingresses; then `settle_heap()`, gc.collect + gc.freeze, as
+        `maestro up` runs it once start-up is done), called as the ingresses call it:
         `InferenceService.stream` on the body the HTTP ingress would build (`call_input`):
         admission, routing, the relay with its coalescing, the native OpenAI-compatible
         client, telemetry. Counted: Delta.token_count.
     (b) LiteLLM: `litellm.acompletion(model="openai/sim-1", api_base=sim, stream=True)`,
         iterating chunks; one content chunk is one token (the sim sends one per chunk).
+    Both relays run in this one frozen process (litellm is imported before the freeze; the
+    freeze stays for the rest of the run, so the later sections' client is frozen too).
     Figures: delivered tokens/s, and tokens per CPU-second of this process (the relaying
     process; the sim is measured apart), which is the capacity of one relay process per core
     when the shared sim, not the relay, limits the wall-clock rate. Also listed: the same per
@@ -34,10 +37,6 @@ coalescing 16 tokens / 20 ms); for (2) only, the LiteLLM proxy with one worker
     adds, on a paced stream (`sim-paced`, 200 tokens/s): TTFT and inter-token gaps through
     Maestro against the sim directly. Per-request settings ride in the body's `maestro`
     object; `_load` has no option for extra body fields, so `_extra_body` patches its client.
-    A what-if row (not product behaviour; `--no-what-if` skips it): a second `maestro up`
-    whose objects alive after start-up are moved out of the garbage collector's reach
-    (`gc.freeze()`, sent by signal through a wrapper), to size the collector's share of the
-    relay's cost.
 
 CPU time of every process (/proc/<pid>/stat) is read at each window's edges: utilisation near
 1.0 (one core) marks a single-threaded bottleneck; the machine has `nproc` cores in all.
@@ -95,16 +94,6 @@ OTHERS = "other processes"
 shared machine, the kernel's softirq work for loopback traffic included."""
 PROMPT = [{"role": "user", "content": "Write a long story about the sea."}]
 STOP_TIMEOUT_S = 10.0
-WHAT_IF = "Maestro HTTP ingress, what-if: gc.freeze() after start"
-# `maestro up` with one change that is not in the product: SIGUSR2 runs gc.freeze(), moving every
-# object alive after start-up (LiteLLM's catalogs among them) out of the collector's reach.
-GC_FREEZE_WRAPPER = """
-import gc, signal, sys
-sys.argv = ["maestro", *sys.argv[1:]]
-signal.signal(signal.SIGUSR2, lambda signum, frame: gc.freeze())
-from maestro.control_plane.cli import main
-main()
-"""
 START_TIMEOUT_S = 90.0
 
 GOAL_RELAY_RATIO = 20.0
@@ -391,13 +380,11 @@ def maestro_config(directory: Path, router: Path, *, http: bool) -> Path:
     return path
 
 
-async def start_maestro(directory: Path, router: Path, *, gc_freeze: bool = False) -> MaestroUp:
-    """`maestro up`; `gc_freeze`: under GC_FREEZE_WRAPPER, frozen once it is ready."""
+async def start_maestro(directory: Path, router: Path) -> MaestroUp:
+    """`maestro up`; it runs `settle_heap()` itself just after logging server.ready, long
+    before the first measured window."""
     config = maestro_config(directory, router, http=True)
-    command = [str(BIN / "maestro"), "up", "--config", str(config)]
-    if gc_freeze:
-        command = [sys.executable, "-c", GC_FREEZE_WRAPPER, *command[1:]]
-    proc = spawn(MAESTRO, command, directory)
+    proc = spawn(MAESTRO, [str(BIN / "maestro"), "up", "--config", str(config)], directory)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if not proc.alive():
@@ -408,9 +395,6 @@ async def start_maestro(directory: Path, router: Path, *, gc_freeze: bool = Fals
                     continue
                 ready = json.loads(line)
                 key = (directory / "demo-api-key").read_text().strip()
-                if gc_freeze:
-                    os.kill(proc.pid, signal.SIGUSR2)
-                    await asyncio.sleep(0.5)
                 return MaestroUp(proc, ready["address"], ready["openai_base_url"], key)
         await asyncio.sleep(0.2)
     proc.stop()
@@ -461,9 +445,11 @@ async def maestro_in_process(
     directory: Path, router: Path, max_tokens: int
 ) -> AsyncIterator[StreamOnce]:
     """The data plane as `maestro up` assembles it, in this process, with no ingress; yields a
-    function that runs one call the way the HTTP ingress runs it and counts its tokens."""
+    function that runs one call the way the HTTP ingress runs it and counts its tokens. The
+    heap is settled (gc.collect + gc.freeze) once the plane is up, as `maestro up` does."""
     from maestro.control_plane.auth import Principal
     from maestro.control_plane.config import load_config
+    from maestro.control_plane.heap import settle_heap
     from maestro.control_plane.logs import configure_logging
     from maestro.control_plane.projects.service import ProjectService
     from maestro.control_plane.projects.store import ProjectStore
@@ -498,6 +484,7 @@ async def maestro_in_process(
             }
         )
         call = call_input(body, "projects/demo")
+        settle_heap()  # as `maestro up` once start-up is done; litellm is already imported
 
         async def once(tally: _Tally) -> None:
             clock = time.perf_counter_ns
@@ -759,7 +746,6 @@ async def bench_throughput(
     sim_base: str,
     maestro: MaestroUp,
     pids: Mapping[str, int],
-    what_if: MaestroUp | None,
 ) -> list[LoadRow]:
     common: dict[str, Any] = {
         "model": "sim-1",
@@ -799,16 +785,6 @@ async def bench_throughput(
             warmup_s=plan.throughput_warmup_s,
         )
     )
-    if what_if is not None:
-        rows.append(
-            await measure(
-                "4a",
-                WHAT_IF,
-                openai_load(what_if.openai_base_url, what_if.api_key, **common),
-                {SIM: pids[SIM], MAESTRO: what_if.proc.pid},
-                warmup_s=plan.throughput_warmup_s,
-            )
-        )
     return rows
 
 
@@ -1039,14 +1015,6 @@ class Report:
                 Goal("4", "same, tokens per CPU-second of the maestro up process",
                      f"{per_cpu:,.0f}", "", "", "(reported)", None)
             )  # fmt: skip
-            what_if = self._find(self.throughput, WHAT_IF)
-            if what_if is not None:
-                a, b = what_if.report.tokens_per_s, coalesced.report.tokens_per_s
-                goals.append(
-                    Goal("4", "what-if (not the product): same with gc.freeze() after start, "
-                         "tokens/s", f"{a:,.0f}", f"{b:,.0f}", f"{_ratio(a, b):.2f}x",
-                         "(reported)", None)
-                )  # fmt: skip
         paced_base = self._find(self.paced, "sim directly")
         for row in self.paced:
             if paced_base is None or row is paced_base:
@@ -1096,8 +1064,9 @@ class Report:
             p = self.plan
             lines += [
                 "",
-                f"(1) Relay in this process, {p.relay_tokens}-token unpaced completions from the "
-                f"sim, {p.relay_window_s:g} s window after {p.relay_warmup_s:g} s warm-up",
+                f"(1) Relay in this process (heap settled as in maestro up), "
+                f"{p.relay_tokens}-token unpaced completions from the sim, "
+                f"{p.relay_window_s:g} s window after {p.relay_warmup_s:g} s warm-up",
                 f"{'relay':<36} {'streams':>7} {'tokens/s':>10} {'tok/CPU-s':>10} "
                 f"{'completed':>9} {'errors':>6}  cores busy",
             ]
@@ -1192,8 +1161,10 @@ class Report:
                 f"{p.relay_window_s:g} s window after a {p.relay_warmup_s:g} s warm-up. Maestro: "
                 "the data plane assembled as `maestro up` does, called through "
                 "`InferenceService.stream` (routing, relay, coalescing, native client, telemetry);"
-                " LiteLLM: `litellm.acompletion(stream=True)`. tok/CPU-s: tokens per CPU-second "
-                "of this (the relaying) process.",
+                " LiteLLM: `litellm.acompletion(stream=True)`. As in `maestro up`, `settle_heap()` "
+                "(gc.collect + gc.freeze) runs once the plane is started and configured, before "
+                "any measurement, with litellm already imported: both relays run in this same "
+                "frozen process. tok/CPU-s: tokens per CPU-second of this (the relaying) process.",
                 "",
                 "| relay | streams | tokens/s | tokens per CPU-s | streams completed | errors "
                 "| cores busy |",
@@ -1231,13 +1202,13 @@ class Report:
              f"{self.plan.throughput_tokens}, unpaced sim, {self.plan.throughput_window_s:g} s "
              "window. Coalescing per request in the body's `maestro` object "
              "(`max_chunk_tokens`, `max_chunk_delay_ms`); the default row uses the config "
-             "defaults. The what-if row is a second `maestro up` with `gc.freeze()` run once "
-             "it is ready (a wrapper, not product code).", self.throughput),
+             "defaults.", self.throughput),
             ("## (4b) Delay added by coalescing on a paced stream",
              f"Model `sim-paced` ({PACED_TOKENS_PER_S} tokens/s, one token per "
              f"{1000 / PACED_TOKENS_PER_S:g} ms), {self.plan.paced_concurrency} streams, "
              f"max_tokens {self.plan.paced_tokens}, {self.plan.paced_window_s:g} s window. ITL "
-             "is the gap between consecutive content chunks as the client sees them.",
+             "is the gap between consecutive content chunks as the client sees them. The relay "
+             "sends a call's first output at once; coalescing applies to what follows.",
              self.paced),
         )  # fmt: skip
         for title, text, rows in sections:
@@ -1293,7 +1264,7 @@ class Report:
 # -- main -------------------------------------------------------------------------------------
 
 
-async def run(plan: Plan, directory: Path, sections: set[str], gc_freeze_what_if: bool) -> Report:
+async def run(plan: Plan, directory: Path, sections: set[str]) -> Report:
     report = Report(machine(), plan)
     started = time.perf_counter()
     procs: list[Proc] = []
@@ -1325,14 +1296,7 @@ async def run(plan: Plan, directory: Path, sections: set[str], gc_freeze_what_if
         if "3" in sections:
             report.ttft = await bench_ttft(plan, sim_base, maestro, pids)
         if "4" in sections:
-            what_if = None
-            if gc_freeze_what_if:
-                progress("(4) starting a second maestro up for the gc.freeze() what-if")
-                what_if = await start_maestro(directory / "what-if", router, gc_freeze=True)
-                procs.append(what_if.proc)
-            report.throughput = await bench_throughput(plan, sim_base, maestro, pids, what_if)
-            if what_if is not None:
-                what_if.proc.stop()
+            report.throughput = await bench_throughput(plan, sim_base, maestro, pids)
             report.paced = await bench_paced(plan, sim_base, maestro, pids)
         if "2" in sections:
             report.ingress = await bench_ingress(plan, sim_base, maestro, pids)
@@ -1360,11 +1324,6 @@ def main(argv: list[str] | None = None) -> int:
         "--sections", default="1234", help="which sections to run, e.g. 14 (default: all)"
     )
     parser.add_argument(
-        "--no-what-if",
-        action="store_true",
-        help="skip (4a)'s what-if row: a second maestro up with gc.freeze() after start",
-    )
-    parser.add_argument(
         "--notes",
         type=Path,
         default=None,
@@ -1377,7 +1336,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="maestro-data-plane-bench-") as directory:
-        report = uvloop.run(run(plan, Path(directory), set(args.sections), not args.no_what_if))
+        report = uvloop.run(run(plan, Path(directory), set(args.sections)))
     table = report.table()
     print(table)
     command = "bench/data_plane_bench.py" + (" --quick" if args.quick else "")

@@ -199,6 +199,50 @@ def test_openai_client_streams_a_chat_completion_through_maestro_up(
     assert usage.completion_tokens == 12
 
 
+def test_maestro_data_plane_follows_maestro_up_and_streams(maestro_up: UpProcess) -> None:
+    env = {**os.environ, "MAESTRO_API_KEY": maestro_up.api_key}
+    command = [
+        str(BIN / "maestro"),
+        "data-plane",
+        "--control-plane",
+        maestro_up.address,
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--simulated-provider",
+    ]
+    with subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    ) as data_plane:
+        try:
+            ready = _wait_ready(data_plane)
+            assert data_plane.stderr is not None
+            threading.Thread(target=data_plane.stderr.read, daemon=True).start()
+            for _ in range(100):  # bounded: ready once the first snapshot arrived
+                checked = _grpcurl(
+                    "-d", '{"service": "maestro.v1.InferenceService"}', ready["address"],
+                    "grpc.health.v1.Health/Check",
+                )  # fmt: skip
+                if "SERVING" in checked.stdout and "NOT_SERVING" not in checked.stdout:
+                    break
+                time.sleep(0.1)
+            client = openai.OpenAI(
+                base_url=ready["openai_base_url"], api_key=maestro_up.api_key, max_retries=0
+            )
+            with client:
+                answer = client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=6
+                )
+        finally:
+            data_plane.send_signal(signal.SIGTERM)
+            exit_code = data_plane.wait(timeout=60)
+    assert json.loads(checked.stdout) == {"status": "SERVING"}
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == 6
+    assert exit_code == 0
+
+
 def test_grpcurl_streams_a_chat_completion_through_maestro_up(maestro_up: UpProcess) -> None:
     request = {
         "parent": "projects/demo",

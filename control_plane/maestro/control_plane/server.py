@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from maestro.control_plane.config import MaestroConfig
 from maestro.control_plane.projects.service import ProjectService
@@ -26,8 +25,8 @@ from maestro.control_plane.route.servicer import RouteServicer
 from maestro.control_plane.route.store import RouteConfigStore
 from maestro.control_plane.route.tagging import ContentTagger
 from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
-from maestro.control_plane.rpc.interceptors import GuardInterceptor
 from maestro.control_plane.rpc.reflection import enable_reflection
+from maestro.control_plane.rpc.server import build_grpc_server
 from maestro.control_plane.rpc.unimplemented import unimplemented_handler
 from maestro.control_plane.store.sqlite import Database
 from maestro.control_plane.telemetry import Telemetry
@@ -105,22 +104,8 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     database = Database(config.store.sqlite_path)
     projects = ProjectService(ProjectStore(database), key_cache_ttl_s=config.auth.key_cache_ttl_s)
     insecure_project = config.auth.insecure_project if config.auth.mode == "insecure" else None
-    message_limit = config.server.max_message_bytes
-    server = grpc.aio.server(
-        interceptors=[
-            aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
-            GuardInterceptor(
-                projects.authenticate,
-                insecure_project,
-                telemetry.meter_provider.get_meter("maestro.control_plane"),
-            ),
-        ],
-        options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+    server = build_grpc_server(
+        config.server, telemetry, projects.authenticate, insecure_project, "maestro.control_plane"
     )
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(projects), server)
     stopping = asyncio.Event()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import orjson
@@ -35,6 +34,7 @@ from maestro.control_plane.errors import (
 from maestro.control_plane.route.config import OBJECTIVES
 from maestro.control_plane.route.decider import ChooseInput, Decider
 from maestro.control_plane.route.engine import RouteRequest
+from maestro.control_plane.rpc.interceptors import Authenticate
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
 from maestro.data_plane.models import model_groups
 from maestro.data_plane.relay import GenerationParams
@@ -42,7 +42,6 @@ from maestro.data_plane.service import CallInput, InferenceService, collect
 
 log = structlog.get_logger(__name__)
 
-Authenticate = Callable[[str], Awaitable[Principal | None]]
 _HTTP_STATUS: dict[int, int] = {
     code_pb2.INVALID_ARGUMENT: 400,
     code_pb2.FAILED_PRECONDITION: 400,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.route.config import DeploymentSpec
 from maestro.control_plane.route.layers import GLOBAL_PROJECT
 from maestro.control_plane.route.registry import Published
+from maestro.control_plane.rpc.filters import BOOL, STRING, Kind, parse_filter
 
-_COMPARISON = re.compile(r'^\s*(provider|in_house|jurisdiction)\s*=\s*("([^"]*)"|true|false)\s*$')
 DeploymentFilter = Callable[[DeploymentSpec], bool]
 
 
@@ -25,6 +23,14 @@ class ModelGroupView:
     deployments: tuple[DeploymentSpec, ...]
 
 
+_FIELDS: dict[str, Kind] = {"provider": STRING, "in_house": BOOL, "jurisdiction": STRING}
+
+
+def parse_model_filter(text: str) -> list[DeploymentFilter]:
+    """`provider = "vllm" AND in_house = true AND jurisdiction = "EU"`, any subset."""
+    return [_attribute_is(field, value) for field, value in parse_filter(text, _FIELDS)]
+
+
 def _attribute_is(name: str, wanted: object) -> DeploymentFilter:
     def check(deployment: DeploymentSpec) -> bool:
         return bool(getattr(deployment, name) == wanted)
@@ -32,37 +38,8 @@ def _attribute_is(name: str, wanted: object) -> DeploymentFilter:
     return check
 
 
-def parse_filter(text: str) -> list[DeploymentFilter]:
-    """`provider = "vllm" AND in_house = true AND jurisdiction = "EU"`, any subset."""
-    if not text.strip():
-        return []
-    checks: list[DeploymentFilter] = []
-    for part in re.split(r"\s+AND\s+", text.strip()):
-        match = _COMPARISON.match(part)
-        if match is None:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "filter",
-                        f'cannot read {part.strip()!r}; use provider = "...", '
-                        'in_house = true|false or jurisdiction = "..." joined by AND',
-                    )
-                ]
-            )
-        field, literal, quoted = match.group(1), match.group(2), match.group(3)
-        if field == "in_house":
-            if quoted is not None:
-                raise InvalidArgument([FieldViolation("filter", "in_house takes true or false")])
-            checks.append(_attribute_is("in_house", literal == "true"))
-        elif quoted is None:
-            raise InvalidArgument([FieldViolation("filter", f"{field} takes a quoted string")])
-        else:
-            checks.append(_attribute_is(field, quoted))
-    return checks
-
-
 def model_groups(published: Published, parent: str, filter_text: str) -> list[ModelGroupView]:
-    checks = parse_filter(filter_text)
+    checks = parse_model_filter(filter_text)
     snapshot = published.snapshot
     aliases: dict[str, list[str]] = {}
     for alias, group in snapshot.spec.aliases.items():

@@ -19,9 +19,10 @@ from aiohttp import web
 from maestro.control_plane.config import DataPlaneConfig
 from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.signals import Observation
+from maestro.control_plane.rpc.interceptors import Authenticate
 from maestro.control_plane.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings
-from maestro.data_plane.http_ingress import Authenticate, OpenAIIngress
+from maestro.data_plane.http_ingress import OpenAIIngress
 from maestro.data_plane.observations import ObservationSink, Observer
 from maestro.data_plane.providers.litellm_adapter import LitellmProvider
 from maestro.data_plane.providers.openai_compat import OpenAICompatProvider

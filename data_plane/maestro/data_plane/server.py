@@ -9,7 +9,6 @@ arrived, so a load balancer sends nothing before it can route.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -17,17 +16,15 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from maestro.clients import AsyncMaestroClient
 from maestro.control_plane.config import MaestroConfig
-from maestro.control_plane.heap import settle_heap
 from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.registry import SnapshotRegistry
 from maestro.control_plane.route.tagging import ContentTagger
 from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
-from maestro.control_plane.rpc.interceptors import GuardInterceptor
 from maestro.control_plane.rpc.reflection import enable_reflection
+from maestro.control_plane.rpc.server import build_grpc_server
 from maestro.control_plane.telemetry import Telemetry
 from maestro.data_plane.plane import DataPlane, build_data_plane
 from maestro.data_plane.remote import ObservationReporter, RemoteKeyVerifier, SnapshotFollower
@@ -97,22 +94,8 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
     data = await build_data_plane(
         settings, decider, verifier.authenticate, None, telemetry, node_id, forward=reporter
     )
-    message_limit = config.server.max_message_bytes
-    server = grpc.aio.server(
-        interceptors=[
-            aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
-            GuardInterceptor(
-                verifier.authenticate,
-                None,
-                telemetry.meter_provider.get_meter("maestro.data_plane"),
-            ),
-        ],
-        options=[
-            ("grpc.max_receive_message_length", message_limit),
-            ("grpc.max_send_message_length", message_limit),
-            ("grpc.so_reuseport", 0),
-        ],
-        maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
+    server = build_grpc_server(
+        config.server, telemetry, verifier.authenticate, None, "maestro.data_plane"
     )
     data.register(server, decider)
     health = HealthServicer()
@@ -149,18 +132,3 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
         ),
     )
     return running
-
-
-async def serve_data_plane(config: MaestroConfig, telemetry: Telemetry) -> None:
-    """Run until SIGTERM or SIGINT, then stop gracefully."""
-    import signal
-
-    running = await start_data_plane_server(config, telemetry)
-    settle_heap()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    with contextlib.suppress(asyncio.CancelledError):
-        await stop.wait()
-    await running.stop()

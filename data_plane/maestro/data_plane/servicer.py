@@ -10,6 +10,7 @@ import grpc
 
 from maestro.control_plane.auth import current_principal
 from maestro.control_plane.route.decider import Decider
+from maestro.control_plane.rpc.metadata import objectives_header
 from maestro.control_plane.rpc.pagination import decode_token, encode_token, page_size
 from maestro.data_plane import convert
 from maestro.data_plane.events import Delta, Done, Fallback, Routed
@@ -19,15 +20,7 @@ from maestro.v1 import common_pb2
 from maestro.v1 import inference_service_pb2 as pb
 from maestro.v1 import inference_service_pb2_grpc as pb_grpc
 
-OBJECTIVES_HEADER = "x-maestro-objectives"
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _header(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == OBJECTIVES_HEADER:
-            return str(value)
-    return ""
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
@@ -38,7 +31,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: Context
     ) -> pb.CreateChatCompletionResponse:
-        call = convert.call_input(request, _header(context), context.time_remaining())
+        call = convert.call_input(request, objectives_header(context), context.time_remaining())
         completion = await collect(self._service.stream(current_principal(), call))
         done = completion.done
         message = common_pb2.ChatMessage(
@@ -69,7 +62,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: Context
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        call = convert.call_input(request, _header(context), context.time_remaining())
+        call = convert.call_input(request, objectives_header(context), context.time_remaining())
         Response = pb.StreamChatCompletionResponse
         delta_message = convert.delta_message
         async with contextlib.aclosing(self._service.stream(current_principal(), call)) as events:

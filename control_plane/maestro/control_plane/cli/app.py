@@ -53,21 +53,19 @@ def main() -> None:
     app()
 
 
-def _load(config_path: Path | None, **overrides: object) -> MaestroConfig:
-    path = config_path or Path(str(resources.files("maestro.control_plane") / "demo.yaml"))
+DEMO = object()
+"""`_load`'s default: the packaged demo config."""
+
+
+def _load(config_path: Path | object | None = DEMO, **overrides: object) -> MaestroConfig:
+    """`config_path`, the demo config (DEMO), or the built-in defaults (None), then the
+    environment, then `overrides`; exits 2 with one line per problem."""
+    path = config_path if isinstance(config_path, Path) else None
+    if config_path is DEMO:
+        path = Path(str(resources.files("maestro.control_plane") / "demo.yaml"))
     try:
         return load_config(
             path, env=os.environ, **{k: v for k, v in overrides.items() if v is not None}
-        )
-    except ConfigError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
-def _load_defaults(**overrides: object) -> MaestroConfig:
-    try:
-        return load_config(
-            None, env=os.environ, **{k: v for k, v in overrides.items() if v is not None}
         )
     except ConfigError as error:
         typer.echo(str(error), err=True)
@@ -134,7 +132,7 @@ def up(
     }
     if insecure:
         overrides |= {"auth.mode": "insecure", "auth.insecure_project": DEMO_PROJECT}
-    config = _load(config_path, **overrides)
+    config = _load(config_path or DEMO, **overrides)
     _bootstrap_demo(config)
     from maestro.control_plane.cli.serve import serve
 
@@ -162,6 +160,13 @@ def data_plane(
     port: Annotated[int, typer.Option(help="gRPC port of InferenceService.")] = 50061,
     http_port: Annotated[int, typer.Option(help="Port of the OpenAI-compatible ingress.")] = 8081,
     node_id: Annotated[str, typer.Option(help="Name in WatchConfig and reports.")] = "",
+    simulated_provider: Annotated[
+        bool,
+        typer.Option(
+            help="Send deployments without an api_base to an in-process simulated provider, "
+            "as the embedded default does (no keys, no network)."
+        ),
+    ] = False,
 ) -> None:
     """Run a data plane on its own, following a control plane: InferenceService and the
     OpenAI-compatible ingress, with config snapshots from WatchConfig."""
@@ -172,13 +177,13 @@ def data_plane(
         "data_plane.control_plane_target": control_plane,
         "data_plane.control_plane_api_key": key,
         "data_plane.node_id": node_id or None,
-        "data_plane.simulated_provider": False,
+        "data_plane.simulated_provider": simulated_provider,
         "telemetry.service_name": "maestro-data-plane",
     }
-    config = _load(config_path, **overrides) if config_path else _load_defaults(**overrides)
-    from maestro.control_plane.cli.serve import serve_with
+    config = _load(config_path, **overrides)  # no --config: the built-in defaults
+    from maestro.control_plane.cli.serve import serve
 
-    serve_with(config, "data_plane")
+    serve(config, "data_plane")
 
 
 @app.command("sim-provider")
@@ -218,7 +223,7 @@ def create_project(
     config_path: ConfigOption = None,
 ) -> None:
     """Create a project in the local store (idempotent) and mint its first API key."""
-    config = _load(config_path)
+    config = _load(config_path or DEMO)
     database = Database(config.store.sqlite_path)
     try:
         service = ProjectService(ProjectStore(database))

@@ -1,55 +1,57 @@
-"""Run the server in the foreground until SIGTERM or SIGINT, then stop gracefully."""
+"""Run a server in the foreground until SIGTERM or SIGINT, then stop gracefully."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Literal, Protocol
 
-import structlog
 import uvloop
 
 from maestro.control_plane.config import MaestroConfig
 from maestro.control_plane.heap import settle_heap
 from maestro.control_plane.logs import configure_logging
-from maestro.control_plane.server import start_control_plane
-from maestro.control_plane.telemetry import build_telemetry
+from maestro.control_plane.telemetry import Telemetry, build_telemetry
 
-log = structlog.get_logger(__name__)
+Role = Literal["control_plane", "data_plane"]
 
 
-async def _serve(config: MaestroConfig) -> None:
+class _Stoppable(Protocol):
+    async def stop(self, grace_s: float | None = None) -> None: ...
+
+
+async def _start(config: MaestroConfig, telemetry: Telemetry, role: Role) -> _Stoppable:
+    if role == "control_plane":
+        from maestro.control_plane.server import start_control_plane
+
+        return await start_control_plane(config, telemetry)
+    from maestro.data_plane.server import start_data_plane_server
+
+    return await start_data_plane_server(config, telemetry)
+
+
+async def _serve(config: MaestroConfig, role: Role) -> None:
     telemetry = build_telemetry(config.telemetry)
     telemetry.install_global()
-    plane = await start_control_plane(config, telemetry)
-    settle_heap()
+    try:
+        running = await _start(config, telemetry, role)
+        settle_heap()
+        await _until_signalled()
+        await running.stop()
+    finally:
+        telemetry.shutdown()
+
+
+async def _until_signalled() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await plane.stop()
-        telemetry.shutdown()
+    await stop.wait()
 
 
-def serve(config: MaestroConfig) -> None:
+def serve(config: MaestroConfig, role: Role = "control_plane") -> None:
+    """`maestro up` (the embedded default: control plane with its data plane) or
+    `maestro data-plane`, in the foreground on uvloop."""
     configure_logging(config.logging)
-    uvloop.run(_serve(config))
-
-
-async def _serve_data_plane(config: MaestroConfig) -> None:
-    from maestro.data_plane.server import serve_data_plane
-
-    telemetry = build_telemetry(config.telemetry)
-    telemetry.install_global()
-    try:
-        await serve_data_plane(config, telemetry)
-    finally:
-        telemetry.shutdown()
-
-
-def serve_with(config: MaestroConfig, role: str) -> None:
-    """Run `role` ("control_plane", the embedded default, or "data_plane") in the foreground."""
-    configure_logging(config.logging)
-    uvloop.run(_serve(config) if role == "control_plane" else _serve_data_plane(config))
+    uvloop.run(_serve(config, role))

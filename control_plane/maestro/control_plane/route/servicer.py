@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -25,21 +24,15 @@ from maestro.control_plane.route.registry import Published, SnapshotRegistry
 from maestro.control_plane.route.service import RouteService, config_project
 from maestro.control_plane.route.signals import Breaker, SignalsView
 from maestro.control_plane.rpc import pagination
+from maestro.control_plane.rpc.filters import STRING, Kind, parse_filter
+from maestro.control_plane.rpc.metadata import objectives_header
 from maestro.v1 import route_service_pb2 as pb
 from maestro.v1 import route_service_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 MAX_REMEMBERED_BATCHES = 1024
 """Batch ids remembered per ReportObservations stream, to ignore re-sent batches."""
-OBJECTIVES_HEADER = "x-maestro-objectives"
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _header(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == OBJECTIVES_HEADER:
-            return str(value)
-    return ""
 
 
 class RouteServicer(pb_grpc.RouteServiceServicer):
@@ -54,7 +47,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
 
     async def Choose(self, request: pb.ChooseRequest, context: Context) -> pb.ChooseResponse:
         choice = self._service.choose(
-            current_principal(), convert.choose_input(request, _header(context))
+            current_principal(), convert.choose_input(request, objectives_header(context))
         )
         return pb.ChooseResponse(
             decision=convert.decision_message(choice, convert.CHOOSE_CANDIDATE_CAP)
@@ -64,7 +57,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         self, request_iterator: AsyncIterator[pb.StreamChooseRequest], context: Context
     ) -> AsyncIterator[pb.StreamChooseResponse]:
         principal = current_principal()
-        header = _header(context)
+        header = objectives_header(context)
         async for item in request_iterator:
             try:
                 choice = self._service.choose(
@@ -84,7 +77,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
     ) -> pb.ExplainRouteResponse:
         choice = await self._service.explain(
             current_principal(),
-            convert.choose_input(request.request, _header(context), prefix="request."),
+            convert.choose_input(request.request, objectives_header(context), prefix="request."),
             request.config_revision,
         )
         return pb.ExplainRouteResponse(decision=convert.decision_message(choice, cap=None))
@@ -291,39 +284,24 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         )
 
 
-_SIGNAL_COMPARISON = re.compile(
-    r'^\s*(model_group|provider)\s*=\s*"([^"]*)"\s*$|^\s*breaker_state\s*=\s*(OPEN|CLOSED|HALF_OPEN)\s*$'
-)
 _STATE_NAMES = {"OPEN": Breaker.OPEN, "CLOSED": Breaker.CLOSED, "HALF_OPEN": Breaker.HALF_OPEN}
+_SIGNAL_FIELDS: dict[str, Kind] = {
+    "model_group": STRING,
+    "provider": STRING,
+    "breaker_state": frozenset(_STATE_NAMES),
+}
 SignalCheck = Callable[[DeploymentSpec, SignalsView], bool]
 
 
 def _signal_filter(text: str) -> list[SignalCheck]:
     """`model_group = "gpt-4o" AND provider = "vllm" AND breaker_state = OPEN`, any subset."""
-    if not text.strip():
-        return []
-    checks: list[SignalCheck] = []
-    for part in re.split(r"\s+AND\s+", text.strip()):
-        match = _SIGNAL_COMPARISON.match(part)
-        if match is None:
-            raise InvalidArgument(
-                [
-                    FieldViolation(
-                        "filter",
-                        f'cannot read {part.strip()!r}; use model_group = "...", '
-                        'provider = "..." or breaker_state = OPEN|CLOSED|HALF_OPEN joined by AND',
-                    )
-                ]
-            )
-        field, value, state = match.group(1), match.group(2), match.group(3)
-        checks.append(_signal_check(field, value, state))
-    return checks
+    return [_signal_check(field, value) for field, value in parse_filter(text, _SIGNAL_FIELDS)]
 
 
-def _signal_check(field: str | None, value: str | None, state: str | None) -> SignalCheck:
+def _signal_check(field: str, value: str | bool) -> SignalCheck:
     def check(deployment: DeploymentSpec, view: SignalsView) -> bool:
-        if state is not None:
-            return view.breaker_state == _STATE_NAMES[state]
+        if field == "breaker_state":
+            return view.breaker_state == _STATE_NAMES[str(value)]
         if field == "model_group":
             return deployment.model_name == value
         return deployment.provider == value

@@ -1,0 +1,39 @@
+"""The grpc.aio server every Maestro process serves on, with its interceptors and limits.
+
+Order matters: OpenTelemetry's interceptor wraps everything, so the span covers authentication
+and error mapping too; the guard authenticates, maps domain errors to `google.rpc.Status` and
+records `rpc.server.duration`.
+"""
+
+from __future__ import annotations
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from maestro.control_plane.config import ServerConfig
+from maestro.control_plane.rpc.interceptors import Authenticate, GuardInterceptor
+from maestro.control_plane.telemetry import Telemetry
+
+
+def build_grpc_server(
+    config: ServerConfig,
+    telemetry: Telemetry,
+    authenticate: Authenticate,
+    insecure_project: str | None,
+    meter_name: str,
+) -> grpc.aio.Server:
+    limit = config.max_message_bytes
+    return grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
+            GuardInterceptor(
+                authenticate, insecure_project, telemetry.meter_provider.get_meter(meter_name)
+            ),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
