@@ -450,3 +450,28 @@ async def test_calls_are_traced_and_counted(tmp_path: Path) -> None:
         "maestro.inference.tokens",
         "maestro.inference.attempts",
     } <= names
+
+
+async def test_chat_span_joins_the_callers_trace_over_http_and_grpc(tmp_path: Path) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with stack(tmp_path) as s:
+        client = openai.AsyncOpenAI(
+            base_url=s.openai_base_url, api_key=s.server.alpha_key, max_retries=0
+        )
+        async with client:
+            await client.chat.completions.create(
+                model="primary",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=3,
+                extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+        await events(s.client, stream_request())
+        spans = s.server.spans.get_finished_spans()
+    chats = [span for span in spans if span.name == "chat primary"]
+    assert f"{chats[0].context.trace_id:032x}" == trace_id
+    routes = [span for span in spans if span.name == "maestro.route.choose"]
+    assert routes[0].parent is not None
+    assert routes[0].parent.span_id == chats[0].context.span_id
+    server_spans = {span.context.span_id: span for span in spans if span.kind.name == "SERVER"}
+    assert chats[1].parent is not None
+    assert chats[1].parent.span_id in server_spans  # the gRPC server span of the call

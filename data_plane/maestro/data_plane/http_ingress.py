@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 import orjson
 import structlog
 from aiohttp import web
 from google.rpc import code_pb2
+from opentelemetry import propagate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maestro.control_plane.auth import Principal
@@ -300,6 +302,8 @@ class OpenAIIngress:
             except ValidationError as error:
                 raise InvalidArgument(_violations(error)) from None
             call = call_input(body, f"projects/{principal.project_id}")
+            if "traceparent" in request.headers:
+                call = replace(call, trace_parent=propagate.extract(request.headers))
             if not body.stream:
                 completion = await collect(self._service.stream(principal, call))
                 return self._completion_response(body, completion)

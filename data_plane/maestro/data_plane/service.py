@@ -71,6 +71,8 @@ class CallInput:
     idempotency_key: str = ""
     deadline_s: float | None = None
     """Time left before the caller's deadline; caps the first-token wait."""
+    trace_parent: Context | None = None
+    """The caller's trace context (HTTP `traceparent`); None: the current context."""
 
 
 class _CallTrace:
@@ -79,10 +81,13 @@ class _CallTrace:
     attached in one step cannot be detached in another), and the routing decision's deferred
     telemetry, parented to it."""
 
-    __slots__ = ("_requested", "_span", "_started_ns", "_tracer", "deferred")
+    __slots__ = ("_parent", "_requested", "_span", "_started_ns", "_tracer", "deferred")
 
-    def __init__(self, tracer: trace.Tracer, requested: str, started_ns: int) -> None:
+    def __init__(
+        self, tracer: trace.Tracer, requested: str, started_ns: int, parent: Context | None
+    ) -> None:
         self._tracer = tracer
+        self._parent = parent
         self._requested = requested
         self._started_ns = started_ns
         self._span: trace.Span | None = None
@@ -91,7 +96,10 @@ class _CallTrace:
     def start(self) -> trace.Span:
         if self._span is None:
             self._span = self._tracer.start_span(
-                f"chat {self._requested}", kind=trace.SpanKind.CLIENT, start_time=self._started_ns
+                f"chat {self._requested}",
+                context=self._parent,
+                kind=trace.SpanKind.CLIENT,
+                start_time=self._started_ns,
             )
             parent = trace.set_span_in_context(self._span)
             for telemetry in self.deferred:
@@ -200,7 +208,7 @@ class InferenceService:
         loop = asyncio.get_running_loop()
         received = loop.time()
         requested = call.choose.route.model or "*"
-        trace_ = _CallTrace(self._tracer, requested, time.time_ns())
+        trace_ = _CallTrace(self._tracer, requested, time.time_ns(), call.trace_parent)
         try:
             choice = self._routes.choose(principal, call.choose, deferred=trace_.deferred)
             plan = CallPlan(
