@@ -14,9 +14,10 @@ import pytest
 from google.protobuf import duration_pb2
 
 from maestro.clients import MaestroRpcError
-from maestro.data_plane.sim import FixedLatency, TokenRange
+from maestro.data_plane.sim import FixedLatency, TokenRange, completion_text
 from maestro.v1 import common_pb2
 from maestro.v1 import inference_service_pb2 as ipb
+from maestro.v1 import route_service_pb2 as rpb
 from tests.inference_support import (
     PARENT,
     events,
@@ -475,3 +476,29 @@ async def test_chat_span_joins_the_callers_trace_over_http_and_grpc(tmp_path: Pa
     server_spans = {span.context.span_id: span for span in spans if span.kind.name == "SERVER"}
     assert chats[1].parent is not None
     assert chats[1].parent.span_id in server_spans  # the gRPC server span of the call
+
+
+async def test_a_deployment_can_be_called_through_litellm_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAESTRO_TEST_SIM_KEY", "sim")
+    async with stack(tmp_path) as s:
+        config = (
+            "model_list:\n"
+            "  - model_name: lite\n"
+            f'    litellm_params: {{model: openai/lite, api_base: "{s.primary.base_url}", '
+            "api_key: os.environ/MAESTRO_TEST_SIM_KEY}\n"
+            "    model_info: {id: lite-a, client: litellm}\n"
+        )
+        await s.client.routes.ApplyConfig(
+            rpb.ApplyConfigRequest(
+                route_config=rpb.RouteConfig(name=f"{PARENT}/routeConfig", config_yaml=config)
+            )
+        )
+        through = await events(s.client, stream_request(model="lite", seed=5))
+        assert s.primary.stats.requests_completed == 1
+    assert through[-1].done.deployment.deployment_id == "lite-a"
+    assert through[-1].done.usage.completion_tokens == 24
+    assert text_of(through) == completion_text(
+        "lite", [{"role": "user", "content": "Write about the sea."}], seed=5, max_tokens=24
+    )

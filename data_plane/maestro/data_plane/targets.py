@@ -2,7 +2,8 @@
 
 OpenAI-compatible deployments (OpenAI, vLLM, the Maestro lane, anything with an `api_base` and an
 OpenAI-style provider) go through the native client with the bare model name; every other
-provider goes through LiteLLM with the full LiteLLM model string. In the embedded default, a
+provider goes through LiteLLM with the full LiteLLM model string. `model_info.client` forces one
+or the other. In the embedded default, a
 deployment without an `api_base` is sent to the in-process simulated provider instead, so the
 seed config runs with no keys and no network.
 """
@@ -51,7 +52,7 @@ class TargetResolver:
         self._native = native
         self._translating = translating
         self._simulated = simulated_base_url
-        self._cache: dict[tuple[str, str, str | None, str | None], Target] = {}
+        self._cache: dict[tuple[str, str, str | None, str | None, str], Target] = {}
 
     def target(self, deployment: DeploymentSpec) -> Target:
         key = (
@@ -59,6 +60,7 @@ class TargetResolver:
             deployment.litellm_model,
             deployment.api_base,
             deployment.api_key,
+            deployment.client,
         )
         target = self._cache.get(key)
         if target is None:
@@ -70,8 +72,11 @@ class TargetResolver:
         api_key = _secret(deployment.api_key)
         if deployment.api_base is None and self._simulated is not None:
             return Target(self._native, deployment.litellm_model, self._simulated, None)
-        if deployment.provider in NATIVE_PROVIDERS and (
-            deployment.api_base or deployment.provider == "openai"
+        if deployment.client == "litellm":
+            return Target(self._translating, deployment.litellm_model, deployment.api_base, api_key)
+        if deployment.client == "native" or (
+            deployment.provider in NATIVE_PROVIDERS
+            and (deployment.api_base or deployment.provider == "openai")
         ):
             return Target(
                 self._native,

@@ -74,6 +74,11 @@ class ModelInfo(_Open):
     output_cost_per_token: float | None = Field(None, ge=0)
     max_input_tokens: int | None = Field(None, gt=0)
     expected_p95_latency_ms: float = Field(1000.0, gt=0)
+    client: Literal["auto", "native", "litellm"] = Field(
+        "auto",
+        description="How the data plane calls the deployment: its native OpenAI-compatible "
+        "client, LiteLLM, or `auto` (native for OpenAI-compatible providers).",
+    )
 
 
 class ModelEntry(_Open):
@@ -140,6 +145,7 @@ class DeploymentSpec:
     output_cost_per_token: float | None
     max_input_tokens: int | None
     expected_p95_latency_ms: float
+    client: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +239,7 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
                 ),
                 max_input_tokens=info.max_input_tokens or facts.max_input_tokens,
                 expected_p95_latency_ms=info.expected_p95_latency_ms,
+                client=info.client,
             )
         )
     model_names = tuple(dict.fromkeys(d.model_name for d in deployments))
