@@ -502,3 +502,18 @@ async def test_a_deployment_can_be_called_through_litellm_instead(
     assert text_of(through) == completion_text(
         "lite", [{"role": "user", "content": "Write about the sea."}], seed=5, max_tokens=24
     )
+
+
+async def test_a_spent_retry_budget_refuses_the_fallback(tmp_path: Path) -> None:
+    broken = profile(error_rate=1.0, error_codes={500: 1.0})
+    no_retries: dict[str, object] = {
+        "data_plane.retry_budget_min": 0,
+        "data_plane.retry_budget_ratio": 0,
+    }
+    async with stack(tmp_path, primary=broken, overrides=no_retries) as s:
+        with pytest.raises(MaestroRpcError) as raised:
+            await events(s.client, stream_request())
+        backup_calls = s.backup.stats.requests_started
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.reason == "RETRY_BUDGET_EXHAUSTED"
+    assert backup_calls == 0

@@ -184,3 +184,39 @@ async def test_both_provider_clients_report_a_rate_limit_as_such(provider_name: 
             await provider.aclose()
     assert raised.value.kind is FailureKind.RATE_LIMITED
     assert raised.value.status == 429
+
+
+async def test_a_litellm_stream_yields_the_loop_between_chunks() -> None:
+    """LiteLLM hands out buffered chunks without awaiting; the adapter must still let other
+    calls run between them (else 32 streams starved each other into first-token timeouts)."""
+    async with SimProvider(FaultProfile()) as sim:
+        provider = LitellmProvider()
+        request = ProviderRequest(
+            model="openai/sim-1",
+            messages=[{"role": "user", "content": "one long stream"}],
+            api_base=sim.base_url,
+            api_key="sim",
+            max_tokens=2000,
+        )
+        stream = await provider.open(request)
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        chunks = 0
+        try:
+            await asyncio.sleep(0.5)  # let the stream's reader buffer as much as it can
+            while (batch := await stream.read()) is not None:
+                chunks += len(batch.pieces)
+        finally:
+            done.set()
+            await ticking
+            await stream.aclose()
+    assert chunks == 2000
+    assert ticks >= chunks

@@ -166,3 +166,28 @@ def test_histogram_quantiles_are_ordered_and_merging_is_addition(samples: list[f
     assert p50 is not None
     assert p95 is not None
     assert 0 <= p50 <= p95 <= LATENCY_BOUNDS_MS[-1] * 2
+
+
+async def test_every_candidate_unhealthy_is_unavailable_not_a_precondition(
+    tmp_path: Path,
+) -> None:
+    open_breaker = common_pb2.CIRCUIT_BREAKER_STATE_OPEN
+    async with stack(tmp_path) as s:
+        await _report(
+            s.client,
+            rpb.ReportObservationsRequest(
+                node_id="edge-1",
+                batch_id="1",
+                observations=[
+                    _observation(breaker_state=open_breaker),
+                    _observation(deployment_id="backup-b", breaker_state=open_breaker),
+                ],
+            ),
+        )
+        with pytest.raises(MaestroRpcError) as raised:
+            await s.client.routes.Choose(rpb.ChooseRequest(parent=PARENT, model="primary"))
+        with pytest.raises(MaestroRpcError) as streamed:
+            await events(s.client, stream_request())
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert raised.value.reason == "NO_HEALTHY_DEPLOYMENT"
+    assert streamed.value.code() == grpc.StatusCode.UNAVAILABLE

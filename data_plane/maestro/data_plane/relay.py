@@ -141,6 +141,7 @@ class Relay:
         skipped: list[tuple[DeploymentSpec, FailureKind, str]] = []
         tried = False
         holds_retry = False
+        out_of_budget = False
         last: DeploymentSpec | None = None
         self._budget.calls += 1
         try:
@@ -152,6 +153,7 @@ class Relay:
                 if tried and not holds_retry:
                     if not self._budget.try_acquire():
                         breaker.release()
+                        out_of_budget = True
                         break
                     holds_retry = True
                 for source, reason, detail in skipped:
@@ -191,13 +193,20 @@ class Relay:
         detail = "; ".join(
             f"{d.deployment_id}: {reason.value} ({text})" for d, reason, text in skipped
         )
+        if out_of_budget:
+            detail = f"the retry budget is spent, no fallback was tried; {detail}"
         if state.delivered:
             yield self._done(state, last, FinishReason.ERROR, f"no deployment left: {detail}")
             return
+        if out_of_budget:
+            why = "RETRY_BUDGET_EXHAUSTED"
+        elif tried:
+            why = "ALL_DEPLOYMENTS_FAILED"
+        else:
+            why = "ALL_BREAKERS_OPEN"
         raise Unavailable(
-            "every deployment of the decision failed before producing output"
-            + (f": {detail}" if detail else " (retry budget exhausted)"),
-            reason="ALL_DEPLOYMENTS_FAILED" if tried or not skipped else "ALL_BREAKERS_OPEN",
+            f"no deployment of the decision produced output: {detail}",
+            reason=why,
             metadata={"decision_id": plan.choice.decision_id},
         )
 

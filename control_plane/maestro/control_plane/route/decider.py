@@ -26,11 +26,14 @@ from maestro.control_plane.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    MaestroError,
     NotFound,
+    Unavailable,
 )
 from maestro.control_plane.route.config import DeploymentSpec
 from maestro.control_plane.route.engine import (
     Decision,
+    Exclusion,
     RouteRequest,
     RoutingSnapshot,
     UnknownModel,
@@ -136,11 +139,7 @@ class Decider:
         else:
             deferred.append(telemetry)
         if decision.winner < 0 and not dry_run:
-            raise FailedPrecondition(
-                "no deployment is eligible for this step; ExplainRoute lists why each was excluded",
-                reason="NO_ELIGIBLE_DEPLOYMENT",
-                metadata={"snapshot_version": published.snapshot_version},
-            )
+            raise _no_eligible(decision, published.snapshot_version)
         return choice_of(decision, published.snapshot_version, supplied, detected, latency, dry_run)
 
     def _prepare(self, request: ChooseInput) -> tuple[RouteRequest, frozenset[str], frozenset[str]]:
@@ -311,6 +310,28 @@ class Decider:
         to it sees it (breakers are per deployment, not per project)."""
         for published in self._registry.all(None):
             published.snapshot.update_signals(deployment_id, breaker_open=is_open)
+
+
+def _no_eligible(decision: Decision, snapshot_version: str) -> MaestroError:
+    """FAILED_PRECONDITION when the request itself rules every candidate out (policy, budget,
+    jurisdiction...); UNAVAILABLE when some candidate is out only for its health (breaker open,
+    saturated), since the same call may succeed once it recovers."""
+    snapshot, request = decision.snapshot, decision.request
+    health = {Exclusion.BREAKER_OPEN, Exclusion.SATURATED}
+    for index in snapshot.candidate_indices(request):
+        reasons = set(snapshot.exclusions(request, int(index)))
+        if reasons and reasons <= health:
+            return Unavailable(
+                "every deployment this step may use is unhealthy (circuit breaker open or lane "
+                "saturated); retry with backoff",
+                reason="NO_HEALTHY_DEPLOYMENT",
+                metadata={"snapshot_version": snapshot_version},
+            )
+    return FailedPrecondition(
+        "no deployment is eligible for this step; ExplainRoute lists why each was excluded",
+        reason="NO_ELIGIBLE_DEPLOYMENT",
+        metadata={"snapshot_version": snapshot_version},
+    )
 
 
 def choice_of(

@@ -71,6 +71,11 @@ class LitellmStream:
         try:
             async for chunk in self._response:
                 self._queue.put_nowait(_batch(chunk))
+                # LiteLLM hands out buffered chunks without awaiting the network, so a fast
+                # stream would otherwise hold the loop until its buffer is empty: every other
+                # call (their first tokens included) would wait, measured as first-token
+                # timeouts at 32 concurrent streams.
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as error:
