@@ -130,3 +130,14 @@ async def test_data_plane_checks_caller_keys_with_the_control_plane(tmp_path: Pa
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 5
+
+
+async def test_stopping_a_data_plane_delivers_its_last_observations(tmp_path: Path) -> None:
+    (tmp_path / "control").mkdir()
+    async with remote(tmp_path) as r:
+        await events(r.client, stream_request())
+        await r.data.stop(grace_s=1.0)  # no flush before: the stop itself must deliver them
+        got = await r.control.client.routes.GetDeploymentSignals(
+            rpb.GetDeploymentSignalsRequest(name=f"{PARENT}/deploymentSignals/primary-a")
+        )
+    assert got.deployment_signals.sample_count == 1

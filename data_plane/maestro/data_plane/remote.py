@@ -16,6 +16,7 @@ Reconnects back off exponentially with jitter (tenacity) and go on until the dat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import time
@@ -200,6 +201,8 @@ class ObservationReporter:
         self._ids = itertools.count(1)
         self.dropped = 0
         self.accepted = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def __call__(self, batch: list[Observation]) -> None:
         for observation in batch:
@@ -208,11 +211,25 @@ class ObservationReporter:
                 self.dropped += 1
             self._pending.append(observation)
         self._wakeup.set()
+        if self._pending:
+            self._idle.clear()
 
     async def run(self) -> None:
         async for attempt in _retrying():
             with attempt:
                 await self._session()
+
+    @property
+    def settled(self) -> bool:
+        """Nothing waits to be sent or answered."""
+        return not self._pending and not self._unanswered
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every observation handed over was answered: at shutdown, so
+        the last window's traffic still reaches the control plane."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return self.settled
 
     async def _session(self) -> None:
         async def outgoing() -> AsyncIterator[rpb.ReportObservationsRequest]:
@@ -235,6 +252,8 @@ class ObservationReporter:
         async for answer in call:
             if self._unanswered.pop(answer.batch_id, None) is not None:
                 self.accepted += answer.accepted_count
+            if self.settled:
+                self._idle.set()
         raise StreamEnded
 
 

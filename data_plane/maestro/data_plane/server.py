@@ -47,17 +47,22 @@ class DataPlaneServer:
     verifier: RemoteKeyVerifier
     port: int
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def address(self) -> str:
         return f"{self.config.server.host}:{self.port}"
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         grace = self.config.server.grace_period_s if grace_s is None else grace_s
         await self.health.shut_down()
         await self.data.stop_http()
         await self.server.stop(grace)
         await self.data.close()  # flushes the last observations to the reporter
+        await self.reporter.drain(timeout_s=min(grace, 2.0))
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
