@@ -5,13 +5,19 @@ idempotency, budgets and validation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
 import grpc
 import openai
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+)
 
 from maestro.clients import MaestroRpcError
 from maestro.data_plane.sim import FixedLatency, TokenRange, completion_text
@@ -517,3 +523,78 @@ async def test_a_spent_retry_budget_refuses_the_fallback(tmp_path: Path) -> None
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert raised.value.reason == "RETRY_BUDGET_EXHAUSTED"
     assert backup_calls == 0
+
+
+def _lookup_tool() -> common_pb2.ToolDefinition:
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"input": {"type": "string"}}})
+    return common_pb2.ToolDefinition(
+        name="lookup", description="Look a thing up.", parameters_json_schema=schema
+    )
+
+
+async def test_tool_calls_stream_as_fragments_and_complete_as_calls(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        stream = await events(
+            s.client, stream_request(tools=[_lookup_tool()], tool_choice="lookup")
+        )
+        whole = await s.client.inference.CreateChatCompletion(
+            ipb.CreateChatCompletionRequest(
+                parent=PARENT,
+                model="primary",
+                messages=[user()],
+                tools=[_lookup_tool()],
+                tool_choice="lookup",
+            )
+        )
+    pieces = [p for e in stream if e.WhichOneof("event") == "delta" for p in e.delta.tool_calls]
+    assert pieces[0].id
+    assert pieces[0].name == "lookup"
+    assert json.loads("".join(p.arguments_json for p in pieces))["input"]
+    assert stream[-1].done.finish_reason == ipb.CHAT_COMPLETION_FINISH_REASON_TOOL_CALLS
+    [called] = whole.message.tool_calls
+    assert called.name == "lookup"
+    assert json.loads(called.arguments_json) == json.loads(
+        "".join(p.arguments_json for p in pieces)
+    )
+    assert whole.finish_reason == ipb.CHAT_COMPLETION_FINISH_REASON_TOOL_CALLS
+
+
+async def test_openai_client_gets_tool_calls_through_the_ingress(tmp_path: Path) -> None:
+    tools: list[ChatCompletionFunctionToolParam] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "parameters": {"type": "object", "properties": {"input": {"type": "string"}}},
+            },
+        }
+    ]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Find it."}]
+    async with stack(tmp_path) as s:
+        client = openai.AsyncOpenAI(
+            base_url=s.openai_base_url, api_key=s.server.alpha_key, max_retries=0
+        )
+        async with client:
+            whole = await client.chat.completions.create(
+                model="primary", messages=messages, tools=tools, tool_choice="required"
+            )
+            chunks = await client.chat.completions.create(
+                model="primary", messages=messages, tools=tools, tool_choice="required", stream=True
+            )
+            names, arguments, finish = [], [], None
+            async for chunk in chunks:
+                for choice in chunk.choices:
+                    for call in choice.delta.tool_calls or ():
+                        if call.function and call.function.name:
+                            names.append(call.function.name)
+                        if call.function and call.function.arguments:
+                            arguments.append(call.function.arguments)
+                    finish = choice.finish_reason or finish
+    [called] = whole.choices[0].message.tool_calls or []
+    assert isinstance(called, ChatCompletionMessageFunctionToolCall)
+    assert called.function.name == "lookup"
+    assert whole.choices[0].finish_reason == "tool_calls"
+    assert names == ["lookup"]
+    assert json.loads("".join(arguments)) == json.loads(called.function.arguments)
+    assert finish == "tool_calls"

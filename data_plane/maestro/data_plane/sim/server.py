@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import signal
 import time
@@ -45,6 +46,7 @@ from maestro.data_plane.sim.wire import (
     ChunkEncoder,
     completion_body,
     error_body,
+    tool_call_body,
 )
 
 log = structlog.get_logger(__name__)
@@ -79,6 +81,22 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
     n: int | None = None
     seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def forced_tool(self) -> str | None:
+        """The tool the simulated model calls: the one `tool_choice` names, or the first tool
+        when it is "required". Otherwise (auto, none, no tools) it answers in text."""
+        if not self.tools:
+            return None
+        choice = self.tool_choice
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            return name if isinstance(name, str) else None
+        if choice == "required":
+            name = (self.tools[0].get("function") or {}).get("name")
+            return name if isinstance(name, str) else None
+        return None
 
     @field_validator("messages")
     @classmethod
@@ -264,9 +282,59 @@ class _SimApp:
             finish_reason="stop" if limit is None else "length",
             plan=plan,
         )
+        tool = body.forced_tool()
+        if tool is not None:
+            return await self._tool_call(request, call, tool)
         if body.stream:
             return await self._stream(request, call)
         return await self._complete(request, call)
+
+    async def _tool_call(self, request: web.Request, call: _Call, tool: str) -> web.StreamResponse:
+        """The model calls `tool` with deterministic JSON arguments (the completion's words);
+        faults other than injected errors do not apply."""
+        counters, body = self.counters, call.request
+        words = " ".join(
+            VOCABULARY[i] for i in completion_ids(body.model, body.messages, body.seed, 8)
+        )
+        arguments = json.dumps({"input": words})
+        fragments = [arguments[i : i + 8] for i in range(0, len(arguments), 8)]
+        call_id = f"call_{call.completion_id[-12:]}"
+        if call.plan.ttft_s > 0:
+            await asyncio.sleep(call.plan.ttft_s)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            encoder = ChunkEncoder(call.completion_id, call.created, body.model, include_usage)
+            payload = b"".join(
+                [
+                    encoder.role(),
+                    *encoder.tool_call(call_id, tool, fragments),
+                    encoder.finish("tool_calls"),
+                    *(
+                        [encoder.usage(prompt_tokens(body.messages), len(fragments))]
+                        if include_usage
+                        else []
+                    ),
+                    DONE,
+                ]
+            )
+            response: web.StreamResponse = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream; charset=utf-8"}
+            )
+        else:
+            payload = tool_call_body(
+                call.completion_id, call.created, body.model, call_id, tool, arguments,
+                prompt_tokens(body.messages), len(fragments),
+            )  # fmt: skip
+            response = web.Response(content_type="application/json")
+        try:
+            await response.prepare(request)
+            await response.write(payload)
+            await response.write_eof()
+            counters.requests_completed += 1
+        except ConnectionError:
+            counters.client_disconnects += 1
+        counters.changed()
+        return response
 
     async def _stream(self, request: web.Request, call: _Call) -> web.StreamResponse:
         counters, plan, body = self.counters, call.plan, call.request

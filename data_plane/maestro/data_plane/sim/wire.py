@@ -63,6 +63,19 @@ class ChunkEncoder:
             return [first, *(table[i] for i in ids[1:])]
         return [first, *(self._choice(f'{{"content":{_NEXT_WORDS[i]}}}') for i in ids[1:])]
 
+    def tool_call(self, call_id: str, name: str, fragments: Sequence[str]) -> list[bytes]:
+        """One streamed tool call, as OpenAI sends it: the first event carries its id and name
+        with empty arguments, the next ones the argument fragments."""
+        head = json.dumps(
+            [{"index": 0, "id": call_id, "type": "function",
+              "function": {"name": name, "arguments": ""}}]
+        )  # fmt: skip
+        events = [self._choice(f'{{"tool_calls":{head}}}')]
+        for fragment in fragments:
+            piece = json.dumps([{"index": 0, "function": {"arguments": fragment}}])
+            events.append(self._choice(f'{{"tool_calls":{piece}}}'))
+        return events
+
     def finish(self, reason: str) -> bytes:
         """The event closing the choice: empty delta and the finish reason."""
         return self._choice("{}", reason)
@@ -87,6 +100,34 @@ def completion_body(
         f'"model":{json.dumps(model)},"choices":[{{"index":0,"message":{{"role":"assistant",'
         f'"content":{json.dumps(text)},"refusal":null}},"logprobs":null,'
         f'"finish_reason":{json.dumps(finish_reason)}}}],'
+        f'"usage":{_usage(prompt_tokens, completion_tokens)},'
+        f'"system_fingerprint":"{SYSTEM_FINGERPRINT}"}}'
+    ).encode()
+
+
+def tool_call_body(
+    completion_id: str,
+    created: int,
+    model: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> bytes:
+    """A non-streamed `chat.completion` whose message calls one tool."""
+    message = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        ],
+    }
+    return (
+        f'{{"id":{json.dumps(completion_id)},"object":"chat.completion","created":{created},'
+        f'"model":{json.dumps(model)},"choices":[{{"index":0,"message":{json.dumps(message)},'
+        f'"logprobs":null,"finish_reason":"tool_calls"}}],'
         f'"usage":{_usage(prompt_tokens, completion_tokens)},'
         f'"system_fingerprint":"{SYSTEM_FINGERPRINT}"}}'
     ).encode()
