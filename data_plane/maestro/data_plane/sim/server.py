@@ -292,7 +292,7 @@ class _SimApp:
     async def _tool_call(self, request: web.Request, call: _Call, tool: str) -> web.StreamResponse:
         """The model calls `tool` with deterministic JSON arguments (the completion's words);
         faults other than injected errors do not apply."""
-        counters, body = self.counters, call.request
+        body = call.request
         words = " ".join(
             VOCABULARY[i] for i in completion_ids(body.model, body.messages, body.seed, 8)
         )
@@ -326,9 +326,17 @@ class _SimApp:
                 prompt_tokens(body.messages), len(fragments),
             )  # fmt: skip
             response = web.Response(content_type="application/json")
+        return await self._send_whole(request, response, payload)
+
+    async def _send_whole(
+        self, request: web.Request, response: web.StreamResponse, payload: bytes = b""
+    ) -> web.StreamResponse:
+        """Send a response in one go and count how it ended."""
+        counters = self.counters
         try:
             await response.prepare(request)
-            await response.write(payload)
+            if payload:
+                await response.write(payload)
             await response.write_eof()
             counters.requests_completed += 1
         except ConnectionError:
@@ -422,14 +430,7 @@ class _SimApp:
             content_type="application/json",
             headers={"x-request-id": call.completion_id},
         )
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-            counters.requests_completed += 1
-        except ConnectionError:
-            counters.client_disconnects += 1
-        counters.changed()
-        return response
+        return await self._send_whole(request, response)
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
