@@ -598,3 +598,13 @@ async def test_openai_client_gets_tool_calls_through_the_ingress(tmp_path: Path)
     assert names == ["lookup"]
     assert json.loads("".join(arguments)) == json.loads(called.function.arguments)
     assert finish == "tool_calls"
+
+
+async def test_an_idempotent_replay_is_never_shown_to_another_project(tmp_path: Path) -> None:
+    key = str(uuid.uuid4())
+    async with stack(tmp_path) as s:
+        await events(s.client, stream_request(idempotency_key=key))
+        async with s.server.client(s.server.beta_key) as beta:
+            with pytest.raises(MaestroRpcError) as raised:
+                await events(beta, stream_request(idempotency_key=key))
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED

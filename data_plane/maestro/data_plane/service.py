@@ -21,7 +21,8 @@ from typing import Any, Literal
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
-from maestro.control_plane.auth import Principal
+from maestro.control_plane import names
+from maestro.control_plane.auth import Principal, require_project
 from maestro.control_plane.config import DataPlaneConfig
 from maestro.control_plane.errors import (
     Aborted,
@@ -175,6 +176,9 @@ class InferenceService:
 
     async def stream(self, principal: Principal, call: CallInput) -> AsyncGenerator[Event, None]:
         """The call's events; raises MaestroError before the first event when it cannot run."""
+        # Before anything else, the idempotency look-up included: a replay must not show one
+        # project's result to another's key.
+        require_project(principal, names.parse_project_name(call.choose.parent, "parent"))
         if self._inflight >= self._config.max_inflight_calls:
             self._refused.add(1, ())
             raise ResourceExhausted(
