@@ -20,6 +20,7 @@ from openai.types.chat import (
 )
 
 from maestro.clients import MaestroRpcError
+from maestro.data_plane.http_ingress import OpenAIIngress
 from maestro.data_plane.sim import FixedLatency, TokenRange, completion_text
 from maestro.v1 import common_pb2
 from maestro.v1 import inference_service_pb2 as ipb
@@ -608,3 +609,28 @@ async def test_an_idempotent_replay_is_never_shown_to_another_project(tmp_path: 
             with pytest.raises(MaestroRpcError) as raised:
                 await events(beta, stream_request(idempotency_key=key))
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_an_unexpected_ingress_failure_is_a_500_with_a_correlation_id_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(OpenAIIngress, "_completion_response", broken)
+    async with stack(tmp_path) as s:
+        client = openai.AsyncOpenAI(
+            base_url=s.openai_base_url, api_key=s.server.alpha_key, max_retries=0
+        )
+        async with client:
+            with pytest.raises(openai.InternalServerError) as raised:
+                await client.chat.completions.create(
+                    model="primary", messages=[{"role": "user", "content": "hi"}]
+                )
+            after = await client.chat.completions.create(
+                model="primary", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            streamed = [chunk async for chunk in after]
+    assert "correlation id" in raised.value.message
+    assert "secret internals" not in str(raised.value.body)
+    assert streamed  # the ingress keeps serving

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -54,6 +55,7 @@ _HTTP_STATUS: dict[int, int] = {
     code_pb2.RESOURCE_EXHAUSTED: 429,
     code_pb2.UNIMPLEMENTED: 501,
     code_pb2.UNAVAILABLE: 503,
+    code_pb2.INTERNAL: 500,
 }
 _AUTO_MODELS = ("", "auto")
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
@@ -310,6 +312,10 @@ class OpenAIIngress:
             return await self._stream(request, body, principal, call)
         except MaestroError as error:
             return error_response(error)
+        except ConnectionError:
+            raise  # the caller went away; nothing to answer
+        except Exception:  # an answer without internals, and a log line to find it by
+            return error_response(_internal())
 
     def _completion_response(self, body: ChatBody, completion: Any) -> web.Response:
         done: Done = completion.done
@@ -404,6 +410,13 @@ class OpenAIIngress:
             if response is None:
                 raise
             tail = _error_event(error.message, error.reason) + _DONE
+        except ConnectionError:
+            raise
+        except Exception:  # the stream has begun: end it with an error event
+            if response is None:
+                raise
+            internal = _internal()
+            tail = _error_event(internal.message, internal.reason) + _DONE
         if response is None:
             assert routed is not None
             response = web.StreamResponse(headers={**_SSE_HEADERS, **self._route_headers(routed)})
@@ -411,6 +424,21 @@ class OpenAIIngress:
             tail = b"".join(held) + tail
         await response.write_eof(tail)
         return response
+
+
+def _internal() -> MaestroError:
+    """An unexpected failure, logged with a correlation id the caller gets (no traceback)."""
+    correlation_id = uuid.uuid4().hex[:16]
+    log.exception("ingress.unhandled_error", correlation_id=correlation_id)
+    return _InternalError(
+        f"internal error; quote correlation id {correlation_id} when reporting it",
+        reason="INTERNAL",
+        metadata={"correlation_id": correlation_id},
+    )
+
+
+class _InternalError(MaestroError):
+    code = code_pb2.INTERNAL
 
 
 def _chunk_head(routed: Routed) -> bytes:
