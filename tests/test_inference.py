@@ -427,7 +427,9 @@ async def test_breaker_opens_on_failures_routes_around_and_closes_after_recovery
         assert routed_away[0].routed.deployment.deployment_id == "backup-b"
         assert s.primary.stats.requests_started == attempts
         s.primary.set_profile(profile())
-        while breaker.state.value != "closed":
+        for _ in range(200):  # bounded: probes need the open time to pass, then successes
+            if breaker.state.value == "closed":
+                break
             await asyncio.sleep(0.05)
             await events(s.client, stream_request())
     states = [(t.from_state.value, t.to_state.value) for t in breaker.transitions]
