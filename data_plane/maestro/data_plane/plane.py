@@ -31,6 +31,7 @@ from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.service import InferenceService
 from maestro.data_plane.servicer import InferenceServicer
 from maestro.data_plane.sim import SimProvider, load_profile
+from maestro.data_plane.targets import TargetResolver
 from maestro.v1 import inference_service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -67,7 +68,8 @@ class DataPlane:
     simulator: SimProvider | None = None
     runner: web.AppRunner | None = None
     http_port: int | None = None
-    reporter: asyncio.Task[None] | None = None
+    flusher: asyncio.Task[None] | None = None
+    """Folds observations into live signals every `report_interval_s`."""
 
     def register(self, server: grpc.aio.Server, routes: Decider) -> None:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
@@ -83,7 +85,7 @@ class DataPlane:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port)
         await site.start()
-        server = site._server
+        server = site._server  # aiohttp tells the bound port (for port 0) nowhere else
         sockets = getattr(server, "sockets", None) or ()
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
         log.info("data_plane.http_ready", address=f"{self.config.http_host}:{self.http_port}")
@@ -95,10 +97,10 @@ class DataPlane:
 
     async def close(self) -> None:
         await self.stop_http()
-        if self.reporter is not None:
-            self.reporter.cancel()
+        if self.flusher is not None:
+            self.flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.reporter
+                await self.flusher
         self.observer.close()
         await self.native.aclose()
         await self.translating.aclose()
@@ -118,8 +120,6 @@ async def build_data_plane(
     """The data plane of this process. `node_id` names it in the observations it reports
     (default: host and pid); `forward` also receives them (a remote control plane)."""
     node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
-    from maestro.data_plane.targets import TargetResolver
-
     simulator = None
     if config.simulated_provider:
         profile = load_profile(
@@ -152,5 +152,5 @@ async def build_data_plane(
     )
     ingress = OpenAIIngress(service, routes, authenticate, insecure_project)
     plane = DataPlane(config, service, observer, native, translating, ingress, simulator)
-    plane.reporter = asyncio.create_task(observer.report_forever(config.report_interval_s))
+    plane.flusher = asyncio.create_task(observer.report_forever(config.report_interval_s))
     return plane
