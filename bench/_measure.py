@@ -1,14 +1,21 @@
-"""Timing helpers shared by the benchmarks: per-call samples and nearest-rank percentiles."""
+"""Helpers shared by the benchmarks: per-call samples, nearest-rank percentiles, machine facts."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import os
+import platform
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -85,3 +92,41 @@ async def time_awaits(
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine(packages: Sequence[str]) -> dict[str, Any]:
+    """What ran the benchmark: CPU, Python, package versions, the commit and any modified files
+    (so figures from an uncommitted tree say so), and the load at the start."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    commit, modified = "", []
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        modified = [line[3:] for line in status.splitlines()]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "commit": commit,
+        "modified_files": modified,
+        # Other work on a shared machine shows up as tail latency; recorded, not controlled.
+        "loadavg_1m_at_start": os.getloadavg()[0],
+    }

@@ -131,6 +131,8 @@ def maestro_config(directory: Path, port: int, sampling_ratio: float | None) -> 
             "policy_files": [str(fx.SEED_POLICY_PATH)],
             "watch": True,
         },
+        # The RPC bench measures RouteService; the data plane (and its HTTP port) stays off.
+        "data_plane": {"enabled": False},
     }
     path = directory / "maestro.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML

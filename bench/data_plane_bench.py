@@ -61,7 +61,6 @@ import contextlib
 import gc
 import json
 import math
-import platform
 import signal
 import socket
 import subprocess
@@ -71,8 +70,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +83,7 @@ import uvloop
 from bench import _load
 from bench._litellm_proxy import PROXY_MASTER_KEY, ensure_proxy_venv, start_litellm_proxy
 from bench._load import LoadConfig, LoadReport, TargetKind, run_load
+from bench._measure import machine as measure_machine
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -889,38 +887,9 @@ def _ratio(a: float, b: float) -> float:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("maestro", "litellm", "aiohttp", "grpcio", "orjson", "uvloop", "openai"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    commit, modified = "", []
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        git = ["git", "-C", str(BENCH.parent)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        modified = [line[3:] for line in status.splitlines()]
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "commit": commit,
-        "modified_files": modified,
-        "loadavg_1m_at_start": os.getloadavg()[0],
-    }
+    return measure_machine(
+        ("maestro", "litellm", "aiohttp", "grpcio", "orjson", "uvloop", "openai")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,18 +32,15 @@ import gc
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +50,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import _route_fixtures as fx
 import uvloop
 from _measure import Latency, progress, summarise, time_awaits, time_calls
+from _measure import machine as measure_machine
 from _rpc_load import (
     BENCH,
     CHOOSE_PATH,
@@ -401,40 +399,9 @@ async def bench_sections(plan: Plan) -> list[SectionRow]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("numpy", "litellm", "grpcio", "protobuf", "uvloop", "regopy", "maestro"):
-        with suppress(metadata.PackageNotFoundError):
-            versions[package] = metadata.version(package)
-    commit = ""
-    modified: list[str] = []
-    with suppress(OSError, subprocess.CalledProcessError):
-        git = ["git", "-C", str(BENCH.parent)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        modified = [line[3:] for line in status.splitlines()]
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "commit": commit,
-        "modified_files": modified,
-        # Other work on a shared machine shows up as tail latency; recorded, not controlled.
-        "loadavg_1m_at_start": os.getloadavg()[0],
-    }
+    return measure_machine(
+        ("numpy", "litellm", "grpcio", "protobuf", "uvloop", "regopy", "maestro")
+    )
 
 
 @dataclass
