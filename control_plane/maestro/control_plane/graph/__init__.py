@@ -1,0 +1,1 @@
+"""Agent graphs: recipes (YAML), and (to come) their durable runtime behind GraphService."""
