@@ -4,9 +4,12 @@ edge conditions, and the Mermaid export."""
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from maestro.control_plane.cli.app import app
 from maestro.control_plane.errors import InvalidArgument
 from maestro.control_plane.graph.recipe import (
     END,
@@ -131,3 +134,16 @@ def test_conditions_over_state_are_accepted(condition: str) -> None:
 )
 def test_conditions_that_could_do_anything_else_are_refused(condition: str, problem: str) -> None:
     assert problem in condition_problem(condition)
+
+
+def test_cli_validates_and_draws_a_recipe(tmp_path: Path) -> None:
+    runner = CliRunner()
+    drawn = runner.invoke(app, ["recipe", "diagram", "debate"])
+    assert drawn.exit_code == 0, drawn.output
+    assert drawn.output.startswith("graph TD\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  - {id: a, kind: wizard}\nedges:\n  - {from: __start__, to: a}\n")
+    checked = runner.invoke(app, ["recipe", "validate", str(bad)])
+    assert checked.exit_code == 1
+    assert f"{bad}: nodes[0].kind:" in checked.output
+    assert "(line 2)" in checked.output

@@ -14,7 +14,8 @@ from google.protobuf import json_format
 from maestro.clients import MaestroClient, MaestroRpcError
 from maestro.control_plane.auth import hash_secret
 from maestro.control_plane.config import ConfigError, MaestroConfig, load_config
-from maestro.control_plane.errors import MaestroError
+from maestro.control_plane.errors import InvalidArgument, MaestroError
+from maestro.control_plane.graph.recipe import Recipe
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.store.sqlite import Database
@@ -32,7 +33,13 @@ keys = typer.Typer(help="API keys of your project (through the API).", no_args_i
 route = typer.Typer(help="RouteService: decisions and routing config.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
 app.add_typer(keys, name="keys")
+recipe = typer.Typer(
+    help="Agent graph recipes, checked locally: no server needed.", no_args_is_help=True
+)
+app.add_typer(admin, name="admin")
+app.add_typer(keys, name="keys")
 app.add_typer(route, name="route")
+app.add_typer(recipe, name="recipe")
 
 DEMO_PROJECT = "demo"
 ConfigOption = Annotated[
@@ -416,3 +423,51 @@ def route_apply(
             _fail(error)
     _print(response.validation)
     typer.echo(f"revision: {response.route_config.revision_id}")
+
+
+RecipeFile = Annotated[
+    Path,
+    typer.Argument(
+        help="Recipe YAML, or the name of a built-in recipe (planner_executor, debate, "
+        "critique_improve, toolformer).",
+    ),
+]
+
+
+def _read_recipe(source: Path) -> Recipe:
+    from importlib import resources
+
+    from maestro.control_plane.graph.recipe import parse_recipe
+
+    path = source
+    if not path.exists():
+        built_in = resources.files("maestro.control_plane.graph.recipes") / f"{source}.yaml"
+        if not built_in.is_file():
+            typer.echo(f"no file {source} and no built-in recipe of that name", err=True)
+            raise typer.Exit(2)
+        text = built_in.read_text()
+    else:
+        text = path.read_text()
+    try:
+        return parse_recipe(text, field="")
+    except InvalidArgument as error:
+        for violation in error.violations:
+            typer.echo(f"{source}: {violation.field}: {violation.description}", err=True)
+        raise typer.Exit(1) from None
+
+
+@recipe.command("validate")
+def recipe_validate(source: RecipeFile) -> None:
+    """Check a recipe; print each problem with its field and line, exit 1 if there are any."""
+    checked = _read_recipe(source)
+    typer.echo(
+        f"{source}: valid ({len(checked.spec.nodes)} nodes, {len(checked.spec.edges)} edges)"
+    )
+
+
+@recipe.command("diagram")
+def recipe_diagram(source: RecipeFile) -> None:
+    """Print a recipe as a Mermaid flowchart."""
+    from maestro.control_plane.graph.recipe import mermaid
+
+    typer.echo(mermaid(_read_recipe(source).spec), nl=False)

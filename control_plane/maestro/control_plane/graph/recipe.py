@@ -144,7 +144,7 @@ def _field(field: str, path: Sequence[str | int]) -> str:
     out = field
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
+    return out.lstrip(".") or "(recipe)"
 
 
 def parse_recipe(source: str, field: str = "recipe.source_yaml") -> Recipe:
@@ -165,6 +165,9 @@ def parse_recipe(source: str, field: str = "recipe.source_yaml") -> Recipe:
     try:
         spec = RecipeSpec.model_validate(data)
     except ValidationError as error:
+        problems = error.errors(include_url=False)
+        # A bad item also fails its list's length check; the item's own error says more.
+        locs = [tuple(problem["loc"]) for problem in problems]
         raise InvalidArgument(
             [
                 FieldViolation(
@@ -172,7 +175,8 @@ def parse_recipe(source: str, field: str = "recipe.source_yaml") -> Recipe:
                     f"{problem['msg'].removeprefix('Value error, ')} "
                     f"(line {_line(root, problem['loc'])})",
                 )
-                for problem in error.errors(include_url=False)
+                for problem, loc in zip(problems, locs, strict=True)
+                if not any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
             ]
         ) from None
     violations = list(_graph_problems(spec, root, field))
