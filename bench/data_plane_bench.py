@@ -763,6 +763,35 @@ async def bench_ttft(
     return rows
 
 
+async def _direct_and_coalesced(
+    section: str,
+    baseline: str,
+    common: Mapping[str, Any],
+    warmup_s: float,
+    sim_base: str,
+    maestro: MaestroUp,
+    pids: Mapping[str, int],
+) -> list[LoadRow]:
+    """The sim called directly, then the Maestro ingress at each coalescing setting."""
+    rows = [
+        await measure(
+            section, baseline, openai_load(sim_base, None, **common), pids, warmup_s=warmup_s
+        )
+    ]
+    for label, extra in COALESCING.items():
+        rows.append(
+            await measure(
+                section,
+                f"Maestro HTTP ingress, coalescing {label}",
+                openai_load(maestro.openai_base_url, maestro.api_key, **common),
+                pids,
+                warmup_s=warmup_s,
+                extra_body={"maestro": extra} if extra else None,
+            )
+        )
+    return rows
+
+
 async def bench_throughput(
     plan: Plan,
     sim_base: str,
@@ -775,26 +804,15 @@ async def bench_throughput(
         "max_tokens": plan.throughput_tokens,
         "duration_s": plan.throughput_window_s,
     }
-    rows = [
-        await measure(
-            "4a",
-            "sim directly (client-bound reference)",
-            openai_load(sim_base, None, **common),
-            pids,
-            warmup_s=plan.throughput_warmup_s,
-        )
-    ]
-    for label, extra in COALESCING.items():
-        rows.append(
-            await measure(
-                "4a",
-                f"Maestro HTTP ingress, coalescing {label}",
-                openai_load(maestro.openai_base_url, maestro.api_key, **common),
-                pids,
-                warmup_s=plan.throughput_warmup_s,
-                extra_body={"maestro": extra} if extra else None,
-            )
-        )
+    rows = await _direct_and_coalesced(
+        "4a",
+        "sim directly (client-bound reference)",
+        common,
+        plan.throughput_warmup_s,
+        sim_base,
+        maestro,
+        pids,
+    )
     grpc_config = LoadConfig(
         target=maestro.grpc_address, target_kind=TargetKind.GRPC, api_key=maestro.api_key, **common
     )
@@ -819,27 +837,9 @@ async def bench_paced(
         "max_tokens": plan.paced_tokens,
         "duration_s": plan.paced_window_s,
     }
-    rows = [
-        await measure(
-            "4b",
-            "sim directly (baseline)",
-            openai_load(sim_base, None, **common),
-            pids,
-            warmup_s=plan.paced_warmup_s,
-        )
-    ]
-    for label, extra in COALESCING.items():
-        rows.append(
-            await measure(
-                "4b",
-                f"Maestro HTTP ingress, coalescing {label}",
-                openai_load(maestro.openai_base_url, maestro.api_key, **common),
-                pids,
-                warmup_s=plan.paced_warmup_s,
-                extra_body={"maestro": extra} if extra else None,
-            )
-        )
-    return rows
+    return await _direct_and_coalesced(
+        "4b", "sim directly (baseline)", common, plan.paced_warmup_s, sim_base, maestro, pids
+    )
 
 
 async def bench_ingress(
