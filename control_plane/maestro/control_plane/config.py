@@ -180,6 +180,36 @@ class DataPlaneConfig(_Section):
     )
 
 
+class GraphConfig(_Section):
+    """GraphService: where runs are stored and how replicas share them."""
+
+    enabled: bool = Field(True, description="Serve GraphService and run agent graphs.")
+    store: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="sqlite: runs live in store.sqlite_path (one host). postgres: runs live in "
+        "`postgres_dsn`, shared by every replica, which claim runs with leases.",
+    )
+    postgres_dsn: str = Field("", description="libpq connection string, for store=postgres.")
+    replica_id: str = Field(
+        "", description="Names this replica in leases and events; empty: host name and pid."
+    )
+    lease_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long a replica holds a run without renewing; a dead replica's runs are "
+        "taken over after this.",
+    )
+    poll_s: float = Field(
+        0.5, gt=0, le=60, description="How often a replica looks for claimable runs unwoken."
+    )
+    max_runs: int = Field(64, ge=1, description="Runs one replica drives at once.")
+    operator_projects: list[str] = Field(
+        default_factory=list,
+        description="Projects whose keys may engage the global kill switch.",
+    )
+
+
 class MaestroConfig(_Section):
     """The whole server configuration."""
 
@@ -190,6 +220,7 @@ class MaestroConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     routing: RoutingConfig = RoutingConfig()
     data_plane: DataPlaneConfig = DataPlaneConfig()
+    graph: GraphConfig = GraphConfig()
 
     @model_validator(mode="after")
     def _insecure_only_on_loopback(self) -> MaestroConfig:

@@ -15,6 +15,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maestro.control_plane.config import MaestroConfig
+from maestro.control_plane.graph.plane import GraphPlane, build_graph
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.servicer import ProjectServicer
 from maestro.control_plane.projects.store import ProjectStore
@@ -47,8 +48,8 @@ log = structlog.get_logger(__name__)
 PROJECT_SERVICE = project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"]
 ROUTE_SERVICE = route_service_pb2.DESCRIPTOR.services_by_name["RouteService"]
 # Services of the contract whose capability is not built yet, and what they are waiting for.
+GRAPH_SERVICE = graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"]
 PENDING_SERVICES = (
-    (graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"], "the agent graph runtime"),
     (eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"], "the eval runner"),
     (rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"], "progressive delivery"),
 )
@@ -68,6 +69,7 @@ class ControlPlane:
     port: int
     stopping: asyncio.Event
     data: DataPlane | None = None
+    graph: GraphPlane | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -88,6 +90,8 @@ class ControlPlane:
         if self.data is not None:
             await self.data.stop_http()
         await self.server.stop(grace)
+        if self.graph is not None:
+            await self.graph.stop()
         if self.data is not None:
             await self.data.close()
         for task in self.background:
@@ -130,17 +134,32 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         data.register(server, routes)
     else:
         pending.append((INFERENCE_SERVICE, "the data plane (data_plane.enabled is false)"))
+    graph = None
+    if config.graph.enabled:
+        graph = await build_graph(
+            config.graph, database, registry, data.service if data else None, telemetry
+        )
+        graph.register(server, frozenset(config.graph.operator_projects))
+    else:
+        pending.append((GRAPH_SERVICE, "agent graphs (graph.enabled is false)"))
     for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    served = (PROJECT_SERVICE, ROUTE_SERVICE, *((INFERENCE_SERVICE,) if data else ()))
+    served = (
+        PROJECT_SERVICE,
+        ROUTE_SERVICE,
+        *((INFERENCE_SERVICE,) if data else ()),
+        *((GRAPH_SERVICE,) if graph else ()),
+    )
     service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in pending)]
     enable_reflection(
         server, [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     )
     port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
     if port == 0:
+        if graph is not None:
+            await graph.stop()
         if data is not None:
             await data.close()
         database.close()
@@ -152,7 +171,9 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         await health.set(service.full_name, SERVING)
     for service, _ in pending:
         await health.set(service.full_name, NOT_SERVING)
-    plane = ControlPlane(config, server, health, database, projects, routes, port, stopping, data)
+    plane = ControlPlane(
+        config, server, health, database, projects, routes, port, stopping, data, graph
+    )
     if data is not None:
         await data.start_http()
     if config.routing.config_file is not None:

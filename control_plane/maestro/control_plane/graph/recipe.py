@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
+from maestro.control_plane.graph.expressions import NAMES
 
 START, END = "__start__", "__end__"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -78,6 +79,12 @@ class NodeSpec(_Strict):
     description: str = ""
     model: str = ""
     hint: Literal["", "draft", "finalization"] = ""
+    tools: tuple[str, ...] = ()
+    """Model node: the declared tools offered to the model."""
+    tool_choice: str = ""
+    """Model node: `auto`, `required`, `none` or one offered tool's name; "" is `auto`."""
+    max_tokens: int = Field(0, ge=0, le=1_000_000)
+    """Model node: completion tokens per call; 0 is the runtime's default."""
     tool: str = ""
     gate: GateSpec | None = None
     recipe: str = ""
@@ -232,11 +239,20 @@ def _graph_problems(
         yield at(("edges",), "__end__ cannot be reached from __start__")
 
 
-_OWNER = {"model": "model", "hint": "model", "tool": "tool", "gate": "gate", "recipe": "subgraph"}
+_OWNER = {
+    "model": "model",
+    "hint": "model",
+    "tools": "model",
+    "tool_choice": "model",
+    "max_tokens": "model",
+    "tool": "tool",
+    "gate": "gate",
+    "recipe": "subgraph",
+}
 """Which node kind each kind-specific setting belongs to."""
 
 
-def _node_problems(node: NodeSpec, tools: set[str]) -> Iterator[tuple[tuple[str, ...], str]]:
+def _node_problems(node: NodeSpec, tools: set[str]) -> Iterator[tuple[tuple[str | int, ...], str]]:
     for setting, kind in _OWNER.items():
         if getattr(node, setting) and node.kind != kind:
             yield (setting,), f"`{setting}` does not apply to a {node.kind} node"
@@ -245,6 +261,11 @@ def _node_problems(node: NodeSpec, tools: set[str]) -> Iterator[tuple[tuple[str,
         yield (required,), f"a {node.kind} node needs `{required}`"
     if node.kind == "tool" and node.tool and node.tool not in tools:
         yield ("tool",), f"tool {node.tool!r} is not declared in `tools`"
+    for index, offered in enumerate(node.tools):
+        if offered not in tools:
+            yield ("tools", index), f"tool {offered!r} is not declared in `tools`"
+    if node.tool_choice not in {"", "auto", "required", "none", *node.tools}:
+        yield ("tool_choice",), "must be auto, required, none or one of the node's `tools`"
     if node.kind == "subgraph" and node.recipe and not _RECIPE_NAME.fullmatch(node.recipe):
         yield ("recipe",), "must be a recipe name, projects/{project}/recipes/{recipe}"
 
@@ -270,7 +291,8 @@ _ALLOWED = (
 
 def condition_problem(text: str) -> str:
     """What is wrong with an edge condition, or "" when it is well formed: a boolean expression
-    over `state` (attributes, [index], comparisons, and/or/not, in) and literals."""
+    over `state` and `visits` (attributes, [index], comparisons, and/or/not, in) and literals;
+    `expressions.compile_condition` runs it."""
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as error:
@@ -278,8 +300,8 @@ def condition_problem(text: str) -> str:
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED):
             return f"`{type(node).__name__}` is not allowed in a condition"
-        if isinstance(node, ast.Name) and node.id != "state":
-            return f"unknown name {node.id!r}; conditions read `state` only"
+        if isinstance(node, ast.Name) and node.id not in NAMES:
+            return f"unknown name {node.id!r}; conditions read `state` and `visits` only"
         if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
             return "private attributes are not allowed"
     return ""

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from maestro.control_plane.graph.schema import sqlite_schema
+
 # Each entry migrates the schema from version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -49,6 +51,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX route_config_by_request ON route_config_revisions(project, request_id)
         WHERE request_id IS NOT NULL;
     """,
+    sqlite_schema(),
 )
 
 

@@ -1,0 +1,112 @@
+"""Assembly of GraphService in a control-plane process: store, runtime, service, servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from maestro.control_plane.config import GraphConfig
+from maestro.control_plane.graph.compiled import PriceLookup, Prices
+from maestro.control_plane.graph.hub import RunHub
+from maestro.control_plane.graph.models import DataPlaneModels
+from maestro.control_plane.graph.runtime import GraphRuntime, RuntimeSettings
+from maestro.control_plane.graph.service import GraphService
+from maestro.control_plane.graph.servicer import GraphServicer
+from maestro.control_plane.graph.sql import Sql, SqliteSql
+from maestro.control_plane.graph.store import EVENTS_CHANNEL, RunStore
+from maestro.control_plane.graph.tools import builtin_tools
+from maestro.control_plane.route.registry import SnapshotRegistry
+from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.telemetry import Telemetry
+from maestro.data_plane.service import InferenceService
+from maestro.v1 import graph_service_pb2_grpc
+
+
+@dataclass
+class GraphPlane:
+    sql: Sql
+    store: RunStore
+    hub: RunHub
+    runtime: GraphRuntime
+    service: GraphService
+
+    def register(self, server: grpc.aio.Server, operators: frozenset[str]) -> None:
+        graph_service_pb2_grpc.add_GraphServiceServicer_to_server(
+            GraphServicer(self.service, operators), server
+        )
+
+    async def stop(self) -> None:
+        await self.runtime.stop()
+        await asyncio.to_thread(self.sql.close)
+
+
+def price_lookup(registry: SnapshotRegistry) -> Callable[[str], PriceLookup]:
+    """Prices of the dearest deployment of a model group in a project's current snapshot."""
+
+    def for_project(project: str) -> PriceLookup:
+        def lookup(model: str) -> Prices | None:
+            published = registry.current(project)
+            if published is None:
+                return None
+            candidates = [
+                d
+                for d in published.snapshot.deployments
+                if not model or d.model_name == model or d.deployment_id == model
+            ]
+            if not candidates:
+                return None
+            dearest = max(
+                candidates,
+                key=lambda d: (d.input_cost_per_token or 0.0) + (d.output_cost_per_token or 0.0),
+            )
+            return Prices(
+                dearest.input_cost_per_token or 0.0,
+                dearest.output_cost_per_token or 0.0,
+                max(d.expected_p95_latency_ms for d in candidates) / 1000,
+                dearest.deployment_id,
+            )
+
+        return lookup
+
+    return for_project
+
+
+def open_sql(config: GraphConfig, database: Database) -> Sql:
+    if config.store == "postgres":
+        from maestro.control_plane.graph.postgres import PostgresSql
+
+        return PostgresSql(config.postgres_dsn)
+    return SqliteSql(database)
+
+
+async def build_graph(
+    config: GraphConfig,
+    database: Database,
+    registry: SnapshotRegistry,
+    inference: InferenceService | None,
+    telemetry: Telemetry,
+) -> GraphPlane:
+    sql = await asyncio.to_thread(open_sql, config, database)
+    store = RunStore(sql)
+    hub = RunHub()
+    hub.bind(asyncio.get_running_loop())
+    replica = config.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    runtime = GraphRuntime(
+        store,
+        hub,
+        RuntimeSettings(replica, config.lease_s, config.poll_s, config.max_runs),
+        models=DataPlaneModels(inference) if inference is not None else None,
+        tools=builtin_tools(store),
+        prices=price_lookup(registry),
+        tracer=telemetry.tracer_provider.get_tracer("maestro.graph"),
+    )
+    listen = getattr(sql, "listen", None)
+    if listen is not None:
+        listen(EVENTS_CHANNEL, hub.changed_threadsafe)
+    runtime.start()
+    return GraphPlane(sql, store, hub, runtime, GraphService(store, hub, runtime))

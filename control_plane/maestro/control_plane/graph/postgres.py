@@ -1,0 +1,108 @@
+"""The PostgreSQL store: a psycopg connection pool, versioned migrations, and LISTEN/NOTIFY.
+
+Several control-plane replicas share one database. Migrations are numbered and recorded in
+`maestro_schema_migrations`; each runs in its own transaction under an advisory lock, so
+replicas starting together apply each exactly once. `listen` runs a thread holding one
+connection in LISTEN mode and hands each notification's payload to a callback, which is how a
+gate decided on one replica wakes the run on another within milliseconds instead of a poll.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from maestro.control_plane.graph.schema import postgres_schema
+from maestro.control_plane.graph.sql import PostgresTx, Tx
+
+MIGRATIONS: tuple[str, ...] = (postgres_schema(),)
+"""Append only; never edit a shipped one."""
+_LOCK_ID = 0x6D61_6573  # advisory lock key: 'maes'
+
+
+class PostgresSql:
+    kind = "postgres"
+    lock_rows = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 8) -> None:
+        self._dsn = dsn
+        self._pool = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            open=True,
+        )
+        self._stop = threading.Event()
+        self._listeners: list[threading.Thread] = []
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS maestro_schema_migrations ("
+                "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            cursor = conn.cursor(row_factory=dict_row)
+            row = cursor.execute(
+                "SELECT max(version) AS v FROM maestro_schema_migrations"
+            ).fetchone()
+            version = int(row["v"] or 0) if row is not None else 0
+            for index in range(version, len(MIGRATIONS)):
+                conn.execute(MIGRATIONS[index].encode())  # our own DDL, not a literal
+                conn.execute(
+                    "INSERT INTO maestro_schema_migrations (version) VALUES (%s)", (index + 1,)
+                )
+
+    @contextmanager
+    def write(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield PostgresTx(cursor)
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield PostgresTx(cursor)
+
+    def json_in(self, value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
+    def json_out(self, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    def notify(self, tx: Tx, channel: str, payload: str) -> None:
+        tx.run("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` from a background thread for each NOTIFY on `channel`."""
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    with psycopg.connect(self._dsn, autocommit=True) as conn:
+                        conn.execute(f"LISTEN {channel}".encode())  # a fixed channel name
+                        gen = conn.notifies(timeout=0.5)
+                        while not self._stop.is_set():
+                            for note in gen:
+                                callback(note.payload)
+                            gen = conn.notifies(timeout=0.5)
+                except psycopg.OperationalError:
+                    self._stop.wait(0.5)  # the database restarted; listen again
+
+        thread = threading.Thread(target=loop, name=f"pg-listen-{channel}", daemon=True)
+        thread.start()
+        self._listeners.append(thread)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._listeners:
+            thread.join(timeout=2)
+        self._pool.close()

@@ -1,0 +1,617 @@
+"""The run store: recipes, runs, events, gates, kill switches and the tools' effect ledger.
+
+Written once over `graph.sql.Sql`, so SQLite (embedded default) and PostgreSQL run the same code
+and the same test suite. Every change to a run goes through `change_run`: the run's row is read
+(and locked, on PostgreSQL) and the caller's function decides the change from it, then the column
+updates, the new events (numbered densely from the run's `last_seq`) and the gates are written in
+that one transaction. That is how a node's output, the new state and its `node_finished` event
+commit together, and how a replica that lost its lease is stopped from writing (the function
+checks the owner and raises).
+
+Calls are synchronous; the async layers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from maestro.control_plane.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from maestro.control_plane.graph.records import (
+    CLAIMABLE,
+    UNFINISHED,
+    Budget,
+    EventRecord,
+    GateRecord,
+    GateStatus,
+    InFlight,
+    KillSwitchRecord,
+    NewEvent,
+    RecipeRecord,
+    RunChange,
+    RunRecord,
+    RunStatus,
+)
+from maestro.control_plane.graph.sql import Row, Sql, Tx
+
+EVENTS_CHANNEL = "maestro_run_events"
+"""PostgreSQL NOTIFY channel: payload is the run name, sent with every committed change."""
+
+_JSON_COLUMNS = frozenset({"input_state", "state", "in_flight", "visits", "budget", "error"})
+_RUN_COLUMNS = (
+    "name, project, recipe, recipe_revision_id, recipe_source, input_state, state, status, "
+    "state_reason, next_node, in_flight, visits, prompt_tokens, completion_tokens, cost_usd, "
+    "budget, autonomy, error, kill_switch, last_seq, owner, lease_expire, trace_id, request_id, "
+    "create_time, update_time, end_time"
+)
+
+ChangeFn = Callable[[RunRecord, dict[str, GateRecord]], RunChange]
+
+
+def etag_of(*parts: Any) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+class RunStore:
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def _run(self, row: Row) -> RunRecord:
+        load = self.sql.json_out
+        in_flight = load(row["in_flight"]) if row["in_flight"] is not None else None
+        budget = load(row["budget"])
+        return RunRecord(
+            name=row["name"],
+            project=row["project"],
+            recipe=row["recipe"],
+            recipe_revision_id=row["recipe_revision_id"],
+            recipe_source=row["recipe_source"],
+            input_state=load(row["input_state"]),
+            state=load(row["state"]),
+            status=RunStatus(row["status"]),
+            state_reason=row["state_reason"],
+            next_node=row["next_node"],
+            in_flight=InFlight(**in_flight) if in_flight else None,
+            visits=load(row["visits"]),
+            prompt_tokens=int(row["prompt_tokens"]),
+            completion_tokens=int(row["completion_tokens"]),
+            cost_usd=float(row["cost_usd"]),
+            budget=Budget(**budget),
+            autonomy=int(row["autonomy"]),
+            error=load(row["error"]) if row["error"] is not None else None,
+            kill_switch=row["kill_switch"],
+            last_seq=int(row["last_seq"]),
+            owner=row["owner"],
+            lease_expire=float(row["lease_expire"]),
+            trace_id=row["trace_id"],
+            request_id=row["request_id"],
+            create_time=float(row["create_time"]),
+            update_time=float(row["update_time"]),
+            end_time=float(row["end_time"]) if row["end_time"] is not None else None,
+        )
+
+    def _value(self, column: str, value: Any) -> Any:
+        if column in _JSON_COLUMNS and value is not None:
+            if isinstance(value, InFlight | Budget):
+                value = value.as_dict()
+            return self.sql.json_in(value)
+        if isinstance(value, RunStatus):
+            return int(value)
+        return value
+
+    def insert_run(self, run: RunRecord, events: Sequence[NewEvent]) -> RunRecord:
+        """Store a new run with its first events. ALREADY_EXISTS if the name is taken; a retried
+        request id returns the run it created."""
+        columns = [c.strip() for c in _RUN_COLUMNS.split(",")]
+        values = [self._value(c, getattr(run, c)) for c in columns]
+        with self.sql.write() as tx:
+            if run.request_id:
+                previous = tx.one(
+                    f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE project = ? AND request_id = ?",
+                    (run.project, run.request_id),
+                )
+                if previous is not None:
+                    return self._run(previous)
+            if tx.one("SELECT 1 AS x FROM agent_runs WHERE name = ?", (run.name,)):
+                raise AlreadyExists(f"run {run.name!r} exists already", reason="RUN_EXISTS")
+            tx.run(
+                f"INSERT INTO agent_runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+            last = self._append(tx, run.name, run.last_seq, events, run.create_time)
+            tx.run("UPDATE agent_runs SET last_seq = ? WHERE name = ?", (last, run.name))
+            self.sql.notify(tx, EVENTS_CHANNEL, run.name)
+        return self.get_run(run.name)
+
+    def get_run(self, name: str) -> RunRecord:
+        with self.sql.read() as tx:
+            row = tx.one(f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"run {name!r} not found", reason="RUN_NOT_FOUND")
+        return self._run(row)
+
+    def list_runs(
+        self, project: str, after: tuple[float, str] | None, limit: int
+    ) -> list[RunRecord]:
+        """Newest first; `after` is the (create_time, name) of the last run of the previous
+        page."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE project = ?"
+        params: list[Any] = [project]
+        if after is not None:
+            sql += " AND (create_time < ? OR (create_time = ? AND name < ?))"
+            params += [after[0], after[0], after[1]]
+        sql += " ORDER BY create_time DESC, name DESC LIMIT ?"
+        with self.sql.read() as tx:
+            return [self._run(row) for row in tx.all(sql, [*params, limit])]
+
+    def unfinished_runs(self, project: str | None) -> list[str]:
+        marks = ", ".join("?" * len(UNFINISHED))
+        sql = f"SELECT name FROM agent_runs WHERE status IN ({marks})"
+        params: list[Any] = [int(s) for s in UNFINISHED]
+        if project is not None:
+            sql += " AND project = ?"
+            params.append(project)
+        with self.sql.read() as tx:
+            return [row["name"] for row in tx.all(sql, params)]
+
+    def change_run(self, name: str, decide: ChangeFn) -> tuple[RunRecord, list[EventRecord]]:
+        """Read the run and its gates, let `decide` say what changes, write it all in one
+        transaction. `decide` may raise to change nothing."""
+        with self.sql.write() as tx:
+            row = tx.one(
+                f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE name = ?"
+                + self.sql.lock_rows.replace(" SKIP LOCKED", ""),
+                (name,),
+            )
+            if row is None:
+                raise NotFound(f"run {name!r} not found", reason="RUN_NOT_FOUND")
+            run = self._run(row)
+            gates = {gate.name: gate for gate in self._gates(tx, "run = ?", (name,))}
+            change = decide(run, gates)
+            now = time.time()
+            events = self._append_records(tx, name, run.last_seq, change.events, now)
+            updates = dict(change.updates)
+            updates["last_seq"] = run.last_seq + len(events)
+            updates["update_time"] = now
+            assignments = ", ".join(f"{column} = ?" for column in updates)
+            tx.run(
+                f"UPDATE agent_runs SET {assignments} WHERE name = ?",
+                [*(self._value(c, v) for c, v in updates.items()), name],
+            )
+            for gate in change.gates:
+                self._put_gate(tx, gate)
+            for entry in change.audit:
+                self.audit(tx, entry.actor, entry.action, entry.target, entry.reason, entry.detail)
+            if change.notify:
+                self.sql.notify(tx, EVENTS_CHANNEL, name)
+        return self._with(run, updates), events
+
+    @staticmethod
+    def _with(run: RunRecord, updates: dict[str, Any]) -> RunRecord:
+        values = dict(updates)
+        if isinstance(values.get("in_flight"), dict):
+            values["in_flight"] = InFlight(**values["in_flight"])
+        if "status" in values:
+            values["status"] = RunStatus(values["status"])
+        return replace(run, **values)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def claim(
+        self, replica: str, lease_s: float, limit: int, now: float | None = None
+    ) -> list[tuple[RunRecord, str]]:
+        """Take up to `limit` runs that are queued or running with no live lease; each comes with
+        the replica that held it before ("" if none)."""
+        now = time.time() if now is None else now
+        marks = ", ".join("?" * len(CLAIMABLE))
+        with self.sql.write() as tx:
+            rows = tx.all(
+                f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE status IN ({marks}) "
+                "AND (owner = '' OR lease_expire < ?) ORDER BY update_time LIMIT ?"
+                + self.sql.lock_rows,
+                [*(int(s) for s in CLAIMABLE), now, limit],
+            )
+            for row in rows:
+                tx.run(
+                    "UPDATE agent_runs SET owner = ?, lease_expire = ? WHERE name = ?",
+                    (replica, now + lease_s, row["name"]),
+                )
+        return [
+            (
+                self._with(self._run(row), {"owner": replica, "lease_expire": now + lease_s}),
+                row["owner"],
+            )
+            for row in rows
+        ]
+
+    def renew(self, replica: str, names: Sequence[str], lease_s: float) -> set[str]:
+        """Extend this replica's leases; returns the runs it should keep driving: still its own,
+        not finished, and not halted by a kill switch."""
+        if not names:
+            return set()
+        now = time.time()
+        marks = ", ".join("?" * len(names))
+        with self.sql.write() as tx:
+            tx.run(
+                f"UPDATE agent_runs SET lease_expire = ? WHERE owner = ? AND name IN ({marks})",
+                [now + lease_s, replica, *names],
+            )
+            rows = tx.all(
+                f"SELECT name, status, kill_switch FROM agent_runs WHERE owner = ? "
+                f"AND name IN ({marks})",
+                [replica, *names],
+            )
+        return {
+            row["name"]
+            for row in rows
+            if not RunStatus(row["status"]).final and not row["kill_switch"]
+        }
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _append(
+        self, tx: Tx, run: str, last_seq: int, events: Sequence[NewEvent], now: float
+    ) -> int:
+        return last_seq + len(self._append_records(tx, run, last_seq, events, now))
+
+    def _append_records(
+        self, tx: Tx, run: str, last_seq: int, events: Sequence[NewEvent], now: float
+    ) -> list[EventRecord]:
+        records = [
+            EventRecord(run, last_seq + offset, now, event.node_id, event.attempt, event.body)
+            for offset, event in enumerate(events, start=1)
+        ]
+        for record in records:
+            tx.run(
+                "INSERT INTO run_events (run, seq, event_time, node_id, attempt, body) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run,
+                    record.seq,
+                    now,
+                    record.node_id,
+                    record.attempt,
+                    self.sql.json_in(record.body),
+                ),
+            )
+        return records
+
+    def list_events(
+        self, run: str, after_seq: int, limit: int, node_id: str | None = None
+    ) -> list[EventRecord]:
+        sql = (
+            "SELECT run, seq, event_time, node_id, attempt, body FROM run_events "
+            "WHERE run = ? AND seq > ?"
+        )
+        params: list[Any] = [run, after_seq]
+        if node_id is not None:
+            sql += " AND node_id = ?"
+            params.append(node_id)
+        sql += " ORDER BY seq LIMIT ?"
+        with self.sql.read() as tx:
+            rows = tx.all(sql, [*params, limit])
+        return [
+            EventRecord(
+                r["run"],
+                int(r["seq"]),
+                float(r["event_time"]),
+                r["node_id"],
+                int(r["attempt"]),
+                self.sql.json_out(r["body"]),
+            )
+            for r in rows
+        ]
+
+    # -- gates ----------------------------------------------------------------------------------
+
+    def _gates(self, tx: Tx, where: str, params: Sequence[Any]) -> list[GateRecord]:
+        rows = tx.all(
+            "SELECT name, run, project, opened_seq, status, node_id, body, etag, create_time, "
+            f"update_time FROM run_gates WHERE {where}",
+            params,
+        )
+        gates = []
+        for row in rows:
+            body = self.sql.json_out(row["body"])
+            gates.append(
+                GateRecord(
+                    name=row["name"],
+                    run=row["run"],
+                    project=row["project"],
+                    node_id=row["node_id"],
+                    status=GateStatus(row["status"]),
+                    prompt=body["prompt"],
+                    required_approvals=int(body["required_approvals"]),
+                    autonomy=int(body["autonomy"]),
+                    state_snapshot=body["state_snapshot"],
+                    proposed_action=body["proposed_action"],
+                    decisions=tuple(body["decisions"]),
+                    etag=row["etag"],
+                    create_time=float(row["create_time"]),
+                    update_time=float(row["update_time"]),
+                    opened_seq=int(row["opened_seq"]),
+                )
+            )
+        return gates
+
+    def _put_gate(self, tx: Tx, gate: GateRecord) -> None:
+        values = (
+            int(gate.status),
+            self.sql.json_in(gate.body()),
+            gate.etag,
+            gate.update_time,
+            gate.name,
+        )
+        changed = tx.run(
+            "UPDATE run_gates SET status = ?, body = ?, etag = ?, update_time = ? WHERE name = ?",
+            values,
+        )
+        if not changed:
+            tx.run(
+                "INSERT INTO run_gates (name, run, project, opened_seq, status, node_id, body, "
+                "etag, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    gate.name,
+                    gate.run,
+                    gate.project,
+                    gate.opened_seq,
+                    int(gate.status),
+                    gate.node_id,
+                    self.sql.json_in(gate.body()),
+                    gate.etag,
+                    gate.create_time,
+                    gate.update_time,
+                ),
+            )
+
+    def get_gate(self, name: str) -> GateRecord:
+        with self.sql.read() as tx:
+            gates = self._gates(tx, "name = ?", (name,))
+        if not gates:
+            raise NotFound(f"gate {name!r} not found", reason="GATE_NOT_FOUND")
+        return gates[0]
+
+    def list_gates(
+        self, run: str | None, project: str, after: tuple[float, str] | None, limit: int
+    ) -> list[GateRecord]:
+        where = "run = ?" if run is not None else "project = ?"
+        params: list[Any] = [run if run is not None else project]
+        if after is not None:
+            where += " AND (create_time > ? OR (create_time = ? AND name > ?))"
+            params += [after[0], after[0], after[1]]
+        with self.sql.read() as tx:
+            return self._gates(tx, f"{where} ORDER BY create_time, name LIMIT ?", [*params, limit])
+
+    # -- kill switches and audit ----------------------------------------------------------------
+
+    def get_switch(self, name: str) -> KillSwitchRecord:
+        with self.sql.read() as tx:
+            row = tx.one("SELECT * FROM kill_switches WHERE name = ?", (name,))
+        return self._switch(name, row)
+
+    @staticmethod
+    def _switch(name: str, row: Row | None) -> KillSwitchRecord:
+        if row is None:
+            return KillSwitchRecord(name, etag=etag_of(name, False, ""))
+        return KillSwitchRecord(
+            name,
+            bool(row["engaged"]),
+            row["reason"],
+            row["updated_by"],
+            float(row["update_time"]),
+            row["etag"],
+        )
+
+    def set_switch(
+        self, name: str, engaged: bool, reason: str, actor: str, etag: str
+    ) -> tuple[KillSwitchRecord, bool]:
+        """Engage or release; (the switch after, whether it changed). Audited."""
+        now = time.time()
+        with self.sql.write() as tx:
+            row = tx.one(
+                "SELECT * FROM kill_switches WHERE name = ?"
+                + self.sql.lock_rows.replace(" SKIP LOCKED", ""),
+                (name,),
+            )
+            current = self._switch(name, row)
+            if etag and etag != current.etag:
+                raise Aborted(
+                    "the kill switch changed since it was read; read it again",
+                    reason="ETAG_MISMATCH",
+                )
+            changed = current.engaged != engaged
+            record = KillSwitchRecord(
+                name, engaged, reason, actor, now, etag_of(name, engaged, reason, now)
+            )
+            tx.run("DELETE FROM kill_switches WHERE name = ?", (name,))
+            tx.run(
+                "INSERT INTO kill_switches (name, engaged, reason, updated_by, update_time, etag) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (name, int(engaged), reason, actor, now, record.etag),
+            )
+            self.audit(tx, actor, "engage" if engaged else "release", name, reason, {})
+        return record, changed
+
+    def audit(
+        self, tx: Tx, actor: str, action: str, target: str, reason: str, detail: dict[str, Any]
+    ) -> str:
+        audit_id = uuid.uuid4().hex
+        tx.run(
+            "INSERT INTO audit_log (id, event_time, actor, action, target, reason, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (audit_id, time.time(), actor, action, target, reason, self.sql.json_in(detail)),
+        )
+        return audit_id
+
+    def audit_entries(self, target_prefix: str) -> list[Row]:
+        with self.sql.read() as tx:
+            rows = tx.all(
+                "SELECT actor, action, target, reason, detail FROM audit_log "
+                "WHERE target LIKE ? ORDER BY event_time",
+                (target_prefix + "%",),
+            )
+        return [{**row, "detail": self.sql.json_out(row["detail"])} for row in rows]
+
+    # -- the tools' effect ledger ---------------------------------------------------------------
+
+    def apply_effect(
+        self, key: str, tool: str, arguments: dict[str, Any], effect: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
+        """Run a side effect at most once per idempotency key: (its result, whether it ran
+        now). A replayed call gets the first call's result."""
+        with self.sql.write() as tx:
+            row = tx.one("SELECT result FROM tool_effects WHERE idempotency_key = ?", (key,))
+            if row is not None:
+                tx.run(
+                    "UPDATE tool_effects SET calls = calls + 1 WHERE idempotency_key = ?", (key,)
+                )
+                return self.sql.json_out(row["result"]), False
+            result = effect()
+            tx.run(
+                "INSERT INTO tool_effects (idempotency_key, tool, arguments, result, calls, "
+                "create_time) VALUES (?, ?, ?, ?, 1, ?)",
+                (key, tool, self.sql.json_in(arguments), self.sql.json_in(result), time.time()),
+            )
+        return result, True
+
+    def effects(self, key_prefix: str) -> list[Row]:
+        with self.sql.read() as tx:
+            return tx.all(
+                "SELECT idempotency_key, tool, calls FROM tool_effects "
+                "WHERE idempotency_key LIKE ? ORDER BY idempotency_key",
+                (key_prefix + "%",),
+            )
+
+    # -- recipes --------------------------------------------------------------------------------
+
+    def _recipe(self, row: Row, project: str, recipe_id: str) -> RecipeRecord:
+        return RecipeRecord(
+            project,
+            recipe_id,
+            row["revision_id"],
+            row.get("display_name", ""),
+            row["source_yaml"],
+            float(row["create_time"]),
+            float(row.get("update_time") or row["create_time"]),
+        )
+
+    def put_recipe(
+        self,
+        project: str,
+        recipe_id: str,
+        source_yaml: str,
+        display_name: str,
+        *,
+        create: bool,
+        etag: str = "",
+    ) -> RecipeRecord:
+        """Create a recipe, or give an existing one a new revision."""
+        now = time.time()
+        revision = uuid.uuid4().hex[:12]
+        with self.sql.write() as tx:
+            row = tx.one(
+                "SELECT * FROM graph_recipes WHERE project = ? AND recipe_id = ?",
+                (project, recipe_id),
+            )
+            if create and row is not None:
+                raise AlreadyExists(
+                    f"recipe projects/{project}/recipes/{recipe_id} exists already",
+                    reason="RECIPE_EXISTS",
+                )
+            if not create and row is None:
+                raise NotFound(
+                    f"recipe projects/{project}/recipes/{recipe_id} not found",
+                    reason="RECIPE_NOT_FOUND",
+                )
+            if row is not None and etag and etag != row["revision_id"]:
+                raise Aborted("the recipe changed since it was read", reason="ETAG_MISMATCH")
+            created = float(row["create_time"]) if row is not None else now
+            tx.run(
+                "DELETE FROM graph_recipes WHERE project = ? AND recipe_id = ?",
+                (project, recipe_id),
+            )
+            tx.run(
+                "INSERT INTO graph_recipes (project, recipe_id, revision_id, display_name, "
+                "source_yaml, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (project, recipe_id, revision, display_name, source_yaml, created, now),
+            )
+            tx.run(
+                "INSERT INTO graph_recipe_revisions (project, recipe_id, revision_id, "
+                "source_yaml, create_time) VALUES (?, ?, ?, ?, ?)",
+                (project, recipe_id, revision, source_yaml, now),
+            )
+        return RecipeRecord(project, recipe_id, revision, display_name, source_yaml, created, now)
+
+    def get_recipe(self, project: str, recipe_id: str, revision: str = "") -> RecipeRecord:
+        with self.sql.read() as tx:
+            head = tx.one(
+                "SELECT * FROM graph_recipes WHERE project = ? AND recipe_id = ?",
+                (project, recipe_id),
+            )
+            row = head
+            if head is not None and revision and revision != head["revision_id"]:
+                row = tx.one(
+                    "SELECT * FROM graph_recipe_revisions WHERE project = ? AND recipe_id = ? "
+                    "AND revision_id = ?",
+                    (project, recipe_id, revision),
+                )
+        if head is None or row is None:
+            what = f"@{revision}" if head is not None else ""
+            raise NotFound(
+                f"recipe projects/{project}/recipes/{recipe_id}{what} not found",
+                reason="RECIPE_NOT_FOUND",
+            )
+        record = self._recipe(row, project, recipe_id)
+        if row is not head:
+            return RecipeRecord(
+                project,
+                recipe_id,
+                record.revision_id,
+                head["display_name"],
+                record.source_yaml,
+                float(head["create_time"]),
+                record.create_time,
+            )
+        return record
+
+    def list_recipes(self, project: str, after: str | None, limit: int) -> list[RecipeRecord]:
+        sql, params = "SELECT * FROM graph_recipes WHERE project = ?", [project]
+        if after is not None:
+            sql += " AND recipe_id > ?"
+            params.append(after)
+        with self.sql.read() as tx:
+            rows = tx.all(sql + " ORDER BY recipe_id LIMIT ?", [*params, limit])
+        return [self._recipe(row, project, row["recipe_id"]) for row in rows]
+
+    def delete_recipe(self, project: str, recipe_id: str, etag: str = "") -> None:
+        name = f"projects/{project}/recipes/{recipe_id}"
+        with self.sql.write() as tx:
+            row = tx.one(
+                "SELECT revision_id FROM graph_recipes WHERE project = ? AND recipe_id = ?",
+                (project, recipe_id),
+            )
+            if row is None:
+                raise NotFound(f"recipe {name} not found", reason="RECIPE_NOT_FOUND")
+            if etag and etag != row["revision_id"]:
+                raise Aborted("the recipe changed since it was read", reason="ETAG_MISMATCH")
+            marks = ", ".join("?" * len(UNFINISHED))
+            busy = tx.one(
+                f"SELECT name FROM agent_runs WHERE recipe = ? AND status IN ({marks}) LIMIT 1",
+                [name, *(int(s) for s in UNFINISHED)],
+            )
+            if busy is not None:
+                raise FailedPrecondition(
+                    f"run {busy['name']} of this recipe is not finished",
+                    reason="RECIPE_IN_USE",
+                    metadata={"run": busy["name"]},
+                )
+            for table in ("graph_recipes", "graph_recipe_revisions"):
+                tx.run(
+                    f"DELETE FROM {table} WHERE project = ? AND recipe_id = ?", (project, recipe_id)
+                )

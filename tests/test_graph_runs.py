@@ -1,0 +1,203 @@
+"""GraphService end to end: the built-in recipes run through the real data plane against real
+simulated providers; gates, budgets, cancel, pause/resume, kill switches and bad input."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from maestro.clients.errors import MaestroRpcError
+from maestro.v1 import common_pb2
+from maestro.v1 import graph_service_pb2 as gpb
+from tests.graph_support import (
+    FINAL,
+    PARENT,
+    all_events,
+    create_run,
+    finished_nodes,
+    state_of,
+    wait_for,
+)
+from tests.inference_support import stack
+
+WAITING: frozenset[int] = frozenset({gpb.Run.STATE_WAITING_FOR_APPROVAL})
+
+
+def _edges_taken(mermaid: str) -> set[tuple[str, str]]:
+    return {
+        (m.group(1), m.group(2))
+        for m in re.finditer(r"^\s+(\w+) --(?:>|>\|[^|]*\|) (\w+)$", mermaid, re.MULTILINE)
+    }
+
+
+def _path(nodes: list[str]) -> set[tuple[str, str]]:
+    full = ["__start__", *nodes, "__end__"]
+    return set(itertools.pairwise(full))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "state", "expected"),
+    [
+        (
+            "planner-executor",
+            {"question": "How does Maestro resume?", "max_steps": 2},
+            ["plan", "execute", "progress", "execute", "progress", "summarize"],
+        ),
+        (
+            "critique-improve",
+            {"task": "Explain leases."},
+            ["draft", *["critique", "verdict", "improve"] * 3, "critique", "verdict"],
+        ),
+        (
+            "toolformer",
+            {"question": "What do gates do?", "max_turns": 2},
+            ["think", "choose", "search", "think", "choose"],
+        ),
+    ],
+)
+async def test_builtin_recipe_runs_end_to_end_through_the_data_plane(
+    tmp_path: Path, recipe: str, state: dict[str, object], expected: list[str]
+) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(s.client, f"projects/builtin/recipes/{recipe}", state)
+        assert run.state == gpb.Run.STATE_QUEUED
+        done = await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+        diagram = await s.client.graphs.ExportRecipeDiagram(
+            gpb.ExportRecipeDiagramRequest(name=f"projects/builtin/recipes/{recipe}")
+        )
+    assert done.state == gpb.Run.STATE_SUCCEEDED, done.state_reason
+    assert finished_nodes(events) == expected
+    assert done.usage.completion_tokens > 0
+    model_steps = sum(
+        1 for e in events if e.WhichOneof("payload") == "node_started" and e.node_started.kind == 1
+    )
+    assert s.primary.stats.requests_completed + s.backup.stats.requests_completed == model_steps
+    # every transition the run took is an edge of the exported diagram
+    assert _path(expected) <= _edges_taken(diagram.mermaid)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_debate_waits_at_its_gate_and_an_approval_finishes_it(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(
+            s.client, "projects/builtin/recipes/debate", {"motion": "Tabs", "max_rounds": 1}
+        )
+        waiting = await wait_for(s.client, run.name, WAITING)
+        [gate_name] = waiting.open_gates or [
+            g.name
+            for g in (await s.client.graphs.ListGates(gpb.ListGatesRequest(parent=run.name))).gates
+        ]
+        decided = await s.client.graphs.SubmitGateDecision(
+            gpb.SubmitGateDecisionRequest(name=gate_name, verdict=gpb.GATE_VERDICT_APPROVE)
+        )
+        done = await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+    assert decided.gate.state == gpb.Gate.STATE_APPROVED
+    assert decided.decision.counted
+    assert done.state == gpb.Run.STATE_SUCCEEDED
+    assert finished_nodes(events) == ["proponent", "opponent", "rounds", "judge", "confirm"]
+    assert state_of(done)["gate"]["decision"] == "approve"
+
+
+async def test_budget_exceeded_before_a_node_blocks_the_run_and_the_node_never_runs(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(
+            s.client,
+            "projects/builtin/recipes/critique-improve",
+            {"task": "x"},
+            budget=common_pb2.Budget(max_tokens=300),
+        )
+        done = await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+    assert done.state == gpb.Run.STATE_BLOCKED
+    blocked = [e for e in events if e.WhichOneof("payload") == "budget_exceeded"]
+    assert len(blocked) == 1
+    node = blocked[0].node_id
+    started = [e.node_id for e in events if e.WhichOneof("payload") == "node_started"]
+    assert started.count(node) == finished_nodes(events).count(node)  # it never started
+    info = error_details_pb2.ErrorInfo()
+    done.error.details[0].Unpack(info)
+    assert info.reason == "BUDGET_EXCEEDED"
+    assert info.metadata["node_id"] == node
+    assert "exceed" in blocked[0].budget_exceeded.reason
+
+
+async def test_invalid_recipe_is_refused_naming_field_and_line_and_nothing_is_stored(
+    tmp_path: Path,
+) -> None:
+    source = (
+        "nodes:\n  - {id: a, kind: model}\nedges:\n  - {from: __start__, to: a}\n"
+        "  - {from: a, to: b}\n"
+    )
+    async with stack(tmp_path) as s:
+        with pytest.raises(MaestroRpcError) as caught:
+            await s.client.graphs.CreateRecipe(
+                gpb.CreateRecipeRequest(
+                    parent=PARENT, recipe_id="bad", recipe=gpb.Recipe(source_yaml=source)
+                )
+            )
+        listed = await s.client.graphs.ListRecipes(gpb.ListRecipesRequest(parent=PARENT))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {v.field: v.description for v in caught.value.field_violations}
+    assert fields["recipe.source_yaml.edges[1].to"] == "no node 'b' (line 5)"
+    assert list(listed.recipes) == []
+
+
+async def test_cancel_ends_a_waiting_run_and_expires_its_gate(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(s.client, "projects/builtin/recipes/debate", {"max_rounds": 0})
+        await wait_for(s.client, run.name, WAITING)
+        cancelled = await s.client.graphs.CancelRun(
+            gpb.CancelRunRequest(name=run.name, reason="not needed")
+        )
+        again = await s.client.graphs.CancelRun(gpb.CancelRunRequest(name=run.name))
+        gates = await s.client.graphs.ListGates(gpb.ListGatesRequest(parent=run.name))
+    assert cancelled.run.state == gpb.Run.STATE_CANCELLED
+    assert again.run.state == gpb.Run.STATE_CANCELLED
+    assert [g.state for g in gates.gates] == [gpb.Gate.STATE_EXPIRED]
+
+
+async def test_kill_switch_pauses_runs_refuses_new_ones_and_is_audited(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(s.client, "projects/builtin/recipes/debate", {"max_rounds": 0})
+        await wait_for(s.client, run.name, WAITING)
+        engaged = await s.client.graphs.SetKillSwitch(
+            gpb.SetKillSwitchRequest(
+                name=f"{PARENT}/killSwitch", engaged=True, reason="incident 42"
+            )
+        )
+        paused = (await s.client.graphs.GetRun(gpb.GetRunRequest(name=run.name))).run
+        with pytest.raises(MaestroRpcError) as refused:
+            await create_run(s.client, "projects/builtin/recipes/debate", {})
+        with pytest.raises(MaestroRpcError) as global_refused:
+            await s.client.graphs.SetKillSwitch(
+                gpb.SetKillSwitchRequest(
+                    name="projects/global/killSwitch", engaged=True, reason="x"
+                )
+            )
+        audit = s.server.plane.graph.store.audit_entries(f"{PARENT}/killSwitch")  # type: ignore[union-attr]
+    assert engaged.paused_run_count == 1
+    assert engaged.kill_switch.engaged
+    assert engaged.kill_switch.in_effect
+    assert paused.state == gpb.Run.STATE_PAUSED
+    assert paused.kill_switch == f"{PARENT}/killSwitch"
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert global_refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert [(a["action"], a["reason"]) for a in audit] == [("engage", "incident 42")]
+
+
+async def test_runs_of_another_project_are_denied(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(s.client, "projects/builtin/recipes/debate", {"max_rounds": 0})
+        async with s.server.client(s.server.beta_key) as beta:
+            with pytest.raises(MaestroRpcError) as caught:
+                await beta.graphs.GetRun(gpb.GetRunRequest(name=run.name))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
