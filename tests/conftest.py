@@ -6,7 +6,7 @@ Spans go to an in-memory exporter so tests can assert what was traced.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from maestro.clients import AsyncMaestroClient
 from maestro.control_plane.config import MaestroConfig, load_config
 from maestro.control_plane.server import ControlPlane, start_control_plane
 from maestro.control_plane.telemetry import Telemetry, build_telemetry
+from tests.postgres_support import fresh_database, postgres_server
 
 
 @dataclass
@@ -86,3 +87,16 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
 async def alpha(server: RunningServer) -> AsyncIterator[AsyncMaestroClient]:
     async with server.client(server.alpha_key) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def postgres_server_dsn() -> Iterator[str]:
+    """One real PostgreSQL server for the session (see tests/postgres_support.py)."""
+    with postgres_server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server_dsn: str) -> str:
+    """A fresh, empty database on that server."""
+    return fresh_database(postgres_server_dsn)

@@ -25,6 +25,14 @@ from tests.graph_support import (
 )
 from tests.inference_support import stack
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Server overrides that put runs in SQLite (the default) or a real PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    return {"graph.store": "postgres", "graph.postgres_dsn": request.getfixturevalue("postgres_dsn")}
+
+
 WAITING: frozenset[int] = frozenset({gpb.Run.STATE_WAITING_FOR_APPROVAL})
 
 
@@ -61,9 +69,13 @@ def _path(nodes: list[str]) -> set[tuple[str, str]]:
     ],
 )
 async def test_builtin_recipe_runs_end_to_end_through_the_data_plane(
-    tmp_path: Path, recipe: str, state: dict[str, object], expected: list[str]
+    tmp_path: Path,
+    backend: dict[str, object],
+    recipe: str,
+    state: dict[str, object],
+    expected: list[str],
 ) -> None:
-    async with stack(tmp_path) as s:
+    async with stack(tmp_path, overrides=backend) as s:
         run = await create_run(s.client, f"projects/builtin/recipes/{recipe}", state)
         assert run.state == gpb.Run.STATE_QUEUED
         done = await wait_for(s.client, run.name, FINAL)
@@ -83,8 +95,10 @@ async def test_builtin_recipe_runs_end_to_end_through_the_data_plane(
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
 
 
-async def test_debate_waits_at_its_gate_and_an_approval_finishes_it(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
+async def test_debate_waits_at_its_gate_and_an_approval_finishes_it(
+    tmp_path: Path, backend: dict[str, object]
+) -> None:
+    async with stack(tmp_path, overrides=backend) as s:
         run = await create_run(
             s.client, "projects/builtin/recipes/debate", {"motion": "Tabs", "max_rounds": 1}
         )
