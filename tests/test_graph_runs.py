@@ -25,12 +25,16 @@ from tests.graph_support import (
 )
 from tests.inference_support import stack
 
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> dict[str, object]:
     """Server overrides that put runs in SQLite (the default) or a real PostgreSQL."""
     if request.param == "sqlite":
         return {}
-    return {"graph.store": "postgres", "graph.postgres_dsn": request.getfixturevalue("postgres_dsn")}
+    return {
+        "graph.store": "postgres",
+        "graph.postgres_dsn": request.getfixturevalue("postgres_dsn"),
+    }
 
 
 WAITING: frozenset[int] = frozenset({gpb.Run.STATE_WAITING_FOR_APPROVAL})

@@ -69,7 +69,9 @@ def _started(body: str = "x") -> NewEvent:
 
 
 def test_a_run_round_trips_with_its_json_state_and_first_events(store: RunStore) -> None:
-    stored = store.insert_run(_run(state={"q": 1, "nested": {"list": [1, "x", None]}}), [_started()])
+    stored = store.insert_run(
+        _run(state={"q": 1, "nested": {"list": [1, "x", None]}}), [_started()]
+    )
     assert stored.state == {"q": 1, "nested": {"list": [1, "x", None]}}
     assert stored.budget == Budget(100, 1.0, 60.0)
     assert stored.last_seq == 1

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,8 @@ from pathlib import Path
 import openai
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.process_support import BIN, demo_config, wait_ready
+
 pytestmark = pytest.mark.slow
 SERVICES = {
     "maestro.v1.RouteService",
@@ -33,9 +33,6 @@ SERVICES = {
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
 }
-
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -52,33 +49,10 @@ def _grpcurl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str
     )
 
 
-def _wait_ready(process: subprocess.Popen[str], deadline_s: float = 60) -> dict[str, str]:
-    assert process.stderr is not None
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            raise AssertionError(f"maestro up exited early with {process.wait()}")
-        if line.startswith("{") and json.loads(line).get("event") == "server.ready":
-            return dict(json.loads(line))
-    raise AssertionError("maestro up did not report server.ready in time")
-
-
-def _demo_config(tmp_path: Path) -> Path:
-    """The packaged demo config with the repo's routing files by absolute path, so the
-    process can run in a scratch directory."""
-    demo = (ROOT / "control_plane/maestro/control_plane/demo.yaml").read_text()
-    for relative in ("deploy/router/litellm.yaml", "deploy/router/policies/routing.rego"):
-        demo = demo.replace(relative, str(ROOT / relative))
-    path = tmp_path / "maestro.yaml"
-    path.write_text(demo)
-    return path
-
-
 @pytest.fixture
 def maestro_up(tmp_path: Path) -> Iterator[UpProcess]:
     env = {**os.environ, "MAESTRO_SERVER__GRACE_PERIOD_S": "5"}
-    config = _demo_config(tmp_path)
+    config = demo_config(tmp_path)
     with subprocess.Popen(
         [str(BIN / "maestro"), "up", "--config", str(config), "--port", "0", "--http-port", "0"],
         cwd=tmp_path,
@@ -88,7 +62,7 @@ def maestro_up(tmp_path: Path) -> Iterator[UpProcess]:
         text=True,
     ) as process:
         try:
-            ready = _wait_ready(process)
+            ready = wait_ready(process)
             # Keep reading the log so the server never blocks on a full pipe.
             assert process.stderr is not None
             drain = threading.Thread(target=process.stderr.read, daemon=True)
@@ -216,7 +190,7 @@ def test_maestro_data_plane_follows_maestro_up_and_streams(maestro_up: UpProcess
         command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
     ) as data_plane:
         try:
-            ready = _wait_ready(data_plane)
+            ready = wait_ready(data_plane)
             assert data_plane.stderr is not None
             threading.Thread(target=data_plane.stderr.read, daemon=True).start()
             for _ in range(100):  # bounded: ready once the first snapshot arrived

@@ -165,12 +165,6 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         database.close()
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     await server.start()
-    # Per-service health: implemented services SERVING; pending ones NOT_SERVING, so a probe on
-    # a service name tells whether it can do its job, not just whether the process is up.
-    for service in served:
-        await health.set(service.full_name, SERVING)
-    for service, _ in pending:
-        await health.set(service.full_name, NOT_SERVING)
     plane = ControlPlane(
         config, server, health, database, projects, routes, port, stopping, data, graph
     )
@@ -182,6 +176,15 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             plane.background.append(
                 asyncio.create_task(watch_files(routes, config.routing, stopping))
             )
+    # Per-service health, once the routing files are applied: implemented services SERVING;
+    # pending ones NOT_SERVING, so a probe on a service name tells whether it can do its job,
+    # not just whether the process is up.
+    for service in served:
+        await health.set(service.full_name, SERVING)
+    for service, _ in pending:
+        await health.set(service.full_name, NOT_SERVING)
+    if graph is not None:
+        graph.runtime.start()  # claims runs only now that models can be routed
     log.info(
         "server.ready",
         address=plane.address,

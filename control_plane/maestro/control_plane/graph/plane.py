@@ -108,5 +108,4 @@ async def build_graph(
     listen = getattr(sql, "listen", None)
     if listen is not None:
         listen(EVENTS_CHANNEL, hub.changed_threadsafe)
-    runtime.start()
     return GraphPlane(sql, store, hub, runtime, GraphService(store, hub, runtime))
