@@ -116,6 +116,8 @@ class RunRecord:
     lease_expire: float = 0.0
     request_id: str | None = None
     end_time: float | None = None
+    open_gates: tuple[str, ...] = ()
+    """Names of the run's open gates (read with the run, never written through it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,7 @@ def run_message(run: RunRecord) -> pb.Run:
         budget=budget_message(run.budget),
         autonomy_level=run.autonomy,  # type: ignore[arg-type]
         kill_switch=run.kill_switch,
+        open_gates=run.open_gates,
         last_event_sequence=run.last_seq,
         owner_replica=run.owner,
         trace_id=run.trace_id,

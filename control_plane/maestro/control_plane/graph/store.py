@@ -132,9 +132,23 @@ class RunStore:
     def get_run(self, name: str) -> RunRecord:
         with self.sql.read() as tx:
             row = tx.one(f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE name = ?", (name,))
-        if row is None:
-            raise NotFound(f"run {name!r} not found", reason="RUN_NOT_FOUND")
-        return self._run(row)
+            if row is None:
+                raise NotFound(f"run {name!r} not found", reason="RUN_NOT_FOUND")
+            return self._with_gates(tx, [self._run(row)])[0]
+
+    def _with_gates(self, tx: Tx, runs: list[RunRecord]) -> list[RunRecord]:
+        if not runs:
+            return runs
+        marks = ", ".join("?" * len(runs))
+        rows = tx.all(
+            f"SELECT name, run FROM run_gates WHERE status = ? AND run IN ({marks}) "
+            "ORDER BY opened_seq",
+            [int(GateStatus.OPEN), *(run.name for run in runs)],
+        )
+        gates: dict[str, list[str]] = {}
+        for row in rows:
+            gates.setdefault(row["run"], []).append(row["name"])
+        return [replace(run, open_gates=tuple(gates.get(run.name, ()))) for run in runs]
 
     def list_runs(
         self, project: str, after: tuple[float, str] | None, limit: int
@@ -148,7 +162,7 @@ class RunStore:
             params += [after[0], after[0], after[1]]
         sql += " ORDER BY create_time DESC, name DESC LIMIT ?"
         with self.sql.read() as tx:
-            return [self._run(row) for row in tx.all(sql, [*params, limit])]
+            return self._with_gates(tx, [self._run(row) for row in tx.all(sql, [*params, limit])])
 
     def unfinished_runs(self, project: str | None) -> list[str]:
         marks = ", ".join("?" * len(UNFINISHED))
@@ -190,7 +204,10 @@ class RunStore:
                 self.audit(tx, entry.actor, entry.action, entry.target, entry.reason, entry.detail)
             if change.notify:
                 self.sql.notify(tx, EVENTS_CHANNEL, name)
-        return self._with(run, updates), events
+        after = self._with(run, updates)
+        gates.update({gate.name: gate for gate in change.gates})
+        opened = tuple(g.name for g in gates.values() if g.status is GateStatus.OPEN)
+        return replace(after, open_gates=opened), events
 
     @staticmethod
     def _with(run: RunRecord, updates: dict[str, Any]) -> RunRecord:

@@ -1,0 +1,218 @@
+"""Human-in-the-loop gates: dual control above L3, repeat approvers, EDIT, BLOCK, stale etags,
+the automatic gate before a side-effecting tool at L1-L2, and a gate opened on one server
+decided through another that shares its PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from maestro.clients.errors import MaestroRpcError
+from maestro.v1 import graph_service_pb2 as gpb
+from maestro.v1 import route_service_pb2 as rpb
+from tests.conftest import start_server
+from tests.graph_support import (
+    FINAL,
+    PARENT,
+    all_events,
+    create_run,
+    finished_nodes,
+    state_of,
+    struct,
+    wait_for,
+)
+from tests.inference_support import CONFIG, stack
+
+WAITING = frozenset({gpb.Run.STATE_WAITING_FOR_APPROVAL})
+GATED = """
+autonomy: {level}
+nodes:
+  - {{id: draft, kind: model, max_tokens: 8}}
+  - {{id: review, kind: gate, gate: {{prompt: Ship it?}}}}
+  - {{id: publish, kind: model, max_tokens: 8}}
+edges:
+  - {{from: __start__, to: draft}}
+  - {{from: draft, to: review}}
+  - {{from: review, to: publish, when: state.gate.decision == "approve"}}
+  - {{from: review, to: __end__}}
+  - {{from: publish, to: __end__}}
+"""
+TICKETS = """
+autonomy: L2
+tools:
+  - {name: create_ticket, side_effects: true, parameters: {type: object}}
+nodes:
+  - {id: think, kind: model, max_tokens: 8, tools: [create_ticket], tool_choice: create_ticket}
+  - {id: file, kind: tool, tool: create_ticket}
+edges:
+  - {from: __start__, to: think}
+  - {from: think, to: file}
+  - {from: file, to: __end__}
+"""
+
+
+async def _recipe(client: object, recipe_id: str, source: str) -> str:
+    created = await client.graphs.CreateRecipe(  # type: ignore[attr-defined]
+        gpb.CreateRecipeRequest(
+            parent=PARENT, recipe_id=recipe_id, recipe=gpb.Recipe(source_yaml=source)
+        )
+    )
+    return str(created.recipe.name)
+
+
+def _decide(
+    gate: str, verdict: int, reason: str = "", **fields: object
+) -> gpb.SubmitGateDecisionRequest:
+    return gpb.SubmitGateDecisionRequest(name=gate, verdict=verdict, reason=reason, **fields)  # type: ignore[arg-type]
+
+
+async def test_an_l4_gate_needs_two_distinct_approvers(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "dual", GATED.format(level="L4"))
+        run = await create_run(s.client, recipe)
+        waiting = await wait_for(s.client, run.name, WAITING)
+        [gate] = waiting.open_gates
+        first = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        repeat = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        still = (await s.client.graphs.GetRun(gpb.GetRunRequest(name=run.name))).run
+        second_key = s.server.plane.projects.create_key_offline("alpha", "second approver").secret
+        async with s.server.client(second_key) as other:
+            second = await other.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        done = await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+    assert first.gate.required_approvals == 2
+    assert first.decision.counted
+    assert first.gate.state == gpb.Gate.STATE_OPEN
+    assert not repeat.decision.counted  # the same approver again is recorded, not counted
+    assert len(repeat.gate.decisions) == 2
+    assert still.state == gpb.Run.STATE_WAITING_FOR_APPROVAL
+    assert second.decision.counted
+    assert second.gate.state == gpb.Gate.STATE_APPROVED
+    assert second.decision.approver != first.decision.approver
+    assert done.state == gpb.Run.STATE_SUCCEEDED
+    assert finished_nodes(events) == ["draft", "review", "publish"]
+    assert len(state_of(done)["gate"]["approvers"]) == 2
+
+
+async def test_block_stops_the_run_with_the_reason_recorded(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "gated", GATED.format(level="L2"))
+        run = await create_run(s.client, recipe)
+        [gate] = (await wait_for(s.client, run.name, WAITING)).open_gates
+        with pytest.raises(MaestroRpcError) as no_reason:
+            await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_BLOCK))
+        blocked = await s.client.graphs.SubmitGateDecision(
+            _decide(gate, gpb.GATE_VERDICT_BLOCK, "draft leaks a customer name")
+        )
+        done = (await s.client.graphs.GetRun(gpb.GetRunRequest(name=run.name))).run
+        with pytest.raises(MaestroRpcError) as closed:
+            await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        events = await all_events(s.client, run.name)
+        audit = s.server.plane.graph.store.audit_entries(gate)  # type: ignore[union-attr]
+    assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in no_reason.value.field_violations] == ["reason"]
+    assert blocked.gate.state == gpb.Gate.STATE_BLOCKED
+    assert done.state == gpb.Run.STATE_BLOCKED
+    assert "draft leaks a customer name" in done.state_reason
+    assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    decided = [e for e in events if e.WhichOneof("payload") == "gate_decided"]
+    assert decided[0].gate_decided.decision.reason == "draft leaks a customer name"
+    assert [(a["action"], a["reason"]) for a in audit] == [
+        ("gate.block", "draft leaks a customer name")
+    ]
+
+
+async def test_edit_patches_the_state_and_makes_earlier_approvals_stale(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "dual", GATED.format(level="L4"))
+        run = await create_run(s.client, recipe, {"title": "old"})
+        [gate] = (await wait_for(s.client, run.name, WAITING)).open_gates
+        approved = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        second_key = s.server.plane.projects.create_key_offline("alpha", "editor").secret
+        async with s.server.client(second_key) as editor:
+            with pytest.raises(MaestroRpcError) as stale:
+                await editor.graphs.SubmitGateDecision(
+                    _decide(gate, gpb.GATE_VERDICT_APPROVE, etag="not-the-etag")
+                )
+            edited = await editor.graphs.SubmitGateDecision(
+                _decide(
+                    gate,
+                    gpb.GATE_VERDICT_EDIT,
+                    "better title",
+                    state_patch=struct({"title": "new"}),
+                    etag=approved.gate.etag,
+                )
+            )
+        final = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        done = await wait_for(s.client, run.name, FINAL)
+    assert stale.value.code() == grpc.StatusCode.ABORTED
+    assert edited.gate.approvals_counted == 1  # the first approval was of the old version
+    assert json_format.MessageToDict(edited.gate.state_snapshot)["title"] == "new"
+    assert final.gate.state == gpb.Gate.STATE_APPROVED
+    assert state_of(done)["title"] == "new"
+
+
+async def test_a_side_effecting_tool_below_l3_waits_for_approval_first(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "tickets", TICKETS)
+        run = await create_run(s.client, recipe)
+        waiting = await wait_for(s.client, run.name, WAITING)
+        gate = (await s.client.graphs.GetGate(gpb.GetGateRequest(name=waiting.open_gates[0]))).gate
+        before = s.server.plane.graph.store.effects(run.name)  # type: ignore[union-attr]
+        await s.client.graphs.SubmitGateDecision(
+            _decide(
+                gate.name,
+                gpb.GATE_VERDICT_EDIT,
+                "clearer title",
+                edited_action=struct({"title": "Fix the login page"}),
+            )
+        )
+        done = await wait_for(s.client, run.name, FINAL)
+    assert gate.node_id == "file"
+    assert json_format.MessageToDict(gate.proposed_action)["tool"] == "create_ticket"
+    assert before == []  # nothing happened before the approval
+    assert done.state == gpb.Run.STATE_SUCCEEDED
+    assert state_of(done)["file"]["title"] == "Fix the login page"
+
+
+async def test_a_gate_opened_on_one_server_is_approved_through_another(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    shared = {"graph.store": "postgres", "graph.postgres_dsn": postgres_dsn}
+    async with stack(tmp_path / "a", overrides={**shared, "graph.replica_id": "a"}) as a:
+        b_server = await start_server(tmp_path / "b", **shared, **{"graph.replica_id": "b"})
+        try:
+            async with b_server.client(b_server.alpha_key) as b:
+                await b.routes.ApplyConfig(
+                    rpb.ApplyConfigRequest(
+                        route_config=rpb.RouteConfig(
+                            name=f"{PARENT}/routeConfig",
+                            config_yaml=CONFIG.format(
+                                primary=a.primary.base_url, backup=a.backup.base_url
+                            ),
+                        )
+                    )
+                )
+                recipe = await _recipe(a.client, "gated", GATED.format(level="L2"))
+                await b_server.plane.graph.runtime.stop()  # type: ignore[union-attr] # B only decides
+                run = await create_run(a.client, recipe)
+                [gate] = (await wait_for(a.client, run.name, WAITING)).open_gates
+                decided = await b.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+                done = await wait_for(b, run.name, FINAL)
+                events = await all_events(b, run.name)
+        finally:
+            await b_server.plane.stop(grace_s=0)
+            b_server.telemetry.shutdown()
+    assert decided.gate.state == gpb.Gate.STATE_APPROVED
+    assert done.state == gpb.Run.STATE_SUCCEEDED
+    assert finished_nodes(events) == ["draft", "review", "publish"]
+    claims = [
+        e.run_state_changed.reason
+        for e in events
+        if e.WhichOneof("payload") == "run_state_changed"
+        and "claimed" in e.run_state_changed.reason
+    ]
+    assert claims == ["claimed by a"]
