@@ -214,7 +214,7 @@ async def _crash_many_times(tmp_path: Path, env: dict[str, str], store: RunStore
                         f"{dict(in_flight_at_kill)}; {replayed} steps replayed; "
                         f"{repeated_calls} ticket calls answered from the ledger"
                     )
-                    assert total >= RUNS  # every run was hit at least once on average
+                    assert replayed >= RUNS  # a step of each run replayed, on average
                     return
                 await asyncio.sleep(rng.uniform(0.3, 1.5))
                 snapshot = await _states(client, names)

@@ -4,6 +4,8 @@ decided through another that shares its PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -216,3 +218,53 @@ async def test_a_gate_opened_on_one_server_is_approved_through_another(
         and "claimed" in e.run_state_changed.reason
     ]
     assert claims == ["claimed by a"]
+
+
+async def test_an_interactive_session_sees_the_gate_open_and_approves_it_on_the_same_stream(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "gated", GATED.format(level="L2"))
+        run = await create_run(s.client, recipe)
+        commands: asyncio.Queue[gpb.InteractRunRequest | None] = asyncio.Queue()
+        await commands.put(
+            gpb.InteractRunRequest(start=gpb.InteractRunRequest.Start(name=run.name))
+        )
+
+        async def requests() -> AsyncIterator[gpb.InteractRunRequest]:
+            while (message := await commands.get()) is not None:
+                yield message
+
+        session = s.client.graphs.InteractRun(requests())
+        received: list[gpb.InteractRunResponse] = []
+        async for response in session:
+            received.append(response)
+            kind = response.WhichOneof("payload")
+            if kind == "event" and response.event.WhichOneof("payload") == "gate_opened":
+                gate = response.event.gate_opened.gate.name
+                await commands.put(  # a rejected command first: the session goes on
+                    gpb.InteractRunRequest(
+                        request_id="r1",
+                        decide=gpb.InteractRunRequest.Decide(
+                            gate=gate, verdict=gpb.GATE_VERDICT_BLOCK
+                        ),
+                    )
+                )
+                await commands.put(
+                    gpb.InteractRunRequest(
+                        request_id="r2",
+                        decide=gpb.InteractRunRequest.Decide(
+                            gate=gate, verdict=gpb.GATE_VERDICT_APPROVE
+                        ),
+                    )
+                )
+        await commands.put(None)
+    assert received[0].WhichOneof("payload") == "snapshot"
+    results = {
+        r.result.request_id: r.result for r in received if r.WhichOneof("payload") == "result"
+    }
+    assert results["r1"].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert results["r2"].status.code == 0
+    assert results["r2"].gate.state == gpb.Gate.STATE_APPROVED
+    last = received[-1] if received[-1].WhichOneof("payload") == "event" else received[-2]
+    assert last.event.run_state_changed.state == gpb.Run.STATE_SUCCEEDED

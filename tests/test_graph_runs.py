@@ -219,3 +219,88 @@ async def test_runs_of_another_project_are_denied(tmp_path: Path) -> None:
             with pytest.raises(MaestroRpcError) as caught:
                 await beta.graphs.GetRun(gpb.GetRunRequest(name=run.name))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_every_node_runs_in_an_agent_node_span_parenting_its_model_and_tool_calls(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(
+            s.client, "projects/builtin/recipes/toolformer", {"question": "q", "max_turns": 1}
+        )
+        await wait_for(s.client, run.name, FINAL)
+        spans = s.server.spans.get_finished_spans()
+    nodes = [sp for sp in spans if sp.name == "agent.node.run"]
+    assert [sp.attributes["maestro.node.id"] for sp in nodes] == ["think"]  # type: ignore[index]
+    node = nodes[0]
+    assert node.attributes["maestro.run"] == run.name  # type: ignore[index]
+    children = [
+        sp for sp in spans if sp.parent is not None and sp.parent.span_id == node.context.span_id
+    ]
+    assert any(sp.name.startswith("chat ") for sp in children)
+
+
+async def test_tool_calls_get_a_tool_call_span_with_their_idempotency_key(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(
+            s.client, "projects/builtin/recipes/toolformer", {"question": "q", "max_turns": 2}
+        )
+        await wait_for(s.client, run.name, FINAL)
+        spans = s.server.spans.get_finished_spans()
+    [tool] = [sp for sp in spans if sp.name == "tool.call search"]
+    assert tool.attributes["gen_ai.tool.name"] == "search"  # type: ignore[index]
+    assert tool.attributes["maestro.tool.idempotency_key"] == f"{run.name}/search/1"  # type: ignore[index]
+    parent = next(sp for sp in spans if sp.context.span_id == tool.parent.span_id)  # type: ignore[union-attr]
+    assert parent.name == "agent.node.run"
+
+
+async def test_stream_run_events_replays_then_follows_until_the_run_ends(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(s.client, "projects/builtin/recipes/critique-improve", {"task": "x"})
+        seen = [
+            item.event
+            async for item in s.client.graphs.StreamRunEvents(
+                gpb.StreamRunEventsRequest(name=run.name, include_token_chunks=True)
+            )
+        ]
+        stored = await all_events(s.client, run.name)
+        resumed = [
+            item.event
+            async for item in s.client.graphs.StreamRunEvents(
+                gpb.StreamRunEventsRequest(name=run.name, after_sequence=5)
+            )
+        ]
+    kept = [e for e in seen if e.WhichOneof("payload") != "token_chunk"]
+    assert [e.sequence for e in kept] == [e.sequence for e in stored]
+    assert kept[-1].run_state_changed.state == gpb.Run.STATE_SUCCEEDED
+    assert [e.sequence for e in resumed] == [e.sequence for e in stored if e.sequence > 5]
+    sequences = [e.sequence for e in seen]
+    assert sequences == sorted(sequences)  # chunks never go back in sequence
+    chunks = [e for e in seen if e.WhichOneof("payload") == "token_chunk"]
+    assert chunks  # the model nodes' output streamed live
+    started = {e.sequence: e.node_id for e in kept if e.WhichOneof("payload") == "node_started"}
+    for chunk in chunks:  # after its node's start: the chunk's sequence is at or past it
+        assert any(seq <= chunk.sequence and node == chunk.node_id for seq, node in started.items())
+
+
+async def test_preview_estimates_cost_per_node_and_checks_the_budget(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        fits = await s.client.graphs.PreviewRunCost(
+            gpb.PreviewRunCostRequest(
+                parent=PARENT, run=gpb.Run(recipe="projects/builtin/recipes/planner-executor")
+            )
+        )
+        tight = await s.client.graphs.PreviewRunCost(
+            gpb.PreviewRunCostRequest(
+                parent=PARENT,
+                run=gpb.Run(
+                    recipe="projects/builtin/recipes/planner-executor",
+                    budget=common_pb2.Budget(max_tokens=100),
+                ),
+            )
+        )
+    assert [n.node_id for n in fits.nodes] == ["plan", "execute", "lookup", "progress", "summarize"]
+    assert fits.estimated_usage.total_tokens > 0
+    assert fits.fits_budget
+    assert not tight.fits_budget
+    assert "exceed budget 100" in tight.budget_violations[0]

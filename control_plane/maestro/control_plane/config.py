@@ -63,6 +63,11 @@ class StoreConfig(_Section):
     """Where state lives. The embedded default is one SQLite file."""
 
     sqlite_path: Path = Field(Path(".maestro/maestro.db"), description="SQLite database file.")
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="normal: a commit survives a crash of the process, and the last commits may "
+        "be lost on power loss (SQLite's recommendation for WAL). full: every commit is fsynced.",
+    )
 
 
 class TelemetryConfig(_Section):

@@ -105,7 +105,7 @@ class ControlPlane:
 
 
 async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> ControlPlane:
-    database = Database(config.store.sqlite_path)
+    database = Database(config.store.sqlite_path, config.store.sqlite_synchronous)
     projects = ProjectService(ProjectStore(database), key_cache_ttl_s=config.auth.key_cache_ttl_s)
     insecure_project = config.auth.insecure_project if config.auth.mode == "insecure" else None
     server = build_grpc_server(

@@ -1,15 +1,16 @@
 """Wake-ups inside one replica: "run X changed" and live token chunks.
 
-Watchers (StreamRunEvents, InteractRun) read stored events from the store and sleep on the hub
-until the run changes; the runtime and the RPCs that change runs poke it after each commit, and
-on PostgreSQL so does the LISTEN thread for changes made by other replicas. Token chunks are
-never stored: they go to the live subscribers of the replica executing the node.
+Watchers (StreamRunEvents) read stored events from the store and sleep on the hub until the run
+changes; the runtime and the RPCs that change runs poke it after each commit, and on PostgreSQL
+so does the LISTEN thread for changes made by other replicas. A watcher's flag is level
+triggered: it clears it before reading the store, so a change that lands while it reads is not
+lost. Token chunks are never stored: they go to the live subscribers of the replica executing
+the node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +20,8 @@ Chunk = tuple[str, int, int, str, int]
 
 class RunHub:
     def __init__(self) -> None:
-        self._changed: dict[str, asyncio.Event] = {}
+        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._final: dict[str, asyncio.Event] = {}
         self._chunks: dict[str, set[asyncio.Queue[Chunk]]] = {}
         self.on_claimable: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -27,10 +29,27 @@ class RunHub:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def changed(self, run: str) -> None:
-        event = self._changed.pop(run, None)
-        if event is not None:
-            event.set()
+    def changed(self, run: str, final: bool = False) -> None:
+        for flag in self._watchers.get(run, ()):
+            flag.set()
+        if final:
+            done = self._final.pop(run, None)
+            if done is not None:
+                done.set()
+
+    def final_event(self, run: str) -> asyncio.Event:
+        """Set when this replica sees the run finish; take it before the run can finish (a run
+        finished by another replica is seen by reading the store)."""
+        return self._final.setdefault(run, asyncio.Event())
+
+    async def wait_final(self, run: str, timeout_s: float) -> bool:
+        """Wait until this replica sees the run finish; False on time-out."""
+        event = self.final_event(run)
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def changed_threadsafe(self, run: str) -> None:
         """From a non-loop thread (the PostgreSQL listener)."""
@@ -41,10 +60,18 @@ class RunHub:
         self.changed(run)
         self.on_claimable()
 
-    async def wait_changed(self, run: str, timeout_s: float) -> None:
-        event = self._changed.setdefault(run, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout_s)
+    def watch(self, run: str) -> asyncio.Event:
+        """A flag set whenever the run changes, until `unwatch`."""
+        flag = asyncio.Event()
+        self._watchers.setdefault(run, set()).add(flag)
+        return flag
+
+    def unwatch(self, run: str, flag: asyncio.Event) -> None:
+        flags = self._watchers.get(run)
+        if flags is not None:
+            flags.discard(flag)
+            if not flags:
+                del self._watchers[run]
 
     def subscribe_chunks(self, run: str) -> asyncio.Queue[Chunk]:
         queue: asyncio.Queue[Chunk] = asyncio.Queue(maxsize=1024)

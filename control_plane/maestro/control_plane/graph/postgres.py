@@ -9,18 +9,18 @@ gate decided on one replica wakes the run on another within milliseconds instead
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from maestro.control_plane.graph.schema import postgres_schema
-from maestro.control_plane.graph.sql import PostgresTx, Tx
+from maestro.control_plane.graph.sql import PostgresTx, Tx, json_text
 
 MIGRATIONS: tuple[str, ...] = (postgres_schema(),)
 """Append only; never edit a shipped one."""
@@ -30,6 +30,8 @@ _LOCK_ID = 0x6D61_6573  # advisory lock key: 'maes'
 class PostgresSql:
     kind = "postgres"
     lock_rows = " FOR UPDATE SKIP LOCKED"
+    lock_row = " FOR UPDATE"
+    inline = False
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 8) -> None:
         self._dsn = dsn
@@ -38,6 +40,15 @@ class PostgresSql:
             min_size=min_size,
             max_size=max_size,
             kwargs={"row_factory": dict_row, "autocommit": False},
+            open=True,
+        )
+        # Reads run outside a transaction (autocommit): one round trip per statement instead of
+        # three; each read is one statement, or a few whose consistency does not matter.
+        self._reads = ConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
         )
         self._stop = threading.Event()
@@ -69,14 +80,14 @@ class PostgresSql:
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+        with self._reads.connection() as conn, conn.cursor() as cursor:
             yield PostgresTx(cursor)
 
     def json_in(self, value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"))
+        return json_text(value)
 
     def json_out(self, value: Any) -> Any:
-        return json.loads(value) if isinstance(value, str | bytes) else value
+        return orjson.loads(value) if isinstance(value, str | bytes) else value
 
     def notify(self, tx: Tx, channel: str, payload: str) -> None:
         tx.run("SELECT pg_notify(?, ?)", (channel, payload))
@@ -106,3 +117,4 @@ class PostgresSql:
         for thread in self._listeners:
             thread.join(timeout=2)
         self._pool.close()
+        self._reads.close()

@@ -117,7 +117,7 @@ class RunRecord:
     request_id: str | None = None
     end_time: float | None = None
     open_gates: tuple[str, ...] = ()
-    """Names of the run's open gates (read with the run, never written through it)."""
+    """Names of the run's open gates, kept in its row by every change that opens or closes one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ CREATE TABLE agent_runs (
     autonomy          INTEGER NOT NULL,
     error             {json},
     kill_switch       TEXT NOT NULL DEFAULT '',
+    open_gates        {json} NOT NULL,         -- names of the open gates, kept with each change
     last_seq          BIGINT NOT NULL DEFAULT 0,
     owner             TEXT NOT NULL DEFAULT '',
     lease_expire      {real} NOT NULL DEFAULT 0,

@@ -8,7 +8,7 @@ everyone, runnable in any project, never writable.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import re
 import time
@@ -29,7 +29,7 @@ from maestro.control_plane.errors import (
     NotFound,
     PermissionDenied,
 )
-from maestro.control_plane.graph.compiled import NodeEstimate, compile_recipe, estimate_node
+from maestro.control_plane.graph.compiled import NodeEstimate, estimate_node
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.recipe import START, Recipe, RecipeSpec, parse_recipe
 from maestro.control_plane.graph.records import (
@@ -45,12 +45,8 @@ from maestro.control_plane.graph.records import (
     RunRecord,
     RunStatus,
 )
-from maestro.control_plane.graph.runtime import (
-    GraphRuntime,
-    error_body,
-    finish,
-    state_changed,
-)
+from maestro.control_plane.graph.runtime import GraphRuntime
+from maestro.control_plane.graph.steps import error_body, finish, state_changed
 from maestro.control_plane.graph.store import RunStore, etag_of
 from maestro.control_plane.route.policy import cost_violations
 from maestro.control_plane.rpc import pagination
@@ -149,7 +145,7 @@ class GraphService:
                 raise NotFound(f"recipe {name!r} not found", reason="RECIPE_NOT_FOUND")
             return record
         require_project(principal, project)
-        return await asyncio.to_thread(self.store.get_recipe, project, recipe_id, revision)
+        return await self.store.aio(self.store.get_recipe, project, recipe_id, revision)
 
     def parsed(self, record: RecipeRecord) -> Recipe:
         key = f"{record.name}@{record.revision_id}"
@@ -169,7 +165,7 @@ class GraphService:
             items = [r for k, r in self.builtins.items() if after is None or k > after[0]]
         else:
             require_project(principal, project)
-            items = await asyncio.to_thread(
+            items = await self.store.aio(
                 self.store.list_recipes, project, after[0] if after else None, limit + 1
             )
         more = len(items) > limit
@@ -192,14 +188,12 @@ class GraphService:
             raise PermissionDenied("built-in recipes are read-only", reason="BUILTIN_READ_ONLY")
         require_project(principal, project)
         parse_recipe(source)  # INVALID_ARGUMENT naming field and line; nothing stored
-        return await asyncio.to_thread(
-            self.store.put_recipe,
+        return await self.store.aio(
+            functools.partial(self.store.put_recipe, create=create, etag=etag),
             project,
             recipe_id,
             source,
             display_name,
-            create=create,
-            etag=etag,
         )
 
     async def delete_recipe(self, principal: Principal, name: str, etag: str) -> None:
@@ -207,7 +201,7 @@ class GraphService:
         if project == BUILTIN:
             raise PermissionDenied("built-in recipes are read-only", reason="BUILTIN_READ_ONLY")
         require_project(principal, project)
-        await asyncio.to_thread(self.store.delete_recipe, project, recipe_id, etag)
+        await self.store.aio(self.store.delete_recipe, project, recipe_id, etag)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -220,7 +214,7 @@ class GraphService:
 
     async def _switch_in_effect(self, project: str) -> str:
         for name in (f"projects/{project}/killSwitch", f"projects/{GLOBAL}/killSwitch"):
-            switch = await asyncio.to_thread(self.store.get_switch, name)
+            switch = await self.store.aio(self.store.get_switch, name)
             if switch.engaged:
                 return name
         return ""
@@ -260,7 +254,7 @@ class GraphService:
             raise FailedPrecondition(
                 f"kill switch {switch} is engaged", reason="KILL_SWITCH_ENGAGED"
             )
-        compiled = compile_recipe(spec)
+        compiled = self.runtime.compiled_revision(record.revision_id, record.source_yaml)
         first = compiled.next_node(START, new.input_state, {})
         budget = new.budget or Budget(
             spec.budget.max_tokens, spec.budget.max_cost_usd, spec.budget.max_wall_time_s
@@ -283,21 +277,29 @@ class GraphService:
             update_time=now,
             next_node=first,
             request_id=new.request_id or None,
+            **self._lease(),
         )
-        created = await asyncio.to_thread(
+        created = await self.store.aio(
             self.store.insert_run,
             run,
             [state_changed(RunStatus.QUEUED, RunStatus.QUEUED, "created")],
         )
-        self.runtime.wake()
+        self._hand_over(created)
         return created
+
+    def _hand_over(self, run: RunRecord) -> None:
+        """Start a run this replica leased, else let every replica know it is claimable."""
+        if run.owner:
+            self.runtime.adopt(run)
+        else:
+            self.runtime.wake()
 
     @property
     def runtime_tools(self) -> Mapping[str, Any]:
         return self.runtime.tools
 
     async def get_run(self, principal: Principal, name: str) -> RunRecord:
-        return await asyncio.to_thread(self.store.get_run, self._run_name(principal, name))
+        return await self.store.aio(self.store.get_run, self._run_name(principal, name))
 
     async def list_runs(
         self, principal: Principal, parent: str, size: int, token: str
@@ -306,7 +308,7 @@ class GraphService:
         require_project(principal, project)
         limit = pagination.page_size(size)
         after = pagination.decode_token(token, parent)
-        runs = await asyncio.to_thread(
+        runs = await self.store.aio(
             self.store.list_runs, project, (after[0], after[1]) if after else None, limit + 1
         )
         more = len(runs) > limit
@@ -317,9 +319,19 @@ class GraphService:
         return runs, next_token
 
     async def _change(self, name: str, decide: Any) -> RunRecord:
-        run, _ = await asyncio.to_thread(self.store.change_run, name, decide)
-        self.hub.changed(name)
+        run, _ = await self.store.aio(self.store.change_run, name, decide)
+        self.hub.changed(name, run.status.final)
         return run
+
+    def _lease(self) -> dict[str, Any]:
+        """Columns that hand a run to this replica's runtime (adopted right after the commit),
+        or leave it for any replica to claim when this one does not run graphs."""
+        if not self.runtime.running:
+            return {"owner": ""}
+        return {
+            "owner": self.runtime.settings.replica,
+            "lease_expire": time.time() + self.runtime.settings.lease_s,
+        }
 
     async def cancel_run(self, principal: Principal, name: str, reason: str) -> RunRecord:
         name = self._run_name(principal, name)
@@ -338,7 +350,7 @@ class GraphService:
                 if gate.status is GateStatus.OPEN
             )
             return RunChange(
-                finish(run, RunStatus.CANCELLED, reason),
+                finish(RunStatus.CANCELLED, reason),
                 (state_changed(run.status, RunStatus.CANCELLED, reason),),
                 expired,
             )
@@ -382,13 +394,14 @@ class GraphService:
                 )
             waiting = any(g.status is GateStatus.OPEN for g in gates.values())
             status = RunStatus.WAITING_FOR_APPROVAL if waiting else RunStatus.RUNNING
+            lease = self._lease() if status is RunStatus.RUNNING else {"owner": ""}
             return RunChange(
-                {"status": status, "state_reason": reason, "owner": "", "kill_switch": ""},
+                {"status": status, "state_reason": reason, "kill_switch": "", **lease},
                 (state_changed(run.status, status, reason),),
             )
 
         run = await self._change(name, resume)
-        self.runtime.wake()
+        self._hand_over(run)
         return run
 
     # -- events ---------------------------------------------------------------------------------
@@ -397,8 +410,8 @@ class GraphService:
         self, principal: Principal, parent: str, after: int, limit: int, node_id: str | None
     ) -> list[Any]:
         name = self._run_name(principal, parent, "parent")
-        await asyncio.to_thread(self.store.get_run, name)  # NOT_FOUND for an unknown run
-        return await asyncio.to_thread(self.store.list_events, name, after, limit, node_id)
+        await self.store.aio(self.store.get_run, name)  # NOT_FOUND for an unknown run
+        return await self.store.aio(self.store.list_events, name, after, limit, node_id)
 
     # -- gates ----------------------------------------------------------------------------------
 
@@ -413,7 +426,7 @@ class GraphService:
 
     async def get_gate(self, principal: Principal, name: str) -> GateRecord:
         self._gate_name(principal, name)
-        return await asyncio.to_thread(self.store.get_gate, name)
+        return await self.store.aio(self.store.get_gate, name)
 
     async def list_gates(
         self, principal: Principal, parent: str, size: int, token: str
@@ -427,7 +440,7 @@ class GraphService:
         limit = pagination.page_size(size)
         after = pagination.decode_token(token, parent)
         run = None if match.group(2) == "-" else parent
-        gates = await asyncio.to_thread(
+        gates = await self.store.aio(
             self.store.list_gates,
             run,
             match.group(1),
@@ -536,7 +549,6 @@ class GraphService:
             if status is GateStatus.BLOCKED:
                 message = f"gate {gate.node_id} blocked by {approver}: {decision.reason}"
                 updates = finish(
-                    run,
                     RunStatus.BLOCKED,
                     message,
                     error=error_body("FAILED_PRECONDITION", "GATE_BLOCKED", message, gate.node_id),
@@ -553,7 +565,13 @@ class GraphService:
                 }
                 updates = {"state": state}
                 if run.status is RunStatus.WAITING_FOR_APPROVAL:
-                    updates.update({"status": RunStatus.RUNNING, "state_reason": "gate approved"})
+                    updates.update(
+                        {
+                            "status": RunStatus.RUNNING,
+                            "state_reason": "gate approved",
+                            **self._lease(),
+                        }
+                    )
                     events.append(
                         state_changed(
                             run.status, RunStatus.RUNNING, f"gate {gate.node_id} approved"
@@ -568,8 +586,9 @@ class GraphService:
             )
             return RunChange(updates, tuple(events), (after,), audit=(audit,))
 
-        await self._change(run_name, decide)
-        self.runtime.wake()
+        run = await self._change(run_name, decide)
+        if run.status is RunStatus.RUNNING:
+            self._hand_over(run)
         return outcome["gate"], outcome["decision"]
 
     # -- kill switches --------------------------------------------------------------------------
@@ -586,7 +605,7 @@ class GraphService:
 
     async def get_switch(self, principal: Principal, name: str) -> tuple[KillSwitchRecord, bool]:
         project = self._switch_name(principal, name)
-        switch = await asyncio.to_thread(self.store.get_switch, name)
+        switch = await self.store.aio(self.store.get_switch, name)
         in_effect = switch.engaged or (
             project != GLOBAL and bool(await self._switch_in_effect(project))
         )
@@ -609,12 +628,12 @@ class GraphService:
                 "the global kill switch needs an operator credential", reason="NOT_AN_OPERATOR"
             )
         actor = principal.api_key or f"insecure:{principal.project_id}"
-        switch, changed = await asyncio.to_thread(
+        switch, changed = await self.store.aio(
             self.store.set_switch, name, engaged, reason, actor, etag
         )
         paused = 0
         if engaged and changed:
-            for run_name in await asyncio.to_thread(
+            for run_name in await self.store.aio(
                 self.store.unfinished_runs, None if project == GLOBAL else project
             ):
                 paused += await self._halt(run_name, name, reason)

@@ -1,11 +1,13 @@
 """gRPC face of GraphService: convert messages, delegate to `service.GraphService`.
 
 Stored events and gates are kept in the proto's JSON form, so rendering them is one
-`json_format.ParseDict`. InteractRun is not built yet and answers UNIMPLEMENTED.
+`json_format.ParseDict`. StreamRunEvents and InteractRun share one follower of a run's events.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,8 +17,9 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from maestro.control_plane import names
-from maestro.control_plane.auth import current_principal
-from maestro.control_plane.errors import FieldViolation, InvalidArgument, Unimplemented
+from maestro.control_plane.auth import Principal, current_principal
+from maestro.control_plane.errors import FieldViolation, InvalidArgument, MaestroError
+from maestro.control_plane.graph.hub import Chunk
 from maestro.control_plane.graph.recipe import RecipeSpec, mermaid, parse_recipe
 from maestro.control_plane.graph.records import (
     Budget,
@@ -27,14 +30,16 @@ from maestro.control_plane.graph.records import (
     RunRecord,
     RunStatus,
 )
-from maestro.control_plane.graph.runtime import KIND_ENUM, gate_json
 from maestro.control_plane.graph.service import AUTONOMY, Decision, GraphService, NewRun
+from maestro.control_plane.graph.steps import KIND_ENUM, gate_json
 from maestro.control_plane.rpc import pagination
 from maestro.v1 import common_pb2
 from maestro.v1 import graph_service_pb2 as pb
 from maestro.v1 import graph_service_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+CHUNK_POLL_S = 0.05
+"""How often a watcher of token chunks flushes them."""
 WATCH_POLL_S = 1.0
 """How often a watcher re-reads the store without a wake-up (changes made by a SQLite replica in
 another process; PostgreSQL replicas are woken by NOTIFY)."""
@@ -347,36 +352,58 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
         self, request: pb.StreamRunEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamRunEventsResponse]:
         principal = current_principal()
+        await self._service.get_run(principal, request.name)  # NOT_FOUND, PERMISSION_DENIED
+        async for event in self._follow(
+            principal, request.name, request.after_sequence, request.include_token_chunks, None
+        ):
+            assert isinstance(event, pb.RunEvent)
+            yield pb.StreamRunEventsResponse(event=event)
+
+    async def _follow(
+        self,
+        principal: Principal,
+        name: str,
+        after: int,
+        include_chunks: bool,
+        results: asyncio.Queue[pb.InteractRunResponse.CommandResult] | None,
+    ) -> AsyncIterator[pb.RunEvent | pb.InteractRunResponse.CommandResult]:
+        """A run's stored events after `after`, then live ones (and token chunks, and the
+        results a session's commands put in `results`), until the run's final event."""
         service = self._service
-        name = request.name
-        after = request.after_sequence
-        run = await service.get_run(principal, name)
-        chunks = service.hub.subscribe_chunks(name) if request.include_token_chunks else None
+        chunks = service.hub.subscribe_chunks(name) if include_chunks else None
+        pending: list[Chunk] = []
+        changed = service.hub.watch(name)
         try:
             while True:
+                changed.clear()  # before reading: a change during the read wakes the next wait
+                while results is not None and not results.empty():
+                    yield results.get_nowait()
                 events = await service.list_events(principal, name, after, 1000, None)
                 for event in events:
                     after = event.seq
-                    yield pb.StreamRunEventsResponse(event=event_message(event))
+                    yield event_message(event)
                 if len(events) == 1000:
                     continue
                 run = await service.get_run(principal, name)
                 if run.status.final and run.last_seq <= after:
                     return
-                if chunks is not None:
-                    while not chunks.empty():
-                        text, index, seq, node_id, attempt = chunks.get_nowait()
-                        yield pb.StreamRunEventsResponse(
-                            event=pb.RunEvent(
-                                run=name,
-                                sequence=max(seq, after),
-                                node_id=node_id,
-                                attempt=attempt,
-                                token_chunk=pb.RunEvent.TokenChunk(text=text, index=index),
-                            )
-                        )
-                await service.hub.wait_changed(name, WATCH_POLL_S if chunks is None else 0.05)
+                while chunks is not None and not chunks.empty():
+                    pending.append(chunks.get_nowait())
+                while pending and pending[0][2] <= after:  # never ahead of the stored events
+                    text, index, _seq, node_id, attempt = pending.pop(0)
+                    yield pb.RunEvent(
+                        run=name,
+                        sequence=after,
+                        node_id=node_id,
+                        attempt=attempt,
+                        token_chunk=pb.RunEvent.TokenChunk(text=text, index=index),
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        changed.wait(), WATCH_POLL_S if chunks is None else CHUNK_POLL_S
+                    )
         finally:
+            service.hub.unwatch(name, changed)
             if chunks is not None:
                 service.hub.unsubscribe_chunks(name, chunks)
 
@@ -398,21 +425,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
     async def SubmitGateDecision(
         self, request: pb.SubmitGateDecisionRequest, context: Context
     ) -> pb.SubmitGateDecisionResponse:
-        decision = Decision(
-            verdict=_VERDICTS.get(int(request.verdict), ""),
-            reason=request.reason,
-            state_patch=(
-                json_format.MessageToDict(request.state_patch)
-                if request.HasField("state_patch")
-                else None
-            ),
-            edited_action=(
-                json_format.MessageToDict(request.edited_action)
-                if request.HasField("edited_action")
-                else None
-            ),
-            etag=request.etag,
-        )
+        decision = _decision(request)
         gate, recorded = await self._service.decide_gate(
             current_principal(), request.name, decision
         )
@@ -423,11 +436,74 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
     async def InteractRun(
         self, request_iterator: AsyncIterator[pb.InteractRunRequest], context: Context
     ) -> AsyncIterator[pb.InteractRunResponse]:
-        raise Unimplemented(
-            "InteractRun is not built yet; use StreamRunEvents and SubmitGateDecision",
-            reason="NOT_IMPLEMENTED",
+        principal = current_principal()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("command") != "start":
+            raise InvalidArgument(
+                [FieldViolation("start", "the first message of the session must be `start`")]
+            )
+        name = first.start.name
+        run = await self._service.get_run(principal, name)
+        gates = [await self._service.get_gate(principal, gate) for gate in run.open_gates]
+        yield pb.InteractRunResponse(
+            snapshot=pb.InteractRunResponse.Snapshot(
+                run=run_message(run), open_gates=[gate_message(g) for g in gates]
+            )
         )
-        yield pb.InteractRunResponse()  # pragma: no cover - makes this an async generator
+        results: asyncio.Queue[pb.InteractRunResponse.CommandResult] = asyncio.Queue()
+        reader = asyncio.create_task(self._commands(principal, name, request_iterator, results))
+        try:
+            async for item in self._follow(
+                principal, name, first.start.after_sequence, first.start.include_token_chunks,
+                results,
+            ):  # fmt: skip
+                if isinstance(item, pb.RunEvent):
+                    yield pb.InteractRunResponse(event=item)
+                else:
+                    yield pb.InteractRunResponse(result=item)
+            while not results.empty():  # answers to commands that ended the run
+                yield pb.InteractRunResponse(result=results.get_nowait())
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _commands(
+        self,
+        principal: Principal,
+        name: str,
+        requests: AsyncIterator[pb.InteractRunRequest],
+        results: asyncio.Queue[pb.InteractRunResponse.CommandResult],
+    ) -> None:
+        """Carry out a session's commands; each gets a result, and a rejected one does not end
+        the session."""
+        async for message in requests:
+            result = pb.InteractRunResponse.CommandResult(request_id=message.request_id)
+            try:
+                kind = message.WhichOneof("command")
+                if kind == "decide":
+                    decide = message.decide
+                    if not decide.gate.startswith(f"{name}/gates/"):
+                        raise InvalidArgument(
+                            [FieldViolation("decide.gate", "must be a gate of this session's run")]
+                        )
+                    gate, _ = await self._service.decide_gate(
+                        principal, decide.gate, _decision(decide)
+                    )
+                    result.gate.CopyFrom(gate_message(gate))
+                elif kind == "cancel":
+                    run = await self._service.cancel_run(principal, name, message.cancel.reason)
+                    result.run.CopyFrom(run_message(run))
+                else:
+                    raise InvalidArgument(
+                        [FieldViolation("command", "`start` only opens the session; send decide "
+                                        "or cancel")]
+                    )  # fmt: skip
+                result.status.code = 0
+            except MaestroError as error:
+                result.status.CopyFrom(error.to_status())
+            await results.put(result)
+            self._service.hub.changed(name)  # wakes the session's loop to send it
 
     async def GetKillSwitch(
         self, request: pb.GetKillSwitchRequest, context: Context
@@ -498,6 +574,26 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
         wall = preview.budget.max_wall_time_s
         forecast.within_slo = not wall or preview.p95_s <= wall
         return out
+
+
+def _decision(
+    request: pb.SubmitGateDecisionRequest | pb.InteractRunRequest.Decide,
+) -> Decision:
+    return Decision(
+        verdict=_VERDICTS.get(int(request.verdict), ""),
+        reason=request.reason,
+        state_patch=(
+            json_format.MessageToDict(request.state_patch)
+            if request.HasField("state_patch")
+            else None
+        ),
+        edited_action=(
+            json_format.MessageToDict(request.edited_action)
+            if request.HasField("edited_action")
+            else None
+        ),
+        etag=request.etag,
+    )
 
 
 _EVENT_CLAUSE = re.compile(r'^\s*(?:node_id\s*=\s*"([^"]*)"|sequence\s*>\s*(\d+))\s*$')

@@ -13,12 +13,13 @@ Calls are synchronous; the async layers run them in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from maestro.control_plane.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from maestro.control_plane.graph.records import (
@@ -41,14 +42,17 @@ from maestro.control_plane.graph.sql import Row, Sql, Tx
 EVENTS_CHANNEL = "maestro_run_events"
 """PostgreSQL NOTIFY channel: payload is the run name, sent with every committed change."""
 
-_JSON_COLUMNS = frozenset({"input_state", "state", "in_flight", "visits", "budget", "error"})
+_JSON_COLUMNS = frozenset(
+    {"input_state", "state", "in_flight", "visits", "budget", "error", "open_gates"}
+)
 _RUN_COLUMNS = (
     "name, project, recipe, recipe_revision_id, recipe_source, input_state, state, status, "
     "state_reason, next_node, in_flight, visits, prompt_tokens, completion_tokens, cost_usd, "
-    "budget, autonomy, error, kill_switch, last_seq, owner, lease_expire, trace_id, request_id, "
-    "create_time, update_time, end_time"
+    "budget, autonomy, error, kill_switch, open_gates, last_seq, owner, lease_expire, trace_id, "
+    "request_id, create_time, update_time, end_time"
 )
 
+T = TypeVar("T")
 ChangeFn = Callable[[RunRecord, dict[str, GateRecord]], RunChange]
 
 
@@ -59,6 +63,14 @@ def etag_of(*parts: Any) -> str:
 class RunStore:
     def __init__(self, sql: Sql) -> None:
         self.sql = sql
+
+    async def aio(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a store call from async code: inline where the database is that quick (SQLite
+        without per-commit fsync), else in a worker thread so the event loop never waits on
+        the network or the disk."""
+        if self.sql.inline:
+            return call(*args)
+        return await asyncio.to_thread(call, *args)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -86,6 +98,7 @@ class RunStore:
             autonomy=int(row["autonomy"]),
             error=load(row["error"]) if row["error"] is not None else None,
             kill_switch=row["kill_switch"],
+            open_gates=tuple(load(row["open_gates"])),
             last_seq=int(row["last_seq"]),
             owner=row["owner"],
             lease_expire=float(row["lease_expire"]),
@@ -108,6 +121,7 @@ class RunStore:
     def insert_run(self, run: RunRecord, events: Sequence[NewEvent]) -> RunRecord:
         """Store a new run with its first events. ALREADY_EXISTS if the name is taken; a retried
         request id returns the run it created."""
+        run = replace(run, last_seq=run.last_seq + len(events))
         columns = [c.strip() for c in _RUN_COLUMNS.split(",")]
         values = [self._value(c, getattr(run, c)) for c in columns]
         with self.sql.write() as tx:
@@ -124,31 +138,16 @@ class RunStore:
                 f"INSERT INTO agent_runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                 values,
             )
-            last = self._append(tx, run.name, run.last_seq, events, run.create_time)
-            tx.run("UPDATE agent_runs SET last_seq = ? WHERE name = ?", (last, run.name))
+            self._append_records(tx, run.name, 0, events, run.create_time)
             self.sql.notify(tx, EVENTS_CHANNEL, run.name)
-        return self.get_run(run.name)
+        return run
 
     def get_run(self, name: str) -> RunRecord:
         with self.sql.read() as tx:
             row = tx.one(f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE name = ?", (name,))
             if row is None:
                 raise NotFound(f"run {name!r} not found", reason="RUN_NOT_FOUND")
-            return self._with_gates(tx, [self._run(row)])[0]
-
-    def _with_gates(self, tx: Tx, runs: list[RunRecord]) -> list[RunRecord]:
-        if not runs:
-            return runs
-        marks = ", ".join("?" * len(runs))
-        rows = tx.all(
-            f"SELECT name, run FROM run_gates WHERE status = ? AND run IN ({marks}) "
-            "ORDER BY opened_seq",
-            [int(GateStatus.OPEN), *(run.name for run in runs)],
-        )
-        gates: dict[str, list[str]] = {}
-        for row in rows:
-            gates.setdefault(row["run"], []).append(row["name"])
-        return [replace(run, open_gates=tuple(gates.get(run.name, ()))) for run in runs]
+        return self._run(row)
 
     def list_runs(
         self, project: str, after: tuple[float, str] | None, limit: int
@@ -162,7 +161,8 @@ class RunStore:
             params += [after[0], after[0], after[1]]
         sql += " ORDER BY create_time DESC, name DESC LIMIT ?"
         with self.sql.read() as tx:
-            return self._with_gates(tx, [self._run(row) for row in tx.all(sql, [*params, limit])])
+            rows = tx.all(sql, [*params, limit])
+        return [self._run(row) for row in rows]
 
     def unfinished_runs(self, project: str | None) -> list[str]:
         marks = ", ".join("?" * len(UNFINISHED))
@@ -174,40 +174,74 @@ class RunStore:
         with self.sql.read() as tx:
             return [row["name"] for row in tx.all(sql, params)]
 
-    def change_run(self, name: str, decide: ChangeFn) -> tuple[RunRecord, list[EventRecord]]:
+    def change_run(
+        self, name: str, decide: ChangeFn, owned: RunRecord | None = None
+    ) -> tuple[RunRecord, list[EventRecord]]:
         """Read the run and its gates, let `decide` say what changes, write it all in one
-        transaction. `decide` may raise to change nothing."""
+        transaction. `decide` may raise to change nothing.
+
+        `owned`: the run as the replica driving it last wrote it. Only the columns others may
+        change while a replica holds a run (owner, status, reason, sequence, kill switch) are
+        read back, and `decide` gets no gates: the runtime's steps skip decoding the state they
+        wrote themselves.
+        """
         with self.sql.write() as tx:
-            row = tx.one(
-                f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE name = ?"
-                + self.sql.lock_rows.replace(" SKIP LOCKED", ""),
-                (name,),
-            )
+            if owned is None:
+                row = tx.one(
+                    f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE name = ?" + self.sql.lock_row,
+                    (name,),
+                )
+            else:
+                row = tx.one(
+                    "SELECT owner, status, state_reason, last_seq, kill_switch, lease_expire "
+                    "FROM agent_runs WHERE name = ?" + self.sql.lock_row,
+                    (name,),
+                )
             if row is None:
                 raise NotFound(f"run {name!r} not found", reason="RUN_NOT_FOUND")
-            run = self._run(row)
-            gates = {gate.name: gate for gate in self._gates(tx, "run = ?", (name,))}
+            if owned is None:
+                run = self._run(row)
+                gates = {gate.name: gate for gate in self._gates(tx, "run = ?", (name,))}
+            else:
+                run = replace(
+                    owned,
+                    owner=row["owner"],
+                    status=RunStatus(row["status"]),
+                    state_reason=row["state_reason"],
+                    last_seq=int(row["last_seq"]),
+                    kill_switch=row["kill_switch"],
+                    lease_expire=float(row["lease_expire"]),
+                )
+                gates = {}
             change = decide(run, gates)
             now = time.time()
-            events = self._append_records(tx, name, run.last_seq, change.events, now)
             updates = dict(change.updates)
-            updates["last_seq"] = run.last_seq + len(events)
+            if change.gates:
+                # The runtime (`owned`) opens a gate only on a run with none open.
+                gates.update({gate.name: gate for gate in change.gates})
+                updates["open_gates"] = tuple(
+                    g.name
+                    for g in sorted(gates.values(), key=lambda g: g.opened_seq)
+                    if g.status is GateStatus.OPEN
+                )
+            updates["last_seq"] = run.last_seq + len(change.events)
             updates["update_time"] = now
             assignments = ", ".join(f"{column} = ?" for column in updates)
-            tx.run(
-                f"UPDATE agent_runs SET {assignments} WHERE name = ?",
-                [*(self._value(c, v) for c, v in updates.items()), name],
-            )
-            for gate in change.gates:
-                self._put_gate(tx, gate)
-            for entry in change.audit:
-                self.audit(tx, entry.actor, entry.action, entry.target, entry.reason, entry.detail)
-            if change.notify:
-                self.sql.notify(tx, EVENTS_CHANNEL, name)
-        after = self._with(run, updates)
-        gates.update({gate.name: gate for gate in change.gates})
-        opened = tuple(g.name for g in gates.values() if g.status is GateStatus.OPEN)
-        return replace(after, open_gates=opened), events
+            with tx.pipeline():  # nothing below needs an answer: one round trip on PostgreSQL
+                events = self._append_records(tx, name, run.last_seq, change.events, now)
+                tx.run(
+                    f"UPDATE agent_runs SET {assignments} WHERE name = ?",
+                    [*(self._value(c, v) for c, v in updates.items()), name],
+                )
+                for gate in change.gates:
+                    self._put_gate(tx, gate)
+                for entry in change.audit:
+                    self.audit(
+                        tx, entry.actor, entry.action, entry.target, entry.reason, entry.detail
+                    )
+                if change.notify:
+                    self.sql.notify(tx, EVENTS_CHANNEL, name)
+        return self._with(run, updates), events
 
     @staticmethod
     def _with(run: RunRecord, updates: dict[str, Any]) -> RunRecord:
@@ -272,11 +306,6 @@ class RunStore:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _append(
-        self, tx: Tx, run: str, last_seq: int, events: Sequence[NewEvent], now: float
-    ) -> int:
-        return last_seq + len(self._append_records(tx, run, last_seq, events, now))
-
     def _append_records(
         self, tx: Tx, run: str, last_seq: int, events: Sequence[NewEvent], now: float
     ) -> list[EventRecord]:
@@ -284,18 +313,14 @@ class RunStore:
             EventRecord(run, last_seq + offset, now, event.node_id, event.attempt, event.body)
             for offset, event in enumerate(events, start=1)
         ]
-        for record in records:
-            tx.run(
+        if records:
+            tx.many(
                 "INSERT INTO run_events (run, seq, event_time, node_id, attempt, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    run,
-                    record.seq,
-                    now,
-                    record.node_id,
-                    record.attempt,
-                    self.sql.json_in(record.body),
-                ),
+                [
+                    (run, r.seq, now, r.node_id, r.attempt, self.sql.json_in(r.body))
+                    for r in records
+                ],
             )
         return records
 
@@ -358,34 +383,24 @@ class RunStore:
         return gates
 
     def _put_gate(self, tx: Tx, gate: GateRecord) -> None:
-        values = (
-            int(gate.status),
-            self.sql.json_in(gate.body()),
-            gate.etag,
-            gate.update_time,
-            gate.name,
+        tx.run(
+            "INSERT INTO run_gates (name, run, project, opened_seq, status, node_id, body, etag, "
+            "create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET status = excluded.status, body = excluded.body, "
+            "etag = excluded.etag, update_time = excluded.update_time",
+            (
+                gate.name,
+                gate.run,
+                gate.project,
+                gate.opened_seq,
+                int(gate.status),
+                gate.node_id,
+                self.sql.json_in(gate.body()),
+                gate.etag,
+                gate.create_time,
+                gate.update_time,
+            ),
         )
-        changed = tx.run(
-            "UPDATE run_gates SET status = ?, body = ?, etag = ?, update_time = ? WHERE name = ?",
-            values,
-        )
-        if not changed:
-            tx.run(
-                "INSERT INTO run_gates (name, run, project, opened_seq, status, node_id, body, "
-                "etag, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    gate.name,
-                    gate.run,
-                    gate.project,
-                    gate.opened_seq,
-                    int(gate.status),
-                    gate.node_id,
-                    self.sql.json_in(gate.body()),
-                    gate.etag,
-                    gate.create_time,
-                    gate.update_time,
-                ),
-            )
 
     def get_gate(self, name: str) -> GateRecord:
         with self.sql.read() as tx:
@@ -432,8 +447,7 @@ class RunStore:
         now = time.time()
         with self.sql.write() as tx:
             row = tx.one(
-                "SELECT * FROM kill_switches WHERE name = ?"
-                + self.sql.lock_rows.replace(" SKIP LOCKED", ""),
+                "SELECT * FROM kill_switches WHERE name = ?" + self.sql.lock_row,
                 (name,),
             )
             current = self._switch(name, row)

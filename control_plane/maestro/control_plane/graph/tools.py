@@ -9,7 +9,6 @@ it from the ledger's call counts.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -45,7 +44,7 @@ def ticket_tool(store: RunStore) -> Tool:
             digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:8]
             return {"ticket": f"TICKET-{digest}", "title": title}
 
-        result, _ran = await asyncio.to_thread(
+        result, _ran = await store.aio(
             store.apply_effect, idempotency_key, "create_ticket", arguments, effect
         )
         return result

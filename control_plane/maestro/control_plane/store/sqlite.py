@@ -56,9 +56,17 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 class Database:
-    """A SQLite connection shared by the threads that serve one process, serialised by a lock."""
+    """A SQLite connection shared by the threads that serve one process, serialised by a lock.
 
-    def __init__(self, path: Path) -> None:
+    `synchronous`: "normal" (default) syncs the WAL at checkpoints, not at every commit; a commit
+    survives the process being killed (tested with SIGKILL) but the last ones may be lost if the
+    machine loses power. "full" fsyncs every commit, which costs about 0.3 ms here.
+    """
+
+    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError("synchronous must be normal or full")
+        self.synchronous = synchronous
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -67,6 +75,7 @@ class Database:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._migrate()
 
     def _migrate(self) -> None:
