@@ -81,7 +81,7 @@ async def test_builtin_recipe_runs_end_to_end_through_the_data_plane(
 ) -> None:
     async with stack(tmp_path, overrides=backend) as s:
         run = await create_run(s.client, f"projects/builtin/recipes/{recipe}", state)
-        assert run.state == gpb.Run.STATE_QUEUED
+        assert run.state == gpb.Run.STATE_RUNNING  # claimed and started by this replica
         done = await wait_for(s.client, run.name, FINAL)
         events = await all_events(s.client, run.name)
         diagram = await s.client.graphs.ExportRecipeDiagram(

@@ -69,9 +69,12 @@ def _started(body: str = "x") -> NewEvent:
 
 
 def test_a_run_round_trips_with_its_json_state_and_first_events(store: RunStore) -> None:
-    stored = store.insert_run(
+    inserted, created = store.insert_run(
         _run(state={"q": 1, "nested": {"list": [1, "x", None]}}), [_started()]
     )
+    stored = store.get_run(inserted.name)
+    assert created
+    assert stored == inserted
     assert stored.state == {"q": 1, "nested": {"list": [1, "x", None]}}
     assert stored.budget == Budget(100, 1.0, 60.0)
     assert stored.last_seq == 1
@@ -81,9 +84,10 @@ def test_a_run_round_trips_with_its_json_state_and_first_events(store: RunStore)
 def test_a_taken_name_is_already_exists_and_a_retried_request_id_returns_the_first_run(
     store: RunStore,
 ) -> None:
-    first = store.insert_run(_run(request_id="req-1"), [])
-    again = store.insert_run(_run("projects/p/runs/other", request_id="req-1"), [])
+    first, _ = store.insert_run(_run(request_id="req-1"), [])
+    again, created = store.insert_run(_run("projects/p/runs/other", request_id="req-1"), [])
     assert again.name == first.name
+    assert not created
     with pytest.raises(AlreadyExists):
         store.insert_run(_run(), [])
 

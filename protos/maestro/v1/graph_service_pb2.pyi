@@ -1927,7 +1927,7 @@ class CreateRunResponse(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def run(self) -> Global___Run:
-        """The run created, usually `QUEUED`."""
+        """The run created, usually `RUNNING` with its first node in flight."""
 
     def __init__(
         self,

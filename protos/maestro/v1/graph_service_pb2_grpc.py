@@ -228,7 +228,8 @@ class GraphServiceServicer:
 
     def CreateRun(self, request, context):
         """Creates a run and starts it: the recipe's current revision (or the one named with `@`) is
-        pinned and the run is `QUEUED` until a replica claims its lease. FAILED_PRECONDITION while
+        pinned, and the replica serving the call claims the run and records its first node's start
+        in the same transaction (the run is `QUEUED` only until some replica claims it). FAILED_PRECONDITION while
         the project's or the global kill switch is engaged; NOT_FOUND if the recipe is unknown;
         INVALID_ARGUMENT if the input state does not match the recipe's input schema;
         RESOURCE_EXHAUSTED if the project's concurrent-run quota is used up.

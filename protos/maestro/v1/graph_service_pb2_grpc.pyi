@@ -75,7 +75,8 @@ class GraphServiceStub:
     """Lists the runs of a project, newest first unless `order_by` says otherwise."""
     CreateRun: _grpc.UnaryUnaryMultiCallable[_graph_service_pb2.CreateRunRequest, _graph_service_pb2.CreateRunResponse]
     """Creates a run and starts it: the recipe's current revision (or the one named with `@`) is
-    pinned and the run is `QUEUED` until a replica claims its lease. FAILED_PRECONDITION while
+    pinned, and the replica serving the call claims the run and records its first node's start
+    in the same transaction (the run is `QUEUED` only until some replica claims it). FAILED_PRECONDITION while
     the project's or the global kill switch is engaged; NOT_FOUND if the recipe is unknown;
     INVALID_ARGUMENT if the input state does not match the recipe's input schema;
     RESOURCE_EXHAUSTED if the project's concurrent-run quota is used up.
@@ -192,7 +193,8 @@ class GraphServiceAsyncStub(GraphServiceStub):
     """Lists the runs of a project, newest first unless `order_by` says otherwise."""
     CreateRun: _aio.UnaryUnaryMultiCallable[_graph_service_pb2.CreateRunRequest, _graph_service_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Creates a run and starts it: the recipe's current revision (or the one named with `@`) is
-    pinned and the run is `QUEUED` until a replica claims its lease. FAILED_PRECONDITION while
+    pinned, and the replica serving the call claims the run and records its first node's start
+    in the same transaction (the run is `QUEUED` only until some replica claims it). FAILED_PRECONDITION while
     the project's or the global kill switch is engaged; NOT_FOUND if the recipe is unknown;
     INVALID_ARGUMENT if the input state does not match the recipe's input schema;
     RESOURCE_EXHAUSTED if the project's concurrent-run quota is used up.
@@ -354,7 +356,8 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_graph_service_pb2.CreateRunResponse, _abc.Awaitable[_graph_service_pb2.CreateRunResponse]]:
         """Creates a run and starts it: the recipe's current revision (or the one named with `@`) is
-        pinned and the run is `QUEUED` until a replica claims its lease. FAILED_PRECONDITION while
+        pinned, and the replica serving the call claims the run and records its first node's start
+        in the same transaction (the run is `QUEUED` only until some replica claims it). FAILED_PRECONDITION while
         the project's or the global kill switch is engaged; NOT_FOUND if the recipe is unknown;
         INVALID_ARGUMENT if the input state does not match the recipe's input schema;
         RESOURCE_EXHAUSTED if the project's concurrent-run quota is used up.

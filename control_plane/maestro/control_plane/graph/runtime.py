@@ -123,10 +123,14 @@ class GraphRuntime:
     def wake(self) -> None:
         self._wake.set()
 
-    def adopt(self, run: RunRecord) -> None:
-        """Drive a run this replica just leased (created or resumed it)."""
-        if self.running and run.owner == self.settings.replica and run.name not in self._tasks:
-            self._spawn(run, "")
+    def adopt(self, run: RunRecord, begun: bool = False) -> None:
+        """Drive a run this replica just leased (created or resumed it). `begun`: the lease's
+        transaction also took the run's next step (`Stepper.begin`), so its in-flight node is
+        new, not interrupted."""
+        if not (self.running and run.owner == self.settings.replica):
+            return
+        if run.name not in self._tasks and run.status is RunStatus.RUNNING:
+            self._spawn(run, "", begun)
 
     def interrupt(self, run: str) -> None:
         """Cancel the node in flight of a run this replica drives (kill switch, cancel)."""
@@ -138,8 +142,8 @@ class GraphRuntime:
     def active(self) -> int:
         return len(self._tasks)
 
-    def _spawn(self, run: RunRecord, previous_owner: str) -> None:
-        task = asyncio.create_task(self._drive(run, previous_owner), name=run.name)
+    def _spawn(self, run: RunRecord, previous_owner: str, begun: bool = False) -> None:
+        task = asyncio.create_task(self._drive(run, previous_owner, begun), name=run.name)
         self._tasks[run.name] = task
         task.add_done_callback(self._forget)
 
@@ -207,10 +211,10 @@ class GraphRuntime:
         self.hub.changed(run.name, updated.status.final)
         return updated
 
-    async def _drive(self, run: RunRecord, previous_owner: str) -> None:
+    async def _drive(self, run: RunRecord, previous_owner: str, begun: bool) -> None:
         try:
             with structlog.contextvars.bound_contextvars(run=run.name):
-                await self._drive_steps(run, previous_owner)
+                await self._drive_steps(run, previous_owner, begun)
         except LeaseLost:
             log.info("graph.run_released", run=run.name)
         except asyncio.CancelledError:
@@ -232,10 +236,12 @@ class GraphRuntime:
                     ),
                 )
 
-    async def _drive_steps(self, run: RunRecord, previous_owner: str) -> None:
+    async def _drive_steps(self, run: RunRecord, previous_owner: str, begun: bool) -> None:
         recipe = self.compiled(run)
         stepper = self.stepper
-        if run.in_flight is not None:  # an interrupted step: it runs again
+        if begun:
+            pass
+        elif run.in_flight is not None:  # an interrupted step: it runs again
             run = await self._change(run, lambda r, _g: stepper.replayed(r, recipe, previous_owner))
         else:
             run = await self._change(run, lambda r, _g: stepper.begin(r, recipe))

@@ -279,18 +279,23 @@ class GraphService:
             request_id=new.request_id or None,
             **self._lease(),
         )
-        created = await self.store.aio(
-            self.store.insert_run,
-            run,
-            [state_changed(RunStatus.QUEUED, RunStatus.QUEUED, "created")],
-        )
-        self._hand_over(created)
+        events = [state_changed(RunStatus.QUEUED, RunStatus.QUEUED, "created")]
+        gates: tuple[GateRecord, ...] = ()
+        if run.owner:  # this replica runs it: its first step commits with its creation
+            step = self.runtime.stepper.begin(run, compiled)
+            run = RunStore.applied(run, step)
+            events += step.events
+            gates = step.gates
+        created, fresh = await self.store.aio(self.store.insert_run, run, events, gates)
+        self.hub.changed(created.name, created.status.final)
+        if fresh:
+            self._hand_over(created, begun=True)
         return created
 
-    def _hand_over(self, run: RunRecord) -> None:
+    def _hand_over(self, run: RunRecord, begun: bool = False) -> None:
         """Start a run this replica leased, else let every replica know it is claimable."""
         if run.owner:
-            self.runtime.adopt(run)
+            self.runtime.adopt(run, begun)
         else:
             self.runtime.wake()
 
@@ -493,6 +498,7 @@ class GraphService:
             provenance = uuid.uuid4().hex
             decisions = list(gate.decisions)
             snapshot, proposed = gate.state_snapshot, gate.proposed_action
+            opened: tuple[GateRecord, ...] = ()
             if decision.verdict == "EDIT":  # earlier approvals were of another version
                 decisions = [{**d, "counted": False} for d in decisions]
                 if decision.state_patch is not None:
@@ -577,6 +583,12 @@ class GraphService:
                             run.status, RunStatus.RUNNING, f"gate {gate.node_id} approved"
                         )
                     )
+                    if updates["owner"]:  # this replica resumes it, in this transaction
+                        resumed = RunStore.applied(run, RunChange(updates))
+                        step = self.runtime.stepper.begin(resumed, self.runtime.compiled(resumed))
+                        updates.update(step.updates)
+                        events.extend(step.events)
+                        opened = step.gates
             audit = AuditEntry(
                 approver,
                 f"gate.{decision.verdict.lower()}",
@@ -584,11 +596,11 @@ class GraphService:
                 decision.reason,
                 {"provenance_id": provenance, "counted": counts},
             )
-            return RunChange(updates, tuple(events), (after,), audit=(audit,))
+            return RunChange(updates, tuple(events), (after, *opened), audit=(audit,))
 
         run = await self._change(run_name, decide)
         if run.status is RunStatus.RUNNING:
-            self._hand_over(run)
+            self._hand_over(run, begun=True)
         return outcome["gate"], outcome["decision"]
 
     # -- kill switches --------------------------------------------------------------------------

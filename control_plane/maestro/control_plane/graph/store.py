@@ -118,9 +118,12 @@ class RunStore:
             return int(value)
         return value
 
-    def insert_run(self, run: RunRecord, events: Sequence[NewEvent]) -> RunRecord:
-        """Store a new run with its first events. ALREADY_EXISTS if the name is taken; a retried
-        request id returns the run it created."""
+    def insert_run(
+        self, run: RunRecord, events: Sequence[NewEvent], gates: Sequence[GateRecord] = ()
+    ) -> tuple[RunRecord, bool]:
+        """Store a new run with its first events (and a gate it opened at once); the run, and
+        whether this call created it. ALREADY_EXISTS if the name is taken; a retried request id
+        returns the run it created."""
         run = replace(run, last_seq=run.last_seq + len(events))
         columns = [c.strip() for c in _RUN_COLUMNS.split(",")]
         values = [self._value(c, getattr(run, c)) for c in columns]
@@ -131,16 +134,29 @@ class RunStore:
                     (run.project, run.request_id),
                 )
                 if previous is not None:
-                    return self._run(previous)
+                    return self._run(previous), False
             if tx.one("SELECT 1 AS x FROM agent_runs WHERE name = ?", (run.name,)):
                 raise AlreadyExists(f"run {run.name!r} exists already", reason="RUN_EXISTS")
             tx.run(
                 f"INSERT INTO agent_runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                 values,
             )
-            self._append_records(tx, run.name, 0, events, run.create_time)
-            self.sql.notify(tx, EVENTS_CHANNEL, run.name)
-        return run
+            with tx.pipeline():
+                self._append_records(tx, run.name, 0, events, run.create_time)
+                for gate in gates:
+                    self._put_gate(tx, gate)
+                self.sql.notify(tx, EVENTS_CHANNEL, run.name)
+        return run, True
+
+    @classmethod
+    def applied(cls, run: RunRecord, change: RunChange) -> RunRecord:
+        """The run as `change` leaves it (for a change written with the run's creation)."""
+        updates = dict(change.updates)
+        if change.gates:
+            updates["open_gates"] = tuple(
+                g.name for g in change.gates if g.status is GateStatus.OPEN
+            )
+        return cls._with(run, updates)
 
     def get_run(self, name: str) -> RunRecord:
         with self.sql.read() as tx:
