@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import field_mask_pb2, json_format
 
 from maestro.clients.errors import MaestroRpcError
 from maestro.v1 import graph_service_pb2 as gpb
@@ -268,3 +268,40 @@ async def test_an_interactive_session_sees_the_gate_open_and_approves_it_on_the_
     assert results["r2"].gate.state == gpb.Gate.STATE_APPROVED
     last = received[-1] if received[-1].WhichOneof("payload") == "event" else received[-2]
     assert last.event.run_state_changed.state == gpb.Run.STATE_SUCCEEDED
+
+
+GRAPH_POLICY = """package maestro.graph
+
+deny[reason] {
+  input.node.side_effects
+  input.autonomy != "L1"
+  reason := sprintf("%s changes the outside world; only L1 runs may call it", [input.node.tool])
+}
+"""
+
+
+async def test_the_before_execute_policy_blocks_a_node_before_it_starts(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        await s.client.routes.ApplyConfig(
+            rpb.ApplyConfigRequest(
+                route_config=rpb.RouteConfig(
+                    name=f"{PARENT}/routeConfig",
+                    policy_modules=[rpb.RoutePolicyModule(name="graph.rego", source=GRAPH_POLICY)],
+                ),
+                update_mask=field_mask_pb2.FieldMask(paths=["policy_modules"]),
+            )
+        )
+        recipe = await _recipe(s.client, "tickets", TICKETS.replace("autonomy: L2", "autonomy: L3"))
+        run = await create_run(s.client, recipe)
+        done = await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+        effects = s.server.plane.graph.store.effects(run.name)  # type: ignore[union-attr]
+    assert done.state == gpb.Run.STATE_BLOCKED
+    [blocked] = [e for e in events if e.WhichOneof("payload") == "policy_blocked"]
+    assert blocked.node_id == "file"
+    assert blocked.policy_blocked.rule == "data.maestro.graph.deny"
+    assert blocked.policy_blocked.reason == (
+        "create_ticket changes the outside world; only L1 runs may call it"
+    )
+    assert finished_nodes(events) == ["think"]  # the tool never started
+    assert effects == []

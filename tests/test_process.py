@@ -7,8 +7,10 @@ field violations, and SIGTERM during an open server stream ends it cleanly and e
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -281,3 +284,63 @@ def test_sigterm_during_open_stream_ends_it_cleanly_and_exits_zero(maestro_up: U
     # would exit non-zero: a clean OK end means it ended within the grace period by itself.
     assert watcher.returncode == 0, errors
     assert json.loads(rest) == {"status": "NOT_SERVING"}
+
+
+RECIPE_INPUTS: dict[str, dict[str, Any]] = {
+    "planner-executor": {"question": "How do leases work?", "max_steps": 2},
+    "debate": {"motion": "Tabs over spaces", "max_rounds": 1},
+    "critique-improve": {"task": "Explain crash-safe resume."},
+    "toolformer": {"question": "What do gates do?", "max_turns": 2},
+}
+
+
+def test_builtin_recipes_run_end_to_end_on_maestro_up_and_match_their_diagrams(
+    maestro_up: UpProcess,
+) -> None:
+    from maestro.clients import MaestroClient
+    from maestro.v1 import graph_service_pb2 as gpb
+    from tests.graph_support import struct
+
+    final = {gpb.Run.STATE_SUCCEEDED, gpb.Run.STATE_FAILED, gpb.Run.STATE_BLOCKED}
+    with MaestroClient(maestro_up.address, api_key=maestro_up.api_key, timeout_s=20) as client:
+        runs = {
+            recipe: client.graphs.CreateRun(
+                gpb.CreateRunRequest(
+                    parent="projects/demo",
+                    run=gpb.Run(
+                        recipe=f"projects/builtin/recipes/{recipe}", input_state=struct(state)
+                    ),
+                )
+            ).run.name
+            for recipe, state in RECIPE_INPUTS.items()
+        }
+        done: dict[str, gpb.Run] = {}
+        deadline = time.monotonic() + 60
+        while len(done) < len(runs) and time.monotonic() < deadline:
+            for recipe, name in runs.items():
+                run = client.graphs.GetRun(gpb.GetRunRequest(name=name)).run
+                for gate in run.open_gates:  # the debate's human confirms the verdict
+                    client.graphs.SubmitGateDecision(
+                        gpb.SubmitGateDecisionRequest(name=gate, verdict=gpb.GATE_VERDICT_APPROVE)
+                    )
+                if run.state in final:
+                    done[recipe] = run
+            time.sleep(0.1)
+        for recipe, run in done.items():
+            assert run.state == gpb.Run.STATE_SUCCEEDED, (recipe, run.state_reason)
+            events = client.graphs.ListRunEvents(
+                gpb.ListRunEventsRequest(parent=run.name, page_size=1000)
+            ).events
+            path = (
+                ["__start__"]
+                + [e.node_id for e in events if e.WhichOneof("payload") == "node_finished"]
+                + ["__end__"]
+            )
+            diagram = client.graphs.ExportRecipeDiagram(
+                gpb.ExportRecipeDiagramRequest(name=f"projects/builtin/recipes/{recipe}")
+            ).mermaid
+            for source, target in itertools.pairwise(path):  # every step taken is drawn
+                assert re.search(
+                    rf"^\s+{source} --(?:>|>\|[^|]*\|) {target}$", diagram, re.MULTILINE
+                ), (recipe, source, target)
+    assert set(done) == set(runs)

@@ -14,6 +14,7 @@ from maestro.control_plane.config import GraphConfig
 from maestro.control_plane.graph.compiled import PriceLookup, Prices
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.models import DataPlaneModels
+from maestro.control_plane.graph.policy import GraphPolicy
 from maestro.control_plane.graph.runtime import GraphRuntime, RuntimeSettings
 from maestro.control_plane.graph.service import GraphService
 from maestro.control_plane.graph.servicer import GraphServicer
@@ -104,6 +105,7 @@ async def build_graph(
         tools=builtin_tools(store),
         prices=price_lookup(registry),
         tracer=telemetry.tracer_provider.get_tracer("maestro.graph"),
+        policy=GraphPolicy(registry),
     )
     listen = getattr(sql, "listen", None)
     if listen is not None:

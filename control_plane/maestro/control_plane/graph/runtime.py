@@ -29,6 +29,7 @@ from maestro.control_plane.errors import MaestroError
 from maestro.control_plane.graph.compiled import CompiledRecipe, PriceLookup, compile_recipe
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.models import DataPlaneModels, ModelStepError
+from maestro.control_plane.graph.policy import GraphPolicy
 from maestro.control_plane.graph.recipe import NodeSpec, parse_recipe
 from maestro.control_plane.graph.records import (
     GateRecord,
@@ -85,14 +86,16 @@ class GraphRuntime:
         tools: Mapping[str, Tool],
         prices: Callable[[str], PriceLookup],
         tracer: trace.Tracer,
-        before_execute: BeforeExecute = allow_all,
+        policy: GraphPolicy | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.settings = settings
         self.tools = tools
         self.prices_for = prices
-        self.stepper = Stepper(settings.replica, prices, before_execute)
+        self.policy = policy
+        hook: BeforeExecute = policy.before_execute if policy is not None else allow_all
+        self.stepper = Stepper(settings.replica, prices, hook)
         self._models = models
         self._tracer = tracer
         self._compiled: dict[str, CompiledRecipe] = {}
@@ -186,6 +189,11 @@ class GraphRuntime:
 
     # -- driving one run ------------------------------------------------------------------------
 
+    async def prepare(self, run: RunRecord, recipe: CompiledRecipe) -> None:
+        """Have the `before_execute` verdicts of the run's nodes ready for its next step."""
+        if self.policy is not None:
+            await self.policy.prepare(run, recipe)
+
     def compiled(self, run: RunRecord) -> CompiledRecipe:
         return self.compiled_revision(run.recipe_revision_id, run.recipe_source)
 
@@ -239,6 +247,7 @@ class GraphRuntime:
     async def _drive_steps(self, run: RunRecord, previous_owner: str, begun: bool) -> None:
         recipe = self.compiled(run)
         stepper = self.stepper
+        await self.prepare(run, recipe)
         if begun:
             pass
         elif run.in_flight is not None:  # an interrupted step: it runs again
@@ -267,6 +276,7 @@ class GraphRuntime:
                 outcome.producer,
                 time.perf_counter() - started,
             )
+            await self.prepare(run, recipe)  # a policy applied mid-run governs the next node
             run = await self._change(
                 run, functools.partial(_committed, stepper, recipe, flight, outcome)
             )

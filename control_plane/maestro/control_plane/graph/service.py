@@ -282,6 +282,7 @@ class GraphService:
         events = [state_changed(RunStatus.QUEUED, RunStatus.QUEUED, "created")]
         gates: tuple[GateRecord, ...] = ()
         if run.owner:  # this replica runs it: its first step commits with its creation
+            await self.runtime.prepare(run, compiled)
             step = self.runtime.stepper.begin(run, compiled)
             run = RunStore.applied(run, step)
             events += step.events
@@ -583,7 +584,9 @@ class GraphService:
                             run.status, RunStatus.RUNNING, f"gate {gate.node_id} approved"
                         )
                     )
-                    if updates["owner"]:  # this replica resumes it, in this transaction
+                    policy = self.runtime.policy
+                    if updates["owner"] and (policy is None or policy.ready(run)):
+                        # this replica resumes it, in this transaction
                         resumed = RunStore.applied(run, RunChange(updates))
                         step = self.runtime.stepper.begin(resumed, self.runtime.compiled(resumed))
                         updates.update(step.updates)
@@ -600,7 +603,7 @@ class GraphService:
 
         run = await self._change(run_name, decide)
         if run.status is RunStatus.RUNNING:
-            self._hand_over(run, begun=True)
+            self._hand_over(run, begun=run.in_flight is not None)
         return outcome["gate"], outcome["decision"]
 
     # -- kill switches --------------------------------------------------------------------------
