@@ -4,6 +4,7 @@ simulated providers; gates, budgets, cancel, pause/resume, kill switches and bad
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -304,3 +305,24 @@ async def test_preview_estimates_cost_per_node_and_checks_the_budget(tmp_path: P
     assert fits.fits_budget
     assert not tight.fits_budget
     assert "exceed budget 100" in tight.budget_violations[0]
+
+
+async def test_a_large_step_input_is_kept_in_the_blob_store_under_its_digest(
+    tmp_path: Path,
+) -> None:
+    question = "why? " * 1000  # 5 KB: large inputs are stored, small ones rebuilt from events
+    async with stack(tmp_path) as s:
+        run = await create_run(
+            s.client, "projects/builtin/recipes/toolformer", {"question": question, "max_turns": 1}
+        )
+        await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+        runtime = s.server.plane.graph.runtime  # type: ignore[union-attr]
+        [think] = [
+            e for e in events if e.WhichOneof("payload") == "node_finished" and e.node_id == "think"
+        ]
+        [digest] = think.provenance.input_digests
+        assert runtime.blobs is not None
+        stored = json.loads(runtime.blobs.get(digest))
+    assert stored == {"question": question, "max_turns": 1}  # what the model step was given
+    assert digest.startswith("sha256:")

@@ -213,6 +213,11 @@ class GraphConfig(_Section):
         default_factory=list,
         description="Projects whose keys may engage the global kill switch.",
     )
+    blob_dir: Path | None = Field(
+        None,
+        description="Content-addressed store of what each model and tool step was given (its "
+        "digest is in the step's provenance); unset: a `blobs` folder beside store.sqlite_path.",
+    )
 
 
 class MaestroConfig(_Section):

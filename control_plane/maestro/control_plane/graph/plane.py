@@ -7,10 +7,12 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from maestro.control_plane.config import GraphConfig
+from maestro.control_plane.graph.blobs import FileBlobStore
 from maestro.control_plane.graph.compiled import PriceLookup, Prices
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.models import DataPlaneModels
@@ -87,6 +89,7 @@ def open_sql(config: GraphConfig, database: Database) -> Sql:
 
 async def build_graph(
     config: GraphConfig,
+    blob_dir: Path,
     database: Database,
     registry: SnapshotRegistry,
     inference: InferenceService | None,
@@ -106,6 +109,7 @@ async def build_graph(
         prices=price_lookup(registry),
         tracer=telemetry.tracer_provider.get_tracer("maestro.graph"),
         policy=GraphPolicy(registry),
+        blobs=FileBlobStore(blob_dir),
     )
     listen = getattr(sql, "listen", None)
     if listen is not None:

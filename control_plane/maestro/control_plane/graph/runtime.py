@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import structlog
 from opentelemetry import trace
 
 from maestro.control_plane.errors import MaestroError
+from maestro.control_plane.graph.blobs import BlobStore
 from maestro.control_plane.graph.compiled import CompiledRecipe, PriceLookup, compile_recipe
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.models import DataPlaneModels, ModelStepError
@@ -38,6 +40,7 @@ from maestro.control_plane.graph.records import (
     RunRecord,
     RunStatus,
 )
+from maestro.control_plane.graph.sql import json_text
 from maestro.control_plane.graph.steps import (
     BeforeExecute,
     NodeOutcome,
@@ -51,6 +54,9 @@ from maestro.control_plane.graph.store import RunStore
 from maestro.control_plane.graph.tools import Tool
 
 log = structlog.get_logger(__name__)
+
+BLOB_MIN_BYTES = 4096
+"""Step inputs from this size on are kept in the blob store."""
 
 Decide = Callable[[RunRecord, dict[str, GateRecord]], RunChange]
 
@@ -87,6 +93,7 @@ class GraphRuntime:
         prices: Callable[[str], PriceLookup],
         tracer: trace.Tracer,
         policy: GraphPolicy | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -94,6 +101,7 @@ class GraphRuntime:
         self.tools = tools
         self.prices_for = prices
         self.policy = policy
+        self.blobs = blobs
         hook: BeforeExecute = policy.before_execute if policy is not None else allow_all
         self.stepper = Stepper(settings.replica, prices, hook)
         self._models = models
@@ -189,6 +197,16 @@ class GraphRuntime:
 
     # -- driving one run ------------------------------------------------------------------------
 
+    def _store_input(self, run: RunRecord) -> str:
+        """The digest of what the step was given (the state as JSON), kept in the blob store
+        when it is large: a small input is as cheap to rebuild from the event log (the run's
+        input and the outputs before the step) as to store, a large one is stored once however
+        many steps and runs share it."""
+        data = json_text(run.state).encode()
+        if self.blobs is not None and len(data) >= BLOB_MIN_BYTES:
+            return self.blobs.put(data)
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
     async def prepare(self, run: RunRecord, recipe: CompiledRecipe) -> None:
         """Have the `before_execute` verdicts of the run's nodes ready for its next step."""
         if self.policy is not None:
@@ -275,6 +293,7 @@ class GraphRuntime:
                 outcome.cost_usd,
                 outcome.producer,
                 time.perf_counter() - started,
+                self._store_input(run),
             )
             await self.prepare(run, recipe)  # a policy applied mid-run governs the next node
             run = await self._change(

@@ -87,6 +87,8 @@ class NodeOutcome:
     cost_usd: float = 0.0
     producer: str = ""
     duration_s: float = 0.0
+    input_digest: str = ""
+    """The blob holding what the step was given (the run's state), if stored."""
 
 
 def stamp(seconds: float) -> str:
@@ -212,9 +214,11 @@ class Stepper:
             "completion_tokens": run.completion_tokens + outcome.completion_tokens,
             "cost_usd": run.cost_usd + outcome.cost_usd,
         }
-        provenance = {"id": flight.provenance_id}
+        provenance: dict[str, Any] = {"id": flight.provenance_id}
         if outcome.producer:
             provenance["producer"] = outcome.producer
+        if outcome.input_digest:
+            provenance["input_digests"] = [outcome.input_digest]
         events = [
             NewEvent(
                 {
