@@ -303,6 +303,8 @@ async def test_preview_estimates_cost_per_node_and_checks_the_budget(tmp_path: P
     assert [n.node_id for n in fits.nodes] == ["plan", "execute", "lookup", "progress", "summarize"]
     assert fits.estimated_usage.total_tokens > 0
     assert fits.fits_budget
+    assert fits.slo_forecast.success_rate == 1.0  # no errors observed in the live window yet
+    assert fits.slo_forecast.p95_wall_time.ToNanoseconds() > 0
     assert not tight.fits_budget
     assert "exceed budget 100" in tight.budget_violations[0]
 

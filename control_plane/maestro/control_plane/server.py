@@ -138,7 +138,13 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     if config.graph.enabled:
         blob_dir = config.graph.blob_dir or config.store.sqlite_path.parent / "blobs"
         graph = await build_graph(
-            config.graph, blob_dir, database, registry, data.service if data else None, telemetry
+            config.graph,
+            blob_dir,
+            database,
+            registry,
+            routes,
+            data.service if data else None,
+            telemetry,
         )
         graph.register(server, frozenset(config.graph.operator_projects))
     else:

@@ -23,6 +23,7 @@ from maestro.control_plane.graph.servicer import GraphServicer
 from maestro.control_plane.graph.sql import Sql, SqliteSql
 from maestro.control_plane.graph.store import EVENTS_CHANNEL, RunStore
 from maestro.control_plane.graph.tools import builtin_tools
+from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.registry import SnapshotRegistry
 from maestro.control_plane.store.sqlite import Database
 from maestro.control_plane.telemetry import Telemetry
@@ -92,6 +93,7 @@ async def build_graph(
     blob_dir: Path,
     database: Database,
     registry: SnapshotRegistry,
+    routes: Decider,
     inference: InferenceService | None,
     telemetry: Telemetry,
 ) -> GraphPlane:
@@ -114,4 +116,4 @@ async def build_graph(
     listen = getattr(sql, "listen", None)
     if listen is not None:
         listen(EVENTS_CHANNEL, hub.changed_threadsafe)
-    return GraphPlane(sql, store, hub, runtime, GraphService(store, hub, runtime))
+    return GraphPlane(sql, store, hub, runtime, GraphService(store, hub, runtime, routes))

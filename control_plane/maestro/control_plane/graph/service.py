@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import time
 import uuid
@@ -26,6 +27,7 @@ from maestro.control_plane.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    MaestroError,
     NotFound,
     PermissionDenied,
 )
@@ -48,6 +50,7 @@ from maestro.control_plane.graph.records import (
 from maestro.control_plane.graph.runtime import GraphRuntime
 from maestro.control_plane.graph.steps import error_body, finish, state_changed
 from maestro.control_plane.graph.store import RunStore, etag_of
+from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.policy import cost_violations
 from maestro.control_plane.rpc import pagination
 
@@ -92,6 +95,8 @@ class Preview:
     completion_tokens: int
     p50_s: float
     p95_s: float
+    success_rate: float
+    """From the candidate deployments' error rates in the live window (1.0 without traffic)."""
 
 
 def builtin_recipes() -> dict[str, RecipeRecord]:
@@ -120,10 +125,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class GraphService:
-    def __init__(self, store: RunStore, hub: RunHub, runtime: GraphRuntime) -> None:
+    def __init__(
+        self, store: RunStore, hub: RunHub, runtime: GraphRuntime, routes: Decider | None = None
+    ) -> None:
         self.store = store
         self.hub = hub
         self.runtime = runtime
+        self.routes = routes
         self.builtins = builtin_recipes()
         self._parsed: dict[str, Recipe] = {}
 
@@ -692,31 +700,59 @@ class GraphService:
             spec.budget.max_tokens, spec.budget.max_cost_usd, spec.budget.max_wall_time_s
         )
         prices = self.runtime.prices_for(project)
+        live = self._live_signals(principal, parent)
         rows = []
         total = worst = 0.0
         prompt = completion = 0
         p50 = p95 = 0.0
+        success = 1.0
         for node in spec.nodes:
             estimate = estimate_node(node, state, prices)
-            looped = any(e.target == node.id and e.when for e in spec.edges) or any(
-                e.source != START and e.target == node.id for e in spec.edges if e.when
-            )
+            # A node a conditional edge leads back to is expected twice (a loop's usual run).
+            looped = any(e.target == node.id and e.when for e in spec.edges)
             visits = 2.0 if looped else 1.0
             fits = not node.budget.max_cost_usd or estimate.cost_usd <= node.budget.max_cost_usd
-            rows.append((node.id, node.kind, estimate, visits, fits))
+            node_p50 = node_p95 = estimate.p95_s
+            if node.kind == "model":
+                candidates = [
+                    view
+                    for deployment, view in live
+                    if not node.model
+                    or node.model in (deployment.model_name, deployment.deployment_id)
+                ]
+                measured = [v for v in candidates if v.sample_count and v.p95_latency_ms]
+                if measured:
+                    node_p95 = max(v.p95_latency_ms or 0.0 for v in measured) / 1000
+                    node_p50 = max(v.p50_latency_ms or 0.0 for v in measured) / 1000
+                # The call fails only when every candidate it can fall back to fails.
+                failing = math.prod(v.error_rate for v in candidates) if candidates else 0.0
+                success *= (1.0 - failing) ** visits
+            rows.append((node.id, node.kind, replace(estimate, p95_s=node_p95), visits, fits))
             total += estimate.cost_usd * visits
             worst += estimate.cost_usd * visits * 2 * node.retries.max_attempts
             prompt += int(estimate.prompt_tokens * visits)
             completion += int(estimate.completion_tokens * visits)
-            p95 += estimate.p95_s * visits
-            p50 += estimate.p95_s * visits / 2
+            p95 += node_p95 * visits
+            p50 += node_p50 * visits
         violations = []
         if budget.max_cost_usd:
             violations += cost_violations(total, budget.max_cost_usd)
         if budget.max_tokens and prompt + completion > budget.max_tokens:
             violations.append(f"Run tokens {prompt + completion} exceed budget {budget.max_tokens}")
         violations += [f"Node {r[0]} exceeds its own budget" for r in rows if not r[4]]
-        return Preview(rows, budget, violations, total, worst, prompt, completion, p50, p95)
+        return Preview(
+            rows, budget, violations, total, worst, prompt, completion, p50, p95, success
+        )
+
+    def _live_signals(self, principal: Principal, parent: str) -> list[tuple[Any, Any]]:
+        """The project's deployments and their live signals (latency, errors) over the last
+        window; none before its routing config exists."""
+        if self.routes is None:
+            return []
+        try:
+            return self.routes.deployment_signals(principal, parent)
+        except MaestroError:
+            return []
 
 
 def _stamp(seconds: float) -> str:

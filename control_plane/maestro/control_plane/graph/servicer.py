@@ -570,7 +570,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
         forecast = out.slo_forecast
         forecast.p50_wall_time.FromNanoseconds(int(preview.p50_s * 1e9))
         forecast.p95_wall_time.FromNanoseconds(int(preview.p95_s * 1e9))
-        forecast.success_rate = 1.0
+        forecast.success_rate = preview.success_rate
         wall = preview.budget.max_wall_time_s
         forecast.within_slo = not wall or preview.p95_s <= wall
         return out
