@@ -328,3 +328,61 @@ async def test_a_large_step_input_is_kept_in_the_blob_store_under_its_digest(
         stored = json.loads(runtime.blobs.get(digest))
     assert stored == {"question": question, "max_turns": 1}  # what the model step was given
     assert digest.startswith("sha256:")
+
+
+CHILD = """
+nodes:
+  - {id: summarize, kind: model, max_tokens: 8}
+edges:
+  - {from: __start__, to: summarize}
+  - {from: summarize, to: __end__}
+"""
+PARENT_RECIPE = """
+nodes:
+  - {id: draft, kind: model, max_tokens: 8}
+  - {id: condense, kind: subgraph, recipe: projects/alpha/recipes/child}
+edges:
+  - {from: __start__, to: draft}
+  - {from: draft, to: condense}
+  - {from: condense, to: __end__}
+"""
+
+
+async def test_a_subgraph_node_runs_its_recipe_as_a_child_run_over_the_state(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path) as s:
+        for recipe_id, source in (("child", CHILD), ("parent", PARENT_RECIPE)):
+            await s.client.graphs.CreateRecipe(
+                gpb.CreateRecipeRequest(
+                    parent=PARENT, recipe_id=recipe_id, recipe=gpb.Recipe(source_yaml=source)
+                )
+            )
+        run = await create_run(s.client, f"{PARENT}/recipes/parent", {"topic": "leases"})
+        done = await wait_for(s.client, run.name, FINAL)
+        events = await all_events(s.client, run.name)
+        [finished] = [
+            e
+            for e in events
+            if e.WhichOneof("payload") == "node_finished" and e.node_id == "condense"
+        ]
+        child_name = finished.provenance.producer.removeprefix("run:")
+        child = (await s.client.graphs.GetRun(gpb.GetRunRequest(name=child_name))).run
+    assert done.state == gpb.Run.STATE_SUCCEEDED, done.state_reason
+    assert child.state == gpb.Run.STATE_SUCCEEDED
+    assert child.recipe == f"{PARENT}/recipes/child"
+    assert state_of(child)["draft"] == state_of(done)["draft"]  # the child saw the parent's state
+    assert state_of(done)["summarize"] == state_of(child)["summarize"]  # and gave back its own
+    assert done.usage.completion_tokens == 8 + child.usage.completion_tokens
+
+
+async def test_a_subgraph_of_an_unknown_recipe_is_refused_at_creation(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        await s.client.graphs.CreateRecipe(
+            gpb.CreateRecipeRequest(
+                parent=PARENT, recipe_id="parent", recipe=gpb.Recipe(source_yaml=PARENT_RECIPE)
+            )
+        )
+        with pytest.raises(MaestroRpcError) as caught:
+            await create_run(s.client, f"{PARENT}/recipes/parent")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -59,6 +59,9 @@ BLOB_MIN_BYTES = 4096
 """Step inputs from this size on are kept in the blob store."""
 
 Decide = Callable[[RunRecord, dict[str, GateRecord]], RunChange]
+StartChild = Callable[[RunRecord, NodeSpec, InFlight], Awaitable[RunRecord]]
+CHILD_POLL_S = 0.5
+"""How often a parent re-reads a child run driven by another replica."""
 
 
 class LeaseLost(Exception):
@@ -102,6 +105,8 @@ class GraphRuntime:
         self.prices_for = prices
         self.policy = policy
         self.blobs = blobs
+        self.start_child: StartChild | None = None
+        """Creates (or finds, on a replay) a subgraph node's child run; set by GraphService."""
         hook: BeforeExecute = policy.before_execute if policy is not None else allow_all
         self.stepper = Stepper(settings.replica, prices, hook)
         self._models = models
@@ -325,7 +330,7 @@ class GraphRuntime:
                         return await self._call_tool(run, node, flight)
                     if node.kind == "model":
                         return await self._call_model(run, recipe, node, flight)
-                    raise NodeFailure("NODE_FAILED", f"{node.kind} nodes are not supported yet")
+                    return await self._call_subgraph(run, node, flight)
             except TimeoutError:
                 failure = NodeFailure(
                     "NODE_TIMEOUT", f"node {node.id} ran past {timeout:.3g}s", timed_out=True
@@ -355,6 +360,34 @@ class GraphRuntime:
             except MaestroError as error:
                 raise NodeFailure("NODE_FAILED", error.message) from None
         return NodeOutcome({node.id: result, "tool": None}, producer=f"tool:{node.tool}")
+
+    async def _call_subgraph(self, run: RunRecord, node: NodeSpec, flight: InFlight) -> NodeOutcome:
+        """Run the node's recipe as a child run over the parent's state and wait for it: the
+        child is a durable run of its own, named from (parent, node, visit), so a replayed
+        parent step finds the child it started instead of starting another."""
+        if self.start_child is None:
+            raise NodeFailure("NODE_FAILED", "subgraph nodes need GraphService on this replica")
+        try:
+            child = await self.start_child(run, node, flight)
+        except MaestroError as error:
+            raise NodeFailure(
+                "NODE_FAILED", f"cannot start the subgraph: {error.message}"
+            ) from None
+        while not child.status.final:
+            await self.hub.wait_final(child.name, CHILD_POLL_S)
+            child = await self.store.aio(self.store.get_run, child.name)
+        if child.status is not RunStatus.SUCCEEDED:
+            raise NodeFailure(
+                "NODE_FAILED",
+                f"subgraph run {child.name} ended {child.status.name}: {child.state_reason}",
+            )
+        return NodeOutcome(
+            dict(child.state),
+            child.prompt_tokens,
+            child.completion_tokens,
+            child.cost_usd,
+            f"run:{child.name}",
+        )
 
     async def _call_model(
         self, run: RunRecord, recipe: CompiledRecipe, node: NodeSpec, flight: InFlight

@@ -9,6 +9,7 @@ everyone, runnable in any project, never writable.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import re
@@ -33,13 +34,14 @@ from maestro.control_plane.errors import (
 )
 from maestro.control_plane.graph.compiled import NodeEstimate, estimate_node
 from maestro.control_plane.graph.hub import RunHub
-from maestro.control_plane.graph.recipe import START, Recipe, RecipeSpec, parse_recipe
+from maestro.control_plane.graph.recipe import START, NodeSpec, Recipe, RecipeSpec, parse_recipe
 from maestro.control_plane.graph.records import (
     UNFINISHED,
     AuditEntry,
     Budget,
     GateRecord,
     GateStatus,
+    InFlight,
     KillSwitchRecord,
     NewEvent,
     RecipeRecord,
@@ -134,6 +136,7 @@ class GraphService:
         self.routes = routes
         self.builtins = builtin_recipes()
         self._parsed: dict[str, Recipe] = {}
+        runtime.start_child = self.start_child
 
     # -- recipes --------------------------------------------------------------------------------
 
@@ -252,6 +255,13 @@ class GraphService:
             )
         if violations:
             raise InvalidArgument(violations)
+        for node in spec.nodes:  # the child recipes exist and are readable by the caller
+            if node.kind == "subgraph":
+                if node.recipe.split("@")[0] == new.recipe.split("@")[0]:
+                    raise FailedPrecondition(
+                        f"node {node.id!r} runs the recipe it belongs to", reason="RECIPE_CYCLE"
+                    )
+                await self.get_recipe(principal, node.recipe)
         missing = [t.name for t in spec.tools if t.name not in self.runtime_tools]
         if missing:
             raise FailedPrecondition(
@@ -307,6 +317,36 @@ class GraphService:
             self.runtime.adopt(run, begun)
         else:
             self.runtime.wake()
+
+    async def start_child(self, parent: RunRecord, node: NodeSpec, flight: InFlight) -> RunRecord:
+        """A subgraph node's child run: the node's recipe over the parent's state, at the
+        parent's autonomy, within what is left of the parent's budget. Its id and request id
+        derive from (parent, node, visit), so asking again returns the same run."""
+        key = hashlib.sha256(f"{parent.name}/{node.id}/{flight.visit}".encode()).hexdigest()
+        principal = Principal(parent.project, None)
+        budget = parent.budget
+        left = Budget(
+            max(budget.max_tokens - parent.prompt_tokens - parent.completion_tokens, 1)
+            if budget.max_tokens
+            else 0,
+            max(budget.max_cost_usd - parent.cost_usd, 1e-9) if budget.max_cost_usd else 0.0,
+            max(budget.max_wall_time_s - (time.time() - parent.create_time), 0.001)
+            if budget.max_wall_time_s
+            else 0.0,
+        )
+        child = NewRun(
+            recipe=node.recipe,
+            input_state=dict(parent.state),
+            budget=left if (left.max_tokens or left.max_cost_usd or left.max_wall_time_s) else None,
+            autonomy=parent.autonomy,
+            run_id=f"sub-{key[:24]}",
+            request_id=f"subgraph-{key}",
+        )
+        record = await self.get_recipe(principal, node.recipe)
+        limit = AUTONOMY[self.parsed(record).spec.autonomy]
+        if child.autonomy > limit:  # a child recipe may cap the level further
+            child = replace(child, autonomy=limit)
+        return await self.create_run(principal, f"projects/{parent.project}", child)
 
     @property
     def runtime_tools(self) -> Mapping[str, Any]:
