@@ -248,7 +248,7 @@ async def test_tool_calls_get_a_tool_call_span_with_their_idempotency_key(tmp_pa
         )
         await wait_for(s.client, run.name, FINAL)
         spans = s.server.spans.get_finished_spans()
-    [tool] = [sp for sp in spans if sp.name == "tool.call search"]
+    [tool] = [sp for sp in spans if sp.name == "tool.call"]
     assert tool.attributes["gen_ai.tool.name"] == "search"  # type: ignore[index]
     assert tool.attributes["maestro.tool.idempotency_key"] == f"{run.name}/search/1"  # type: ignore[index]
     parent = next(sp for sp in spans if sp.context.span_id == tool.parent.span_id)  # type: ignore[union-attr]
@@ -386,3 +386,29 @@ async def test_a_subgraph_of_an_unknown_recipe_is_refused_at_creation(tmp_path: 
         with pytest.raises(MaestroRpcError) as caught:
             await create_run(s.client, f"{PARENT}/recipes/parent")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_node_attempts_and_finished_runs_are_counted(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        run = await create_run(
+            s.client, "projects/builtin/recipes/toolformer", {"question": "q", "max_turns": 2}
+        )
+        await wait_for(s.client, run.name, FINAL)
+        data = s.server.metrics.get_metrics_data()
+    points: dict[tuple[str, tuple[tuple[str, object], ...]], object] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if not metric.name.startswith("maestro.graph."):
+                    continue
+                for point in metric.data.data_points:
+                    labels = tuple(sorted((point.attributes or {}).items()))
+                    points[metric.name, labels] = getattr(point, "value", None)
+    assert (
+        points[("maestro.graph.node.attempts", (("kind", "model"), ("outcome", "succeeded")))] == 2
+    )
+    assert (
+        points[("maestro.graph.node.attempts", (("kind", "tool"), ("outcome", "succeeded")))] == 1
+    )
+    assert points[("maestro.graph.runs.finished", (("state", "succeeded"),))] == 1

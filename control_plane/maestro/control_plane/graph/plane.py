@@ -112,6 +112,7 @@ async def build_graph(
         tracer=telemetry.tracer_provider.get_tracer("maestro.graph"),
         policy=GraphPolicy(registry),
         blobs=FileBlobStore(blob_dir),
+        meter=telemetry.meter_provider.get_meter("maestro.graph"),
     )
     listen = getattr(sql, "listen", None)
     if listen is not None:

@@ -24,12 +24,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from maestro.control_plane.errors import MaestroError
 from maestro.control_plane.graph.blobs import BlobStore
 from maestro.control_plane.graph.compiled import CompiledRecipe, PriceLookup, compile_recipe
 from maestro.control_plane.graph.hub import RunHub
+from maestro.control_plane.graph.metrics import GraphMetrics
 from maestro.control_plane.graph.models import DataPlaneModels, ModelStepError
 from maestro.control_plane.graph.policy import GraphPolicy
 from maestro.control_plane.graph.recipe import NodeSpec, parse_recipe
@@ -97,6 +98,7 @@ class GraphRuntime:
         tracer: trace.Tracer,
         policy: GraphPolicy | None = None,
         blobs: BlobStore | None = None,
+        meter: metrics.Meter | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -105,6 +107,7 @@ class GraphRuntime:
         self.prices_for = prices
         self.policy = policy
         self.blobs = blobs
+        self.metrics = GraphMetrics(meter or metrics.get_meter("maestro.graph"))
         self.start_child: StartChild | None = None
         """Creates (or finds, on a replay) a subgraph node's child run; set by GraphService."""
         hook: BeforeExecute = policy.before_execute if policy is not None else allow_all
@@ -240,6 +243,8 @@ class GraphRuntime:
 
         updated, _events = await self.store.aio(self.store.change_run, run.name, fenced, run)
         self.hub.changed(run.name, updated.status.final)
+        if updated.status.final:
+            self.metrics.finished.add(1, (("state", updated.status.name.lower()),))
         return updated
 
     async def _drive(self, run: RunRecord, previous_owner: str, begun: bool) -> None:
@@ -275,6 +280,7 @@ class GraphRuntime:
             pass
         elif run.in_flight is not None:  # an interrupted step: it runs again
             run = await self._change(run, lambda r, _g: stepper.replayed(r, recipe, previous_owner))
+            self.metrics.replayed.add(1, ())
         else:
             run = await self._change(run, lambda r, _g: stepper.begin(r, recipe))
         while run.status is RunStatus.RUNNING and run.in_flight is not None:
@@ -285,19 +291,25 @@ class GraphRuntime:
                 outcome = await self._run_node(run, recipe, node, flight)
             except NodeFailure as failure:
                 elapsed = time.perf_counter() - started
+                outcome_label = "timed_out" if failure.timed_out else "failed"
+                self.metrics.attempts.add(1, (("kind", node.kind), ("outcome", outcome_label)))
+                self.metrics.seconds.add(elapsed, (("kind", node.kind),))
                 run = await self._change(
                     run, functools.partial(_failed, stepper, node, flight, failure, elapsed)
                 )
                 if run.in_flight is not None and node.retries.backoff_s:
                     await asyncio.sleep(node.retries.backoff_s * 2 ** (flight.attempt - 1))
                 continue
+            elapsed = time.perf_counter() - started
+            self.metrics.attempts.add(1, (("kind", node.kind), ("outcome", "succeeded")))
+            self.metrics.seconds.add(elapsed, (("kind", node.kind),))
             outcome = NodeOutcome(
                 outcome.output,
                 outcome.prompt_tokens,
                 outcome.completion_tokens,
                 outcome.cost_usd,
                 outcome.producer,
-                time.perf_counter() - started,
+                elapsed,
                 self._store_input(run),
             )
             await self.prepare(run, recipe)  # a policy applied mid-run governs the next node
@@ -348,7 +360,7 @@ class GraphRuntime:
         arguments = run.state.get("tool_args")
         arguments = dict(arguments) if isinstance(arguments, dict) else {}
         with self._tracer.start_as_current_span(
-            f"tool.call {node.tool}",
+            "tool.call",
             attributes={
                 "gen_ai.operation.name": "execute_tool",
                 "gen_ai.tool.name": node.tool,

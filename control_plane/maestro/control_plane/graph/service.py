@@ -373,8 +373,11 @@ class GraphService:
         return runs, next_token
 
     async def _change(self, name: str, decide: Any) -> RunRecord:
-        run, _ = await self.store.aio(self.store.change_run, name, decide)
+        run, events = await self.store.aio(self.store.change_run, name, decide)
         self.hub.changed(name, run.status.final)
+        # counted by the change that makes the run final (a repeated cancel changes nothing)
+        if run.status.final and any("run_state_changed" in e.body for e in events):
+            self.runtime.metrics.finished.add(1, (("state", run.status.name.lower()),))
         return run
 
     def _lease(self) -> dict[str, Any]:
@@ -650,6 +653,7 @@ class GraphService:
             return RunChange(updates, tuple(events), (after, *opened), audit=(audit,))
 
         run = await self._change(run_name, decide)
+        self.runtime.metrics.decisions.add(1, (("verdict", decision.verdict.lower()),))
         if run.status is RunStatus.RUNNING:
             self._hand_over(run, begun=run.in_flight is not None)
         return outcome["gate"], outcome["decision"]
