@@ -305,3 +305,57 @@ async def test_the_before_execute_policy_blocks_a_node_before_it_starts(tmp_path
     )
     assert finished_nodes(events) == ["think"]  # the tool never started
     assert effects == []
+
+
+async def test_runs_and_gates_are_listed_by_state(tmp_path: Path) -> None:
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "gated", GATED.format(level="L2"))
+        waiting = await create_run(s.client, recipe)
+        [gate] = (await wait_for(s.client, waiting.name, WAITING)).open_gates
+        done = await create_run(s.client, "projects/builtin/recipes/critique-improve")
+        await wait_for(s.client, done.name, FINAL)
+        by_state = await s.client.graphs.ListRuns(
+            gpb.ListRunsRequest(parent=PARENT, filter="state = WAITING_FOR_APPROVAL")
+        )
+        by_recipe = await s.client.graphs.ListRuns(
+            gpb.ListRunsRequest(
+                parent=PARENT,
+                filter='recipe = "projects/builtin/recipes/critique-improve"',
+                order_by="create_time",
+            )
+        )
+        first_page = await s.client.graphs.ListRuns(
+            gpb.ListRunsRequest(parent=PARENT, page_size=1, order_by="create_time")
+        )
+        second_page = await s.client.graphs.ListRuns(
+            gpb.ListRunsRequest(
+                parent=PARENT,
+                page_size=1,
+                order_by="create_time",
+                page_token=first_page.next_page_token,
+            )
+        )
+        open_gates = await s.client.graphs.ListGates(
+            gpb.ListGatesRequest(parent=f"{PARENT}/runs/-", filter="state = OPEN")
+        )
+        with pytest.raises(MaestroRpcError) as bad:
+            await s.client.graphs.ListRuns(gpb.ListRunsRequest(parent=PARENT, filter="state > 3"))
+    assert [r.name for r in by_state.runs] == [waiting.name]
+    assert [r.name for r in by_recipe.runs] == [done.name]
+    assert [r.name for r in (*first_page.runs, *second_page.runs)] == [waiting.name, done.name]
+    assert [g.name for g in open_gates.gates] == [gate]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_project_over_its_run_quota_gets_resource_exhausted(tmp_path: Path) -> None:
+    async with stack(tmp_path, overrides={"graph.max_active_runs_per_project": 1}) as s:
+        recipe = await _recipe(s.client, "gated", GATED.format(level="L2"))
+        first = await create_run(s.client, recipe)
+        await wait_for(s.client, first.name, WAITING)
+        with pytest.raises(MaestroRpcError) as caught:
+            await create_run(s.client, recipe)
+        await s.client.graphs.CancelRun(gpb.CancelRunRequest(name=first.name))
+        again = await create_run(s.client, recipe)  # a finished run frees its place
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.reason == "RUN_QUOTA_EXCEEDED"
+    assert again.name != first.name

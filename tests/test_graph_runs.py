@@ -3,6 +3,7 @@ simulated providers; gates, budgets, cancel, pause/resume, kill switches and bad
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -412,3 +413,35 @@ async def test_node_attempts_and_finished_runs_are_counted(tmp_path: Path) -> No
         points[("maestro.graph.node.attempts", (("kind", "tool"), ("outcome", "succeeded")))] == 1
     )
     assert points[("maestro.graph.runs.finished", (("state", "succeeded"),))] == 1
+
+
+async def test_cancelling_a_parent_cancels_the_child_run_it_waits_for(tmp_path: Path) -> None:
+    gated_child = """
+nodes:
+  - {id: hold, kind: gate, gate: {prompt: Go on?}}
+edges:
+  - {from: __start__, to: hold}
+  - {from: hold, to: __end__}
+"""
+    async with stack(tmp_path) as s:
+        for recipe_id, source in (("child", gated_child), ("parent", PARENT_RECIPE)):
+            await s.client.graphs.CreateRecipe(
+                gpb.CreateRecipeRequest(
+                    parent=PARENT, recipe_id=recipe_id, recipe=gpb.Recipe(source_yaml=source)
+                )
+            )
+        run = await create_run(s.client, f"{PARENT}/recipes/parent")
+        children: list[gpb.Run] = []
+        for _ in range(200):  # bounded: until the child waits at its gate
+            listed = await s.client.graphs.ListRuns(
+                gpb.ListRunsRequest(parent=PARENT, filter="state = WAITING_FOR_APPROVAL")
+            )
+            children = list(listed.runs)
+            if children:
+                break
+            await asyncio.sleep(0.02)
+        await s.client.graphs.CancelRun(gpb.CancelRunRequest(name=run.name, reason="no longer"))
+        child = (await s.client.graphs.GetRun(gpb.GetRunRequest(name=children[0].name))).run
+    assert child.recipe == f"{PARENT}/recipes/child"
+    assert child.state == gpb.Run.STATE_CANCELLED
+    assert run.name in child.state_reason

@@ -209,6 +209,12 @@ class GraphConfig(_Section):
         0.5, gt=0, le=60, description="How often a replica looks for claimable runs unwoken."
     )
     max_runs: int = Field(64, ge=1, description="Runs one replica drives at once.")
+    max_active_runs_per_project: int = Field(
+        10_000,
+        ge=1,
+        description="Unfinished runs a project may have; CreateRun answers RESOURCE_EXHAUSTED "
+        "beyond it.",
+    )
     operator_projects: list[str] = Field(
         default_factory=list,
         description="Projects whose keys may engage the global kill switch.",

@@ -1827,9 +1827,9 @@ class ListRunsRequest(_message.Message):
     page_token: _builtins.str
     """Optional. A `next_page_token` from a previous call, to get the next page."""
     filter: _builtins.str
-    """Optional. AIP-160 filter over `state`, `recipe` (any revision) and `create_time`, for example
-    `state = WAITING_FOR_APPROVAL AND recipe = "projects/p/recipes/triage"`; OR is allowed
-    within one field. Anything else answers INVALID_ARGUMENT.
+    """Optional. AIP-160 filter: equality on `state` and `recipe` (any revision), joined by AND,
+    for example `state = WAITING_FOR_APPROVAL AND recipe = "projects/p/recipes/triage"`.
+    Anything else answers INVALID_ARGUMENT.
     """
     order_by: _builtins.str
     """Optional. `create_time desc` (the default) or `create_time`."""

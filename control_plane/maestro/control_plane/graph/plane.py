@@ -117,4 +117,5 @@ async def build_graph(
     listen = getattr(sql, "listen", None)
     if listen is not None:
         listen(EVENTS_CHANNEL, hub.changed_threadsafe)
-    return GraphPlane(sql, store, hub, runtime, GraphService(store, hub, runtime, routes))
+    service = GraphService(store, hub, runtime, routes, config.max_active_runs_per_project)
+    return GraphPlane(sql, store, hub, runtime, service)

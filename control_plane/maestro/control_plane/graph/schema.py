@@ -57,6 +57,7 @@ CREATE TABLE agent_runs (
 );
 CREATE INDEX agent_runs_by_project ON agent_runs(project, create_time DESC, name DESC);
 CREATE INDEX agent_runs_claimable ON agent_runs(status, lease_expire);
+CREATE INDEX agent_runs_by_status ON agent_runs(project, status);
 CREATE UNIQUE INDEX agent_runs_by_request ON agent_runs(project, request_id);
 CREATE TABLE run_events (
     run         TEXT NOT NULL,

@@ -8,6 +8,7 @@ everyone, runnable in any project, never writable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -31,6 +32,7 @@ from maestro.control_plane.errors import (
     MaestroError,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from maestro.control_plane.graph.compiled import NodeEstimate, estimate_node
 from maestro.control_plane.graph.hub import RunHub
@@ -55,6 +57,7 @@ from maestro.control_plane.graph.store import RunStore, etag_of
 from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.policy import cost_violations
 from maestro.control_plane.rpc import pagination
+from maestro.control_plane.rpc.filters import STRING, parse_filter
 
 BUILTIN = "builtin"
 GLOBAL = "global"
@@ -64,6 +67,8 @@ _RUN = re.compile(rf"^projects/({names.PROJECT_ID})/runs/({names.RESOURCE_ID}|-)
 _GATE = re.compile(rf"^(projects/({names.PROJECT_ID})/runs/{names.RESOURCE_ID})/gates/[a-z0-9-]+$")
 _SWITCH = re.compile(rf"^projects/({names.PROJECT_ID})/killSwitch$")
 AUTONOMY = {"L1": 1, "L2": 2, "L3": 3, "L4": 4}
+RUN_STATES = frozenset(status.name for status in RunStatus)
+GATE_STATES = frozenset(status.name for status in GateStatus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +133,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 class GraphService:
     def __init__(
-        self, store: RunStore, hub: RunHub, runtime: GraphRuntime, routes: Decider | None = None
+        self,
+        store: RunStore,
+        hub: RunHub,
+        runtime: GraphRuntime,
+        routes: Decider | None = None,
+        max_active_runs: int = 10_000,
     ) -> None:
+        self.max_active_runs = max_active_runs
         self.store = store
         self.hub = hub
         self.runtime = runtime
@@ -272,6 +283,13 @@ class GraphService:
             raise FailedPrecondition(
                 f"kill switch {switch} is engaged", reason="KILL_SWITCH_ENGAGED"
             )
+        active = await self.store.aio(self.store.active_run_count, project)
+        if active >= self.max_active_runs:
+            raise ResourceExhausted(
+                f"projects/{project} has {active} unfinished runs, its limit",
+                reason="RUN_QUOTA_EXCEEDED",
+                metadata={"limit": str(self.max_active_runs)},
+            )
         compiled = self.runtime.compiled_revision(record.revision_id, record.source_yaml)
         first = compiled.next_node(START, new.input_state, {})
         budget = new.budget or Budget(
@@ -322,7 +340,7 @@ class GraphService:
         """A subgraph node's child run: the node's recipe over the parent's state, at the
         parent's autonomy, within what is left of the parent's budget. Its id and request id
         derive from (parent, node, visit), so asking again returns the same run."""
-        key = hashlib.sha256(f"{parent.name}/{node.id}/{flight.visit}".encode()).hexdigest()
+        key = _child_key(parent.name, node.id, flight.visit)
         principal = Principal(parent.project, None)
         budget = parent.budget
         left = Budget(
@@ -339,7 +357,7 @@ class GraphService:
             input_state=dict(parent.state),
             budget=left if (left.max_tokens or left.max_cost_usd or left.max_wall_time_s) else None,
             autonomy=parent.autonomy,
-            run_id=f"sub-{key[:24]}",
+            run_id=_child_id(key),
             request_id=f"subgraph-{key}",
         )
         record = await self.get_recipe(principal, node.recipe)
@@ -356,19 +374,46 @@ class GraphService:
         return await self.store.aio(self.store.get_run, self._run_name(principal, name))
 
     async def list_runs(
-        self, principal: Principal, parent: str, size: int, token: str
+        self,
+        principal: Principal,
+        parent: str,
+        size: int,
+        token: str,
+        text_filter: str = "",
+        order_by: str = "",
     ) -> tuple[list[RunRecord], str]:
         project = names.parse_project_name(parent, "parent")
         require_project(principal, project)
         limit = pagination.page_size(size)
-        after = pagination.decode_token(token, parent)
+        where: dict[str, Any] = {}
+        for field, value in parse_filter(text_filter, {"state": RUN_STATES, "recipe": STRING}):
+            if field == "state":
+                where["status"] = RunStatus[str(value)]
+            else:
+                where["recipe"] = value
+        order = " ".join(order_by.split())
+        if order not in ("", "create_time desc", "create_time"):
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "order_by", "use `create_time desc` (the default) or `create_time`"
+                    )
+                ]
+            )
+        scope = f"{parent}|{text_filter}|{order}"  # a token only continues the same listing
+        after = pagination.decode_token(token, scope)
         runs = await self.store.aio(
-            self.store.list_runs, project, (after[0], after[1]) if after else None, limit + 1
+            functools.partial(
+                self.store.list_runs, where=where, oldest_first=order == "create_time"
+            ),
+            project,
+            (after[0], after[1]) if after else None,
+            limit + 1,
         )
         more = len(runs) > limit
         runs = runs[:limit]
         next_token = (
-            pagination.encode_token(parent, [runs[-1].create_time, runs[-1].name]) if more else ""
+            pagination.encode_token(scope, [runs[-1].create_time, runs[-1].name]) if more else ""
         )
         return runs, next_token
 
@@ -394,7 +439,10 @@ class GraphService:
         name = self._run_name(principal, name)
         reason = reason or "cancelled"
 
+        before: list[RunRecord] = []
+
         def cancel(run: RunRecord, gates: dict[str, GateRecord]) -> RunChange:
+            before.append(run)
             if run.status is RunStatus.CANCELLED:
                 return RunChange({}, (), notify=False)
             if run.status.final:
@@ -414,7 +462,21 @@ class GraphService:
 
         run = await self._change(name, cancel)
         self.runtime.interrupt(name)
+        await self._cancel_child(principal, before[-1], reason)
         return run
+
+    async def _cancel_child(self, principal: Principal, parent: RunRecord, reason: str) -> None:
+        """A cancelled parent cancels the child run its subgraph node is waiting for."""
+        flight = parent.in_flight
+        if flight is None:
+            return
+        node = self.runtime.compiled(parent).nodes.get(flight.node_id)
+        if node is None or node.kind != "subgraph":
+            return
+        child_id = _child_id(_child_key(parent.name, node.id, flight.visit))
+        child = f"projects/{parent.project}/runs/{child_id}"
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await self.cancel_run(principal, child, f"parent {parent.name} cancelled: {reason}")
 
     async def pause_run(self, principal: Principal, name: str, reason: str) -> RunRecord:
         name = self._run_name(principal, name)
@@ -486,7 +548,7 @@ class GraphService:
         return await self.store.aio(self.store.get_gate, name)
 
     async def list_gates(
-        self, principal: Principal, parent: str, size: int, token: str
+        self, principal: Principal, parent: str, size: int, token: str, text_filter: str = ""
     ) -> tuple[list[GateRecord], str]:
         match = _RUN.match(parent)
         if match is None:
@@ -495,10 +557,17 @@ class GraphService:
             )
         require_project(principal, match.group(1))
         limit = pagination.page_size(size)
-        after = pagination.decode_token(token, parent)
+        where: dict[str, Any] = {}
+        for field, value in parse_filter(text_filter, {"state": GATE_STATES, "node_id": STRING}):
+            if field == "state":
+                where["status"] = GateStatus[str(value)]
+            else:
+                where["node_id"] = value
+        scope = f"{parent}|{text_filter}"
+        after = pagination.decode_token(token, scope)
         run = None if match.group(2) == "-" else parent
         gates = await self.store.aio(
-            self.store.list_gates,
+            functools.partial(self.store.list_gates, where=where),
             run,
             match.group(1),
             (after[0], after[1]) if after else None,
@@ -507,7 +576,7 @@ class GraphService:
         more = len(gates) > limit
         gates = gates[:limit]
         next_token = (
-            pagination.encode_token(parent, [gates[-1].create_time, gates[-1].name]) if more else ""
+            pagination.encode_token(scope, [gates[-1].create_time, gates[-1].name]) if more else ""
         )
         return gates, next_token
 
@@ -797,6 +866,14 @@ class GraphService:
             return self.routes.deployment_signals(principal, parent)
         except MaestroError:
             return []
+
+
+def _child_key(parent: str, node_id: str, visit: int) -> str:
+    return hashlib.sha256(f"{parent}/{node_id}/{visit}".encode()).hexdigest()
+
+
+def _child_id(key: str) -> str:
+    return f"sub-{key[:24]}"
 
 
 def _stamp(seconds: float) -> str:

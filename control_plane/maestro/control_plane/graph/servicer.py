@@ -302,12 +302,13 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
         )
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        if request.filter or request.order_by:
-            raise InvalidArgument(
-                [FieldViolation("filter" if request.filter else "order_by", "not supported yet")]
-            )
         runs, token = await self._service.list_runs(
-            current_principal(), request.parent, request.page_size, request.page_token
+            current_principal(),
+            request.parent,
+            request.page_size,
+            request.page_token,
+            request.filter,
+            request.order_by,
         )
         return pb.ListRunsResponse(runs=[run_message(r) for r in runs], next_page_token=token)
 
@@ -415,10 +416,12 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
     async def ListGates(
         self, request: pb.ListGatesRequest, context: Context
     ) -> pb.ListGatesResponse:
-        if request.filter:
-            raise InvalidArgument([FieldViolation("filter", "not supported yet")])
         gates, token = await self._service.list_gates(
-            current_principal(), request.parent, request.page_size, request.page_token
+            current_principal(),
+            request.parent,
+            request.page_size,
+            request.page_token,
+            request.filter,
         )
         return pb.ListGatesResponse(gates=[gate_message(g) for g in gates], next_page_token=token)
 

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -166,19 +166,40 @@ class RunStore:
         return self._run(row)
 
     def list_runs(
-        self, project: str, after: tuple[float, str] | None, limit: int
+        self,
+        project: str,
+        after: tuple[float, str] | None,
+        limit: int,
+        *,
+        where: Mapping[str, Any] | None = None,
+        oldest_first: bool = False,
     ) -> list[RunRecord]:
-        """Newest first; `after` is the (create_time, name) of the last run of the previous
-        page."""
+        """Newest first (or oldest first); `after` is the (create_time, name) of the last run of
+        the previous page; `where` is equality on `status` and `recipe`."""
         sql = f"SELECT {_RUN_COLUMNS} FROM agent_runs WHERE project = ?"
         params: list[Any] = [project]
+        for column, value in (where or {}).items():
+            if column not in ("status", "recipe"):
+                raise ValueError(column)
+            sql += f" AND {column} = ?"
+            params.append(int(value) if column == "status" else value)
+        beyond, direction = (">", "") if oldest_first else ("<", " DESC")
         if after is not None:
-            sql += " AND (create_time < ? OR (create_time = ? AND name < ?))"
+            sql += f" AND (create_time {beyond} ? OR (create_time = ? AND name {beyond} ?))"
             params += [after[0], after[0], after[1]]
-        sql += " ORDER BY create_time DESC, name DESC LIMIT ?"
+        sql += f" ORDER BY create_time{direction}, name{direction} LIMIT ?"
         with self.sql.read() as tx:
             rows = tx.all(sql, [*params, limit])
         return [self._run(row) for row in rows]
+
+    def active_run_count(self, project: str) -> int:
+        marks = ", ".join("?" * len(UNFINISHED))
+        with self.sql.read() as tx:
+            row = tx.one(
+                f"SELECT COUNT(*) AS n FROM agent_runs WHERE project = ? AND status IN ({marks})",
+                [project, *(int(s) for s in UNFINISHED)],
+            )
+        return int(row["n"]) if row else 0
 
     def unfinished_runs(self, project: str | None) -> list[str]:
         marks = ", ".join("?" * len(UNFINISHED))
@@ -426,15 +447,27 @@ class RunStore:
         return gates[0]
 
     def list_gates(
-        self, run: str | None, project: str, after: tuple[float, str] | None, limit: int
+        self,
+        run: str | None,
+        project: str,
+        after: tuple[float, str] | None,
+        limit: int,
+        *,
+        where: Mapping[str, Any] | None = None,
     ) -> list[GateRecord]:
-        where = "run = ?" if run is not None else "project = ?"
+        """Oldest first; `where` is equality on `status` and `node_id`."""
+        clause = "run = ?" if run is not None else "project = ?"
         params: list[Any] = [run if run is not None else project]
+        for column, value in (where or {}).items():
+            if column not in ("status", "node_id"):
+                raise ValueError(column)
+            clause += f" AND {column} = ?"
+            params.append(int(value) if column == "status" else value)
         if after is not None:
-            where += " AND (create_time > ? OR (create_time = ? AND name > ?))"
+            clause += " AND (create_time > ? OR (create_time = ? AND name > ?))"
             params += [after[0], after[0], after[1]]
         with self.sql.read() as tx:
-            return self._gates(tx, f"{where} ORDER BY create_time, name LIMIT ?", [*params, limit])
+            return self._gates(tx, f"{clause} ORDER BY create_time, name LIMIT ?", [*params, limit])
 
     # -- kill switches and audit ----------------------------------------------------------------
 
