@@ -236,6 +236,9 @@ async def test_every_node_runs_in_an_agent_node_span_parenting_its_model_and_too
     assert [sp.attributes["maestro.node.id"] for sp in nodes] == ["think"]  # type: ignore[index]
     node = nodes[0]
     assert node.attributes["maestro.run"] == run.name  # type: ignore[index]
+    assert node.context.trace_id == int(run.trace_id, 16)  # the run's trace
+    create = next(sp for sp in spans if sp.name.endswith("GraphService/CreateRun"))
+    assert create.context.trace_id == node.context.trace_id  # the creating call's trace
     children = [
         sp for sp in spans if sp.parent is not None and sp.parent.span_id == node.context.span_id
     ]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import structlog
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from maestro.control_plane.errors import MaestroError
 from maestro.control_plane.graph.blobs import BlobStore
@@ -63,6 +65,18 @@ Decide = Callable[[RunRecord, dict[str, GateRecord]], RunChange]
 StartChild = Callable[[RunRecord, NodeSpec, InFlight], Awaitable[RunRecord]]
 CHILD_POLL_S = 0.5
 """How often a parent re-reads a child run driven by another replica."""
+
+
+def run_context(run: RunRecord) -> Context:
+    """A trace context in the run's trace (`Run.trace_id`, the trace of the call that created
+    it), so every node span of the run, on whichever replica, lands in one trace."""
+    parent = SpanContext(
+        trace_id=int(run.trace_id, 16),
+        span_id=int(run.trace_id[:16], 16) or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
 class LeaseLost(Exception):
@@ -328,6 +342,7 @@ class GraphRuntime:
             timeout = min(timeout or left, max(left, 0.001))
         with self._tracer.start_as_current_span(
             "agent.node.run",
+            context=run_context(run),
             attributes={
                 "maestro.run": run.name,
                 "maestro.node.id": node.id,

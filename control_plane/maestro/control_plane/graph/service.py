@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from opentelemetry import trace
+
 from maestro.control_plane import names
 from maestro.control_plane.auth import Principal, require_project
 from maestro.control_plane.errors import (
@@ -308,7 +310,7 @@ class GraphService:
             status=RunStatus.QUEUED,
             budget=budget,
             autonomy=new.autonomy or limit,
-            trace_id=uuid.uuid4().hex,
+            trace_id=_trace_id(),
             create_time=now,
             update_time=now,
             next_node=first,
@@ -866,6 +868,12 @@ class GraphService:
             return self.routes.deployment_signals(principal, parent)
         except MaestroError:
             return []
+
+
+def _trace_id() -> str:
+    """The trace of the call creating the run (its node spans join it), else a new one."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else uuid.uuid4().hex
 
 
 def _child_key(parent: str, node_id: str, visit: int) -> str:
