@@ -25,7 +25,7 @@ from tests.graph_support import (
     state_of,
     wait_for,
 )
-from tests.inference_support import stack
+from tests.inference_support import profile, stack
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -259,33 +259,55 @@ async def test_tool_calls_get_a_tool_call_span_with_their_idempotency_key(tmp_pa
     assert parent.name == "agent.node.run"
 
 
+GATE_THEN_MODEL = """
+nodes:
+  - {id: hold, kind: gate, gate: {prompt: Go on?}}
+  - {id: write, kind: model, max_tokens: 24}
+edges:
+  - {from: __start__, to: hold}
+  - {from: hold, to: write}
+  - {from: write, to: __end__}
+"""
+
+
 async def test_stream_run_events_replays_then_follows_until_the_run_ends(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
-        run = await create_run(s.client, "projects/builtin/recipes/critique-improve", {"task": "x"})
-        seen = [
-            item.event
-            async for item in s.client.graphs.StreamRunEvents(
-                gpb.StreamRunEventsRequest(name=run.name, include_token_chunks=True)
+    async with stack(tmp_path, primary=profile(tokens_per_s=400)) as s:
+        await s.client.graphs.CreateRecipe(
+            gpb.CreateRecipeRequest(
+                parent=PARENT, recipe_id="held", recipe=gpb.Recipe(source_yaml=GATE_THEN_MODEL)
             )
-        ]
+        )
+        run = await create_run(s.client, f"{PARENT}/recipes/held")
+        seen: list[gpb.RunEvent] = []
+        async for item in s.client.graphs.StreamRunEvents(
+            gpb.StreamRunEventsRequest(name=run.name, include_token_chunks=True)
+        ):
+            seen.append(item.event)
+            if item.event.WhichOneof("payload") == "gate_opened":  # watching live from here
+                await s.client.graphs.SubmitGateDecision(
+                    gpb.SubmitGateDecisionRequest(
+                        name=item.event.gate_opened.gate.name, verdict=gpb.GATE_VERDICT_APPROVE
+                    )
+                )
         stored = await all_events(s.client, run.name)
         resumed = [
             item.event
             async for item in s.client.graphs.StreamRunEvents(
-                gpb.StreamRunEventsRequest(name=run.name, after_sequence=5)
+                gpb.StreamRunEventsRequest(name=run.name, after_sequence=3)
             )
         ]
     kept = [e for e in seen if e.WhichOneof("payload") != "token_chunk"]
     assert [e.sequence for e in kept] == [e.sequence for e in stored]
     assert kept[-1].run_state_changed.state == gpb.Run.STATE_SUCCEEDED
-    assert [e.sequence for e in resumed] == [e.sequence for e in stored if e.sequence > 5]
+    assert [e.sequence for e in resumed] == [e.sequence for e in stored if e.sequence > 3]
     sequences = [e.sequence for e in seen]
     assert sequences == sorted(sequences)  # chunks never go back in sequence
     chunks = [e for e in seen if e.WhichOneof("payload") == "token_chunk"]
-    assert chunks  # the model nodes' output streamed live
-    started = {e.sequence: e.node_id for e in kept if e.WhichOneof("payload") == "node_started"}
-    for chunk in chunks:  # after its node's start: the chunk's sequence is at or past it
-        assert any(seq <= chunk.sequence and node == chunk.node_id for seq, node in started.items())
+    assert chunks  # the model node's output streamed live, 24 tokens at 400 tokens/s
+    assert {c.node_id for c in chunks} == {"write"}
+    [started] = [e.sequence for e in kept if e.WhichOneof("payload") == "node_started"
+                 and e.node_id == "write"]  # fmt: skip
+    assert all(chunk.sequence >= started for chunk in chunks)  # never ahead of its node's start
 
 
 async def test_preview_estimates_cost_per_node_and_checks_the_budget(tmp_path: Path) -> None:
