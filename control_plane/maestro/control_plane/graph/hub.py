@@ -24,10 +24,6 @@ class RunHub:
         self._final: dict[str, asyncio.Event] = {}
         self._chunks: dict[str, set[asyncio.Queue[Chunk]]] = {}
         self.on_claimable: Callable[[], None] = lambda: None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
 
     def changed(self, run: str, final: bool = False) -> None:
         for flag in self._watchers.get(run, ()):
@@ -51,12 +47,9 @@ class RunHub:
             return False
         return True
 
-    def changed_threadsafe(self, run: str) -> None:
-        """From a non-loop thread (the PostgreSQL listener)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._remote_change, run)
-
-    def _remote_change(self, run: str) -> None:
+    def remote_change(self, run: str) -> None:
+        """Another replica changed the run (PostgreSQL NOTIFY): wake watchers, and the runtime,
+        which may now claim it."""
         self.changed(run)
         self.on_claimable()
 

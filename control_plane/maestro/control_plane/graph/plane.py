@@ -46,6 +46,9 @@ class GraphPlane:
 
     async def stop(self) -> None:
         await self.runtime.stop()
+        stop_listening = getattr(self.sql, "stop_listening", None)
+        if stop_listening is not None:
+            await stop_listening()
         await asyncio.to_thread(self.sql.close)
 
 
@@ -100,7 +103,6 @@ async def build_graph(
     sql = await asyncio.to_thread(open_sql, config, database)
     store = RunStore(sql)
     hub = RunHub()
-    hub.bind(asyncio.get_running_loop())
     replica = config.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     runtime = GraphRuntime(
         store,
@@ -116,6 +118,6 @@ async def build_graph(
     )
     listen = getattr(sql, "listen", None)
     if listen is not None:
-        listen(EVENTS_CHANNEL, hub.changed_threadsafe)
+        listen(EVENTS_CHANNEL, hub.remote_change)
     service = GraphService(store, hub, runtime, routes, config.max_active_runs_per_project)
     return GraphPlane(sql, store, hub, runtime, service)

@@ -2,14 +2,15 @@
 
 Several control-plane replicas share one database. Migrations are numbered and recorded in
 `maestro_schema_migrations`; each runs in its own transaction under an advisory lock, so
-replicas starting together apply each exactly once. `listen` runs a thread holding one
-connection in LISTEN mode and hands each notification's payload to a callback, which is how a
-gate decided on one replica wakes the run on another within milliseconds instead of a poll.
+replicas starting together apply each exactly once. `listen` keeps one asyncio
+connection in LISTEN mode and hands each notification's payload to a callback on the event loop,
+which is how a change on one replica wakes watchers and runtimes on the others within
+milliseconds instead of a poll.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,8 +52,7 @@ class PostgresSql:
             kwargs={"row_factory": dict_row, "autocommit": True},
             open=True,
         )
-        self._stop = threading.Event()
-        self._listeners: list[threading.Thread] = []
+        self._listeners: list[asyncio.Task[None]] = []
         self._migrate()
 
     def _migrate(self) -> None:
@@ -92,29 +92,32 @@ class PostgresSql:
     def notify(self, tx: Tx, channel: str, payload: str) -> None:
         tx.run("SELECT pg_notify(?, ?)", (channel, payload))
 
-    def listen(self, channel: str, callback: Callable[[str], None]) -> None:
-        """Call `callback(payload)` from a background thread for each NOTIFY on `channel`."""
+    def listen(self, channel: str, callback: Callable[[str], None]) -> asyncio.Task[None]:
+        """Call `callback(payload)` on the event loop for each NOTIFY on `channel`, from an
+        asyncio connection (no thread between the socket and the loop); reconnects when the
+        database restarts. Cancel the task to stop."""
 
-        def loop() -> None:
-            while not self._stop.is_set():
+        async def loop() -> None:
+            while True:
                 try:
-                    with psycopg.connect(self._dsn, autocommit=True) as conn:
-                        conn.execute(f"LISTEN {channel}".encode())  # a fixed channel name
-                        gen = conn.notifies(timeout=0.5)
-                        while not self._stop.is_set():
-                            for note in gen:
-                                callback(note.payload)
-                            gen = conn.notifies(timeout=0.5)
+                    conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
+                    async with conn:
+                        await conn.execute(f"LISTEN {channel}".encode())  # a fixed channel name
+                        async for note in conn.notifies():
+                            callback(note.payload)
                 except psycopg.OperationalError:
-                    self._stop.wait(0.5)  # the database restarted; listen again
+                    await asyncio.sleep(0.5)
 
-        thread = threading.Thread(target=loop, name=f"pg-listen-{channel}", daemon=True)
-        thread.start()
-        self._listeners.append(thread)
+        task = asyncio.create_task(loop(), name=f"pg-listen-{channel}")
+        self._listeners.append(task)
+        return task
+
+    async def stop_listening(self) -> None:
+        for task in self._listeners:
+            task.cancel()
+        await asyncio.gather(*self._listeners, return_exceptions=True)
+        self._listeners.clear()
 
     def close(self) -> None:
-        self._stop.set()
-        for thread in self._listeners:
-            thread.join(timeout=2)
         self._pool.close()
         self._reads.close()
