@@ -290,7 +290,7 @@ class GraphRuntime:
         recipe = self.compiled(run)
         stepper = self.stepper
         await self.prepare(run, recipe)
-        if begun:
+        if begun:  # the transaction that leased the run also started its next node
             pass
         elif run.in_flight is not None:  # an interrupted step: it runs again
             run = await self._change(run, lambda r, _g: stepper.replayed(r, recipe, previous_owner))
