@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -54,7 +53,7 @@ from maestro.control_plane.graph.records import (
     RunStatus,
 )
 from maestro.control_plane.graph.runtime import GraphRuntime
-from maestro.control_plane.graph.steps import error_body, finish, state_changed
+from maestro.control_plane.graph.steps import error_body, finish, stamp, state_changed
 from maestro.control_plane.graph.store import RunStore, etag_of
 from maestro.control_plane.route.decider import Decider
 from maestro.control_plane.route.policy import cost_violations
@@ -636,7 +635,7 @@ class GraphService:
                 "reason": decision.reason,
                 "counted": counts,
                 "provenance_id": provenance,
-                "decide_time": _stamp(now),
+                "decide_time": stamp(now),
             }
             if decision.state_patch is not None:
                 record["state_patch"] = decision.state_patch
@@ -882,7 +881,3 @@ def _child_key(parent: str, node_id: str, visit: int) -> str:
 
 def _child_id(key: str) -> str:
     return f"sub-{key[:24]}"
-
-
-def _stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
