@@ -359,3 +359,24 @@ async def test_a_project_over_its_run_quota_gets_resource_exhausted(tmp_path: Pa
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.reason == "RUN_QUOTA_EXCEEDED"
     assert again.name != first.name
+
+
+async def test_a_gate_past_its_timeout_expires_and_blocks_the_run(tmp_path: Path) -> None:
+    timed = GATED.format(level="L2").replace(
+        "{id: review, kind: gate, gate: {prompt: Ship it?}}",
+        "{id: review, kind: gate, gate: {prompt: Ship it?}, timeout_s: 0.3}",
+    )
+    async with stack(tmp_path) as s:
+        recipe = await _recipe(s.client, "timed", timed)
+        run = await create_run(s.client, recipe)
+        [gate_name] = (await wait_for(s.client, run.name, WAITING)).open_gates
+        opened = (await s.client.graphs.GetGate(gpb.GetGateRequest(name=gate_name))).gate
+        done = await wait_for(s.client, run.name, FINAL)
+        gate = (await s.client.graphs.GetGate(gpb.GetGateRequest(name=gate_name))).gate
+        with pytest.raises(MaestroRpcError) as late:
+            await s.client.graphs.SubmitGateDecision(_decide(gate_name, gpb.GATE_VERDICT_APPROVE))
+    assert opened.HasField("expire_time")
+    assert gate.state == gpb.Gate.STATE_EXPIRED
+    assert done.state == gpb.Run.STATE_BLOCKED
+    assert "expired" in done.state_reason
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -157,6 +157,8 @@ class GateRecord:
     create_time: float
     update_time: float
     opened_seq: int = 0
+    expire_time: float | None = None
+    """When the gate expires if still open (the gate node's `timeout_s`); None: never."""
 
     @property
     def approvals_counted(self) -> int:

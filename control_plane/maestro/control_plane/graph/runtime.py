@@ -50,6 +50,7 @@ from maestro.control_plane.graph.steps import (
     Stepper,
     allow_all,
     error_body,
+    expire_gate,
     finish,
     state_changed,
 )
@@ -180,6 +181,21 @@ class GraphRuntime:
         self._tasks[run.name] = task
         task.add_done_callback(self._forget)
 
+    async def _expire_gates(self) -> None:
+        """Close the open gates past their expiry (any replica may; the run's row serialises
+        them)."""
+        try:
+            due = await self.store.aio(self.store.expired_gates, time.time(), 100)
+            for gate, run in due:
+                updated, _ = await self.store.aio(
+                    self.store.change_run,
+                    run,
+                    lambda r, gates, name=gate: expire_gate(r, gates.get(name), time.time()),
+                )
+                self.hub.changed(run, updated.status.final)
+        except Exception:
+            log.exception("graph.gate_expiry_failed")
+
     def _forget(self, task: asyncio.Task[None]) -> None:
         if self._tasks.get(task.get_name()) is task:
             del self._tasks[task.get_name()]
@@ -187,6 +203,7 @@ class GraphRuntime:
     async def _claim_loop(self) -> None:
         while True:
             self._wake.clear()
+            await self._expire_gates()
             free = self.settings.max_runs - len(self._tasks)
             if free > 0:
                 try:

@@ -78,9 +78,11 @@ CREATE TABLE run_gates (
     body        {json} NOT NULL,               -- prompt, proposal, snapshot, decisions
     etag        TEXT NOT NULL,
     create_time {real} NOT NULL,
-    update_time {real} NOT NULL
+    update_time {real} NOT NULL,
+    expire_time {real}                         -- an open gate expires then (node timeout)
 );
 CREATE INDEX run_gates_by_run ON run_gates(run, opened_seq);
+CREATE INDEX run_gates_expiring ON run_gates(status, expire_time);
 CREATE INDEX run_gates_by_project ON run_gates(project, create_time, name);
 CREATE TABLE kill_switches (
     name        TEXT PRIMARY KEY,

@@ -170,6 +170,8 @@ def gate_json(gate: GateRecord) -> dict[str, Any]:
     }
     if gate.proposed_action is not None:
         out["proposed_action"] = gate.proposed_action
+    if gate.expire_time is not None:
+        out["expire_time"] = stamp(gate.expire_time)
     return out
 
 
@@ -538,6 +540,7 @@ class Stepper:
             create_time=now,
             update_time=now,
             opened_seq=run.last_seq + len(events) + 1,
+            expire_time=now + node.timeout_s if node.kind == "gate" and node.timeout_s else None,
         )
         status = updates.get("status", run.status)
         updates.update(
@@ -553,6 +556,22 @@ class Stepper:
             state_changed(status, RunStatus.WAITING_FOR_APPROVAL, prompt),
         ]
         return RunChange(updates, tuple(events), (gate,))
+
+
+def expire_gate(run: RunRecord, gate: GateRecord | None, now: float) -> RunChange:
+    """An open gate past its expiry closes as EXPIRED and blocks its run (GATE_EXPIRED); a gate
+    decided in the meantime is left as it is."""
+    if gate is None or gate.status is not GateStatus.OPEN or (gate.expire_time or now) > now:
+        return RunChange({}, (), notify=False)
+    expired = replace(gate, status=GateStatus.EXPIRED, update_time=now)
+    message = f"gate {gate.node_id} expired without a decision"
+    error = error_body("FAILED_PRECONDITION", "GATE_EXPIRED", message, gate.node_id)
+    events: list[NewEvent] = [NewEvent({"error": error}, gate.node_id)]
+    updates: dict[str, Any] = {}
+    if run.status is RunStatus.WAITING_FOR_APPROVAL or run.status is RunStatus.PAUSED:
+        updates = finish(RunStatus.BLOCKED, message, error=error)
+        events.append(state_changed(run.status, RunStatus.BLOCKED, message))
+    return RunChange(updates, tuple(events), (expired,))
 
 
 _SPENT = frozenset({"prompt_tokens", "completion_tokens", "cost_usd"})

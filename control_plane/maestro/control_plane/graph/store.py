@@ -392,7 +392,7 @@ class RunStore:
     def _gates(self, tx: Tx, where: str, params: Sequence[Any]) -> list[GateRecord]:
         rows = tx.all(
             "SELECT name, run, project, opened_seq, status, node_id, body, etag, create_time, "
-            f"update_time FROM run_gates WHERE {where}",
+            f"update_time, expire_time FROM run_gates WHERE {where}",
             params,
         )
         gates = []
@@ -415,6 +415,9 @@ class RunStore:
                     create_time=float(row["create_time"]),
                     update_time=float(row["update_time"]),
                     opened_seq=int(row["opened_seq"]),
+                    expire_time=(
+                        float(row["expire_time"]) if row["expire_time"] is not None else None
+                    ),
                 )
             )
         return gates
@@ -422,7 +425,7 @@ class RunStore:
     def _put_gate(self, tx: Tx, gate: GateRecord) -> None:
         tx.run(
             "INSERT INTO run_gates (name, run, project, opened_seq, status, node_id, body, etag, "
-            "create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "create_time, update_time, expire_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET status = excluded.status, body = excluded.body, "
             "etag = excluded.etag, update_time = excluded.update_time",
             (
@@ -436,8 +439,19 @@ class RunStore:
                 gate.etag,
                 gate.create_time,
                 gate.update_time,
+                gate.expire_time,
             ),
         )
+
+    def expired_gates(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """(gate, run) of open gates past their expiry."""
+        with self.sql.read() as tx:
+            rows = tx.all(
+                "SELECT name, run FROM run_gates WHERE status = ? AND expire_time IS NOT NULL "
+                "AND expire_time < ? ORDER BY expire_time LIMIT ?",
+                (int(GateStatus.OPEN), now, limit),
+            )
+        return [(row["name"], row["run"]) for row in rows]
 
     def get_gate(self, name: str) -> GateRecord:
         with self.sql.read() as tx:
