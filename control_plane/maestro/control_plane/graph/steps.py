@@ -561,7 +561,12 @@ class Stepper:
 def expire_gate(run: RunRecord, gate: GateRecord | None, now: float) -> RunChange:
     """An open gate past its expiry closes as EXPIRED and blocks its run (GATE_EXPIRED); a gate
     decided in the meantime is left as it is."""
-    if gate is None or gate.status is not GateStatus.OPEN or (gate.expire_time or now) > now:
+    if (
+        gate is None
+        or gate.status is not GateStatus.OPEN
+        or gate.expire_time is None
+        or gate.expire_time > now
+    ):
         return RunChange({}, (), notify=False)
     expired = replace(gate, status=GateStatus.EXPIRED, update_time=now)
     message = f"gate {gate.node_id} expired without a decision"
