@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from maestro.control_plane.cli.app import app
 from maestro.control_plane.errors import InvalidArgument
+from maestro.control_plane.graph.expressions import compile_condition
 from maestro.control_plane.graph.recipe import (
     END,
     MAX_SOURCE_BYTES,
@@ -147,3 +148,25 @@ def test_cli_validates_and_draws_a_recipe(tmp_path: Path) -> None:
     assert checked.exit_code == 1
     assert f"{bad}: nodes[0].kind:" in checked.output
     assert "(line 2)" in checked.output
+
+
+@pytest.mark.parametrize(
+    ("condition", "state", "visits", "holds"),
+    [
+        ('state.verdict == "approve"', {"verdict": "approve"}, {}, True),
+        ('state.verdict == "approve"', {}, {}, False),  # a missing field reads as None
+        ("state.round < state.max_rounds", {"round": 1}, {}, False),  # None does not order
+        ("visits.improve >= 3", {}, {"improve": 3}, True),
+        ('state.tool in ["search", "fetch"]', {"tool": "fetch"}, {}, True),
+        ("state.scores[1] > 0.5", {"scores": [0.1, 0.9]}, {}, True),
+        ("state.scores[5] > 0.5", {"scores": [0.1]}, {}, False),  # out of range reads as None
+        ("not state.done and visits.step < 2", {"done": False}, {"step": 1}, True),
+        ("state.a.b.c == 1", {"a": {"b": {"c": 1}}}, {}, True),
+        ('state.a == 1 or state.b == "x"', {"b": "x"}, {}, True),
+        ("", {}, {}, True),
+    ],
+)
+def test_compiled_conditions_read_state_and_visits_like_json(
+    condition: str, state: dict[str, object], visits: dict[str, int], holds: bool
+) -> None:
+    assert compile_condition(condition)({"state": state, "visits": visits}) is holds
