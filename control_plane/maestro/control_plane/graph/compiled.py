@@ -10,7 +10,7 @@ from typing import Any
 
 from maestro.control_plane.graph.expressions import compile_condition
 from maestro.control_plane.graph.models import DEFAULT_MAX_TOKENS
-from maestro.control_plane.graph.recipe import END, START, NodeSpec, RecipeSpec, ToolSpec
+from maestro.control_plane.graph.recipe import END, NodeSpec, RecipeSpec, ToolSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,3 @@ def estimate_node(node: NodeSpec, state: Mapping[str, Any], prices: PriceLookup)
         return NodeEstimate(prompt, completion, 0.0, 1.0, "")
     cost = prompt * price.input_per_token + completion * price.output_per_token
     return NodeEstimate(prompt, completion, cost, price.p95_s, price.deployment)
-
-
-__all__ = ["END", "START", "CompiledRecipe", "compile_recipe", "estimate_node"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 Chunk = tuple[str, int, int, str, int]
 """(text, index, last stored sequence, node id, attempt)."""
@@ -85,7 +84,3 @@ class RunHub:
 
     def has_chunk_watchers(self, run: str) -> bool:
         return run in self._chunks
-
-
-def noop(*_args: Any) -> None:
-    return None

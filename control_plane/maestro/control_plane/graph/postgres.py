@@ -36,22 +36,10 @@ class PostgresSql:
 
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 8) -> None:
         self._dsn = dsn
-        self._pool = ConnectionPool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": False},
-            open=True,
-        )
+        self._pool = _pool(dsn, min_size, max_size, autocommit=False)
         # Reads run outside a transaction (autocommit): one round trip per statement instead of
         # three; each read is one statement, or a few whose consistency does not matter.
-        self._reads = ConnectionPool(
-            dsn,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"row_factory": dict_row, "autocommit": True},
-            open=True,
-        )
+        self._reads = _pool(dsn, min_size, max_size, autocommit=True)
         self._listeners: list[asyncio.Task[None]] = []
         self._migrate()
 
@@ -121,3 +109,13 @@ class PostgresSql:
     def close(self) -> None:
         self._pool.close()
         self._reads.close()
+
+
+def _pool(dsn: str, min_size: int, max_size: int, *, autocommit: bool) -> ConnectionPool:
+    return ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row, "autocommit": autocommit},
+        open=True,
+    )

@@ -152,7 +152,7 @@ class GraphService:
 
     # -- recipes --------------------------------------------------------------------------------
 
-    def _recipe_name(self, name: str, field: str) -> tuple[str, str, str]:
+    def recipe_name(self, name: str, field: str) -> tuple[str, str, str]:
         match = _RECIPE.match(name)
         if match is None:
             raise InvalidArgument(
@@ -161,7 +161,7 @@ class GraphService:
         return match.group(1), match.group(2), match.group(3) or ""
 
     async def get_recipe(self, principal: Principal, name: str) -> RecipeRecord:
-        project, recipe_id, revision = self._recipe_name(name, "name")
+        project, recipe_id, revision = self.recipe_name(name, "name")
         if project == BUILTIN:
             record = self.builtins.get(recipe_id)
             if record is None or (revision and revision != record.revision_id):
@@ -191,10 +191,7 @@ class GraphService:
             items = await self.store.aio(
                 self.store.list_recipes, project, after[0] if after else None, limit + 1
             )
-        more = len(items) > limit
-        items = items[:limit]
-        next_token = pagination.encode_token(parent, [items[-1].recipe_id]) if more else ""
-        return items, next_token
+        return pagination.page_of(items, limit, parent, lambda r: [r.recipe_id])
 
     async def put_recipe(
         self,
@@ -220,7 +217,7 @@ class GraphService:
         )
 
     async def delete_recipe(self, principal: Principal, name: str, etag: str) -> None:
-        project, recipe_id, _ = self._recipe_name(name, "name")
+        project, recipe_id, _ = self.recipe_name(name, "name")
         if project == BUILTIN:
             raise PermissionDenied("built-in recipes are read-only", reason="BUILTIN_READ_ONLY")
         require_project(principal, project)
@@ -247,7 +244,7 @@ class GraphService:
         require_project(principal, project)
         if not new.recipe:
             raise InvalidArgument([FieldViolation("run.recipe", "required")])
-        self._recipe_name(new.recipe, "run.recipe")
+        self.recipe_name(new.recipe, "run.recipe")
         record = await self.get_recipe(principal, new.recipe)
         recipe = self.parsed(record)
         spec = recipe.spec
@@ -411,12 +408,7 @@ class GraphService:
             (after[0], after[1]) if after else None,
             limit + 1,
         )
-        more = len(runs) > limit
-        runs = runs[:limit]
-        next_token = (
-            pagination.encode_token(scope, [runs[-1].create_time, runs[-1].name]) if more else ""
-        )
-        return runs, next_token
+        return pagination.page_of(runs, limit, scope, lambda r: [r.create_time, r.name])
 
     async def _change(self, name: str, decide: Any) -> RunRecord:
         run, events = await self.store.aio(self.store.change_run, name, decide)
@@ -574,12 +566,7 @@ class GraphService:
             (after[0], after[1]) if after else None,
             limit + 1,
         )
-        more = len(gates) > limit
-        gates = gates[:limit]
-        next_token = (
-            pagination.encode_token(scope, [gates[-1].create_time, gates[-1].name]) if more else ""
-        )
-        return gates, next_token
+        return pagination.page_of(gates, limit, scope, lambda g: [g.create_time, g.name])
 
     async def decide_gate(
         self, principal: Principal, name: str, decision: Decision

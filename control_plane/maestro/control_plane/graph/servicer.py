@@ -28,7 +28,6 @@ from maestro.control_plane.graph.records import (
     KillSwitchRecord,
     RecipeRecord,
     RunRecord,
-    RunStatus,
 )
 from maestro.control_plane.graph.service import AUTONOMY, Decision, GraphService, NewRun
 from maestro.control_plane.graph.steps import KIND_ENUM, gate_json
@@ -221,7 +220,6 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
     async def CreateRecipe(
         self, request: pb.CreateRecipeRequest, context: Context
     ) -> pb.CreateRecipeResponse:
-        project = request.parent.removeprefix("projects/")
         recipe_id = request.recipe_id
         if not recipe_id or not _valid_id(recipe_id):
             raise InvalidArgument(
@@ -238,13 +236,12 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
             request.recipe.display_name,
             create=True,
         )
-        del project
         return pb.CreateRecipeResponse(recipe=self._recipe(record))
 
     async def UpdateRecipe(
         self, request: pb.UpdateRecipeRequest, context: Context
     ) -> pb.UpdateRecipeResponse:
-        project, recipe_id, _ = self._service._recipe_name(request.recipe.name, "recipe.name")
+        project, recipe_id, _ = self._service.recipe_name(request.recipe.name, "recipe.name")
         current = await self._service.get_recipe(current_principal(), request.recipe.name)
         paths = set(request.update_mask.paths) or {"source_yaml", "display_name"}
         unknown = paths - {"source_yaml", "display_name"}
@@ -342,9 +339,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
         events = await self._service.list_events(
             current_principal(), request.parent, after, limit + 1, node_id
         )
-        more = len(events) > limit
-        events = events[:limit]
-        next_token = pagination.encode_token(request.parent, [events[-1].seq]) if more else ""
+        events, next_token = pagination.page_of(events, limit, request.parent, lambda e: [e.seq])
         return pb.ListRunEventsResponse(
             events=[event_message(e) for e in events], next_page_token=next_token
         )
@@ -632,6 +627,3 @@ def _valid_id(value: str) -> bool:
 
 def _project(parent: str) -> str:
     return names.parse_project_name(parent, "parent")
-
-
-__all__ = ["GraphServicer", "RunStatus"]

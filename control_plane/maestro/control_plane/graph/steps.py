@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from maestro.control_plane.graph.compiled import CompiledRecipe, PriceLookup, estimate_node
-from maestro.control_plane.graph.recipe import END, START, BudgetSpec, NodeSpec
+from maestro.control_plane.graph.recipe import END, BudgetSpec, NodeSpec
 from maestro.control_plane.graph.records import (
     Budget,
     GateRecord,
@@ -599,6 +599,3 @@ def _budget_used(run: RunRecord, spent: Mapping[str, Any]) -> float:
     if run.budget.max_wall_time_s:
         ratios.append((time.time() - run.create_time) / run.budget.max_wall_time_s)
     return min(max(ratios), 1.0)
-
-
-__all__ = ["END", "START", "Stepper"]

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
 
+T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -49,3 +51,12 @@ def decode_token(token: str, scope: str) -> list[Any] | None:
             ]
         )
     return list(after)
+
+
+def page_of(
+    fetched: Sequence[T], limit: int, scope: str, key: Callable[[T], list[Any]]
+) -> tuple[list[T], str]:
+    """A page from `limit + 1` fetched items: the first `limit`, and the token continuing after
+    the last of them ("" when the extra item shows there is no more)."""
+    items = list(fetched[:limit])
+    return items, encode_token(scope, key(items[-1])) if len(fetched) > limit else ""
