@@ -380,3 +380,37 @@ async def test_a_gate_past_its_timeout_expires_and_blocks_the_run(tmp_path: Path
     assert done.state == gpb.Run.STATE_BLOCKED
     assert "expired" in done.state_reason
     assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+UNARY_METHODS = [
+    method.name
+    for method in gpb.DESCRIPTOR.services_by_name["GraphService"].methods
+    if not method.client_streaming and not method.server_streaming
+]
+
+
+@pytest.mark.parametrize("method", UNARY_METHODS)
+async def test_an_empty_request_is_invalid_argument_with_field_violations(
+    tmp_path: Path, method: str
+) -> None:
+    async with stack(tmp_path) as s:
+        request_type = getattr(gpb, f"{method}Request")
+        with pytest.raises(MaestroRpcError) as caught:
+            await getattr(s.client.graphs, method)(request_type())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.field_violations
+
+
+async def test_streams_refuse_bad_requests_with_invalid_argument(tmp_path: Path) -> None:
+    async def only_a_decide() -> AsyncIterator[gpb.InteractRunRequest]:
+        yield gpb.InteractRunRequest(decide=gpb.InteractRunRequest.Decide(gate="x"))
+
+    async with stack(tmp_path) as s:
+        with pytest.raises(MaestroRpcError) as stream:
+            async for _ in s.client.graphs.StreamRunEvents(gpb.StreamRunEventsRequest()):
+                pass
+        with pytest.raises(MaestroRpcError) as session:
+            async for _ in s.client.graphs.InteractRun(only_a_decide()):
+                pass
+    assert stream.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert session.value.code() == grpc.StatusCode.INVALID_ARGUMENT
