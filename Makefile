@@ -6,10 +6,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF := protos/node_modules/.bin/buf
+# The serving lane (Ray Serve + vLLM) runs in its own venv: vLLM pins its own torch, transformers
+# and openai, which must not constrain the control plane's. The .pth file puts the repo root on
+# its path, so `serving` imports in the launcher and in every Ray worker it starts.
+SERVING_VENV := .venv-serving
+SERVING_STAMP := $(SERVING_VENV)/.installed
 
-.PHONY: up test lint typecheck protos protos-check setup clean
+.PHONY: up test lint typecheck protos protos-check setup serving-setup clean
 
-setup: $(STAMP) $(BUF)
+setup: $(STAMP) $(BUF) $(SERVING_STAMP)
+
+serving-setup: $(SERVING_STAMP)
+
+$(SERVING_STAMP): serving/requirements.lock
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+		-r serving/requirements.lock
+	echo "$(CURDIR)" > $$($(SERVING_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/maestro-serving.pth
+	touch $(SERVING_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +50,8 @@ lint: $(STAMP) protos-check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: lint $(SERVING_STAMP)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) protos/node_modules .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SERVING_VENV) protos/node_modules .mypy_cache .ruff_cache

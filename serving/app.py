@@ -1,0 +1,250 @@
+"""The lane's Ray Serve application: `VllmGateway`, an OpenAI chat-completions ingress around one
+vLLM engine per replica.
+
+Import paths for Ray Serve (`serve run`, a RayService's `import_path`):
+- `serving.app:build`, an application builder, with the args `serve_config.serve_config` writes;
+- `serving.app:deployment`, the first lane of the file named by `MAESTRO_LANE_CONFIG`.
+
+Streaming: a replica writes one SSE event per engine output it picks up. vLLM merges the outputs
+a slow reader has not collected yet, so under load an event carries several tokens; the optional
+`stream.max_chunk_delay_ms` waits for more before each event. Ray Serve's streaming path costs per
+message, not per token, so fewer, larger events keep it from capping throughput.
+
+Shedding is Ray Serve's: a replica runs at most `max_ongoing_requests`, the router queues at most
+`max_queued_requests` more and answers the rest HTTP 503 at once. The data plane reads a 503 from
+a lane as "saturated" and spills over (or refuses PII work with RESOURCE_EXHAUSTED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry import trace
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.config import LaneSpec, load_config
+from serving.engine import LaneEngine
+from serving.serve_config import (
+    GATEWAY,
+    STATUS_APP,
+    STATUS_DEPLOYMENT,
+    deployment_options,
+    engine_args,
+)
+from serving.telemetry import caller_context, lane_tracer
+from serving.wire import ChatRequestError, Chunks, completion_body, parse_chat_request
+
+api = FastAPI(title="Maestro serving lane")
+
+
+@serve.deployment(name=GATEWAY)
+@serve.ingress(api)
+class VllmGateway:
+    def __init__(self, lane: dict[str, Any], status_interval_s: float = 0.25) -> None:
+        self._lane = LaneSpec.model_validate(lane)
+        self._engine = LaneEngine(self._lane)
+        self._tracer = lane_tracer(self._lane.name)
+        self._status_interval_s = status_interval_s
+        self._chunk_delay_s = self._lane.stream.max_chunk_delay_ms / 1000
+        self._capacity = (
+            self._lane.serve.max_ongoing_requests,
+            self._lane.serve.max_queued_requests,
+        )
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._reporter: asyncio.Task[None] | None = None
+        self._ongoing = 0
+        """Chat requests inside this replica, from arrival to the end of their response."""
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The light knobs, applied to running replicas when the config is re-applied."""
+        self._chunk_delay_s = float(user_config["max_chunk_delay_ms"]) / 1000
+        self._capacity = (
+            int(user_config["max_ongoing_requests"]),
+            int(user_config["max_queued_requests"]),
+        )
+        if self._reporter is None:
+            self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()
+
+    def __del__(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+        with contextlib.suppress(Exception):
+            self._engine.shutdown()
+
+    async def _report_loop(self) -> None:
+        """Sends the engine's figures to the lane-status application a few times a second;
+        the status app forgets a replica that stops reporting."""
+        handle: DeploymentHandle | None = None
+        while True:
+            await asyncio.sleep(self._status_interval_s)
+            try:
+                if handle is None:
+                    handle = serve.get_deployment_handle(STATUS_DEPLOYMENT, app_name=STATUS_APP)
+                max_ongoing, max_queued = self._capacity
+                await handle.report.remote(
+                    self._lane.name,
+                    self._replica,
+                    {
+                        **self._engine.figures.snapshot(),
+                        "ongoing": self._ongoing,
+                        "max_ongoing_requests": max_ongoing,
+                        "max_queued_requests": max_queued,
+                        "version": self._lane.version,
+                        "route_prefix": self._lane.route_prefix,
+                    },
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the status app may be (re)starting; report again next time
+                handle = None
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": self._lane.model_name, "object": "model", "owned_by": "maestro"}],
+        }
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse(ChatRequestError("the body is not JSON").body(), status_code=400)
+        try:
+            chat = parse_chat_request(body, self._lane.model_name)
+            prompt_ids = self._engine.prompt_ids(chat)
+        except ChatRequestError as error:
+            return JSONResponse(error.body(), status_code=400)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        span = self._tracer.start_span(
+            "serve.vllm.request",
+            context=caller_context(request.headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": chat.model,
+                "gen_ai.system": "vllm",
+                "gen_ai.usage.input_tokens": len(prompt_ids),
+                "maestro.lane": self._lane.name,
+                "maestro.lane.version": self._lane.version,
+                "maestro.lane.replica": self._replica,
+            },
+        )
+        headers = {"x-maestro-lane-version": self._lane.version}
+        outputs = self._engine.generate(prompt_ids, self._engine.sampling(chat), completion_id)
+        if not chat.stream:
+            return await self._whole(chat.model, completion_id, prompt_ids, outputs, span, headers)
+        return StreamingResponse(
+            self._events(chat.model, completion_id, len(prompt_ids), outputs, span, chat),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+
+    async def _events(
+        self,
+        model: str,
+        completion_id: str,
+        prompt_tokens: int,
+        outputs: AsyncGenerator[Any, None],
+        span: trace.Span,
+        chat: Any,
+    ) -> AsyncGenerator[bytes, None]:
+        chunks = Chunks(completion_id, model)
+        tokens = 0
+        reason = "stop"
+        first = True
+        self._ongoing += 1
+        try:
+            yield chunks.role()
+            async with contextlib.aclosing(outputs):
+                async for output in outputs:
+                    piece = output.outputs[0]
+                    tokens += len(piece.token_ids)
+                    if first and piece.token_ids:
+                        span.add_event("first_token")
+                        first = False
+                    if piece.finish_reason:
+                        reason = piece.finish_reason
+                    if piece.text:
+                        yield chunks.text(piece.text)
+                    if self._chunk_delay_s and not output.finished:
+                        await asyncio.sleep(self._chunk_delay_s)
+            yield chunks.finish(reason)
+            if chat.include_usage:
+                yield chunks.usage(prompt_tokens, tokens)
+            yield chunks.done()
+        except BaseException as error:  # cancelled: the caller went away; the engine aborts
+            span.set_attribute("error.type", type(error).__name__)
+            raise
+        finally:
+            self._ongoing -= 1
+            span.set_attribute("gen_ai.usage.output_tokens", tokens)
+            span.set_attribute("gen_ai.response.finish_reasons", (reason,))
+            span.end()
+
+    async def _whole(
+        self,
+        model: str,
+        completion_id: str,
+        prompt_ids: list[int],
+        outputs: AsyncGenerator[Any, None],
+        span: trace.Span,
+        headers: dict[str, str],
+    ) -> Response:
+        texts: list[str] = []
+        tokens = 0
+        reason = "stop"
+        self._ongoing += 1
+        try:
+            async with contextlib.aclosing(outputs):
+                async for output in outputs:
+                    piece = output.outputs[0]
+                    texts.append(piece.text)
+                    tokens += len(piece.token_ids)
+                    reason = piece.finish_reason or reason
+        finally:
+            self._ongoing -= 1
+            span.set_attribute("gen_ai.usage.output_tokens", tokens)
+            span.end()
+        return JSONResponse(
+            completion_body(completion_id, model, "".join(texts), reason, len(prompt_ids), tokens),
+            headers=headers,
+        )
+
+
+def build(args: dict[str, Any]) -> Any:
+    """Application builder for Ray Serve configs (a RayService's `import_path`): args
+    `{"lane": {...}, "status_interval_s": 0.25}`, as `serve_config.serve_config` writes them.
+    Deployment options come from the config's `deployments` entry, not from here."""
+    lane = LaneSpec.model_validate(args["lane"])
+    return VllmGateway.bind(  # type: ignore[attr-defined]
+        engine_args(lane), float(args.get("status_interval_s", 0.25))
+    )
+
+
+def _from_environment() -> Any:
+    path = os.environ.get("MAESTRO_LANE_CONFIG")
+    if not path:
+        return None
+    config = load_config(path)
+    lane = config.lane()
+    return VllmGateway.options(**deployment_options(lane)).bind(  # type: ignore[attr-defined]
+        engine_args(lane), config.status_report_interval_s
+    )
+
+
+deployment = _from_environment()
+"""The seed's `serving.app:deployment`: the first lane of `$MAESTRO_LANE_CONFIG`, with its
+deployment options."""
