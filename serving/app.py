@@ -10,9 +10,10 @@ a slow reader has not collected yet, so under load an event carries several toke
 `stream.max_chunk_delay_ms` waits for more before each event. Ray Serve's streaming path costs per
 message, not per token, so fewer, larger events keep it from capping throughput.
 
-Shedding is Ray Serve's: a replica runs at most `max_ongoing_requests`, the router queues at most
-`max_queued_requests` more and answers the rest HTTP 503 at once. The data plane reads a 503 from
-a lane as "saturated" and spills over (or refuses PII work with RESOURCE_EXHAUSTED).
+Shedding: a replica generates at most `max_ongoing_requests` at once, queues at most
+`max_queued_requests` more, and answers the rest HTTP 503 at once (`admission.py`). The data plane
+reads a 503 from a lane as "saturated" and spills over (or refuses PII work with
+RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.background import BackgroundTask
 
+from serving.admission import Admission, Ticket
 from serving.config import LaneSpec, load_config
 from serving.engine import LaneEngine
 from serving.serve_config import (
@@ -40,9 +43,24 @@ from serving.serve_config import (
     engine_args,
 )
 from serving.telemetry import caller_context, lane_tracer
-from serving.wire import ChatRequestError, Chunks, completion_body, parse_chat_request
+from serving.wire import (
+    ChatRequest,
+    ChatRequestError,
+    Chunks,
+    completion_body,
+    parse_chat_request,
+)
 
 api = FastAPI(title="Maestro serving lane")
+# Defined before the deployment class: Ray Serve pickles the class when it is decorated.
+_FULL = {
+    "error": {
+        "message": "the lane is at capacity (running and queued requests); retry with backoff",
+        "type": "server_overloaded",
+        "param": None,
+        "code": "lane_saturated",
+    }
+}
 
 
 @serve.deployment(name=GATEWAY)
@@ -54,23 +72,21 @@ class VllmGateway:
         self._tracer = lane_tracer(self._lane.name)
         self._status_interval_s = status_interval_s
         self._chunk_delay_s = self._lane.stream.max_chunk_delay_ms / 1000
-        self._capacity = (
-            self._lane.serve.max_ongoing_requests,
-            self._lane.serve.max_queued_requests,
+        self._admission = Admission(
+            self._lane.serve.max_ongoing_requests, self._lane.serve.max_queued_requests
         )
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._reporter: asyncio.Task[None] | None = None
-        self._ongoing = 0
-        """Chat requests inside this replica, from arrival to the end of their response."""
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The light knobs, applied to running replicas when the config is re-applied."""
+        """The light knobs (chunking, admission), applied to running replicas when the config
+        is re-applied."""
         self._chunk_delay_s = float(user_config["max_chunk_delay_ms"]) / 1000
-        self._capacity = (
-            int(user_config["max_ongoing_requests"]),
-            int(user_config["max_queued_requests"]),
+        self._admission.configure(
+            int(user_config["max_ongoing_requests"]), int(user_config["max_queued_requests"])
         )
-        if self._reporter is None:
+        if self._reporter is None:  # the first call, before the replica takes traffic
+            await self._engine.warm_up()
             self._reporter = asyncio.get_running_loop().create_task(self._report_loop())
 
     async def check_health(self) -> None:
@@ -82,8 +98,20 @@ class VllmGateway:
         with contextlib.suppress(Exception):
             self._engine.shutdown()
 
+    def _figures(self) -> dict[str, Any]:
+        admission = self._admission
+        return {
+            **self._engine.figures.snapshot(),
+            "running": admission.running,
+            "queued": admission.queued,
+            "max_ongoing_requests": admission.max_ongoing,
+            "max_queued_requests": admission.max_queued,
+            "version": self._lane.version,
+            "route_prefix": self._lane.route_prefix,
+        }
+
     async def _report_loop(self) -> None:
-        """Sends the engine's figures to the lane-status application a few times a second;
+        """Sends this replica's load to the lane-status application a few times a second;
         the status app forgets a replica that stops reporting."""
         handle: DeploymentHandle | None = None
         while True:
@@ -91,19 +119,7 @@ class VllmGateway:
             try:
                 if handle is None:
                     handle = serve.get_deployment_handle(STATUS_DEPLOYMENT, app_name=STATUS_APP)
-                max_ongoing, max_queued = self._capacity
-                await handle.report.remote(
-                    self._lane.name,
-                    self._replica,
-                    {
-                        **self._engine.figures.snapshot(),
-                        "ongoing": self._ongoing,
-                        "max_ongoing_requests": max_ongoing,
-                        "max_queued_requests": max_queued,
-                        "version": self._lane.version,
-                        "route_prefix": self._lane.route_prefix,
-                    },
-                )
+                await handle.report.remote(self._lane.name, self._replica, self._figures())
             except asyncio.CancelledError:
                 raise
             except Exception:  # the status app may be (re)starting; report again next time
@@ -127,6 +143,14 @@ class VllmGateway:
             prompt_ids = self._engine.prompt_ids(chat)
         except ChatRequestError as error:
             return JSONResponse(error.body(), status_code=400)
+        ticket = self._admission.admit()
+        if ticket is None:
+            return JSONResponse(_FULL, status_code=503, headers={"retry-after": "1"})
+        try:
+            await ticket.slot()
+        except BaseException:  # the caller went away while queued
+            ticket.release()
+            raise
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         span = self._tracer.start_span(
             "serve.vllm.request",
@@ -145,27 +169,31 @@ class VllmGateway:
         headers = {"x-maestro-lane-version": self._lane.version}
         outputs = self._engine.generate(prompt_ids, self._engine.sampling(chat), completion_id)
         if not chat.stream:
-            return await self._whole(chat.model, completion_id, prompt_ids, outputs, span, headers)
+            try:
+                return await self._whole(chat.model, completion_id, prompt_ids, outputs, span)
+            finally:
+                ticket.release()
         return StreamingResponse(
-            self._events(chat.model, completion_id, len(prompt_ids), outputs, span, chat),
+            self._events(chat, completion_id, len(prompt_ids), outputs, span, ticket),
             media_type="text/event-stream",
             headers=headers,
+            # Also when the stream never starts (the caller left first); release is idempotent.
+            background=BackgroundTask(ticket.release),
         )
 
     async def _events(
         self,
-        model: str,
+        chat: ChatRequest,
         completion_id: str,
         prompt_tokens: int,
         outputs: AsyncGenerator[Any, None],
         span: trace.Span,
-        chat: Any,
+        ticket: Ticket,
     ) -> AsyncGenerator[bytes, None]:
-        chunks = Chunks(completion_id, model)
+        chunks = Chunks(completion_id, chat.model)
         tokens = 0
         reason = "stop"
         first = True
-        self._ongoing += 1
         try:
             yield chunks.role()
             async with contextlib.aclosing(outputs):
@@ -189,7 +217,7 @@ class VllmGateway:
             span.set_attribute("error.type", type(error).__name__)
             raise
         finally:
-            self._ongoing -= 1
+            ticket.release()
             span.set_attribute("gen_ai.usage.output_tokens", tokens)
             span.set_attribute("gen_ai.response.finish_reasons", (reason,))
             span.end()
@@ -201,12 +229,10 @@ class VllmGateway:
         prompt_ids: list[int],
         outputs: AsyncGenerator[Any, None],
         span: trace.Span,
-        headers: dict[str, str],
     ) -> Response:
         texts: list[str] = []
         tokens = 0
         reason = "stop"
-        self._ongoing += 1
         try:
             async with contextlib.aclosing(outputs):
                 async for output in outputs:
@@ -215,12 +241,11 @@ class VllmGateway:
                     tokens += len(piece.token_ids)
                     reason = piece.finish_reason or reason
         finally:
-            self._ongoing -= 1
             span.set_attribute("gen_ai.usage.output_tokens", tokens)
             span.end()
         return JSONResponse(
             completion_body(completion_id, model, "".join(texts), reason, len(prompt_ids), tokens),
-            headers=headers,
+            headers={"x-maestro-lane-version": self._lane.version},
         )
 
 

@@ -83,6 +83,25 @@ class LaneEngine:
         )
         return outputs
 
+    async def warm_up(self) -> None:
+        """One short generation before the replica takes traffic: the first request pays for
+        the chat template's compilation and the engine's first steps, and would otherwise stall
+        the replica's event loop while a burst waits behind it."""
+        request = ChatRequest(
+            model="",
+            messages=[{"role": "user", "content": "warm up"}],
+            stream=True,
+            include_usage=False,
+            max_tokens=2,
+            temperature=0.0,
+            top_p=1.0,
+            stop=[],
+            seed=None,
+            ignore_eos=True,
+        )
+        async for _ in self.generate(self.prompt_ids(request), self.sampling(request), "warm-up"):
+            pass
+
     async def check_health(self) -> None:
         await self.llm.check_health()
 

@@ -48,8 +48,8 @@ class EngineFigures:
         # vLLM records figures after engine steps only: once idle, the last step's counts stay.
         idle = time.monotonic() - self.updated_at > _IDLE_AFTER_S
         return {
-            "running": 0 if idle else self.running,
-            "waiting": 0 if idle else self.waiting,
+            "engine_running": 0 if idle else self.running,
+            "engine_waiting": 0 if idle else self.waiting,
             "kv_cache_usage": self.kv_cache_usage,
             "prefix_queries": self.prefix_queries,
             "prefix_hits": self.prefix_hits,

@@ -1,6 +1,9 @@
 """Replica reports summed per lane: what `GET /lane-status` answers.
 
-Each gateway replica reports its engine's figures a few times a second. A replica not heard from
+Each gateway replica reports a few times a second: `running` (requests holding one of its
+`max_ongoing_requests` slots), `queued` (admitted, waiting for a slot), its engine's scheduler
+counts (`engine_running`, `engine_waiting`), KV-cache use, prefix-cache counters and latency
+percentiles. A replica not heard from
 for `stale_after_s` (it stopped, or a rolling update replaced it) drops out. Counts add up over
 replicas; KV-cache usage and the latency percentiles take the worst replica, since one full
 replica already makes requests queue.
@@ -11,7 +14,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-_SUMMED = ("ongoing", "running", "waiting", "prefix_queries", "prefix_hits", "max_ongoing_requests")
+_SUMMED = (
+    "running",
+    "queued",
+    "engine_running",
+    "engine_waiting",
+    "prefix_queries",
+    "prefix_hits",
+    "max_ongoing_requests",
+)
 _WORST = ("kv_cache_usage", "ttft_p95_ms", "itl_p95_ms")
 
 
@@ -36,12 +47,17 @@ class LaneReports:
                 entry = lanes[lane] = {
                     "route_prefix": figures["route_prefix"],
                     "replicas": 0,
-                    "max_queued_requests": figures["max_queued_requests"],
+                    "max_queued_requests": 0,
                     "versions": [],
                     **dict.fromkeys(_SUMMED, 0),
                     **dict.fromkeys(_WORST, 0.0),
                 }
             entry["replicas"] += 1
+            queued = figures["max_queued_requests"]
+            if queued < 0 or entry["max_queued_requests"] < 0:
+                entry["max_queued_requests"] = -1
+            else:
+                entry["max_queued_requests"] += queued
             for name in _SUMMED:
                 entry[name] += figures[name]
             for name in _WORST:

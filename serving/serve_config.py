@@ -24,12 +24,24 @@ def engine_args(lane: LaneSpec) -> dict[str, Any]:
     return lane.model_dump(mode="json", exclude={"serve", "stream"})
 
 
+def ray_max_ongoing(lane: LaneSpec) -> int:
+    """Requests Ray Serve lets into one replica: the lane's own running and queued requests
+    (`admission.py` holds and sheds them) with room to spare, so a request over the lane's
+    capacity reaches the replica and is refused at once instead of waiting in Ray's queue."""
+    knobs = lane.serve
+    queued = knobs.max_queued_requests
+    if queued < 0:
+        queued = 4 * knobs.max_ongoing_requests
+    return 2 * (knobs.max_ongoing_requests + queued) + 16
+
+
 def deployment_options(lane: LaneSpec) -> dict[str, Any]:
-    """The gateway's Ray Serve deployment options, named as Ray Serve's config names them."""
+    """The gateway's Ray Serve deployment options, named as Ray Serve's config names them.
+    The lane's admission limits travel in `user_config`, so changing them is a light update."""
     knobs = lane.serve
     options: dict[str, Any] = {
-        "max_ongoing_requests": knobs.max_ongoing_requests,
-        "max_queued_requests": knobs.max_queued_requests,
+        "max_ongoing_requests": ray_max_ongoing(lane),
+        "max_queued_requests": -1,
         "health_check_period_s": knobs.health_check_period_s,
         "health_check_timeout_s": knobs.health_check_timeout_s,
         "graceful_shutdown_timeout_s": knobs.graceful_shutdown_timeout_s,

@@ -3,7 +3,8 @@
 Two layers, hidden size 256, head_dim 64 (vLLM's CPU attention kernel rejects head_dim 16), random
 weights with a fixed seed, and a byte-level BPE tokenizer trained on a generated corpus, with a
 chat template. Output is gibberish at a real model's speed per token for its size, which is what
-the lane's tests and benchmarks need. Builds in well under a second.
+the lane's tests and benchmarks need; greedy streams never stop before `max_tokens`, so tests can
+hold a stream open for as long as they need. Builds in a few seconds.
 """
 
 from __future__ import annotations
@@ -68,7 +69,12 @@ def build_tiny_model(out: Path, *, seed: int = 0, vocab_size: int = 512, layers:
         eos_token_id=fast.eos_token_id,
         torch_dtype="float32",
     )
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(out, safe_serialization=True)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with torch.no_grad():
+        # EOS's logit is then always 0 while the others spread around it: greedy decoding
+        # (temperature 0) never picks it among hundreds, so a greedy stream runs to max_tokens.
+        model.lm_head.weight[fast.eos_token_id].zero_()
+    model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": fast.bos_token_id, "eos_token_id": fast.eos_token_id})
     )

@@ -158,6 +158,27 @@ class DataPlaneConfig(_Section):
     report_interval_s: float = Field(
         1.0, gt=0, le=60, description="How often observations are folded into live signals."
     )
+    lane_poll_interval_s: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="How often the load of each serving lane (provider `maestro_lane`) is read "
+        "from its cluster's `/lane-status`, off the request path.",
+    )
+    lane_shed_hold_s: float = Field(
+        1.0,
+        ge=0,
+        le=600,
+        description="After a lane sheds a request (HTTP 503), how long routing treats it as "
+        "saturated: other deployments take its traffic, and work that may only run in house "
+        "gets RESOURCE_EXHAUSTED.",
+    )
+    lane_kv_cache_saturation: float = Field(
+        0.98,
+        gt=0,
+        le=1,
+        description="KV-cache usage at which a lane counts as saturated (vLLM would preempt).",
+    )
     idempotency_cache_size: int = Field(
         10_000, ge=0, description="Completed calls remembered for idempotency_key replays."
     )

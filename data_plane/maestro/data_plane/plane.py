@@ -23,6 +23,7 @@ from maestro.control_plane.rpc.interceptors import Authenticate
 from maestro.control_plane.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings
 from maestro.data_plane.http_ingress import OpenAIIngress
+from maestro.data_plane.lanes import LaneMonitor
 from maestro.data_plane.observations import ObservationSink, Observer
 from maestro.data_plane.providers.litellm_adapter import LitellmProvider
 from maestro.data_plane.providers.openai_compat import OpenAICompatProvider
@@ -70,6 +71,9 @@ class DataPlane:
     http_port: int | None = None
     flusher: asyncio.Task[None] | None = None
     """Folds observations into live signals every `report_interval_s`."""
+    lanes: LaneMonitor | None = None
+    lane_poller: asyncio.Task[None] | None = None
+    """Reads serving lanes' load every `lane_poll_interval_s`."""
 
     def register(self, server: grpc.aio.Server, routes: Decider) -> None:
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
@@ -97,10 +101,13 @@ class DataPlane:
 
     async def close(self) -> None:
         await self.stop_http()
-        if self.flusher is not None:
-            self.flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.flusher
+        for task in (self.flusher, self.lane_poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.lanes is not None:
+            await self.lanes.aclose()
         self.observer.close()
         await self.native.aclose()
         await self.translating.aclose()
@@ -140,8 +147,14 @@ async def build_data_plane(
     native = OpenAICompatProvider()
     translating = LitellmProvider()
     targets = TargetResolver(native, translating, simulator.base_url if simulator else None)
+    lanes = LaneMonitor(
+        routes,
+        interval_s=config.lane_poll_interval_s,
+        shed_hold_s=config.lane_shed_hold_s,
+        kv_cache_saturation=config.lane_kv_cache_saturation,
+    )
     relay = Relay(
-        targets, observer, RetryBudget(config.retry_budget_ratio, config.retry_budget_min)
+        targets, observer, RetryBudget(config.retry_budget_ratio, config.retry_budget_min), lanes
     )
     service = InferenceService(
         routes,
@@ -153,4 +166,6 @@ async def build_data_plane(
     ingress = OpenAIIngress(service, routes, authenticate, insecure_project)
     plane = DataPlane(config, service, observer, native, translating, ingress, simulator)
     plane.flusher = asyncio.create_task(observer.report_forever(config.report_interval_s))
+    plane.lanes = lanes
+    plane.lane_poller = asyncio.create_task(lanes.run_forever())
     return plane

@@ -17,9 +17,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from maestro.control_plane.errors import MaestroError, Unavailable
+from opentelemetry.context import Context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from maestro.control_plane.errors import MaestroError, ResourceExhausted, Unavailable
 from maestro.control_plane.route.config import DeploymentSpec
 from maestro.control_plane.route.decider import Choice
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed, Timings
@@ -34,6 +37,10 @@ from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.targets import TargetResolver
 
 CHARS_PER_TOKEN = 4
+HTTP_SHED = 503
+"""What a serving lane answers when Ray Serve's queue is full."""
+_NO_HEADERS: Mapping[str, str] = {}
+_PROPAGATOR = TraceContextTextMapPropagator()
 # Which deadline a read waits under.
 _SILENCE, _FLUSH, _WALL = object(), object(), object()
 
@@ -74,6 +81,8 @@ class CallPlan:
     options: CallOptions
     received_at: float
     routed_at: float
+    trace_parent: Context | None = None
+    """The caller's trace context; None: the current one."""
 
 
 class _Failed(Exception):
@@ -117,11 +126,22 @@ class _CallState:
         return delta
 
 
+class LaneSheds(Protocol):
+    def shed(self, deployment_id: str) -> None: ...
+
+
 class Relay:
-    def __init__(self, targets: TargetResolver, observer: Observer, budget: RetryBudget) -> None:
+    def __init__(
+        self,
+        targets: TargetResolver,
+        observer: Observer,
+        budget: RetryBudget,
+        lanes: LaneSheds | None = None,
+    ) -> None:
         self._targets = targets
         self._observer = observer
         self._budget = budget
+        self._lanes = lanes
 
     async def run(self, plan: CallPlan) -> AsyncGenerator[Event, None]:
         """The call's events. Consume with `contextlib.aclosing` so an abandoned call closes
@@ -198,6 +218,14 @@ class Relay:
         if state.delivered:
             yield self._done(state, last, FinishReason.ERROR, f"no deployment left: {detail}")
             return
+        if tried and all(reason is FailureKind.SATURATED for _, reason, _ in skipped):
+            # Capacity, not a fault: every lane this call may use is full (PII work that must
+            # stay in house lands here rather than spilling to a hosted provider).
+            raise ResourceExhausted(
+                f"every serving lane this call may use shed it: {detail}; retry with backoff",
+                reason="LANE_SATURATED",
+                metadata={"decision_id": plan.choice.decision_id},
+            )
         if out_of_budget:
             why = "RETRY_BUDGET_EXHAUSTED"
         elif tried:
@@ -254,6 +282,7 @@ class Relay:
             seed=params.seed,
             tools=params.tools,
             tool_choice=params.tool_choice,
+            extra_headers=_trace_headers(plan) if target.lane else _NO_HEADERS,
         )
         limit = self._token_limit(state, deployment)
         started = loop.time()
@@ -350,7 +379,12 @@ class Relay:
             if pending:
                 yield state.delta(pending)
                 produced += len(pending)
-            raise _Failed(error.kind, str(error)) from None
+            kind = error.kind
+            if target.lane and error.status == HTTP_SHED:
+                kind = FailureKind.SATURATED
+                if self._lanes is not None:
+                    self._lanes.shed(deployment.deployment_id)
+            raise _Failed(kind, str(error)) from None
         finally:
             self._account(state, deployment, produced, prompt_tokens, completion_tokens)
             if stream is not None:
@@ -437,6 +471,14 @@ class Relay:
             error=error,
             fallbacks=tuple(state.fallbacks),
         )
+
+
+def _trace_headers(plan: CallPlan) -> dict[str, str]:
+    """W3C trace context for a lane call (its `serve.vllm.request` span joins the caller's
+    trace); built per lane attempt only."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=plan.trace_parent)
+    return carrier
 
 
 def _estimate_prompt_tokens(plan: CallPlan) -> int:

@@ -223,6 +223,7 @@ class InferenceService:
                 options=self._options(call, received),
                 received_at=received,
                 routed_at=loop.time(),
+                trace_parent=call.trace_parent,
             )
             # The spans are made on the loop's next turn: by then the provider request is on
             # the wire, so the time to first token does not include them.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from maestro.control_plane.route.catalog import LANE_PROVIDERS
 from maestro.control_plane.route.config import DeploymentSpec
 from maestro.data_plane.providers.types import Provider
 
@@ -31,6 +32,9 @@ class Target:
     model: str
     api_base: str | None
     api_key: str | None
+    lane: bool = False
+    """A Maestro serving lane: HTTP 503 means it shed the request, and the call's trace
+    context travels with it (`traceparent`)."""
 
 
 def _secret(value: str | None) -> str | None:
@@ -83,5 +87,6 @@ class TargetResolver:
                 _bare(deployment.litellm_model, deployment.provider),
                 deployment.api_base or OPENAI_BASE,
                 api_key,
+                lane=deployment.provider in LANE_PROVIDERS,
             )
         return Target(self._translating, deployment.litellm_model, deployment.api_base, api_key)

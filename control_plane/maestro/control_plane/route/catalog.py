@@ -13,6 +13,9 @@ from functools import cache
 from typing import Any
 
 IN_HOUSE_PROVIDERS = frozenset({"vllm", "hosted_vllm", "ollama", "ollama_chat", "maestro_lane"})
+LANE_PROVIDERS = frozenset({"maestro_lane"})
+"""Maestro's Ray Serve + vLLM lane: its load is read from its lane-status application, and an
+HTTP 503 from it means it shed the request (Ray Serve's queue was full)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +40,12 @@ def litellm_module() -> Any:
 def lookup(model: str) -> CatalogEntry:
     """Provider and prices of a LiteLLM model string such as `openai/gpt-4o`.
 
-    Raises ValueError when LiteLLM cannot tell the provider.
+    Raises ValueError when LiteLLM cannot tell the provider. `maestro_lane/<served model>` is
+    Maestro's own lane, which LiteLLM does not know: self-hosted, no list price.
     """
+    provider, _, bare = model.partition("/")
+    if provider in LANE_PROVIDERS and bare:
+        return CatalogEntry(provider, None, None, None)
     litellm = litellm_module()
     try:
         bare, provider, _, _ = litellm.get_llm_provider(model)

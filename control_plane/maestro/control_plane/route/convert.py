@@ -13,7 +13,7 @@ from maestro.control_plane import names
 from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.route.config import OBJECTIVES, DeploymentSpec
 from maestro.control_plane.route.decider import Choice, ChooseInput
-from maestro.control_plane.route.engine import Decision, Exclusion, RouteRequest
+from maestro.control_plane.route.engine import Decision, Exclusion, LaneSaturation, RouteRequest
 from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.route.registry import Published
 from maestro.control_plane.route.signals import (
@@ -193,10 +193,10 @@ def decision_message(choice: Choice, cap: int | None) -> route_service_pb2.Route
         signals = snapshot.signals(winner)
         message.slo_forecast.CopyFrom(
             route_service_pb2.RouteSloForecast(
-                expected_p95_latency=_duration_ms(signals.p95_ms),
+                expected_p95_latency=_duration_ms(signals.forecast_p95_ms),
                 expected_time_to_first_token=_duration_ms(signals.ttft_ms),
                 expected_error_rate=signals.error_rate,
-                meets_slo=not request.max_p95_ms or signals.p95_ms <= request.max_p95_ms,
+                meets_slo=not request.max_p95_ms or signals.forecast_p95_ms <= request.max_p95_ms,
             )
         )
     indices = snapshot.candidate_indices(request)
@@ -263,6 +263,9 @@ def _candidate(
         projected_cost_usd=_finite(projected),
         expected_p95_latency=_duration_ms(float(snapshot.p95_ms[index])),
     )
+    lane = snapshot.signals(index).lane
+    if lane is not None:
+        candidate.saturation.CopyFrom(saturation_message(lane))
     if index == decision.winner:
         candidate.verdict = route_service_pb2.ROUTE_CANDIDATE_VERDICT_CHOSEN
         return candidate
@@ -277,9 +280,27 @@ def _candidate(
     candidate.verdict = route_service_pb2.ROUTE_CANDIDATE_VERDICT_EXCLUDED
     candidate.exclusion_reason = int(reasons[0])  # type: ignore[assignment]
     candidate.exclusion_detail = "; ".join(_VERDICT_TEXT[r] for r in reasons)
+    if Exclusion.SATURATED in reasons and lane is not None:
+        busy = lane.running_requests + lane.queue_depth
+        candidate.exclusion_detail += (
+            f" ({busy} of {lane.max_ongoing_requests} slots busy, {lane.queue_depth} queued, "
+            f"KV cache {lane.kv_cache_usage_ratio:.0%}, {lane.shed_count} shed)"
+        )
     if reasons[0] == Exclusion.POLICY_DENIED:
         candidate.policy_rule = _policy_rule(decision, index, key)
     return candidate
+
+
+def saturation_message(lane: LaneSaturation) -> route_service_pb2.DeploymentSaturation:
+    return route_service_pb2.DeploymentSaturation(
+        queue_depth=lane.queue_depth,
+        running_requests=lane.running_requests,
+        kv_cache_usage_ratio=lane.kv_cache_usage_ratio,
+        max_ongoing_requests=lane.max_ongoing_requests,
+        max_queued_requests=max(lane.max_queued_requests, 0),
+        prefix_cache_hit_ratio=lane.prefix_cache_hit_ratio,
+        shed_count=lane.shed_count,
+    )
 
 
 def _policy_rule(decision: Decision, index: int, key: int) -> str:

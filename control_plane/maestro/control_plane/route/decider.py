@@ -28,12 +28,15 @@ from maestro.control_plane.errors import (
     InvalidArgument,
     MaestroError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
+from maestro.control_plane.route.catalog import LANE_PROVIDERS
 from maestro.control_plane.route.config import DeploymentSpec
 from maestro.control_plane.route.engine import (
     Decision,
     Exclusion,
+    LaneSaturation,
     RouteRequest,
     RoutingSnapshot,
     UnknownModel,
@@ -305,6 +308,22 @@ class Decider:
             deployments = snapshot.deployments
         return [(d, self._signals.view(parent, d.deployment_id)) for d in deployments]
 
+    def lane_deployments(self) -> dict[str, str]:
+        """Serving-lane deployments (provider `maestro_lane`) of every published snapshot: their
+        `api_base` by deployment id. Read off the request path (lane monitors poll it)."""
+        return {
+            deployment.deployment_id: deployment.api_base
+            for published in self._registry.all(None)
+            for deployment in published.snapshot.deployments
+            if deployment.provider in LANE_PROVIDERS and deployment.api_base
+        }
+
+    def set_lane_load(self, deployment_id: str, lane: LaneSaturation, saturated: bool) -> None:
+        """A lane's latest load: every project routing to it sees it, in its rationale, its
+        latency forecast and, when saturated, its exclusion."""
+        for published in self._registry.all(None):
+            published.snapshot.update_signals(deployment_id, lane=lane, saturated=saturated)
+
     def set_breaker_open(self, deployment_id: str, is_open: bool) -> None:
         """A data plane's breaker for the deployment opened or closed: every project routing
         to it sees it (breakers are per deployment, not per project)."""
@@ -314,19 +333,30 @@ class Decider:
 
 def _no_eligible(decision: Decision, snapshot_version: str) -> MaestroError:
     """FAILED_PRECONDITION when the request itself rules every candidate out (policy, budget,
-    jurisdiction...); UNAVAILABLE when some candidate is out only for its health (breaker open,
-    saturated), since the same call may succeed once it recovers."""
+    jurisdiction...). When some candidate is out only for its health, the same call may succeed
+    later: RESOURCE_EXHAUSTED when every such candidate is a saturated lane (capacity, which
+    frees up as streams end: retry with backoff), UNAVAILABLE when a breaker is open."""
     snapshot, request = decision.snapshot, decision.request
     health = {Exclusion.BREAKER_OPEN, Exclusion.SATURATED}
-    for index in snapshot.candidate_indices(request):
-        reasons = set(snapshot.exclusions(request, int(index)))
-        if reasons and reasons <= health:
-            return Unavailable(
-                "every deployment this step may use is unhealthy (circuit breaker open or lane "
-                "saturated); retry with backoff",
-                reason="NO_HEALTHY_DEPLOYMENT",
+    healthless = [
+        reasons
+        for index in snapshot.candidate_indices(request)
+        if (reasons := set(snapshot.exclusions(request, int(index)))) and reasons <= health
+    ]
+    if healthless:
+        if all(reasons == {Exclusion.SATURATED} for reasons in healthless):
+            return ResourceExhausted(
+                "every deployment this step may use is a saturated serving lane; retry with "
+                "backoff",
+                reason="LANE_SATURATED",
                 metadata={"snapshot_version": snapshot_version},
             )
+        return Unavailable(
+            "every deployment this step may use is unhealthy (circuit breaker open or lane "
+            "saturated); retry with backoff",
+            reason="NO_HEALTHY_DEPLOYMENT",
+            metadata={"snapshot_version": snapshot_version},
+        )
     return FailedPrecondition(
         "no deployment is eligible for this step; ExplainRoute lists why each was excluded",
         reason="NO_ELIGIBLE_DEPLOYMENT",

@@ -109,6 +109,32 @@ class Decision:
     request: RouteRequest
 
 
+@dataclass(frozen=True, slots=True)
+class LaneSaturation:
+    """How busy a serving lane is (Ray Serve + vLLM), as its status application reports it."""
+
+    running_requests: int
+    """Requests the lane's replicas are generating."""
+    queue_depth: int
+    """Requests the replicas hold that wait for the engine's scheduler."""
+    kv_cache_usage_ratio: float
+    prefix_cache_hit_ratio: float
+    max_ongoing_requests: int
+    """Over all replicas; 0 when unknown."""
+    max_queued_requests: int
+    """Ray Serve's queue before it sheds; -1 unlimited."""
+    shed_count: int = 0
+    """Requests the lane refused (HTTP 503) recently, as this process saw them."""
+
+    @property
+    def load(self) -> float:
+        """Ongoing requests over the lane's capacity to run them: 1 means every slot is busy
+        and the next request queues."""
+        if self.max_ongoing_requests <= 0:
+            return 0.0
+        return (self.running_requests + self.queue_depth) / self.max_ongoing_requests
+
+
 @dataclass
 class _Signals:
     """Live state of one deployment, kept across snapshots by deployment id."""
@@ -119,6 +145,16 @@ class _Signals:
     breaker_open: bool = False
     saturated: bool = False
     samples: int = 0
+    lane: LaneSaturation | None = None
+    """For serving lanes: their latest reported load."""
+
+    @property
+    def forecast_p95_ms(self) -> float:
+        """Expected p95 latency: the observed p95, stretched by the lane's load (a lane with
+        every slot busy roughly doubles it: a request waits about one request's time)."""
+        if self.lane is None:
+            return self.p95_ms
+        return self.p95_ms * (1.0 + self.lane.load)
 
 
 @dataclass
@@ -271,6 +307,7 @@ class RoutingSnapshot:
         error_rate: float | None = None,
         breaker_open: bool | None = None,
         saturated: bool | None = None,
+        lane: LaneSaturation | None = None,
         samples: int = 0,
     ) -> None:
         """Record live signals for a deployment; decisions see them immediately."""
@@ -288,12 +325,15 @@ class RoutingSnapshot:
             signals.breaker_open = breaker_open
         if saturated is not None:
             signals.saturated = saturated
+        if lane is not None:
+            signals.lane = lane
         signals.samples += samples
         self._write_signals(index, signals)
 
     def _write_signals(self, i: int, signals: _Signals) -> None:
-        self.p95_ms[i] = signals.p95_ms
-        self.values[LATENCY, i] = self._latency_ref / (self._latency_ref + signals.p95_ms)
+        forecast = signals.forecast_p95_ms
+        self.p95_ms[i] = forecast
+        self.values[LATENCY, i] = self._latency_ref / (self._latency_ref + forecast)
         self.values[RELIABILITY, i] = 1.0 - signals.error_rate
         self.breaker_open[i] = signals.breaker_open
         self.saturated[i] = signals.saturated
