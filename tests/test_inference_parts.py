@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from opentelemetry import metrics
 
 from maestro.data_plane.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
+from maestro.data_plane.observations import Observer
 from maestro.data_plane.providers.litellm_adapter import LitellmProvider
 from maestro.data_plane.providers.openai_compat import OpenAICompatProvider, SseBatchParser
 from maestro.data_plane.providers.types import FailureKind, ProviderError, ProviderRequest
@@ -51,6 +53,25 @@ async def test_breaker_opens_at_the_ratio_and_refuses_calls() -> None:
     assert not breaker.allow()
     assert [(t.from_state, t.to_state) for t in seen] == [(BreakerState.CLOSED, BreakerState.OPEN)]
     breaker.close_timers()
+
+
+async def test_a_lane_shedding_requests_does_not_open_its_breaker() -> None:
+    observer = Observer(
+        SETTINGS,
+        metrics.NoOpMeterProvider().get_meter("test"),
+        node_id="n",
+        sink=lambda batch: None,
+        on_breaker=lambda deployment_id, is_open: None,
+    )
+    for _ in range(10):
+        observer.observe("projects/p", "lane", FailureKind.SATURATED, duration_s=0.001, ttft_s=None)
+    for _ in range(10):
+        observer.observe(
+            "projects/p", "host", FailureKind.PROVIDER_ERROR, duration_s=0.1, ttft_s=None
+        )
+    assert observer.breaker("lane").state is BreakerState.CLOSED
+    assert observer.breaker("host").state is BreakerState.OPEN
+    observer.close()
 
 
 async def test_open_breaker_goes_half_open_by_timer_and_limits_probes() -> None:

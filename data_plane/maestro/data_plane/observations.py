@@ -95,7 +95,10 @@ class Observer:
     ) -> None:
         """One attempt's outcome; `failure` None for a success."""
         if failure is not FailureKind.BREAKER_OPEN:
-            self.breaker(deployment_id).record(failure is None)
+            # A lane that sheds answered at once: it is up, just full. Counting sheds as
+            # failures would open its breaker and turn "full" into "down" (UNAVAILABLE for work
+            # that may only run there, instead of RESOURCE_EXHAUSTED once it has room).
+            self.breaker(deployment_id).record(failure is None or failure is FailureKind.SATURATED)
         self._attempts.add(
             1,
             (
