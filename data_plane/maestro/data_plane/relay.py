@@ -38,7 +38,7 @@ from maestro.data_plane.targets import TargetResolver
 
 CHARS_PER_TOKEN = 4
 HTTP_SHED = 503
-"""What a serving lane answers when Ray Serve's queue is full."""
+"""What a serving lane answers when it is at capacity (running and queued requests)."""
 _NO_HEADERS: Mapping[str, str] = {}
 _PROPAGATOR = TraceContextTextMapPropagator()
 # Which deadline a read waits under.
