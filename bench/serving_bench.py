@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from data_plane_bench import free_port, progress, spawn, start_maestro, wait_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVING_PYTHON = ROOT / ".venv-serving" / "bin" / "python"
@@ -72,19 +73,6 @@ router:
 policies:
   content_tags: {{pii: [tiny]}}
 """
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 _CONTENT = b'"delta":{"content":"'
@@ -198,9 +186,6 @@ async def bench_lane(base: str, rounds: int) -> list[Level]:
 
 
 async def bench_shedding(base_port: int, directory: Path) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from data_plane_bench import spawn, start_maestro, wait_sim  # type: ignore[import-not-found]
-
     sim_port = free_port()
     profile = directory / "sim.json"
     profile.write_text(json.dumps({"strict_models": False}))

@@ -46,10 +46,15 @@ class Stack:
 
     @property
     def openai_base_url(self) -> str:
-        data = self.server.plane.data
-        assert data is not None
-        assert data.http_port is not None
-        return f"http://127.0.0.1:{data.http_port}/v1"
+        return openai_base_url(self.server)
+
+
+def openai_base_url(server: RunningServer) -> str:
+    """The server's OpenAI-compatible ingress, for the `openai` client's `base_url`."""
+    data = server.plane.data
+    assert data is not None
+    assert data.http_port is not None
+    return f"http://127.0.0.1:{data.http_port}/v1"
 
 
 @asynccontextmanager

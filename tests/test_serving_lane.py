@@ -25,7 +25,7 @@ from maestro.data_plane.sim import SimProvider
 from maestro.v1 import inference_service_pb2 as ipb
 from maestro.v1 import route_service_pb2 as rpb
 from tests.conftest import RunningServer, start_server
-from tests.inference_support import PARENT, events, profile, user
+from tests.inference_support import PARENT, events, openai_base_url, profile, user
 from tests.lane_support import ALPHA_CAPACITY, SERVED_MODEL, Lane, start_lane
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -67,10 +67,7 @@ class Stack:
 
     @property
     def openai_base_url(self) -> str:
-        data = self.server.plane.data
-        assert data is not None
-        assert data.http_port is not None
-        return f"http://127.0.0.1:{data.http_port}/v1"
+        return openai_base_url(self.server)
 
 
 @asynccontextmanager
