@@ -25,9 +25,13 @@ $(SERVING_STAMP): serving/requirements.lock
 	echo "$(CURDIR)" > $$($(SERVING_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/maestro-serving.pth
 	touch $(SERVING_STAMP)
 
+# The lock is complete (every transitive dependency, hashed), so pip installs it as listed without
+# resolving (`--no-deps`) and `pip check` proves nothing is missing. Resolving would let the bundled
+# pip try an unpinned newer release for an extra (litellm's `httpx[http2]`) and refuse it.
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip check
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
