@@ -1,21 +1,30 @@
 """The bare-engine baseline of bench/serving_bench.py, run with the serving venv's Python:
 vLLM's AsyncLLM in this process, built by the lane's own `LaneEngine` from the same knobs, with
-no Ray Serve, HTTP or coalescing in front. Prints one JSON line of results.
+no Ray Serve, HTTP or coalescing in front.
 
-    .venv-serving/bin/python bench/_serving_bare.py MODEL_DIR LEVELS TOKENS ROUNDS
+It stays up so the bench can alternate bare and lane rounds (machine drift then hits both
+alike). Protocol, one JSON object per line: it prints `{"ready": true}` once warm, then answers
+each `CONCURRENCY TOKENS` line on stdin with `{"tokens_per_s": ..., "ttft_p50_ms": ...}`; EOF
+ends it.
+
+    .venv-serving/bin/python bench/_serving_bare.py MODEL_DIR [ENGINE_CPUS]
+
+ENGINE_CPUS: the CPU placement the lane uses (`cpu_placement.engine_cpus`), applied the same
+way: the engine worker on those CPUs, this process (engine scheduler, output handling and the
+load it generates) on the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import sys
 import time
 import uuid
 
 from serving.config import LaneSpec
 from serving.engine import LaneEngine
+from serving.placement import reserve_for_engines
 from serving.wire import parse_chat_request
 
 
@@ -51,37 +60,29 @@ async def level(engine: LaneEngine, concurrency: int, tokens: int) -> dict[str, 
     }
 
 
-async def main(model: str, levels: list[int], tokens: int, rounds: int) -> None:
+async def main(model: str, engine_cpus: str | None) -> None:
+    if engine_cpus:
+        reserve_for_engines(engine_cpus)
     lane = LaneSpec(
         name="bare",
         model=model,
         served_model_name="tiny-llama",
         engine={
             "dtype": "float32",
-            "max_model_len": 1024,
+            "max_model_len": 2048,
             "max_num_seqs": 64,
             "enforce_eager": True,
         },
     )
     engine = LaneEngine(lane, ray_metrics=False)
     await engine.warm_up()
-    report: dict[str, dict[str, float]] = {}
-    for concurrency in levels:
-        runs = [await level(engine, concurrency, tokens) for _ in range(rounds)]
-        report[str(concurrency)] = {
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
-            "ttft_p50_ms": statistics.median(r["ttft_p50_ms"] for r in runs),
-        }
-    print(json.dumps(report), flush=True)
+    print(json.dumps({"ready": True}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        concurrency, tokens = (int(word) for word in line.split())
+        print(json.dumps(await level(engine, concurrency, tokens)), flush=True)
     engine.shutdown()
 
 
 if __name__ == "__main__":  # the engine core is a spawned process: guard the entry point
-    asyncio.run(
-        main(
-            sys.argv[1],
-            [int(n) for n in sys.argv[2].split(",")],
-            int(sys.argv[3]),
-            int(sys.argv[4]),
-        )
-    )
+    asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))

@@ -1,10 +1,14 @@
 """CPU benchmark of the serving lane: Ray Serve + vLLM's CPU build running the tiny model.
 
-Three measurements, one run, one machine:
-1. Throughput: tokens/s at 1 and 32 concurrent streams, on the bare engine (vLLM's AsyncLLM in
-   one process, `_serving_bare.py`) and through the lane over HTTP (Ray Serve's HAProxy ingress,
-   the gateway, coalesced SSE). Ratios: 32 vs 1 on the lane (seed: >= 2.5x), lane vs bare at
-   each level (goal: overhead <= 5%).
+Two measurements, one run, one machine:
+1. Throughput: tokens/s at 1 and 32 concurrent streams, 256 and 1024 tokens each, on the bare
+   engine (vLLM's AsyncLLM in one process, `_serving_bare.py`) and through the lane over HTTP
+   (Ray Serve's HAProxy ingress, the gateway, SSE). Bare and lane rounds alternate, so drift on
+   the machine hits both alike; each ratio is the median of the rounds' lane/bare ratios.
+   Both sides use the same CPU placement (`cpu_placement`): the engine worker has its CPUs to
+   itself, and everything else (the lane's Ray processes, ingress and replica, or the bare
+   process, and this load generator) runs on the rest. Ratios: 32 vs 1 on the lane (seed:
+   >= 2.5x), lane vs bare (goal: overhead <= 5%).
 2. Shedding through the data plane (`maestro up`): 2x a small lane's capacity at once, non-PII
    (the excess spills to a simulated provider) and PII (the excess gets RESOURCE_EXHAUSTED, HTTP
    429); p95 time to first token of the requests the lane admitted, from the client.
@@ -34,22 +38,30 @@ from typing import Any
 import aiohttp
 from data_plane_bench import free_port, progress, spawn, start_maestro, wait_sim
 
+from serving.placement import parse_cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVING_PYTHON = ROOT / ".venv-serving" / "bin" / "python"
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results"
-TOKENS = 256
+TOKENS = (256, 1024)
+"""Per request (`ignore_eos`): short runs include the ramp-up (connections, first tokens, the
+batch filling); long ones are dominated by steady decoding."""
 LEVELS = (1, 32)
+IDLE_SPIN_S = 1.5
+"""Pause before each round: an engine that just went idle busy-waits for new work for a second
+(vLLM's shared-memory queue), which would take CPU from the other side's round."""
 WALL_CAP_S = 600.0
 """No single load runs longer than this."""
 
 LANES = """
+cpu_placement: {{engine_cpus: "{engine_cpus}"}}
 http: {{host: 127.0.0.1, port: {port}}}
 lanes:
   - name: tiny
     model: {model}
     served_model_name: tiny-llama
-    engine: {{dtype: float32, max_model_len: 1024, max_num_seqs: 64, enforce_eager: true}}
+    engine: {{dtype: float32, max_model_len: 2048, max_num_seqs: 64, enforce_eager: true}}
     serve: {{max_ongoing_requests: 64, max_queued_requests: -1, num_cpus: 0.25}}
     stream: {{max_chunk_delay_ms: {chunk_ms}}}
   - name: small
@@ -148,41 +160,122 @@ def lane_body(tokens: int) -> dict[str, Any]:
 
 
 @dataclass
-class Level:
+class Shape:
     concurrency: int
-    tokens_per_s: float
-    ttft_p50_ms: float
+    tokens: int
+    bare_tokens_per_s: float
+    lane_tokens_per_s: float
+    lane_over_bare: float
+    """The median of the rounds' lane/bare ratios (each round runs bare, then lane)."""
+    bare_ttft_p50_ms: float
+    lane_ttft_p50_ms: float
+    rounds: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
 class Report:
     machine: dict[str, Any]
-    tokens_per_request: int
+    engine_cpus: str
     chunk_delay_ms: float
-    bare: list[Level] = field(default_factory=list)
-    lane: list[Level] = field(default_factory=list)
+    shapes: list[Shape] = field(default_factory=list)
     shedding: dict[str, Any] = field(default_factory=dict)
 
 
-async def bench_lane(base: str, rounds: int) -> list[Level]:
+class BareEngine:
+    """`_serving_bare.py` kept running: one round at a time, on request."""
+
+    def __init__(self, model: Path, engine_cpus: str, log: Path) -> None:
+        self._proc = subprocess.Popen(
+            [
+                str(SERVING_PYTHON),
+                str(ROOT / "bench" / "_serving_bare.py"),
+                str(model),
+                engine_cpus,
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+            text=True,
+        )
+        self._read()  # {"ready": true}
+
+    def _read(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        deadline = time.monotonic() + WALL_CAP_S
+        while time.monotonic() < deadline:
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the bare engine exited with {self._proc.wait()}")
+            if line.startswith("{"):  # vLLM logs to stdout too
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+        raise RuntimeError("the bare engine did not answer in time")
+
+    def round(self, concurrency: int, tokens: int) -> tuple[float, float]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(f"{concurrency} {tokens}\n")
+        self._proc.stdin.flush()
+        answer = self._read()
+        return answer["tokens_per_s"], answer["ttft_p50_ms"]
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        if self._proc.stdin.closed:
+            return
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+
+async def lane_round(url: str, concurrency: int, tokens: int) -> tuple[float, float]:
+    results, elapsed = await concurrent(url, lane_body(tokens), concurrency)
+    assert all(r.status == 200 and r.tokens == tokens for r in results), results[:2]
+    return sum(r.tokens for r in results) / elapsed, p([r.ttft_s for r in results], 0.5) * 1000
+
+
+async def bench_throughput(base: str, bare: BareEngine, rounds: int) -> list[Shape]:
     url = f"{base}/tiny/v1/chat/completions"
     await concurrent(url, lane_body(16), 4)  # warm the connections and the engine
-    levels = []
-    for n in LEVELS:
-        runs = []
-        for _ in range(rounds):
-            results, elapsed = await concurrent(url, lane_body(TOKENS), n)
-            assert all(r.status == 200 and r.tokens == TOKENS for r in results), results[:2]
-            runs.append((sum(r.tokens for r in results) / elapsed, [r.ttft_s for r in results]))
-        levels.append(
-            Level(
-                n,
-                statistics.median(t for t, _ in runs),
-                statistics.median(p(ttfts, 0.5) for _, ttfts in runs) * 1000,
+    shapes = []
+    for tokens in TOKENS:
+        for concurrency in LEVELS:
+            runs = []
+            for _ in range(rounds):
+                await asyncio.sleep(IDLE_SPIN_S)
+                bare_rate, bare_ttft = bare.round(concurrency, tokens)
+                await asyncio.sleep(IDLE_SPIN_S)
+                lane_rate, lane_ttft = await lane_round(url, concurrency, tokens)
+                runs.append(
+                    {
+                        "bare_tokens_per_s": bare_rate,
+                        "lane_tokens_per_s": lane_rate,
+                        "bare_ttft_p50_ms": bare_ttft,
+                        "lane_ttft_p50_ms": lane_ttft,
+                    }
+                )
+
+            def median(key: str, of: list[dict[str, float]] = runs) -> float:
+                return statistics.median(run[key] for run in of)
+
+            shape = Shape(
+                concurrency,
+                tokens,
+                median("bare_tokens_per_s"),
+                median("lane_tokens_per_s"),
+                statistics.median(r["lane_tokens_per_s"] / r["bare_tokens_per_s"] for r in runs),
+                median("bare_ttft_p50_ms"),
+                median("lane_ttft_p50_ms"),
+                runs,
             )
-        )
-        progress(f"lane, {n} concurrent: {levels[-1].tokens_per_s:,.0f} tokens/s")
-    return levels
+            shapes.append(shape)
+            progress(
+                f"{concurrency} x {tokens} tokens: bare {shape.bare_tokens_per_s:,.0f}, lane "
+                f"{shape.lane_tokens_per_s:,.0f} tokens/s, lane/bare {shape.lane_over_bare:.2f}"
+            )
+    return shapes
 
 
 async def bench_shedding(base_port: int, directory: Path) -> dict[str, Any]:
@@ -207,7 +300,7 @@ async def bench_shedding(base_port: int, directory: Path) -> dict[str, Any]:
                 body = {
                     "model": "tiny",
                     "messages": [{"role": "user", "content": "Write about the sea."}],
-                    "max_tokens": TOKENS,
+                    "max_tokens": TOKENS[0],
                     "temperature": 0,
                     "stream": True,
                     "stream_options": {"include_usage": True},
@@ -236,35 +329,14 @@ async def bench_shedding(base_port: int, directory: Path) -> dict[str, Any]:
         sim.stop()
 
 
-def bare(model: Path, rounds: int) -> list[Level]:
-    output = subprocess.run(
-        [
-            str(SERVING_PYTHON),
-            str(ROOT / "bench" / "_serving_bare.py"),
-            str(model),
-            ",".join(map(str, LEVELS)),
-            str(TOKENS),
-            str(rounds),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=WALL_CAP_S,
-        check=True,
-    )
-    # vLLM logs to stdout too: the results are the one line that is a JSON object of levels.
-    [line] = [line for line in output.stdout.splitlines() if line.startswith('{"')]
-    figures = json.loads(line)
-    levels = [Level(int(n), f["tokens_per_s"], f["ttft_p50_ms"]) for n, f in figures.items()]
-    for level in levels:
-        progress(f"bare engine, {level.concurrency} concurrent: {level.tokens_per_s:,.0f} tokens/s")
-    return levels
-
-
-def start_lane(directory: Path, model: Path, chunk_ms: float) -> tuple[subprocess.Popen[str], int]:
+def start_lane(
+    directory: Path, model: Path, chunk_ms: float, engine_cpus: str
+) -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     config = directory / "lanes.yaml"
-    config.write_text(LANES.format(port=port, model=model, chunk_ms=chunk_ms))
+    config.write_text(
+        LANES.format(port=port, model=model, chunk_ms=chunk_ms, engine_cpus=engine_cpus)
+    )
     lane = subprocess.Popen(
         [str(SERVING_PYTHON), "-m", "serving", "run", "--config", str(config)],
         cwd=ROOT,
@@ -293,15 +365,10 @@ def stop_lane(lane: subprocess.Popen[str]) -> None:
     subprocess.run([str(SERVING_PYTHON.parent / "ray"), "stop", "--force"], capture_output=True)
 
 
-async def measure_lane(report: Report, port: int, rounds: int, directory: Path) -> None:
-    report.lane = await bench_lane(f"http://127.0.0.1:{port}", rounds)
-    report.shedding = await bench_shedding(port, directory)
-
-
-def run(rounds: int, chunk_ms: float) -> Report:
+def run(rounds: int, chunk_ms: float, engine_cpus: str) -> Report:
     report = Report(
         machine={"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
-        tokens_per_request=TOKENS,
+        engine_cpus=engine_cpus,
         chunk_delay_ms=chunk_ms,
     )
     with tempfile.TemporaryDirectory() as scratch:
@@ -313,47 +380,65 @@ def run(rounds: int, chunk_ms: float) -> Report:
             capture_output=True,
             cwd=ROOT,
         )
-        progress("bare engine")
-        report.bare = bare(model, rounds)
-        lane, port = start_lane(directory, model, chunk_ms)
-        progress("lane ready")
+        progress("bare engine and lane starting")
+        bare = BareEngine(model, engine_cpus, directory / "bare.log")
         try:
-            asyncio.run(measure_lane(report, port, rounds, directory))
+            lane, port = start_lane(directory, model, chunk_ms, engine_cpus)
+            try:
+                progress("lane ready")
+                everywhere = os.sched_getaffinity(0)
+                # The load generator stays off the engine CPUs, as the bare engine's does.
+                os.sched_setaffinity(0, everywhere - parse_cpus(engine_cpus))
+                try:
+                    report.shapes = asyncio.run(
+                        bench_throughput(f"http://127.0.0.1:{port}", bare, rounds)
+                    )
+                finally:
+                    os.sched_setaffinity(0, everywhere)
+                bare.close()
+                report.shedding = asyncio.run(bench_shedding(port, directory))
+            finally:
+                stop_lane(lane)
         finally:
-            stop_lane(lane)
+            bare.close()
     return report
 
 
 def markdown(report: Report) -> str:
-    bare = {level.concurrency: level for level in report.bare}
-    lane = {level.concurrency: level for level in report.lane}
+    shapes = {(shape.concurrency, shape.tokens): shape for shape in report.shapes}
     low, high = LEVELS
-    scaling = lane[high].tokens_per_s / lane[low].tokens_per_s
     lines = [
         "# Serving lane on CPU (bench/serving_bench.py)",
         "",
         f"Machine: {report.machine['cpus']} CPUs, {report.machine['platform']}, load average "
         f"{report.machine['load'][0]:.2f} at start. Tiny Llama (2 layers, hidden 256, float32), "
-        f"{report.tokens_per_request} tokens per request (`ignore_eos`), lane chunk delay "
-        f"{report.chunk_delay_ms:g} ms, medians of the rounds.",
+        f"`ignore_eos`, lane chunk delay {report.chunk_delay_ms:g} ms. CPU placement on both "
+        f"sides: the engine worker on CPU {report.engine_cpus}, everything else (Ray, ingress, "
+        "replica, or the bare process; the load generator) on the others. Bare and lane rounds "
+        f"alternate; medians of {len(report.shapes[0].rounds)} rounds, lane/bare is the median "
+        "of the rounds' ratios.",
         "",
-        "| concurrency | bare engine tokens/s | lane tokens/s | lane / bare | bare TTFT p50 ms | "
-        "lane TTFT p50 ms |",
+        "| concurrency x tokens | bare engine tokens/s | lane tokens/s | lane / bare | "
+        "bare TTFT p50 ms | lane TTFT p50 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for n in LEVELS:
+    for shape in report.shapes:
         lines.append(
-            f"| {n} | {bare[n].tokens_per_s:,.0f} | {lane[n].tokens_per_s:,.0f} | "
-            f"{lane[n].tokens_per_s / bare[n].tokens_per_s:.2f}x | {bare[n].ttft_p50_ms:.1f} | "
-            f"{lane[n].ttft_p50_ms:.1f} |"
+            f"| {shape.concurrency} x {shape.tokens} | {shape.bare_tokens_per_s:,.0f} | "
+            f"{shape.lane_tokens_per_s:,.0f} | {shape.lane_over_bare:.3f} | "
+            f"{shape.bare_ttft_p50_ms:.1f} | {shape.lane_ttft_p50_ms:.1f} |"
         )
+    lines.append("")
+    for tokens in TOKENS:
+        scaling = shapes[high, tokens].lane_tokens_per_s / shapes[low, tokens].lane_tokens_per_s
+        overhead = 1 - shapes[high, tokens].lane_over_bare
+        lines += [
+            f"- {tokens} tokens: lane, {high} concurrent vs 1: **{scaling:.1f}x** (seed goal "
+            f">= 2.5x: {'PASS' if scaling >= 2.5 else 'NOT MET'}); lane overhead vs the bare "
+            f"engine at {high} concurrent: **{overhead * 100:.1f}%** (goal <= 5%: "
+            f"{'PASS' if overhead <= 0.05 else 'NOT MET'}).",
+        ]
     lines += [
-        "",
-        f"- Lane, {high} concurrent vs 1: **{scaling:.1f}x** (seed goal >= 2.5x: "
-        f"{'PASS' if scaling >= 2.5 else 'NOT MET'}).",
-        f"- Lane overhead vs the bare engine at {high} concurrent: "
-        f"**{(1 - lane[high].tokens_per_s / bare[high].tokens_per_s) * 100:.0f}%** (goal <= 5%: "
-        f"{'PASS' if lane[high].tokens_per_s >= 0.95 * bare[high].tokens_per_s else 'NOT MET'}).",
         "",
         f"## Shedding through the data plane ({report.shedding['calls']} calls at once, lane "
         f"capacity {report.shedding['capacity']})",
@@ -373,12 +458,24 @@ def markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_engine_cpus() -> str:
+    """Every CPU but the last for the engine worker; the last for everything else."""
+    cpus = sorted(os.sched_getaffinity(0))
+    engine = cpus[:-1] or cpus
+    return ",".join(map(str, engine))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--chunk-delay-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--engine-cpus",
+        default=default_engine_cpus(),
+        help="the engine worker's CPUs (vLLM's list syntax); default: all but the last",
+    )
     args = parser.parse_args(argv)
-    report = run(args.rounds, args.chunk_delay_ms)
+    report = run(args.rounds, args.chunk_delay_ms, args.engine_cpus)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving_bench.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     text = markdown(report)

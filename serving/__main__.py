@@ -93,6 +93,13 @@ def run(config_path: Path, address: str | None, metrics_port: int | None) -> int
         # Read by Ray Serve when it starts (here, and in the Ray processes it spawns).
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    if config.cpu_placement is not None:
+        from serving.placement import reserve_for_engines
+
+        rest = reserve_for_engines(config.cpu_placement.engine_cpus)
+        _event(
+            "lane.cpu_placement", engine_cpus=config.cpu_placement.engine_cpus, rest=sorted(rest)
+        )
     init: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
     if address:
         init["address"] = address

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.placement import parse_cpus
 
 QuantizationPreset = Literal["awq", "gptq", "fp8"]
 
@@ -107,6 +109,22 @@ class LaneSpec(_Strict):
         return self.served_model_name or self.name
 
 
+class CpuPlacement(_Strict):
+    """CPU-only nodes: the CPUs the engines' compute threads have to themselves; Ray, the
+    ingress, the replicas and the engines' schedulers run on the node's other CPUs
+    (`placement.py`). Leave it out on GPU nodes."""
+
+    engine_cpus: str
+    """vLLM's CPU list syntax (`VLLM_CPU_OMP_THREADS_BIND`): `0-3`, or `0-3|4-7` with one list
+    per tensor-parallel rank."""
+
+    @field_validator("engine_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str) -> str:
+        parse_cpus(value)
+        return value
+
+
 class HttpOptions(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -121,6 +139,7 @@ class LaneConfig(_Strict):
     lanes: tuple[LaneSpec, ...] = Field(min_length=1)
     status_report_interval_s: float = Field(default=0.25, gt=0)
     """How often each replica reports its engine figures to the lane-status application."""
+    cpu_placement: CpuPlacement | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> LaneConfig:

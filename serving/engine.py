@@ -15,6 +15,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from serving.config import LaneSpec
 from serving.figures import EngineFigures
+from serving.placement import engine_spawn
 from serving.wire import ChatRequest
 
 
@@ -50,7 +51,8 @@ class LaneEngine:
             from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
             loggers.append(RayPrometheusStatLogger)
-        self.llm = AsyncLLM.from_engine_args(engine_args(lane), stat_loggers=loggers)
+        with engine_spawn():
+            self.llm = AsyncLLM.from_engine_args(engine_args(lane), stat_loggers=loggers)
         self._tokenizer = self.llm.get_tokenizer()
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:

@@ -9,6 +9,7 @@ test process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -126,7 +127,7 @@ class Lane:
         self.process.send_signal(signal.SIGHUP)
 
     def wait_event(self, name: str, timeout_s: float = 600) -> dict[str, Any]:
-        return _wait_event(self.process, name, timeout_s)
+        return wait_event(self.process, name, timeout_s)
 
 
 def write_config(path: Path, port: int, model: Path, versions: dict[str, str]) -> None:
@@ -137,7 +138,55 @@ def write_config(path: Path, port: int, model: Path, versions: dict[str, str]) -
     )
 
 
-def _wait_event(process: subprocess.Popen[str], name: str, timeout_s: float) -> dict[str, Any]:
+def build_model(out: Path) -> Path:
+    subprocess.run(
+        [str(SERVING_PYTHON), "-m", "serving", "tiny-model", str(out)],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    return out
+
+
+@contextlib.contextmanager
+def launcher(config: Path, log_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`python -m serving run --config CONFIG` as a user starts it; at exit, SIGTERM, then
+    whatever is left of its Ray instance is stopped."""
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        # Niced: vLLM's CPU engine busy-polls and spins its OpenMP threads, and on a 2-core
+        # machine that starves the data plane under test. In production the lane has its own
+        # (GPU) nodes; a lower priority stands in for that here.
+        ["nice", "-n", "15", str(SERVING_PYTHON), "-m", "serving", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        # Ray's own processes outlive a killed driver; stop whatever is left of this instance.
+        subprocess.run(
+            [str(SERVING_PYTHON.parent / "ray"), "stop", "--force"],
+            capture_output=True,
+            timeout=120,
+        )
+        log.close()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def wait_event(process: subprocess.Popen[str], name: str, timeout_s: float) -> dict[str, Any]:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -153,17 +202,6 @@ def _wait_event(process: subprocess.Popen[str], name: str, timeout_s: float) -> 
     raise AssertionError(f"no {name} from the lane launcher in {timeout_s} s")
 
 
-def build_model(out: Path) -> Path:
-    subprocess.run(
-        [str(SERVING_PYTHON), "-m", "serving", "tiny-model", str(out)],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    return out
-
-
 def start_lane(workdir: Path) -> Iterator[Lane]:
     sink = SpanSink()
     receiver = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
@@ -173,7 +211,6 @@ def start_lane(workdir: Path) -> Iterator[Lane]:
     lane_config = workdir / "lanes.yaml"
     model = build_model(workdir / "tiny-llama")
     port = free_port()
-    log = (workdir / "lane.log").open("w")
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
@@ -181,46 +218,10 @@ def start_lane(workdir: Path) -> Iterator[Lane]:
         "OTEL_BSP_SCHEDULE_DELAY": "200",
     }
     write_config(lane_config, port, model, {"alpha": "1", "beta": "1"})
-    process = subprocess.Popen(
-        # Niced: vLLM's CPU engine busy-polls and spins its OpenMP threads, and on a 2-core
-        # machine that starves the data plane under test. In production the lane has its own
-        # (GPU) nodes; a lower priority stands in for that here.
-        [
-            "nice",
-            "-n",
-            "15",
-            str(SERVING_PYTHON),
-            "-m",
-            "serving",
-            "run",
-            "--config",
-            str(lane_config),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,
-    )
-    lane = Lane(process, lane_config, model, port, sink)
     try:
-        lane.wait_event("lane.ready", timeout_s=600)
-        yield lane
+        with launcher(lane_config, workdir / "lane.log", env) as process:
+            lane = Lane(process, lane_config, model, port, sink)
+            lane.wait_event("lane.ready", timeout_s=600)
+            yield lane
     finally:
-        lane.process.send_signal(signal.SIGTERM)
-        try:
-            lane.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(lane.process.pid, signal.SIGKILL)
-            lane.process.wait()
-        # Ray's own processes outlive a killed driver; stop whatever is left of this instance.
-        subprocess.run(
-            [str(SERVING_PYTHON.parent / "ray"), "stop", "--force"],
-            capture_output=True,
-            timeout=120,
-        )
-        log.close()
-        if lane.process.stdout is not None:
-            lane.process.stdout.close()
         receiver.stop(grace=None)
