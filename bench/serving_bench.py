@@ -178,6 +178,9 @@ class Report:
     engine_cpus: str
     chunk_delay_ms: float
     shapes: list[Shape] = field(default_factory=list)
+    bare_alone: dict[str, float] = field(default_factory=dict)
+    """Bare engine tokens/s at 32 concurrent before the lane starts, by tokens per request: the
+    alternating rounds run with the lane up and idle, whose Ray processes use CPU too."""
     shedding: dict[str, Any] = field(default_factory=dict)
 
 
@@ -383,6 +386,10 @@ def run(rounds: int, chunk_ms: float, engine_cpus: str) -> Report:
         progress("bare engine and lane starting")
         bare = BareEngine(model, engine_cpus, directory / "bare.log")
         try:
+            for tokens in TOKENS:
+                rates = [bare.round(LEVELS[-1], tokens)[0] for _ in range(rounds)]
+                report.bare_alone[str(tokens)] = statistics.median(rates)
+                progress(f"bare engine alone, {LEVELS[-1]} x {tokens}: {rates[-1]:,.0f} tokens/s")
             lane, port = start_lane(directory, model, chunk_ms, engine_cpus)
             try:
                 progress("lane ready")
@@ -428,7 +435,18 @@ def markdown(report: Report) -> str:
             f"{shape.lane_tokens_per_s:,.0f} | {shape.lane_over_bare:.3f} | "
             f"{shape.bare_ttft_p50_ms:.1f} | {shape.lane_ttft_p50_ms:.1f} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        f"The bare engine alone (before the lane started), {high} concurrent: "
+        + ", ".join(
+            f"{tokens} tokens {report.bare_alone[str(tokens)]:,.0f} tokens/s (the lane "
+            f"{shapes[high, tokens].lane_tokens_per_s / report.bare_alone[str(tokens)]:.3f}x "
+            "of that)"
+            for tokens in TOKENS
+        )
+        + ".",
+        "",
+    ]
     for tokens in TOKENS:
         scaling = shapes[high, tokens].lane_tokens_per_s / shapes[low, tokens].lane_tokens_per_s
         overhead = 1 - shapes[high, tokens].lane_over_bare
