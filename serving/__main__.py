@@ -94,6 +94,13 @@ def run(config_path: Path, address: str | None, metrics_port: int | None) -> int
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     if config.cpu_placement is not None:
+        if address:
+            # The engine CPU list and the masks travel to what this process starts, not to the
+            # nodes of a running cluster.
+            raise SystemExit(
+                "cpu_placement applies to the Ray instance `run` starts; start the nodes of an "
+                "existing cluster under their own placement instead of --address"
+            )
         from serving.placement import reserve_for_engines
 
         rest = reserve_for_engines(config.cpu_placement.engine_cpus)

@@ -5,6 +5,7 @@ schedulers, the ingress) on the rest. One real lane, started as a user starts it
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from serving.config import LaneConfig
 from serving.placement import parse_cpus, reserve_for_engines
-from tests.lane_support import build_model, free_port, launcher, wait_event
+from tests.lane_support import ROOT, SERVING_PYTHON, build_model, free_port, launcher, wait_event
 
 CONFIG = """
 cpu_placement: {{engine_cpus: "{engine}"}}
@@ -146,3 +147,18 @@ def test_a_placement_that_leaves_no_cpu_for_the_rest_is_refused_before_anything_
         reserve_for_engines(str(max(before) + 1))
     assert os.sched_getaffinity(0) == before
     assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ
+
+
+def test_a_placement_with_an_existing_cluster_is_refused_before_joining_it(tmp_path: Path) -> None:
+    config = tmp_path / "lanes.yaml"
+    config.write_text(CONFIG.format(engine="0", port=free_port(), model=tmp_path / "none"))
+    command = ["-m", "serving", "run", "--config", str(config), "--address", "127.0.0.1:1"]
+    result = subprocess.run(
+        [str(SERVING_PYTHON), *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "cpu_placement applies to the Ray instance `run` starts" in result.stderr
