@@ -221,6 +221,9 @@ async def test_twice_the_lanes_capacity_spills_non_pii_work_to_the_hosted_provid
 ) -> None:
     calls = 2 * ALPHA_CAPACITY
     async with stack(tmp_path, lane, **{"data_plane.lane_shed_hold_s": 60}) as s:
+        # The rationale can show the lane's capacity once the monitor has read it; under the
+        # burst its polls may time out on this machine, and it keeps what it read last.
+        await capacity_known(s, "tiny", "lane-alpha")
         outcomes = await burst(s, calls)
         rationale = await s.client.routes.Choose(rpb.ChooseRequest(parent=PARENT, model="tiny"))
     served = [o.deployment_id for o in outcomes]
@@ -266,6 +269,17 @@ async def test_pii_work_beyond_the_lanes_capacity_gets_resource_exhausted_not_a_
     assert refused_over_grpc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused_over_grpc.value.reason == "LANE_SATURATED"
     assert hosted.requests_started == 0
+
+
+async def capacity_known(s: Stack, model: str, deployment_id: str) -> None:
+    """Until the lane monitor has read the lane's capacity (it polls every 0.25 s)."""
+    for _ in range(300):
+        choice = await s.client.routes.Choose(rpb.ChooseRequest(parent=PARENT, model=model))
+        by_id = {c.deployment.deployment_id: c for c in choice.decision.candidates}
+        if by_id[deployment_id].saturation.max_ongoing_requests:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the lane monitor never read {deployment_id}'s capacity")
 
 
 async def choose_when(
