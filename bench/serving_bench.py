@@ -13,7 +13,7 @@ Two measurements, one run, one machine:
    (the excess spills to a simulated provider) and PII (the excess gets RESOURCE_EXHAUSTED, HTTP
    429); p95 time to first token of the requests the lane admitted, from the client.
 
-    .venv/bin/python bench/serving_bench.py      # about 5 minutes; needs `make serving-setup`
+    .venv/bin/python bench/serving_bench.py      # about 7 minutes; needs `make serving-setup`
 
 Writes bench/results/serving_bench.{json,md}. Every load is bounded in count and time.
 """
