@@ -239,6 +239,10 @@ async def lane_round(url: str, concurrency: int, tokens: int) -> tuple[float, fl
     return sum(r.tokens for r in results) / elapsed, p([r.ttft_s for r in results], 0.5) * 1000
 
 
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
 async def bench_throughput(base: str, bare: BareEngine, rounds: int) -> list[Shape]:
     url = f"{base}/tiny/v1/chat/completions"
     await concurrent(url, lane_body(16), 4)  # warm the connections and the engine
@@ -260,17 +264,14 @@ async def bench_throughput(base: str, bare: BareEngine, rounds: int) -> list[Sha
                     }
                 )
 
-            def median(key: str, of: list[dict[str, float]] = runs) -> float:
-                return statistics.median(run[key] for run in of)
-
             shape = Shape(
                 concurrency,
                 tokens,
-                median("bare_tokens_per_s"),
-                median("lane_tokens_per_s"),
+                median(runs, "bare_tokens_per_s"),
+                median(runs, "lane_tokens_per_s"),
                 statistics.median(r["lane_tokens_per_s"] / r["bare_tokens_per_s"] for r in runs),
-                median("bare_ttft_p50_ms"),
-                median("lane_ttft_p50_ms"),
+                median(runs, "bare_ttft_p50_ms"),
+                median(runs, "lane_ttft_p50_ms"),
                 runs,
             )
             shapes.append(shape)
@@ -388,8 +389,8 @@ def run(rounds: int, chunk_ms: float, engine_cpus: str) -> Report:
         try:
             for tokens in TOKENS:
                 rates = [bare.round(LEVELS[-1], tokens)[0] for _ in range(rounds)]
-                report.bare_alone[str(tokens)] = statistics.median(rates)
-                progress(f"bare engine alone, {LEVELS[-1]} x {tokens}: {rates[-1]:,.0f} tokens/s")
+                alone = report.bare_alone[str(tokens)] = statistics.median(rates)
+                progress(f"bare engine alone, {LEVELS[-1]} x {tokens}: {alone:,.0f} tokens/s")
             lane, port = start_lane(directory, model, chunk_ms, engine_cpus)
             try:
                 progress("lane ready")

@@ -89,9 +89,8 @@ def engine_spawn() -> Iterator[None]:
     try:
         yield
     finally:
-        os.sched_setaffinity(0, own)
         me = psutil.Process()
-        confine(me.pid, own)  # threads started during the spawn (ZMQ, output handling)
+        confine(me.pid, own)  # this thread, and those started during the spawn (ZMQ, outputs)
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
                 if not child.name().startswith(WORKER_NAME):

@@ -271,31 +271,37 @@ async def test_pii_work_beyond_the_lanes_capacity_gets_resource_exhausted_not_a_
     assert hosted.requests_started == 0
 
 
-async def capacity_known(s: Stack, model: str, deployment_id: str) -> None:
-    """Until the lane monitor has read the lane's capacity (it polls every 0.25 s)."""
+async def choose_until(
+    s: Stack, model: str, ready: Callable[[dict[str, rpb.RouteCandidate]], bool]
+) -> rpb.ChooseResponse:
+    """Choose for `model` until its candidates (by deployment id) satisfy `ready`: the lane
+    monitor polls every 0.25 s."""
+    by_id: dict[str, rpb.RouteCandidate] = {}
     for _ in range(300):
         choice = await s.client.routes.Choose(rpb.ChooseRequest(parent=PARENT, model=model))
         by_id = {c.deployment.deployment_id: c for c in choice.decision.candidates}
-        if by_id[deployment_id].saturation.max_ongoing_requests:
-            return
+        if ready(by_id):
+            return choice
         await asyncio.sleep(0.1)
-    raise AssertionError(f"the lane monitor never read {deployment_id}'s capacity")
+    raise AssertionError(f"the lanes' load never reached the rationale: {by_id}")
+
+
+async def capacity_known(s: Stack, model: str, deployment_id: str) -> None:
+    """Until the lane monitor has read the lane's capacity."""
+    await choose_until(
+        s, model, lambda by_id: by_id[deployment_id].saturation.max_ongoing_requests > 0
+    )
 
 
 async def choose_when(
     s: Stack, ready: Callable[[list[rpb.DeploymentSaturation]], bool]
 ) -> rpb.ChooseResponse:
-    """Choose among the `pair` group until the lanes' loads (alpha's, beta's) satisfy `ready`:
-    the lane monitor polls every 0.25 s."""
-    loads: list[rpb.DeploymentSaturation] = []
-    for _ in range(300):
-        choice = await s.client.routes.Choose(rpb.ChooseRequest(parent=PARENT, model="pair"))
-        by_id = {c.deployment.deployment_id: c for c in choice.decision.candidates}
-        loads = [by_id["pair-alpha"].saturation, by_id["pair-beta"].saturation]
-        if ready(loads):
-            return choice
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the lanes' load never reached the rationale: {loads}")
+    """Choose among the `pair` group until the lanes' loads (alpha's, beta's) satisfy `ready`."""
+    return await choose_until(
+        s,
+        "pair",
+        lambda by_id: ready([by_id["pair-alpha"].saturation, by_id["pair-beta"].saturation]),
+    )
 
 
 async def test_choose_rationale_shows_lane_load_and_a_busy_lane_loses_to_a_free_one(
