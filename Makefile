@@ -53,6 +53,7 @@ lint: $(STAMP) protos-check
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint $(SERVING_STAMP)
 	$(BIN)/pytest

@@ -24,13 +24,13 @@ from typing import Any
 # this too, but any bench module may import litellm first.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from maestro.control_plane.route.config import RouteConfigSpec, parse_route_config
-from maestro.control_plane.route.engine import RouteRequest, RoutingSnapshot
-from maestro.control_plane.route.policy import (
+from maestro.routing.engine import RouteRequest, RoutingSnapshot
+from maestro.routing.policy import (
     ModelFacts,
     PolicyModule,
     compile_routing_policy,
 )
+from maestro.routing.spec import RouteConfigSpec, parse_route_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_CONFIG_PATH = ROOT / "deploy" / "router" / "litellm.yaml"

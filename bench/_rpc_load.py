@@ -50,7 +50,7 @@ if target == "echo":
     sys.path.insert(0, bench)
     from _echo_server import main
 else:
-    from maestro.control_plane.cli import main
+    from maestro.app.cli import main
 profiler = cProfile.Profile()
 enabled = False
 def toggle(signum, frame):

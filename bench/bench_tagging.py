@@ -19,7 +19,7 @@ import phonenumbers
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from maestro.control_plane.route.tagging import ContentTagger
+from maestro.routing.tagging import ContentTagger
 
 KB = 1024
 TAGGER = ContentTagger()

@@ -465,15 +465,15 @@ async def maestro_in_process(
     for each model group, a function that runs one call the way the HTTP ingress runs it and
     counts its tokens. The heap is settled (gc.collect + gc.freeze) once the plane is up, as
     `maestro up` does, and unfrozen again when the plane has stopped."""
-    from maestro.control_plane.auth import Principal
-    from maestro.control_plane.config import load_config
-    from maestro.control_plane.heap import settle_heap
-    from maestro.control_plane.logs import configure_logging
+    from maestro.app.config import load_config
+    from maestro.app.server import start_control_plane
     from maestro.control_plane.projects.service import ProjectService
     from maestro.control_plane.projects.store import ProjectStore
-    from maestro.control_plane.server import start_control_plane
     from maestro.control_plane.store.sqlite import Database
-    from maestro.control_plane.telemetry import build_telemetry
+    from maestro.core.auth import Principal
+    from maestro.core.heap import settle_heap
+    from maestro.core.logs import configure_logging
+    from maestro.core.telemetry import build_telemetry
     from maestro.data_plane.events import Delta
     from maestro.data_plane.http_ingress import ChatBody, call_input
 

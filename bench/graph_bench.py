@@ -79,9 +79,9 @@ async def bump(arguments: dict[str, Any], idempotency_key: str) -> dict[str, Any
 @contextlib.asynccontextmanager
 async def maestro_server(folder: Path, **overrides: object) -> AsyncIterator[Any]:
     """A real control plane (gRPC on loopback) with the bench tool registered."""
-    from maestro.control_plane.config import load_config
-    from maestro.control_plane.server import start_control_plane
-    from maestro.control_plane.telemetry import build_telemetry
+    from maestro.app.config import load_config
+    from maestro.app.server import start_control_plane
+    from maestro.core.telemetry import build_telemetry
 
     config = load_config(
         None,
@@ -115,8 +115,8 @@ async def maestro_steps(
     GraphService domain API in process (as LangGraph's `invoke` is called), or with the
     CreateRun RPC from a client on loopback."""
     from maestro.clients import AsyncMaestroClient
-    from maestro.control_plane.auth import Principal
     from maestro.control_plane.graph.service import NewRun
+    from maestro.core.auth import Principal
     from maestro.v1 import graph_service_pb2 as gpb
 
     async with (

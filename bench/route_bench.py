@@ -69,8 +69,8 @@ from _rpc_load import (
 )
 
 from maestro.control_plane.route import convert
-from maestro.control_plane.route.decider import Choice
-from maestro.control_plane.route.engine import Decision
+from maestro.routing.decider import Choice
+from maestro.routing.engine import Decision
 from maestro.v1 import route_service_pb2 as pb
 
 RESULTS = BENCH / "results"
@@ -321,15 +321,15 @@ async def bench_sections(plan: Plan) -> list[SectionRow]:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
-    from maestro.control_plane.auth import Principal
     from maestro.control_plane.route import convert
-    from maestro.control_plane.route.decider import ChooseInput
-    from maestro.control_plane.route.registry import SnapshotRegistry, compile_revision
     from maestro.control_plane.route.service import RouteService
-    from maestro.control_plane.route.store import Revision as StoredRevision
     from maestro.control_plane.route.store import RouteConfigStore, digest_of
-    from maestro.control_plane.route.tagging import ContentTagger
     from maestro.control_plane.store.sqlite import Database
+    from maestro.core.auth import Principal
+    from maestro.routing.decider import ChooseInput
+    from maestro.routing.snapshots import Revision as StoredRevision
+    from maestro.routing.snapshots import SnapshotRegistry, compile_revision
+    from maestro.routing.tagging import ContentTagger
 
     config_yaml = fx.SEED_CONFIG_PATH.read_text()
     modules = tuple(fx.seed_policy())

@@ -19,7 +19,7 @@ import _route_fixtures as fx
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from maestro.control_plane.route.engine import Decision, RouteRequest, RoutingSnapshot
+from maestro.routing.engine import Decision, RouteRequest, RoutingSnapshot
 
 
 @cache

@@ -15,10 +15,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from maestro.app.config import MaestroConfig, load_config
+from maestro.app.server import ControlPlane, start_control_plane
 from maestro.clients import AsyncMaestroClient
-from maestro.control_plane.config import MaestroConfig, load_config
-from maestro.control_plane.server import ControlPlane, start_control_plane
-from maestro.control_plane.telemetry import Telemetry, build_telemetry
+from maestro.core.telemetry import Telemetry, build_telemetry
 from tests.postgres_support import fresh_database, postgres_server
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from maestro.control_plane.cli import app
+from maestro.app.cli import app
 from tests.conftest import RunningServer
 
 runner = CliRunner()

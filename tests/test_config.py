@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maestro.control_plane.config import ConfigError, load_config
+from maestro.app.config import ConfigError, load_config
 
 
 def test_defaults_are_valid_and_secure() -> None:

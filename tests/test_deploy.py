@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from maestro.control_plane.cli.app import app
-from maestro.control_plane.config import MaestroConfig
+from maestro.app.cli import app
+from maestro.app.config import MaestroConfig
 from serving.config import load_config
 from serving.serve_config import serve_config
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from maestro.control_plane.cli.app import app
-from maestro.control_plane.errors import InvalidArgument
+from maestro.app.cli import app
 from maestro.control_plane.graph.expressions import compile_condition
 from maestro.control_plane.graph.recipe import (
     END,
@@ -20,6 +19,7 @@ from maestro.control_plane.graph.recipe import (
     mermaid,
     parse_recipe,
 )
+from maestro.core.errors import InvalidArgument
 
 BUILT_IN = sorted(
     f.name

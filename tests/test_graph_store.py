@@ -11,7 +11,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from maestro.control_plane.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from maestro.control_plane.graph.postgres import MIGRATIONS, PostgresSql
 from maestro.control_plane.graph.records import (
     Budget,
@@ -26,6 +25,7 @@ from maestro.control_plane.graph.records import (
 from maestro.control_plane.graph.sql import SqliteSql
 from maestro.control_plane.graph.store import RunStore
 from maestro.control_plane.store.sqlite import Database
+from maestro.core.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 RECIPE = "nodes: [{id: a, kind: router}]\nedges: [{from: __start__, to: a}, {from: a, to: __end__}]"
 

@@ -13,9 +13,9 @@ import grpc
 import openai
 import pytest
 
+from maestro.app.data_plane_server import DataPlaneServer, start_data_plane_server
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
-from maestro.control_plane.telemetry import build_telemetry
-from maestro.data_plane.server import DataPlaneServer, start_data_plane_server
+from maestro.core.telemetry import build_telemetry
 from maestro.v1 import inference_service_pb2 as ipb
 from maestro.v1 import route_service_pb2 as rpb
 from tests.conftest import test_config

@@ -19,15 +19,15 @@ import regopy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from maestro.control_plane.route.config import OBJECTIVES, parse_route_config
-from maestro.control_plane.route.engine import (
+from maestro.routing.engine import (
     RouteRequest,
     RoutingSnapshot,
     UnknownModel,
     parse_objectives_header,
 )
-from maestro.control_plane.route.policy import ModelFacts, PolicyModule, compile_routing_policy
-from maestro.control_plane.route.tagging import ContentTagger, merge_tags
+from maestro.routing.policy import ModelFacts, PolicyModule, compile_routing_policy
+from maestro.routing.spec import OBJECTIVES, parse_route_config
+from maestro.routing.tagging import ContentTagger, merge_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_POLICY = (ROOT / "deploy/router/policies/routing.rego").read_text()

@@ -17,8 +17,8 @@ import regopy  # type: ignore[import-untyped, unused-ignore]
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from maestro.control_plane.route import policy
-from maestro.control_plane.route.policy import (
+from maestro.routing import policy
+from maestro.routing.policy import (
     MAX_TAG_BITS,
     OTHER_TAG,
     ModelFacts,

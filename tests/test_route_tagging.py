@@ -15,8 +15,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from stdnum import luhn
 
-from maestro.control_plane.route import tagging
-from maestro.control_plane.route.tagging import (
+from maestro.routing import tagging
+from maestro.routing.tagging import (
     KINDS,
     MAX_TAG_LENGTH,
     PII_TAG,

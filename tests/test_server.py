@@ -12,8 +12,8 @@ from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 
+from maestro.app.server import PENDING_SERVICES, PROJECT_SERVICE
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
-from maestro.control_plane.server import PENDING_SERVICES, PROJECT_SERVICE
 from tests.conftest import RunningServer, start_server
 
 PENDING_METHODS = [

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
-from maestro.control_plane.route.signals import LATENCY_BOUNDS_MS, Histogram
+from maestro.routing.signals import LATENCY_BOUNDS_MS, Histogram
 from maestro.v1 import common_pb2
 from maestro.v1 import route_service_pb2 as rpb
 from tests.inference_support import PARENT, events, profile, stack, stream_request

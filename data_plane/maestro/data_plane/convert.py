@@ -8,14 +8,14 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
-from maestro.control_plane.route.config import DeploymentSpec
-from maestro.control_plane.route.convert import route_request
-from maestro.control_plane.route.decider import ChooseInput
+from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed, Timings
 from maestro.data_plane.providers.types import FailureKind
 from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, PostFirstTokenPolicy
+from maestro.routing.decider import ChooseInput
+from maestro.routing.spec import DeploymentSpec
+from maestro.routing.wire import route_request
 from maestro.v1 import common_pb2, route_service_pb2
 from maestro.v1 import inference_service_pb2 as pb
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from maestro.control_plane.errors import MaestroError
-from maestro.control_plane.route.config import DeploymentSpec
+from maestro.core.errors import MaestroError
 from maestro.data_plane.providers.types import FailureKind, ToolCallPiece
+from maestro.routing.spec import DeploymentSpec
 
 
 class FinishReason(enum.Enum):

@@ -27,21 +27,21 @@ from google.rpc import code_pb2
 from opentelemetry import propagate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from maestro.control_plane.auth import Principal
-from maestro.control_plane.errors import (
+from maestro.core.auth import Principal
+from maestro.core.errors import (
     FieldViolation,
     InvalidArgument,
     MaestroError,
     Unauthenticated,
 )
-from maestro.control_plane.route.config import OBJECTIVES
-from maestro.control_plane.route.decider import ChooseInput, Decider
-from maestro.control_plane.route.engine import RouteRequest
-from maestro.control_plane.rpc.interceptors import Authenticate
+from maestro.core.rpc.interceptors import Authenticate
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
-from maestro.data_plane.models import model_groups
+from maestro.data_plane.model_groups import model_groups
 from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, InferenceService, collect
+from maestro.routing.decider import ChooseInput, Decider
+from maestro.routing.engine import RouteRequest
+from maestro.routing.spec import OBJECTIVES
 
 log = structlog.get_logger(__name__)
 

@@ -27,8 +27,8 @@ import orjson
 import structlog
 import yarl
 
-from maestro.control_plane.route.decider import Decider
-from maestro.control_plane.route.engine import LaneSaturation
+from maestro.routing.decider import Decider
+from maestro.routing.engine import LaneSaturation
 
 log = structlog.get_logger(__name__)
 STATUS_PATH = "/lane-status"

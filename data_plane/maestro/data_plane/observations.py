@@ -18,10 +18,10 @@ from collections.abc import Callable
 import structlog
 from opentelemetry import metrics
 
-from maestro.control_plane.route.signals import Breaker, Observation, error_key
-from maestro.control_plane.tallies import Tally
+from maestro.core.tallies import Tally
 from maestro.data_plane.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
 from maestro.data_plane.providers.types import FailureKind
+from maestro.routing.signals import Breaker, Observation, error_key
 
 log = structlog.get_logger(__name__)
 

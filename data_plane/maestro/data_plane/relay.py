@@ -22,9 +22,7 @@ from typing import Any, Protocol
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from maestro.control_plane.errors import MaestroError, ResourceExhausted, Unavailable
-from maestro.control_plane.route.config import DeploymentSpec
-from maestro.control_plane.route.decider import Choice
+from maestro.core.errors import MaestroError, ResourceExhausted, Unavailable
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed, Timings
 from maestro.data_plane.observations import Observer
 from maestro.data_plane.providers.types import (
@@ -35,6 +33,8 @@ from maestro.data_plane.providers.types import (
 )
 from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.targets import TargetResolver
+from maestro.routing.decider import Choice
+from maestro.routing.spec import DeploymentSpec
 
 CHARS_PER_TOKEN = 4
 HTTP_SHED = 503

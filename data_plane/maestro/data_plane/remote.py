@@ -31,15 +31,14 @@ from google.rpc import code_pb2, status_pb2
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from maestro.clients import AsyncMaestroClient
-from maestro.control_plane.auth import Principal
-from maestro.control_plane.errors import MaestroError, Unavailable
-from maestro.control_plane.route.config import load_yaml
-from maestro.control_plane.route.convert import observation_message
-from maestro.control_plane.route.layers import GLOBAL_PROJECT
-from maestro.control_plane.route.policy import PolicyModule
-from maestro.control_plane.route.registry import Compiled, SnapshotRegistry, compile_layers
-from maestro.control_plane.route.signals import Observation
-from maestro.control_plane.route.store import Revision
+from maestro.core.auth import Principal
+from maestro.core.errors import MaestroError, Unavailable
+from maestro.routing.layers import GLOBAL_PROJECT
+from maestro.routing.policy import PolicyModule
+from maestro.routing.signals import Observation
+from maestro.routing.snapshots import Compiled, Revision, SnapshotRegistry, compile_layers
+from maestro.routing.spec import load_yaml
+from maestro.routing.wire import observation_message
 from maestro.v1 import project_service_pb2, project_service_pb2_grpc
 from maestro.v1 import route_service_pb2 as rpb
 

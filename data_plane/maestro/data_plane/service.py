@@ -21,19 +21,19 @@ from typing import Any, Literal
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import Principal, require_project
-from maestro.control_plane.config import DataPlaneConfig
-from maestro.control_plane.errors import (
+from maestro.core import names
+from maestro.core.auth import Principal, require_project
+from maestro.core.errors import (
     Aborted,
     FailedPrecondition,
     MaestroError,
     ResourceExhausted,
 )
-from maestro.control_plane.route.decider import ChooseInput, Decider
-from maestro.control_plane.tallies import Tally
+from maestro.core.tallies import Tally
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed
 from maestro.data_plane.relay import CallOptions, CallPlan, GenerationParams, Relay
+from maestro.data_plane.settings import DataPlaneConfig
+from maestro.routing.decider import ChooseInput, Decider
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 _INPUT = ("gen_ai.token.type", "input")

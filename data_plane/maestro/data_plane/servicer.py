@@ -8,14 +8,14 @@ from typing import Any
 
 import grpc
 
-from maestro.control_plane.auth import current_principal
-from maestro.control_plane.route.decider import Decider
-from maestro.control_plane.rpc.metadata import objectives_header
-from maestro.control_plane.rpc.pagination import decode_token, encode_token, page_size
+from maestro.core.auth import current_principal
+from maestro.core.paging import decode_token, encode_token, page_size
+from maestro.core.rpc.metadata import objectives_header
 from maestro.data_plane import convert
 from maestro.data_plane.events import Delta, Done, Fallback, Routed
-from maestro.data_plane.models import model_groups
+from maestro.data_plane.model_groups import model_groups
 from maestro.data_plane.service import InferenceService, collect
+from maestro.routing.decider import Decider
 from maestro.v1 import common_pb2
 from maestro.v1 import inference_service_pb2 as pb
 from maestro.v1 import inference_service_pb2_grpc as pb_grpc

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from maestro.control_plane.route.catalog import LANE_PROVIDERS
-from maestro.control_plane.route.config import DeploymentSpec
 from maestro.data_plane.providers.types import Provider
+from maestro.routing.catalog import LANE_PROVIDERS
+from maestro.routing.spec import DeploymentSpec
 
 NATIVE_PROVIDERS = frozenset(
     {"openai", "hosted_vllm", "vllm", "maestro_lane", "openai_like", "custom_openai"}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maestro.control_plane.graph.expressions import compile_condition
-from maestro.control_plane.graph.models import DEFAULT_MAX_TOKENS
+from maestro.control_plane.graph.model_calls import DEFAULT_MAX_TOKENS
 from maestro.control_plane.graph.recipe import END, NodeSpec, RecipeSpec, ToolSpec
 
 

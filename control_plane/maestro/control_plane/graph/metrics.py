@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from opentelemetry import metrics
 
-from maestro.control_plane.tallies import Tally
+from maestro.core.tallies import Tally
 
 
 class GraphMetrics:

@@ -33,7 +33,7 @@ from maestro.control_plane.graph.compiled import CompiledRecipe
 from maestro.control_plane.graph.recipe import NodeSpec
 from maestro.control_plane.graph.records import RunRecord
 from maestro.control_plane.graph.steps import Verdict
-from maestro.control_plane.route.registry import SnapshotRegistry
+from maestro.routing.snapshots import SnapshotRegistry
 
 log = structlog.get_logger(__name__)
 

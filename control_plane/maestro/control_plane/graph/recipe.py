@@ -36,8 +36,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
 from maestro.control_plane.graph.expressions import NAMES
+from maestro.core.errors import FieldViolation, InvalidArgument
 
 START, END = "__start__", "__end__"
 MAX_SOURCE_BYTES = 256 * 1024

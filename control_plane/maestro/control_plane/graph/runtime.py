@@ -28,12 +28,11 @@ from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from maestro.control_plane.errors import MaestroError
 from maestro.control_plane.graph.blobs import BlobStore
 from maestro.control_plane.graph.compiled import CompiledRecipe, PriceLookup, compile_recipe
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.metrics import GraphMetrics
-from maestro.control_plane.graph.models import DataPlaneModels, ModelStepError
+from maestro.control_plane.graph.model_calls import ModelCaller, ModelStepError
 from maestro.control_plane.graph.policy import GraphPolicy
 from maestro.control_plane.graph.recipe import NodeSpec, parse_recipe
 from maestro.control_plane.graph.records import (
@@ -56,6 +55,7 @@ from maestro.control_plane.graph.steps import (
 )
 from maestro.control_plane.graph.store import RunStore
 from maestro.control_plane.graph.tools import Tool
+from maestro.core.errors import MaestroError
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +107,7 @@ class GraphRuntime:
         hub: RunHub,
         settings: RuntimeSettings,
         *,
-        models: DataPlaneModels | None,
+        models: ModelCaller | None,
         tools: Mapping[str, Tool],
         prices: Callable[[str], PriceLookup],
         tracer: trace.Tracer,

@@ -23,18 +23,6 @@ from typing import Any
 
 from opentelemetry import trace
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import Principal, require_project
-from maestro.control_plane.errors import (
-    Aborted,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    MaestroError,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-)
 from maestro.control_plane.graph.compiled import NodeEstimate, estimate_node
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.recipe import START, NodeSpec, Recipe, RecipeSpec, parse_recipe
@@ -55,10 +43,21 @@ from maestro.control_plane.graph.records import (
 from maestro.control_plane.graph.runtime import GraphRuntime
 from maestro.control_plane.graph.steps import error_body, finish, stamp, state_changed
 from maestro.control_plane.graph.store import RunStore, etag_of
-from maestro.control_plane.route.decider import Decider
-from maestro.control_plane.route.policy import cost_violations
-from maestro.control_plane.rpc import pagination
-from maestro.control_plane.rpc.filters import STRING, parse_filter
+from maestro.core import names, paging
+from maestro.core.auth import Principal, require_project
+from maestro.core.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    MaestroError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from maestro.core.filters import STRING, parse_filter
+from maestro.routing.decider import Decider
+from maestro.routing.policy import cost_violations
 
 BUILTIN = "builtin"
 GLOBAL = "global"
@@ -182,8 +181,8 @@ class GraphService:
         self, principal: Principal, parent: str, size: int, token: str
     ) -> tuple[list[RecipeRecord], str]:
         project = names.parse_project_name(parent, "parent")
-        limit = pagination.page_size(size)
-        after = pagination.decode_token(token, parent)
+        limit = paging.page_size(size)
+        after = paging.decode_token(token, parent)
         if project == BUILTIN:
             items = [r for k, r in self.builtins.items() if after is None or k > after[0]]
         else:
@@ -191,7 +190,7 @@ class GraphService:
             items = await self.store.aio(
                 self.store.list_recipes, project, after[0] if after else None, limit + 1
             )
-        return pagination.page_of(items, limit, parent, lambda r: [r.recipe_id])
+        return paging.page_of(items, limit, parent, lambda r: [r.recipe_id])
 
     async def put_recipe(
         self,
@@ -382,7 +381,7 @@ class GraphService:
     ) -> tuple[list[RunRecord], str]:
         project = names.parse_project_name(parent, "parent")
         require_project(principal, project)
-        limit = pagination.page_size(size)
+        limit = paging.page_size(size)
         where: dict[str, Any] = {}
         for field, value in parse_filter(text_filter, {"state": RUN_STATES, "recipe": STRING}):
             if field == "state":
@@ -399,7 +398,7 @@ class GraphService:
                 ]
             )
         scope = f"{parent}|{text_filter}|{order}"  # a token only continues the same listing
-        after = pagination.decode_token(token, scope)
+        after = paging.decode_token(token, scope)
         runs = await self.store.aio(
             functools.partial(
                 self.store.list_runs, where=where, oldest_first=order == "create_time"
@@ -408,7 +407,7 @@ class GraphService:
             (after[0], after[1]) if after else None,
             limit + 1,
         )
-        return pagination.page_of(runs, limit, scope, lambda r: [r.create_time, r.name])
+        return paging.page_of(runs, limit, scope, lambda r: [r.create_time, r.name])
 
     async def _change(self, name: str, decide: Any) -> RunRecord:
         run, events = await self.store.aio(self.store.change_run, name, decide)
@@ -549,7 +548,7 @@ class GraphService:
                 [FieldViolation("parent", "expected projects/{project}/runs/{run} or runs/-")]
             )
         require_project(principal, match.group(1))
-        limit = pagination.page_size(size)
+        limit = paging.page_size(size)
         where: dict[str, Any] = {}
         for field, value in parse_filter(text_filter, {"state": GATE_STATES, "node_id": STRING}):
             if field == "state":
@@ -557,7 +556,7 @@ class GraphService:
             else:
                 where["node_id"] = value
         scope = f"{parent}|{text_filter}"
-        after = pagination.decode_token(token, scope)
+        after = paging.decode_token(token, scope)
         run = None if match.group(2) == "-" else parent
         gates = await self.store.aio(
             functools.partial(self.store.list_gates, where=where),
@@ -566,7 +565,7 @@ class GraphService:
             (after[0], after[1]) if after else None,
             limit + 1,
         )
-        return pagination.page_of(gates, limit, scope, lambda g: [g.create_time, g.name])
+        return paging.page_of(gates, limit, scope, lambda g: [g.create_time, g.name])
 
     async def decide_gate(
         self, principal: Principal, name: str, decision: Decision

@@ -16,9 +16,6 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import Principal, current_principal
-from maestro.control_plane.errors import FieldViolation, InvalidArgument, MaestroError
 from maestro.control_plane.graph.hub import Chunk
 from maestro.control_plane.graph.recipe import RecipeSpec, mermaid, parse_recipe
 from maestro.control_plane.graph.records import (
@@ -31,7 +28,9 @@ from maestro.control_plane.graph.records import (
 )
 from maestro.control_plane.graph.service import AUTONOMY, Decision, GraphService, NewRun
 from maestro.control_plane.graph.steps import KIND_ENUM, gate_json
-from maestro.control_plane.rpc import pagination
+from maestro.core import names, paging
+from maestro.core.auth import Principal, current_principal
+from maestro.core.errors import FieldViolation, InvalidArgument, MaestroError
 from maestro.v1 import common_pb2
 from maestro.v1 import graph_service_pb2 as pb
 from maestro.v1 import graph_service_pb2_grpc as pb_grpc
@@ -333,13 +332,13 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
         if limit < 0:
             raise InvalidArgument([FieldViolation("page_size", "must not be negative")])
         limit = min(limit, 1000)
-        token = pagination.decode_token(request.page_token, request.parent)
+        token = paging.decode_token(request.page_token, request.parent)
         if token is not None:
             after = max(after, int(token[0]))
         events = await self._service.list_events(
             current_principal(), request.parent, after, limit + 1, node_id
         )
-        events, next_token = pagination.page_of(events, limit, request.parent, lambda e: [e.seq])
+        events, next_token = paging.page_of(events, limit, request.parent, lambda e: [e.seq])
         return pb.ListRunEventsResponse(
             events=[event_message(e) for e in events], next_page_token=next_token
         )

@@ -38,7 +38,7 @@ from maestro.control_plane.graph.records import (
     RunStatus,
 )
 from maestro.control_plane.graph.store import etag_of
-from maestro.control_plane.route.policy import cost_violations
+from maestro.routing.policy import cost_violations
 
 KIND_ENUM = {
     "model": "GRAPH_NODE_KIND_MODEL",

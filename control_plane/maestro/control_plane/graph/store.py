@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from maestro.control_plane.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from maestro.control_plane.graph.records import (
     CLAIMABLE,
     UNFINISHED,
@@ -38,6 +37,7 @@ from maestro.control_plane.graph.records import (
     RunStatus,
 )
 from maestro.control_plane.graph.sql import Row, Sql, Tx
+from maestro.core.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 EVENTS_CHANNEL = "maestro_run_events"
 """PostgreSQL NOTIFY channel: payload is the run name, sent with every committed change."""

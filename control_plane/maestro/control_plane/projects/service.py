@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import Principal, hash_secret, new_key, require_project
-from maestro.control_plane.errors import FieldViolation, InvalidArgument, NotFound
 from maestro.control_plane.projects.store import ApiKeyRecord, ProjectRecord, ProjectStore
-from maestro.control_plane.rpc import pagination
+from maestro.core import names, paging
+from maestro.core.auth import Principal, hash_secret, new_key, require_project
+from maestro.core.errors import FieldViolation, InvalidArgument, NotFound
 
 MAX_DISPLAY_NAME = 200
 T = TypeVar("T")
@@ -103,8 +102,8 @@ class ProjectService:
     async def list_projects(
         self, principal: Principal, page_size: int, page_token: str
     ) -> Page[ProjectRecord]:
-        pagination.page_size(page_size)
-        if pagination.decode_token(page_token, "projects") is not None:
+        paging.page_size(page_size)
+        if paging.decode_token(page_token, "projects") is not None:
             return Page([], "")  # a caller sees one project, so there is never a second page
         own = names.project_name(principal.project_id)
         record = await asyncio.to_thread(self._store.get_project, own)
@@ -149,8 +148,8 @@ class ProjectService:
         self, principal: Principal, parent: str, page_size: int, page_token: str
     ) -> Page[ApiKeyRecord]:
         project_id = names.parse_project_name(parent, "parent")
-        size = pagination.page_size(page_size)
-        after = pagination.decode_token(page_token, parent)
+        size = paging.page_size(page_size)
+        after = paging.decode_token(page_token, parent)
         require_project(principal, project_id)
         after_key = (str(after[0]), str(after[1])) if after and len(after) == 2 else None
         rows = await asyncio.to_thread(self._store.list_keys, parent, size + 1, after_key)
@@ -158,7 +157,7 @@ class ProjectService:
         token = ""
         if len(rows) > size:
             last = items[-1]
-            token = pagination.encode_token(
+            token = paging.encode_token(
                 parent, [last.create_time.astimezone(UTC).isoformat(), last.name]
             )
         return Page(items, token)

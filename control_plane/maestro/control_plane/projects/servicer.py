@@ -7,9 +7,9 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from maestro.control_plane.auth import current_principal
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.store import ApiKeyRecord, ProjectRecord
+from maestro.core.auth import current_principal
 from maestro.v1 import project_service_pb2 as pb
 from maestro.v1 import project_service_pb2_grpc as pb_grpc
 

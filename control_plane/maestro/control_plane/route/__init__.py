@@ -1,5 +1,3 @@
-"""RouteService: routing config, Rego policy compilation, content tagging and the decision engine.
-
-The decision engine (`engine.py`) is pure and in-process: the data plane embeds it and follows
-config snapshots; nothing in it does I/O.
-"""
+"""RouteService: stored config revisions, their publication (WatchConfig), Choose/Explain, and
+observations reported by data planes. Compilation and decisions are the routing core's
+(`maestro.routing`)."""

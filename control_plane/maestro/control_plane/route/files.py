@@ -13,11 +13,11 @@ from pathlib import Path
 import structlog
 from watchfiles import awatch
 
-from maestro.control_plane.auth import Principal
 from maestro.control_plane.config import RoutingConfig
-from maestro.control_plane.errors import InvalidArgument, MaestroError
-from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.route.service import RouteService
+from maestro.core.auth import Principal
+from maestro.core.errors import InvalidArgument, MaestroError
+from maestro.routing.policy import PolicyModule
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,6 @@ config is applied, off the event loop.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,30 +17,31 @@ from typing import Any
 import structlog
 from opentelemetry import metrics, trace
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import Principal, require_project
-from maestro.control_plane.errors import (
+from maestro.control_plane.route.store import RouteConfigStore, digest_of
+from maestro.control_plane.store.errors import RowNotFound
+from maestro.core import names, paging
+from maestro.core.auth import Principal, require_project
+from maestro.core.errors import (
     Aborted,
     FieldViolation,
     InvalidArgument,
     MaestroError,
     NotFound,
 )
-from maestro.control_plane.route.decider import Choice, ChooseInput, Decider, choice_of
-from maestro.control_plane.route.engine import (
+from maestro.routing.decider import Choice, ChooseInput, Decider, choice_of
+from maestro.routing.engine import (
     RoutingSnapshot,
 )
-from maestro.control_plane.route.layers import GLOBAL_PROJECT
-from maestro.control_plane.route.policy import PolicyError, PolicyModule
-from maestro.control_plane.route.registry import (
+from maestro.routing.layers import GLOBAL_PROJECT
+from maestro.routing.policy import PolicyError, PolicyModule
+from maestro.routing.snapshots import (
     Compiled,
     Published,
+    Revision,
     SnapshotRegistry,
     compile_revision,
 )
-from maestro.control_plane.route.store import Revision, RouteConfigStore, digest_of
-from maestro.control_plane.route.tagging import ContentTagger
-from maestro.control_plane.rpc import pagination
+from maestro.routing.tagging import ContentTagger
 
 log = structlog.get_logger(__name__)
 MAX_POLICY_MODULES = 64
@@ -214,7 +214,7 @@ class RouteService(Decider):
     ) -> tuple[Revision, bool] | None:
         try:
             return self._store.append(project, config_yaml, modules, **kwargs)
-        except sqlite3.IntegrityError:
+        except RowNotFound:
             raise NotFound(
                 f"project {project!r} does not exist", reason="PROJECT_NOT_FOUND"
             ) from None
@@ -244,13 +244,13 @@ class RouteService(Decider):
         self, principal: Principal, parent: str, page_size: int, page_token: str
     ) -> tuple[list[Revision], str]:
         project = config_project(parent, "parent")
-        size = pagination.page_size(page_size)
-        after = pagination.decode_token(page_token, parent)
+        size = paging.page_size(page_size)
+        after = paging.decode_token(page_token, parent)
         require_project(principal, project.removeprefix("projects/"))
         before = int(after[0]) if after and isinstance(after[0], int) else None
         rows = await asyncio.to_thread(self._store.page, project, size + 1, before)
         items = rows[:size]
-        token = pagination.encode_token(parent, [items[-1].revision]) if len(rows) > size else ""
+        token = paging.encode_token(parent, [items[-1].revision]) if len(rows) > size else ""
         return items, token
 
     async def _revision_snapshot(self, project: str, number: int) -> RoutingSnapshot:

@@ -11,21 +11,20 @@ from typing import Any
 import grpc
 import structlog
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import current_principal, require_project
-from maestro.control_plane.errors import (
+from maestro.control_plane.route import convert
+from maestro.control_plane.route.service import RouteService, config_project
+from maestro.core import names, paging
+from maestro.core.auth import current_principal, require_project
+from maestro.core.errors import (
     FieldViolation,
     InvalidArgument,
     MaestroError,
 )
-from maestro.control_plane.route import convert
-from maestro.control_plane.route.config import MAX_CONFIG_BYTES, DeploymentSpec
-from maestro.control_plane.route.registry import Published, SnapshotRegistry
-from maestro.control_plane.route.service import RouteService, config_project
-from maestro.control_plane.route.signals import Breaker, SignalsView
-from maestro.control_plane.rpc import pagination
-from maestro.control_plane.rpc.filters import STRING, Kind, parse_filter
-from maestro.control_plane.rpc.metadata import objectives_header
+from maestro.core.filters import STRING, Kind, parse_filter
+from maestro.core.rpc.metadata import objectives_header
+from maestro.routing.signals import Breaker, SignalsView
+from maestro.routing.snapshots import Published, SnapshotRegistry
+from maestro.routing.spec import MAX_CONFIG_BYTES, DeploymentSpec
 from maestro.v1 import route_service_pb2 as pb
 from maestro.v1 import route_service_pb2_grpc as pb_grpc
 
@@ -260,9 +259,9 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         self, request: pb.ListDeploymentSignalsRequest, context: Context
     ) -> pb.ListDeploymentSignalsResponse:
         checks = _signal_filter(request.filter)
-        size = pagination.page_size(request.page_size)
+        size = paging.page_size(request.page_size)
         scope = f"signals:{request.parent}"
-        after = pagination.decode_token(request.page_token, scope)
+        after = paging.decode_token(request.page_token, scope)
         rows = sorted(
             (
                 (d, v)
@@ -277,7 +276,7 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         return pb.ListDeploymentSignalsResponse(
             deployment_signals=[convert.signals_message(request.parent, d, v) for d, v in page],
             next_page_token=(
-                pagination.encode_token(scope, [page[-1][0].model_name, page[-1][0].deployment_id])
+                paging.encode_token(scope, [page[-1][0].model_name, page[-1][0].deployment_id])
                 if len(rows) > size
                 else ""
             ),

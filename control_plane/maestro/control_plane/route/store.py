@@ -5,23 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from maestro.control_plane.route.policy import PolicyModule
 from maestro.control_plane.store.sqlite import Database
-
-
-@dataclass(frozen=True, slots=True)
-class Revision:
-    project: str  # 'projects/{project}'
-    revision: int
-    config_yaml: str
-    policy_modules: tuple[PolicyModule, ...]
-    description: str
-    creator: str
-    digest: str
-    create_time: datetime
+from maestro.routing.policy import PolicyModule
+from maestro.routing.snapshots import Revision
 
 
 def digest_of(config_yaml: str, modules: tuple[PolicyModule, ...]) -> str:

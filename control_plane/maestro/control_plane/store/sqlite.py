@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from maestro.control_plane.graph.schema import sqlite_schema
+from maestro.control_plane.store.errors import RowConflict, RowNotFound, StoreError
 
 # Each entry migrates the schema from version i to i + 1. Append only; never edit a shipped one.
 MIGRATIONS: tuple[str, ...] = (
@@ -53,6 +54,16 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     sqlite_schema(),
 )
+
+
+def store_error(error: sqlite3.IntegrityError) -> StoreError:
+    """The store error an integrity error stands for (SQLite tells them apart by message)."""
+    text = str(error)
+    if "FOREIGN KEY" in text:
+        return RowNotFound(text)
+    if "UNIQUE" in text or "PRIMARY KEY" in text:
+        return RowConflict(text)
+    return StoreError(text)
 
 
 class Database:
@@ -108,6 +119,9 @@ class Database:
             self._conn.execute(statement)
             try:
                 yield self._conn
+            except sqlite3.IntegrityError as error:
+                self._conn.execute("ROLLBACK")
+                raise store_error(error) from error
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

@@ -112,7 +112,7 @@ class LitellmProvider:
     name = "litellm"
 
     async def open(self, request: ProviderRequest) -> LitellmStream:
-        from maestro.control_plane.route.catalog import litellm_module
+        from maestro.routing.catalog import litellm_module
 
         litellm = litellm_module()
         kwargs: dict[str, Any] = {

@@ -8,10 +8,10 @@ from typing import Literal, Protocol
 
 import uvloop
 
-from maestro.control_plane.config import MaestroConfig
-from maestro.control_plane.heap import settle_heap
-from maestro.control_plane.logs import configure_logging
-from maestro.control_plane.telemetry import Telemetry, build_telemetry
+from maestro.app.config import MaestroConfig
+from maestro.core.heap import settle_heap
+from maestro.core.logs import configure_logging
+from maestro.core.telemetry import Telemetry, build_telemetry
 
 Role = Literal["control_plane", "data_plane"]
 
@@ -22,10 +22,10 @@ class _Stoppable(Protocol):
 
 async def _start(config: MaestroConfig, telemetry: Telemetry, role: Role) -> _Stoppable:
     if role == "control_plane":
-        from maestro.control_plane.server import start_control_plane
+        from maestro.app.server import start_control_plane
 
         return await start_control_plane(config, telemetry)
-    from maestro.data_plane.server import start_data_plane_server
+    from maestro.app.data_plane_server import start_data_plane_server
 
     return await start_data_plane_server(config, telemetry)
 

@@ -17,17 +17,17 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from maestro.app.config import MaestroConfig
 from maestro.clients import AsyncMaestroClient
-from maestro.control_plane.config import MaestroConfig
-from maestro.control_plane.route.decider import Decider
-from maestro.control_plane.route.registry import SnapshotRegistry
-from maestro.control_plane.route.tagging import ContentTagger
-from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
-from maestro.control_plane.rpc.reflection import enable_reflection
-from maestro.control_plane.rpc.server import build_grpc_server
-from maestro.control_plane.telemetry import Telemetry
-from maestro.data_plane.plane import DataPlane, build_data_plane
+from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
+from maestro.core.rpc.reflection import enable_reflection
+from maestro.core.rpc.server import build_grpc_server
+from maestro.core.telemetry import Telemetry
+from maestro.data_plane.assembly import DataPlane, build_data_plane
 from maestro.data_plane.remote import ObservationReporter, RemoteKeyVerifier, SnapshotFollower
+from maestro.routing.decider import Decider
+from maestro.routing.snapshots import SnapshotRegistry
+from maestro.routing.tagging import ContentTagger
 from maestro.v1 import inference_service_pb2
 
 log = structlog.get_logger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
+from maestro.core.errors import FieldViolation, InvalidArgument
 
 PROJECT_ID = r"[a-z][a-z0-9-]{0,62}"
 RESOURCE_ID = r"[a-z0-9][a-z0-9-]{0,62}"

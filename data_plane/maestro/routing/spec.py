@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
-from maestro.control_plane.route import catalog
+from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.routing import catalog
 
 OBJECTIVES = ("quality", "latency", "cost", "reliability", "sovereignty")
 # The seed's objective names, and the short ones the x-maestro-objectives header uses.

@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from maestro.control_plane.route.config import load_yaml, resolve_route_config
-from maestro.control_plane.route.engine import PolicyView, RoutingSnapshot, SignalBoard
-from maestro.control_plane.route.layers import (
+from maestro.routing.engine import PolicyView, RoutingSnapshot, SignalBoard
+from maestro.routing.layers import (
     GLOBAL_PROJECT,
     LayeredPolicy,
     merge_layers,
     merged_yaml,
 )
-from maestro.control_plane.route.policy import ModelFacts, PolicyModule, compile_routing_policy
-from maestro.control_plane.route.store import Revision
-from maestro.control_plane.route.tagging import KINDS, PII_TAG
+from maestro.routing.policy import ModelFacts, PolicyModule, compile_routing_policy
+from maestro.routing.spec import load_yaml, resolve_route_config
+from maestro.routing.tagging import KINDS, PII_TAG
 
 # Tags content tagging can produce; the policy compiler must know them as its domain.
 DETECTOR_TAGS = (PII_TAG, *(f"{PII_TAG}.{kind}" for kind in KINDS))
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """One stored version of a project's routing config and its Rego modules."""
+
+    project: str  # 'projects/{project}'
+    revision: int
+    config_yaml: str
+    policy_modules: tuple[PolicyModule, ...]
+    description: str
+    creator: str
+    digest: str
+    create_time: datetime
 
 
 @dataclass(frozen=True, slots=True)

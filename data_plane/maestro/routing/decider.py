@@ -20,9 +20,9 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
-from maestro.control_plane import names
-from maestro.control_plane.auth import Principal, require_project
-from maestro.control_plane.errors import (
+from maestro.core import names
+from maestro.core.auth import Principal, require_project
+from maestro.core.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -31,9 +31,9 @@ from maestro.control_plane.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from maestro.control_plane.route.catalog import LANE_PROVIDERS
-from maestro.control_plane.route.config import DeploymentSpec
-from maestro.control_plane.route.engine import (
+from maestro.core.tallies import Labels, Tally
+from maestro.routing.catalog import LANE_PROVIDERS
+from maestro.routing.engine import (
     Decision,
     Exclusion,
     LaneSaturation,
@@ -42,11 +42,11 @@ from maestro.control_plane.route.engine import (
     UnknownModel,
     parse_objectives_header,
 )
-from maestro.control_plane.route.layers import GLOBAL_PROJECT
-from maestro.control_plane.route.registry import Published, SnapshotRegistry
-from maestro.control_plane.route.signals import Breaker, Observation, SignalsView, SignalWindow
-from maestro.control_plane.route.tagging import ContentTagger, merge_tags
-from maestro.control_plane.tallies import Labels, Tally
+from maestro.routing.layers import GLOBAL_PROJECT
+from maestro.routing.signals import Breaker, Observation, SignalsView, SignalWindow
+from maestro.routing.snapshots import Published, SnapshotRegistry
+from maestro.routing.spec import DeploymentSpec
+from maestro.routing.tagging import ContentTagger, merge_tags
 
 CHARS_PER_TOKEN = 4  # a rough prompt-size estimate when the caller gives none
 

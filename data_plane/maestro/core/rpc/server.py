@@ -10,9 +10,9 @@ from __future__ import annotations
 import grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from maestro.control_plane.config import ServerConfig
-from maestro.control_plane.rpc.interceptors import Authenticate, GuardInterceptor
-from maestro.control_plane.telemetry import Telemetry
+from maestro.core.rpc.interceptors import Authenticate, GuardInterceptor
+from maestro.core.settings import ServerConfig
+from maestro.core.telemetry import Telemetry
 
 
 def build_grpc_server(

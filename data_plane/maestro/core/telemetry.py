@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from maestro.control_plane.config import TelemetryConfig
+from maestro.core.settings import TelemetryConfig
 
 
 def service_version() -> str:

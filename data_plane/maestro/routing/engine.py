@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from maestro.control_plane.route.config import OBJECTIVE_ALIASES, OBJECTIVES, RouteConfigSpec
+from maestro.routing.spec import OBJECTIVE_ALIASES, OBJECTIVES, RouteConfigSpec
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]

@@ -7,7 +7,7 @@ import sys
 
 import structlog
 
-from maestro.control_plane.config import LoggingConfig
+from maestro.core.settings import LoggingConfig
 
 
 def configure_logging(config: LoggingConfig) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from maestro.control_plane.errors import PermissionDenied
+from maestro.core.errors import PermissionDenied
 
 KEY_PREFIX = "mk_"
 PREFIX_SHOWN = 12

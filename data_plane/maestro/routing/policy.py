@@ -113,7 +113,7 @@ _MAX_WORKERS = 8
 _COMPILE_TIMEOUT_S = 600.0
 _WORKER_BOOT = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[3]); "
-    "from maestro.control_plane.route.policy import _worker_main; "
+    "from maestro.routing.policy import _worker_main; "
     "_worker_main(sys.argv[1], sys.argv[2])"
 )
 _STRING_LITERAL = re.compile(r'"((?:[^"\\\n]|\\.)*)"|`([^`]*)`')

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from maestro.control_plane.route.config import DeploymentSpec
-from maestro.control_plane.route.layers import GLOBAL_PROJECT
-from maestro.control_plane.route.registry import Published
-from maestro.control_plane.rpc.filters import BOOL, STRING, Kind, parse_filter
+from maestro.core.filters import BOOL, STRING, Kind, parse_filter
+from maestro.routing.layers import GLOBAL_PROJECT
+from maestro.routing.snapshots import Published
+from maestro.routing.spec import DeploymentSpec
 
 DeploymentFilter = Callable[[DeploymentSpec], bool]
 

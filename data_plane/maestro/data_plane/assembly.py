@@ -16,11 +16,8 @@ import grpc
 import structlog
 from aiohttp import web
 
-from maestro.control_plane.config import DataPlaneConfig
-from maestro.control_plane.route.decider import Decider
-from maestro.control_plane.route.signals import Observation
-from maestro.control_plane.rpc.interceptors import Authenticate
-from maestro.control_plane.telemetry import Telemetry
+from maestro.core.rpc.interceptors import Authenticate
+from maestro.core.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings
 from maestro.data_plane.http_ingress import OpenAIIngress
 from maestro.data_plane.lanes import LaneMonitor
@@ -31,8 +28,11 @@ from maestro.data_plane.relay import Relay
 from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.service import InferenceService
 from maestro.data_plane.servicer import InferenceServicer
+from maestro.data_plane.settings import DataPlaneConfig
 from maestro.data_plane.sim import SimProvider, load_profile
 from maestro.data_plane.targets import TargetResolver
+from maestro.routing.decider import Decider
+from maestro.routing.signals import Observation
 from maestro.v1 import inference_service_pb2_grpc
 
 log = structlog.get_logger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, message_factory
 
-from maestro.control_plane.errors import Unimplemented
+from maestro.core.errors import Unimplemented
 
 
 def unimplemented_handler(

@@ -1,4 +1,4 @@
-"""The control-plane gRPC server: assembly, start, and graceful stop.
+"""The `maestro up` process: the control plane's services and the data plane in one gRPC server.
 
 One `grpc.aio` server carries every `maestro.v1` service, health and reflection. Services whose
 capability is not built yet are still registered, so the whole contract reflects and answers
@@ -14,24 +14,25 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from maestro.control_plane.config import MaestroConfig
-from maestro.control_plane.graph.plane import GraphPlane, build_graph
+from maestro.app.config import MaestroConfig
+from maestro.app.graph_models import DataPlaneModels
+from maestro.control_plane.graph.assembly import GraphPlane, build_graph
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.servicer import ProjectServicer
 from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.route.files import apply_files, watch_files
-from maestro.control_plane.route.registry import SnapshotRegistry
 from maestro.control_plane.route.service import RouteService
 from maestro.control_plane.route.servicer import RouteServicer
 from maestro.control_plane.route.store import RouteConfigStore
-from maestro.control_plane.route.tagging import ContentTagger
-from maestro.control_plane.rpc.health import NOT_SERVING, SERVING, HealthServicer
-from maestro.control_plane.rpc.reflection import enable_reflection
-from maestro.control_plane.rpc.server import build_grpc_server
-from maestro.control_plane.rpc.unimplemented import unimplemented_handler
 from maestro.control_plane.store.sqlite import Database
-from maestro.control_plane.telemetry import Telemetry
-from maestro.data_plane.plane import DataPlane, build_data_plane
+from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
+from maestro.core.rpc.reflection import enable_reflection
+from maestro.core.rpc.server import build_grpc_server
+from maestro.core.rpc.unimplemented import unimplemented_handler
+from maestro.core.telemetry import Telemetry
+from maestro.data_plane.assembly import DataPlane, build_data_plane
+from maestro.routing.snapshots import SnapshotRegistry
+from maestro.routing.tagging import ContentTagger
 from maestro.v1 import (
     eval_service_pb2,
     graph_service_pb2,
@@ -143,7 +144,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             database,
             registry,
             routes,
-            data.service if data else None,
+            DataPlaneModels(data.service) if data else None,
             telemetry,
         )
         graph.register(server, frozenset(config.graph.operator_projects))

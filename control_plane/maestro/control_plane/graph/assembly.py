@@ -15,7 +15,7 @@ from maestro.control_plane.config import GraphConfig
 from maestro.control_plane.graph.blobs import FileBlobStore
 from maestro.control_plane.graph.compiled import PriceLookup, Prices
 from maestro.control_plane.graph.hub import RunHub
-from maestro.control_plane.graph.models import DataPlaneModels
+from maestro.control_plane.graph.model_calls import ModelCaller
 from maestro.control_plane.graph.policy import GraphPolicy
 from maestro.control_plane.graph.runtime import GraphRuntime, RuntimeSettings
 from maestro.control_plane.graph.service import GraphService
@@ -23,11 +23,10 @@ from maestro.control_plane.graph.servicer import GraphServicer
 from maestro.control_plane.graph.sql import Sql, SqliteSql
 from maestro.control_plane.graph.store import EVENTS_CHANNEL, RunStore
 from maestro.control_plane.graph.tools import builtin_tools
-from maestro.control_plane.route.decider import Decider
-from maestro.control_plane.route.registry import SnapshotRegistry
 from maestro.control_plane.store.sqlite import Database
-from maestro.control_plane.telemetry import Telemetry
-from maestro.data_plane.service import InferenceService
+from maestro.core.telemetry import Telemetry
+from maestro.routing.decider import Decider
+from maestro.routing.snapshots import SnapshotRegistry
 from maestro.v1 import graph_service_pb2_grpc
 
 
@@ -97,7 +96,7 @@ async def build_graph(
     database: Database,
     registry: SnapshotRegistry,
     routes: Decider,
-    inference: InferenceService | None,
+    models: ModelCaller | None,
     telemetry: Telemetry,
 ) -> GraphPlane:
     sql = await asyncio.to_thread(open_sql, config, database)
@@ -108,7 +107,7 @@ async def build_graph(
         store,
         hub,
         RuntimeSettings(replica, config.lease_s, config.poll_s, config.max_runs),
-        models=DataPlaneModels(inference) if inference is not None else None,
+        models=models,
         tools=builtin_tools(store),
         prices=price_lookup(registry),
         tracer=telemetry.tracer_provider.get_tracer("maestro.graph"),

@@ -1,4 +1,4 @@
-"""Model steps call the data plane in process: routing, fallbacks, breakers and budgets included.
+"""Model nodes call the in-process data plane: routing, fallbacks, breakers and budgets included.
 
 A model node's messages are its instruction (the node description) and the run's state as JSON.
 Its answer becomes output: a JSON object answer is merged into the state key by key; any other
@@ -10,36 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from maestro.control_plane.auth import Principal
+from maestro.control_plane.graph.model_calls import (
+    DEFAULT_MAX_TOKENS,
+    ModelResult,
+    ModelStepError,
+    OnChunk,
+)
 from maestro.control_plane.graph.recipe import NodeSpec, ToolSpec
-from maestro.control_plane.route.decider import ChooseInput
-from maestro.control_plane.route.engine import RouteRequest
+from maestro.core.auth import Principal
 from maestro.data_plane.events import Delta, Done, Routed
 from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, InferenceService
-
-DEFAULT_MAX_TOKENS = 256
-OnChunk = Callable[[str, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelResult:
-    output: dict[str, Any]
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    deployment: str
-
-
-class ModelStepError(Exception):
-    """The data plane could not complete the call (every deployment failed, budget, ...)."""
+from maestro.routing.decider import ChooseInput
+from maestro.routing.engine import RouteRequest
 
 
 class DataPlaneModels:
+    """A `ModelCaller` over the data plane's InferenceService."""
+
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
+from maestro.core.errors import FieldViolation, InvalidArgument
 
 STRING, BOOL = "string", "bool"
 Kind = str | frozenset[str]

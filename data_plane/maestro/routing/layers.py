@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from maestro.control_plane.route.config import derived_deployment_id
-from maestro.control_plane.route.engine import BoolArray, PolicyView
+from maestro.routing.engine import BoolArray, PolicyView
+from maestro.routing.spec import derived_deployment_id
 
 GLOBAL_PROJECT = "projects/global"
 

@@ -11,14 +11,14 @@ from typing import Annotated
 import typer
 from google.protobuf import json_format
 
+from maestro.app.config import ConfigError, MaestroConfig, load_config
 from maestro.clients import MaestroClient, MaestroRpcError
-from maestro.control_plane.auth import hash_secret
-from maestro.control_plane.config import ConfigError, MaestroConfig, load_config
-from maestro.control_plane.errors import InvalidArgument, MaestroError
 from maestro.control_plane.graph.recipe import Recipe
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.store.sqlite import Database
+from maestro.core.auth import hash_secret
+from maestro.core.errors import InvalidArgument, MaestroError
 from maestro.v1 import common_pb2
 from maestro.v1 import project_service_pb2 as project_pb
 from maestro.v1 import route_service_pb2 as route_pb
@@ -141,7 +141,7 @@ def up(
         overrides |= {"auth.mode": "insecure", "auth.insecure_project": DEMO_PROJECT}
     config = _load(config_path or DEMO, **overrides)
     _bootstrap_demo(config)
-    from maestro.control_plane.cli.serve import serve
+    from maestro.app.serve import serve
 
     serve(config)
 
@@ -188,7 +188,7 @@ def data_plane(
         "telemetry.service_name": "maestro-data-plane",
     }
     config = _load(config_path, **overrides)  # no --config: the built-in defaults
-    from maestro.control_plane.cli.serve import serve
+    from maestro.app.serve import serve
 
     serve(config, "data_plane")
 
@@ -202,8 +202,8 @@ def sim_provider(
     ] = None,
 ) -> None:
     """Serve the simulated OpenAI-compatible provider until SIGTERM or SIGINT."""
-    from maestro.control_plane.config import LoggingConfig
-    from maestro.control_plane.logs import configure_logging
+    from maestro.core.logs import configure_logging
+    from maestro.core.settings import LoggingConfig
     from maestro.data_plane.sim import ProfileError, run
 
     configure_logging(LoggingConfig())

@@ -22,9 +22,9 @@ from google.rpc import status_pb2
 from grpc_status import rpc_status
 from opentelemetry import metrics, trace
 
-from maestro.control_plane.auth import Principal, set_principal
-from maestro.control_plane.errors import MaestroError, Unauthenticated, internal_status
-from maestro.control_plane.rpc.handlers import Around, wrap_handler
+from maestro.core.auth import Principal, set_principal
+from maestro.core.errors import MaestroError, Unauthenticated, internal_status
+from maestro.core.rpc.handlers import Around, wrap_handler
 
 log = structlog.get_logger(__name__)
 

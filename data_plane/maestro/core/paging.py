@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from maestro.control_plane.errors import FieldViolation, InvalidArgument
+from maestro.core.errors import FieldViolation, InvalidArgument
 
 T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50

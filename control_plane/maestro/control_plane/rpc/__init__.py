@@ -1,1 +1,0 @@
-"""gRPC plumbing shared by every servicer: interceptors, validation helpers, pagination."""
