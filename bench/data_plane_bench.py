@@ -469,7 +469,8 @@ async def maestro_in_process(
     from maestro.app.server import start_control_plane
     from maestro.control_plane.projects.service import ProjectService
     from maestro.control_plane.projects.store import ProjectStore
-    from maestro.control_plane.store.sqlite import Database
+    from maestro.control_plane.schema import MIGRATIONS
+    from maestro.control_plane.store.opening import open_store
     from maestro.core.auth import Principal
     from maestro.core.heap import settle_heap
     from maestro.core.logs import configure_logging
@@ -480,11 +481,11 @@ async def maestro_in_process(
     config = load_config(maestro_config(directory, router, http=False), env={})
     configure_logging(config.logging)
     # What `maestro up` does first: the routing files configure project `demo`, which must exist.
-    database = Database(config.store.sqlite_path)
+    sql = open_store(config.store, MIGRATIONS)
     try:
-        ProjectService(ProjectStore(database)).create_project("demo", "Demo project")
+        ProjectService(ProjectStore(sql)).create_project("demo", "Demo project")
     finally:
-        database.close()
+        sql.close()
     telemetry = build_telemetry(config.telemetry)
     plane = await start_control_plane(config, telemetry)
     try:

@@ -262,7 +262,7 @@ async def maestro_gate_resume(
 
     env = {"MAESTRO_GRAPH__REPLICA_ID": "a"}
     if postgres_dsn:
-        env |= {"MAESTRO_GRAPH__STORE": "postgres", "MAESTRO_GRAPH__POSTGRES_DSN": postgres_dsn}
+        env |= {"MAESTRO_STORE__BACKEND": "postgres", "MAESTRO_STORE__POSTGRES_DSN": postgres_dsn}
     with contextlib.ExitStack() as processes:
         address_a = processes.enter_context(up_process(folder / "a", env))
         address_b = address_a
@@ -514,17 +514,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         steps["langgraph"] = langgraph_steps(runs, folder)
         results["steps"] = steps
         progress("checkpoint writes")
-        from maestro.control_plane.graph.postgres import PostgresSql
-        from maestro.control_plane.graph.sql import SqliteSql
         from maestro.control_plane.graph.store import RunStore
-        from maestro.control_plane.store.sqlite import Database
+        from maestro.control_plane.schema import MIGRATIONS
+        from maestro.control_plane.store.postgres import PostgresSql
+        from maestro.control_plane.store.sqlite import SqliteSql
 
-        database = Database(folder / "writes.db")
-        full = Database(folder / "writes-full.db", "full")
-        pg = PostgresSql(dsn)
+        database = SqliteSql(folder / "writes.db", MIGRATIONS)
+        full = SqliteSql(folder / "writes-full.db", MIGRATIONS, "full")
+        pg = PostgresSql(dsn, MIGRATIONS)
         results["checkpoint_write"] = {
-            "maestro_sqlite": asdict(checkpoint_writes(RunStore(SqliteSql(database)), writes)),
-            "maestro_sqlite_full": asdict(checkpoint_writes(RunStore(SqliteSql(full)), writes)),
+            "maestro_sqlite": asdict(checkpoint_writes(RunStore(database), writes)),
+            "maestro_sqlite_full": asdict(checkpoint_writes(RunStore(full), writes)),
             "maestro_postgres": asdict(checkpoint_writes(RunStore(pg), writes)),
             "langgraph_put": asdict(langgraph_put(writes, folder)),
         }

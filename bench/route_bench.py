@@ -324,7 +324,8 @@ async def bench_sections(plan: Plan) -> list[SectionRow]:
     from maestro.control_plane.route import convert
     from maestro.control_plane.route.service import RouteService
     from maestro.control_plane.route.store import RouteConfigStore, digest_of
-    from maestro.control_plane.store.sqlite import Database
+    from maestro.control_plane.schema import MIGRATIONS
+    from maestro.control_plane.store.sqlite import SqliteSql
     from maestro.core.auth import Principal
     from maestro.routing.decider import ChooseInput
     from maestro.routing.snapshots import Revision as StoredRevision
@@ -339,7 +340,7 @@ async def bench_sections(plan: Plan) -> list[SectionRow]:
     )  # fmt: skip
     registry = SnapshotRegistry()
     await registry.publish(revision, compile_revision(revision, registry.board(DEMO_PARENT)))
-    database = Database(Path(":memory:"))
+    database = SqliteSql(Path(":memory:"), MIGRATIONS)
     service = RouteService(
         RouteConfigStore(database),
         registry,

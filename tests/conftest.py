@@ -18,6 +18,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from maestro.app.config import MaestroConfig, load_config
 from maestro.app.server import ControlPlane, start_control_plane
 from maestro.clients import AsyncMaestroClient
+from maestro.control_plane.schema import MIGRATIONS
+from maestro.control_plane.store.postgres import PostgresSql
+from maestro.control_plane.store.sql import Sql
+from maestro.control_plane.store.sqlite import SqliteSql
 from maestro.core.telemetry import Telemetry, build_telemetry
 from tests.postgres_support import fresh_database, postgres_server
 
@@ -100,3 +104,16 @@ def postgres_server_dsn() -> Iterator[str]:
 def postgres_dsn(postgres_server_dsn: str) -> str:
     """A fresh, empty database on that server."""
     return fresh_database(postgres_server_dsn)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_sql(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sql]:
+    """The one store layer on each backend, every slice's migrations applied: store tests take
+    this, so one suite runs against SQLite and a real PostgreSQL."""
+    sql: Sql
+    if request.param == "sqlite":
+        sql = SqliteSql(tmp_path / "maestro.db", MIGRATIONS)
+    else:
+        sql = PostgresSql(request.getfixturevalue("postgres_dsn"), MIGRATIONS)
+    yield sql
+    sql.close()

@@ -42,6 +42,20 @@ def test_control_plane_config_map_is_a_valid_maestro_config() -> None:
     assert config.data_plane.http_host == "0.0.0.0"
 
 
+def test_control_plane_runs_replicas_on_postgres_with_the_dsn_from_a_secret() -> None:
+    [config_map] = _of_kind("ConfigMap")
+    config = MaestroConfig.model_validate(yaml.safe_load(config_map["data"]["maestro.yaml"]))
+    [deployment] = [
+        d for d in _of_kind("Deployment") if d["metadata"]["name"] == "maestro-control-plane"
+    ]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert deployment["spec"]["replicas"] >= 2
+    assert config.store.backend == "postgres"
+    assert env["MAESTRO_STORE__POSTGRES_DSN"]["valueFrom"]["secretKeyRef"]["name"]
+    assert "fieldRef" in env["MAESTRO_GRAPH__REPLICA_ID"]["valueFrom"]
+
+
 @pytest.mark.parametrize("name", ["maestro-control-plane", "maestro-data-plane"])
 def test_deployment_selectors_services_and_probes_agree(name: str) -> None:
     [deployment] = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == name]

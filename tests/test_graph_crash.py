@@ -30,10 +30,10 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maestro.clients import AsyncMaestroClient
-from maestro.control_plane.graph.postgres import PostgresSql
-from maestro.control_plane.graph.sql import SqliteSql
 from maestro.control_plane.graph.store import RunStore
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.schema import MIGRATIONS
+from maestro.control_plane.store.postgres import PostgresSql
+from maestro.control_plane.store.sqlite import SqliteSql
 from maestro.v1 import graph_service_pb2 as gpb
 from tests.graph_support import FINAL, all_events, struct
 from tests.process_support import BIN, demo_config
@@ -235,11 +235,11 @@ async def test_sigkill_many_times_loses_no_state_and_repeats_no_side_effect_on_s
 ) -> None:
     shared = tmp_path / "maestro.db"  # every server generation opens the same database file
     env = {**_fast_lease(), "MAESTRO_STORE__SQLITE_PATH": str(shared)}
-    database = Database(shared)
+    sql = SqliteSql(shared, MIGRATIONS)
     try:
-        await _crash_many_times(tmp_path, env, RunStore(SqliteSql(database)))
+        await _crash_many_times(tmp_path, env, RunStore(sql))
     finally:
-        database.close()
+        sql.close()
 
 
 async def test_sigkill_many_times_loses_no_state_and_repeats_no_side_effect_on_postgres(
@@ -247,10 +247,10 @@ async def test_sigkill_many_times_loses_no_state_and_repeats_no_side_effect_on_p
 ) -> None:
     env = {
         **_fast_lease(),
-        "MAESTRO_GRAPH__STORE": "postgres",
-        "MAESTRO_GRAPH__POSTGRES_DSN": postgres_dsn,
+        "MAESTRO_STORE__BACKEND": "postgres",
+        "MAESTRO_STORE__POSTGRES_DSN": postgres_dsn,
     }
-    sql = PostgresSql(postgres_dsn)
+    sql = PostgresSql(postgres_dsn, MIGRATIONS)
     try:
         await _crash_many_times(tmp_path, env, RunStore(sql))
     finally:
@@ -262,12 +262,12 @@ async def test_a_second_server_takes_over_a_killed_servers_runs_after_the_lease(
 ) -> None:
     lease_s = 2.0
     env = {
-        "MAESTRO_GRAPH__STORE": "postgres",
-        "MAESTRO_GRAPH__POSTGRES_DSN": postgres_dsn,
+        "MAESTRO_STORE__BACKEND": "postgres",
+        "MAESTRO_STORE__POSTGRES_DSN": postgres_dsn,
         "MAESTRO_GRAPH__LEASE_S": str(lease_s),
         "MAESTRO_GRAPH__POLL_S": "0.1",
     }
-    sql = PostgresSql(postgres_dsn)
+    sql = PostgresSql(postgres_dsn, MIGRATIONS)
     store = RunStore(sql)
     try:
         with (

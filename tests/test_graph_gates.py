@@ -183,7 +183,7 @@ async def test_a_side_effecting_tool_below_l3_waits_for_approval_first(tmp_path:
 async def test_a_gate_opened_on_one_server_is_approved_through_another(
     tmp_path: Path, postgres_dsn: str
 ) -> None:
-    shared = {"graph.store": "postgres", "graph.postgres_dsn": postgres_dsn}
+    shared = {"store.backend": "postgres", "store.postgres_dsn": postgres_dsn}
     async with stack(tmp_path / "a", overrides={**shared, "graph.replica_id": "a"}) as a:
         b_server = await start_server(tmp_path / "b", **shared, **{"graph.replica_id": "b"})
         try:

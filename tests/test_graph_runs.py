@@ -34,8 +34,8 @@ def backend(request: pytest.FixtureRequest) -> dict[str, object]:
     if request.param == "sqlite":
         return {}
     return {
-        "graph.store": "postgres",
-        "graph.postgres_dsn": request.getfixturevalue("postgres_dsn"),
+        "store.backend": "postgres",
+        "store.postgres_dsn": request.getfixturevalue("postgres_dsn"),
     }
 
 

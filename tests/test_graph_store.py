@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
-import psycopg
 import pytest
 
-from maestro.control_plane.graph.postgres import MIGRATIONS, PostgresSql
 from maestro.control_plane.graph.records import (
     Budget,
     GateRecord,
@@ -22,24 +18,16 @@ from maestro.control_plane.graph.records import (
     RunRecord,
     RunStatus,
 )
-from maestro.control_plane.graph.sql import SqliteSql
 from maestro.control_plane.graph.store import RunStore
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.store.sql import Sql
 from maestro.core.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 RECIPE = "nodes: [{id: a, kind: router}]\nedges: [{from: __start__, to: a}, {from: a, to: __end__}]"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
-    if request.param == "sqlite":
-        database = Database(tmp_path / "maestro.db")
-        yield RunStore(SqliteSql(database))
-        database.close()
-    else:
-        sql = PostgresSql(request.getfixturevalue("postgres_dsn"))
-        yield RunStore(sql)
-        sql.close()
+@pytest.fixture
+def store(store_sql: Sql) -> RunStore:
+    return RunStore(store_sql)
 
 
 def _run(name: str = "projects/p/runs/r1", **fields: object) -> RunRecord:
@@ -218,19 +206,6 @@ def test_listing_runs_pages_newest_first(store: RunStore) -> None:
     first = store.list_runs("p", None, 2)
     rest = store.list_runs("p", (first[-1].create_time, first[-1].name), 10)
     assert [r.name[-2:] for r in [*first, *rest]] == ["r4", "r3", "r2", "r1", "r0"]
-
-
-def test_postgres_migrations_are_versioned_and_applied_once(postgres_dsn: str) -> None:
-    PostgresSql(postgres_dsn).close()
-    PostgresSql(postgres_dsn).close()  # a second replica starting finds them applied
-    with psycopg.connect(postgres_dsn) as conn:
-        versions = [row[0] for row in conn.execute("SELECT version FROM maestro_schema_migrations")]
-        state_type = conn.execute(
-            "SELECT data_type FROM information_schema.columns "
-            "WHERE table_name = 'agent_runs' AND column_name = 'state'"
-        ).fetchone()
-    assert versions == list(range(1, len(MIGRATIONS) + 1))
-    assert state_type == ("jsonb",)
 
 
 def test_finished_runs_are_not_claimed(store: RunStore) -> None:

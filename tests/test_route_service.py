@@ -13,7 +13,8 @@ from google.protobuf import field_mask_pb2
 
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.control_plane.projects.store import ProjectStore
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.schema import MIGRATIONS
+from maestro.control_plane.store.sqlite import SqliteSql
 from maestro.v1 import common_pb2
 from maestro.v1 import route_service_pb2 as pb
 from tests.conftest import RunningServer, start_server
@@ -290,9 +291,11 @@ async def test_config_file_edits_are_applied_live(tmp_path: Path) -> None:
     config_file.write_text(SEED_YAML)
     policy_file = tmp_path / "routing.rego"
     policy_file.write_text(SEED_ROUTING)
-    database = Database(tmp_path / "maestro.db")  # the project exists before the server starts
-    ProjectStore(database).create_project("projects/alpha", "", datetime.now(UTC))
-    database.close()
+    sql = SqliteSql(
+        tmp_path / "maestro.db", MIGRATIONS
+    )  # the project exists before the server starts
+    ProjectStore(sql).create_project("projects/alpha", "", datetime.now(UTC))
+    sql.close()
     running = await start_server(
         tmp_path,
         **{

@@ -16,7 +16,8 @@ from maestro.clients import MaestroClient, MaestroRpcError
 from maestro.control_plane.graph.recipe import Recipe
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.store import ProjectStore
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.schema import MIGRATIONS
+from maestro.control_plane.store.opening import open_store
 from maestro.core.auth import hash_secret
 from maestro.core.errors import InvalidArgument, MaestroError
 from maestro.v1 import common_pb2
@@ -93,9 +94,9 @@ def _demo_key_file(config: MaestroConfig) -> Path:
 
 def _bootstrap_demo(config: MaestroConfig) -> None:
     """First run: create the `demo` project and write a key for it next to the database."""
-    database = Database(config.store.sqlite_path)
+    sql = open_store(config.store, MIGRATIONS)
     try:
-        store = ProjectStore(database)
+        store = ProjectStore(sql)
         service = ProjectService(store)
         service.create_project(DEMO_PROJECT, "Demo project")
         key_file = _demo_key_file(config)
@@ -109,7 +110,7 @@ def _bootstrap_demo(config: MaestroConfig) -> None:
             f"created project projects/{DEMO_PROJECT}; its API key is in {key_file}", err=True
         )
     finally:
-        database.close()
+        sql.close()
 
 
 @app.command()
@@ -229,18 +230,18 @@ def create_project(
     display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
     config_path: ConfigOption = None,
 ) -> None:
-    """Create a project in the local store (idempotent) and mint its first API key."""
+    """Create a project in the store (idempotent) and mint its first API key."""
     config = _load(config_path or DEMO)
-    database = Database(config.store.sqlite_path)
+    sql = open_store(config.store, MIGRATIONS)
     try:
-        service = ProjectService(ProjectStore(database))
+        service = ProjectService(ProjectStore(sql))
         record = service.create_project(project, display_name)
         created = service.create_key_offline(project, "created by maestro admin create-project")
     except MaestroError as error:
         typer.echo(f"error: {error.message}", err=True)
         raise typer.Exit(2) from None
     finally:
-        database.close()
+        sql.close()
     typer.echo(f"project: {record.name}\napi key: {created.secret}")
 
 

@@ -24,7 +24,9 @@ from maestro.control_plane.route.files import apply_files, watch_files
 from maestro.control_plane.route.service import RouteService
 from maestro.control_plane.route.servicer import RouteServicer
 from maestro.control_plane.route.store import RouteConfigStore
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.schema import MIGRATIONS
+from maestro.control_plane.store.opening import open_store
+from maestro.control_plane.store.sql import Sql
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
 from maestro.core.rpc.reflection import enable_reflection
 from maestro.core.rpc.server import build_grpc_server
@@ -64,7 +66,7 @@ class ControlPlane:
     config: MaestroConfig
     server: grpc.aio.Server
     health: HealthServicer
-    database: Database
+    store: Sql
     projects: ProjectService
     routes: RouteService
     port: int
@@ -98,7 +100,9 @@ class ControlPlane:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
-        self.database.close()
+        await self.routes.stop_following()
+        await self.store.stop_listening()
+        await asyncio.to_thread(self.store.close)
         log.info("server.stopped")
 
     async def wait_stopped(self) -> None:
@@ -106,8 +110,8 @@ class ControlPlane:
 
 
 async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> ControlPlane:
-    database = Database(config.store.sqlite_path, config.store.sqlite_synchronous)
-    projects = ProjectService(ProjectStore(database), key_cache_ttl_s=config.auth.key_cache_ttl_s)
+    store = await asyncio.to_thread(open_store, config.store, MIGRATIONS)
+    projects = ProjectService(ProjectStore(store), key_cache_ttl_s=config.auth.key_cache_ttl_s)
     insecure_project = config.auth.insecure_project if config.auth.mode == "insecure" else None
     server = build_grpc_server(
         config.server, telemetry, projects.authenticate, insecure_project, "maestro.control_plane"
@@ -116,12 +120,13 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     stopping = asyncio.Event()
     registry = SnapshotRegistry()
     routes = RouteService(
-        RouteConfigStore(database),
+        RouteConfigStore(store),
         registry,
         ContentTagger(),
         tracer=telemetry.tracer_provider.get_tracer("maestro.route"),
         meter=telemetry.meter_provider.get_meter("maestro.route"),
     )
+    routes.follow_replicas()
     await routes.load_all()
     route_service_pb2_grpc.add_RouteServiceServicer_to_server(
         RouteServicer(routes, registry, stopping), server
@@ -141,7 +146,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         graph = await build_graph(
             config.graph,
             blob_dir,
-            database,
+            store,
             registry,
             routes,
             DataPlaneModels(data.service) if data else None,
@@ -170,11 +175,13 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             await graph.stop()
         if data is not None:
             await data.close()
-        database.close()
+        await routes.stop_following()
+        await store.stop_listening()
+        store.close()
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     await server.start()
     plane = ControlPlane(
-        config, server, health, database, projects, routes, port, stopping, data, graph
+        config, server, health, store, projects, routes, port, stopping, data, graph
     )
     if data is not None:
         await data.start_http()

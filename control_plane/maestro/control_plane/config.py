@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from maestro.core.settings import Section
 
@@ -29,14 +29,33 @@ class AuthConfig(Section):
 
 
 class StoreConfig(Section):
-    """Where state lives. The embedded default is one SQLite file."""
+    """Where state lives: projects and keys, routing configs, runs, and every slice to come.
 
+    The embedded default is one SQLite file, for one process. `postgres` puts all of it in one
+    PostgreSQL database that several control-plane replicas share.
+    """
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="sqlite: one file, one process. postgres: `postgres_dsn`, shared."
+    )
+    postgres_dsn: str = Field(
+        "", description="libpq connection string, for backend=postgres (keep it in a secret)."
+    )
+    postgres_pool_size: int = Field(
+        8, ge=1, le=256, description="Connections each replica keeps, for writes and for reads."
+    )
     sqlite_path: Path = Field(Path(".maestro/maestro.db"), description="SQLite database file.")
     sqlite_synchronous: Literal["normal", "full"] = Field(
         "normal",
         description="normal: a commit survives a crash of the process, and the last commits may "
         "be lost on power loss (SQLite's recommendation for WAL). full: every commit is fsynced.",
     )
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StoreConfig:
+        if self.backend == "postgres" and not self.postgres_dsn:
+            raise ValueError("store.backend=postgres needs store.postgres_dsn")
+        return self
 
 
 class RoutingConfig(Section):
@@ -53,15 +72,10 @@ class RoutingConfig(Section):
 
 
 class GraphConfig(Section):
-    """GraphService: where runs are stored and how replicas share them."""
+    """GraphService: how replicas share runs (they live in the store; on PostgreSQL every
+    replica claims runs with leases)."""
 
     enabled: bool = Field(True, description="Serve GraphService and run agent graphs.")
-    store: Literal["sqlite", "postgres"] = Field(
-        "sqlite",
-        description="sqlite: runs live in store.sqlite_path (one host). postgres: runs live in "
-        "`postgres_dsn`, shared by every replica, which claim runs with leases.",
-    )
-    postgres_dsn: str = Field("", description="libpq connection string, for store=postgres.")
     replica_id: str = Field(
         "", description="Names this replica in leases and events; empty: host name and pid."
     )

@@ -141,8 +141,21 @@ class SnapshotRegistry:
         """Live signals of a project's deployments, shared by its successive snapshots."""
         return self._boards.setdefault(project, SignalBoard())
 
-    async def publish(self, revision: Revision, compiled: Compiled) -> Published:
+    async def publish(
+        self, revision: Revision, compiled: Compiled, *, newer_only: bool = False
+    ) -> Published:
+        """Make `compiled` the project's current snapshot. With `newer_only`, a snapshot older
+        than the current one (by project revision, then global revision) is not published and
+        the current one is returned: replicas that learn of revisions out of order never go
+        back."""
         async with self._changed:
+            current = self._current.get(revision.project)
+            if (
+                newer_only
+                and current is not None
+                and _order(current) > _order_of(revision, compiled.global_revision)
+            ):
+                return current
             self._generation += 1
             published = Published(
                 revision.project,
@@ -177,3 +190,11 @@ class SnapshotRegistry:
         """Return once something was published after `generation`."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._generation > generation)
+
+
+def _order_of(revision: Revision, global_revision: Revision | None) -> tuple[int, int]:
+    return revision.revision, global_revision.revision if global_revision else 0
+
+
+def _order(published: Published) -> tuple[int, int]:
+    return _order_of(published.revision, published.global_revision)

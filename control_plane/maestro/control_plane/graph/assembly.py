@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import Callable
@@ -20,10 +19,9 @@ from maestro.control_plane.graph.policy import GraphPolicy
 from maestro.control_plane.graph.runtime import GraphRuntime, RuntimeSettings
 from maestro.control_plane.graph.service import GraphService
 from maestro.control_plane.graph.servicer import GraphServicer
-from maestro.control_plane.graph.sql import Sql, SqliteSql
 from maestro.control_plane.graph.store import EVENTS_CHANNEL, RunStore
 from maestro.control_plane.graph.tools import builtin_tools
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.store.sql import Sql
 from maestro.core.telemetry import Telemetry
 from maestro.routing.decider import Decider
 from maestro.routing.snapshots import SnapshotRegistry
@@ -44,11 +42,8 @@ class GraphPlane:
         )
 
     async def stop(self) -> None:
+        """Stop driving runs; the store belongs to the process and outlives this."""
         await self.runtime.stop()
-        stop_listening = getattr(self.sql, "stop_listening", None)
-        if stop_listening is not None:
-            await stop_listening()
-        await asyncio.to_thread(self.sql.close)
 
 
 def price_lookup(registry: SnapshotRegistry) -> Callable[[str], PriceLookup]:
@@ -82,24 +77,15 @@ def price_lookup(registry: SnapshotRegistry) -> Callable[[str], PriceLookup]:
     return for_project
 
 
-def open_sql(config: GraphConfig, database: Database) -> Sql:
-    if config.store == "postgres":
-        from maestro.control_plane.graph.postgres import PostgresSql
-
-        return PostgresSql(config.postgres_dsn)
-    return SqliteSql(database)
-
-
 async def build_graph(
     config: GraphConfig,
     blob_dir: Path,
-    database: Database,
+    sql: Sql,
     registry: SnapshotRegistry,
     routes: Decider,
     models: ModelCaller | None,
     telemetry: Telemetry,
 ) -> GraphPlane:
-    sql = await asyncio.to_thread(open_sql, config, database)
     store = RunStore(sql)
     hub = RunHub()
     replica = config.replica_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -115,8 +101,6 @@ async def build_graph(
         blobs=FileBlobStore(blob_dir),
         meter=telemetry.meter_provider.get_meter("maestro.graph"),
     )
-    listen = getattr(sql, "listen", None)
-    if listen is not None:
-        listen(EVENTS_CHANNEL, hub.remote_change)
+    sql.listen(EVENTS_CHANNEL, hub.remote_change)
     service = GraphService(store, hub, runtime, routes, config.max_active_runs_per_project)
     return GraphPlane(sql, store, hub, runtime, service)

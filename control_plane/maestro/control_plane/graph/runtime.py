@@ -42,7 +42,6 @@ from maestro.control_plane.graph.records import (
     RunRecord,
     RunStatus,
 )
-from maestro.control_plane.graph.sql import json_text
 from maestro.control_plane.graph.steps import (
     BeforeExecute,
     NodeOutcome,
@@ -55,6 +54,7 @@ from maestro.control_plane.graph.steps import (
 )
 from maestro.control_plane.graph.store import RunStore
 from maestro.control_plane.graph.tools import Tool
+from maestro.control_plane.store.sql import json_text
 from maestro.core.errors import MaestroError
 
 log = structlog.get_logger(__name__)

@@ -1,7 +1,9 @@
-"""The agent-graph tables, written once for SQLite and PostgreSQL (no imports: the SQLite
-migrations read it too)."""
+"""The graph slice's tables (recipes, runs, events, gates, kill switches, audit, tool effects),
+written once for SQLite and PostgreSQL."""
 
 from __future__ import annotations
+
+from maestro.control_plane.store.migrations import Migration
 
 # The graph schema, once: `{json}` becomes TEXT on SQLite and JSONB on PostgreSQL (the seed's
 # `agent_runs` with JSONB state), `{real}` a double. Times are epoch seconds (REAL) so lease
@@ -112,9 +114,4 @@ CREATE TABLE tool_effects (
 """
 
 
-def sqlite_schema() -> str:
-    return GRAPH_SCHEMA.replace("{json}", "TEXT").replace("{real}", "REAL")
-
-
-def postgres_schema() -> str:
-    return GRAPH_SCHEMA.replace("{json}", "JSONB").replace("{real}", "DOUBLE PRECISION")
+MIGRATIONS = (Migration("graph", 1, GRAPH_SCHEMA),)

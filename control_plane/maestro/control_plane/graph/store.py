@@ -1,6 +1,6 @@
 """The run store: recipes, runs, events, gates, kill switches and the tools' effect ledger.
 
-Written once over `graph.sql.Sql`, so SQLite (embedded default) and PostgreSQL run the same code
+Written once over `store.sql.Sql`, so SQLite (embedded default) and PostgreSQL run the same code
 and the same test suite. Every change to a run goes through `change_run`: the run's row is read
 (and locked, on PostgreSQL) and the caller's function decides the change from it, then the column
 updates, the new events (numbered densely from the run's `last_seq`) and the gates are written in
@@ -36,7 +36,7 @@ from maestro.control_plane.graph.records import (
     RunRecord,
     RunStatus,
 )
-from maestro.control_plane.graph.sql import Row, Sql, Tx
+from maestro.control_plane.store.sql import Row, Sql, Tx
 from maestro.core.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 EVENTS_CHANNEL = "maestro_run_events"

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from maestro.control_plane.projects.store import ApiKeyRecord, ProjectRecord, ProjectStore
+from maestro.control_plane.store.errors import RowConflict, RowNotFound
 from maestro.core import names, paging
 from maestro.core.auth import Principal, hash_secret, new_key, require_project
 from maestro.core.errors import FieldViolation, InvalidArgument, NotFound
@@ -133,7 +134,16 @@ class ProjectService:
             prefix=key.prefix,
             create_time=datetime.now(UTC),
         )
-        stored, created = self._store.insert_key(record, key.secret_sha256, request_id or None)
+        try:
+            stored, created = self._store.insert_key(record, key.secret_sha256, request_id or None)
+        except RowConflict:
+            # The same request id, committed by a concurrent call (on another replica) between
+            # our look-up and our insert: the retry finds that call's key.
+            stored, created = self._store.insert_key(record, key.secret_sha256, request_id or None)
+        except RowNotFound:
+            raise NotFound(
+                f"project {parent!r} does not exist", reason="PROJECT_NOT_FOUND"
+            ) from None
         return CreatedKey(stored, key.secret if created else "")
 
     async def get_key(self, principal: Principal, name: str) -> ApiKeyRecord:

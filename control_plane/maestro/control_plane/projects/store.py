@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from maestro.control_plane.store.sqlite import Database
+from maestro.control_plane.store.sql import Row, Sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,29 +28,29 @@ def _time(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
-def _key(row: sqlite3.Row) -> ApiKeyRecord:
+def _key(row: Row) -> ApiKeyRecord:
     return ApiKeyRecord(
         row["name"], row["project"], row["display_name"], row["prefix"], _time(row["create_time"])
     )
 
 
 class ProjectStore:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, sql: Sql) -> None:
+        self._sql = sql
 
     def create_project(self, name: str, display_name: str, now: datetime) -> ProjectRecord | None:
         """Insert a project; None if one with that name exists."""
-        with self._db.transaction() as conn:
-            cursor = conn.execute(
+        with self._sql.write() as tx:
+            created = tx.run(
                 "INSERT INTO projects(name, display_name, create_time) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO NOTHING",
                 (name, display_name, now.astimezone(UTC).isoformat()),
             )
-        return ProjectRecord(name, display_name, now) if cursor.rowcount else None
+        return ProjectRecord(name, display_name, now) if created else None
 
     def get_project(self, name: str) -> ProjectRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute("SELECT * FROM projects WHERE name = ?", (name,)).fetchone()
+        with self._sql.read() as tx:
+            row = tx.one("SELECT * FROM projects WHERE name = ?", (name,))
         return (
             ProjectRecord(row["name"], row["display_name"], _time(row["create_time"]))
             if row
@@ -63,17 +62,17 @@ class ProjectStore:
     ) -> tuple[ApiKeyRecord, bool]:
         """Insert a key; with a `request_id` already used in that project, return that key.
 
-        Returns (key, created).
+        Returns (key, created). Raises RowNotFound when the project does not exist.
         """
-        with self._db.transaction() as conn:
+        with self._sql.write() as tx:
             if request_id:
-                row = conn.execute(
+                row = tx.one(
                     "SELECT * FROM api_keys WHERE project = ? AND request_id = ?",
                     (record.project, request_id),
-                ).fetchone()
+                )
                 if row is not None:
                     return _key(row), False
-            conn.execute(
+            tx.run(
                 "INSERT INTO api_keys(name, project, display_name, prefix, secret_sha256, "
                 "request_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -89,15 +88,13 @@ class ProjectStore:
         return record, True
 
     def get_key(self, name: str) -> ApiKeyRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute("SELECT * FROM api_keys WHERE name = ?", (name,)).fetchone()
+        with self._sql.read() as tx:
+            row = tx.one("SELECT * FROM api_keys WHERE name = ?", (name,))
         return _key(row) if row else None
 
     def find_key_by_hash(self, secret_sha256: str) -> ApiKeyRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute(
-                "SELECT * FROM api_keys WHERE secret_sha256 = ?", (secret_sha256,)
-            ).fetchone()
+        with self._sql.read() as tx:
+            row = tx.one("SELECT * FROM api_keys WHERE secret_sha256 = ?", (secret_sha256,))
         return _key(row) if row else None
 
     def list_keys(
@@ -111,9 +108,9 @@ class ProjectStore:
             params += list(after)
         query += " ORDER BY create_time DESC, name DESC LIMIT ?"
         params.append(limit)
-        with self._db.read() as conn:
-            return [_key(row) for row in conn.execute(query, params).fetchall()]
+        with self._sql.read() as tx:
+            return [_key(row) for row in tx.all(query, params)]
 
     def delete_key(self, name: str) -> bool:
-        with self._db.transaction() as conn:
-            return conn.execute("DELETE FROM api_keys WHERE name = ?", (name,)).rowcount > 0
+        with self._sql.write() as tx:
+            return tx.run("DELETE FROM api_keys WHERE name = ?", (name,)) > 0

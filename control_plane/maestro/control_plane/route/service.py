@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from opentelemetry import metrics, trace
 
-from maestro.control_plane.route.store import RouteConfigStore, digest_of
+from maestro.control_plane.route.store import CHANGES_CHANNEL, RouteConfigStore, digest_of
 from maestro.control_plane.store.errors import RowNotFound
 from maestro.core import names, paging
 from maestro.core.auth import Principal, require_project
@@ -79,6 +79,8 @@ class RouteService(Decider):
         super().__init__(registry, tagger, tracer=tracer, meter=meter)
         self._store = store
         self._explain_cache: OrderedDict[tuple[str, int], RoutingSnapshot] = OrderedDict()
+        self._changes: asyncio.Queue[str | None] = asyncio.Queue()
+        self._follower: asyncio.Task[None] | None = None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -91,6 +93,52 @@ class RouteService(Decider):
             revision = await asyncio.to_thread(self._store.latest, project)
             if revision is not None:
                 await self._publish_compiled(revision)
+
+    def follow_replicas(self) -> None:
+        """On a store that replicas share, publish what the others apply: every append
+        notifies the project's name, and each time listening (re)starts every project is
+        re-read. One task applies them in order; stale ones are skipped (`newer_only`)."""
+        if not self._store.sql.shared:
+            return
+        self._follower = asyncio.create_task(self._apply_changes(), name="route-follow-replicas")
+        self._store.sql.listen(
+            CHANGES_CHANNEL, self._changes.put_nowait, lambda: self._changes.put_nowait(None)
+        )
+
+    async def stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+
+    async def _apply_changes(self) -> None:
+        while True:
+            project = await self._changes.get()
+            try:
+                if project is None:
+                    projects = await asyncio.to_thread(self._store.projects_with_config)
+                    for each in sorted(projects, key=lambda p: p != GLOBAL_PROJECT):
+                        await self._catch_up(each)
+                else:
+                    await self._catch_up(project)
+            except Exception:  # the next notification or reconnect tries again
+                log.exception("route.follow_failed", project=project)
+
+    async def _catch_up(self, project: str) -> None:
+        latest = await asyncio.to_thread(self._store.latest, project)
+        published = self._registry.current(project)
+        if latest is None or (published and published.revision.revision >= latest.revision):
+            return  # applied here, or already caught up
+        if await self._publish_compiled(latest):
+            log.info("route.config_followed", project=project, revision=latest.revision)
+            if project == GLOBAL_PROJECT:
+                await self._republish_on_global()
+
+    async def _republish_on_global(self) -> None:
+        """Every project routes on top of the global layer: rebuild their snapshots."""
+        for other in await asyncio.to_thread(self._store.projects_with_config):
+            latest = await asyncio.to_thread(self._store.latest, other)
+            if other != GLOBAL_PROJECT and latest is not None:
+                await self._publish_compiled(latest)
 
     async def _publish_compiled(self, revision: Revision) -> bool:
         """Compile a stored revision on the current global layer and publish it; on failure
@@ -105,7 +153,7 @@ class RouteService(Decider):
         except (MaestroError, PolicyError) as error:
             log.error("route.config_unloadable", project=revision.project, error=str(error))
             return False
-        await self._registry.publish(revision, compiled)
+        await self._registry.publish(revision, compiled, newer_only=True)
         return True
 
     def _global_revision(self, project: str) -> Revision | None:
@@ -199,14 +247,10 @@ class RouteService(Decider):
         revision, created = stored
         if not created:  # a retried request: the first call's revision, already published
             return Applied(ConfigView(name, revision), compiled.snapshot, created)
-        published = await self._registry.publish(revision, compiled)
+        published = await self._registry.publish(revision, compiled, newer_only=True)
         log.info("route.config_applied", project=project, revision=revision.revision)
         if project == GLOBAL_PROJECT:
-            # Every project routes on top of the global layer: rebuild their snapshots.
-            for other in await asyncio.to_thread(self._store.projects_with_config):
-                latest = await asyncio.to_thread(self._store.latest, other)
-                if other != GLOBAL_PROJECT and latest is not None:
-                    await self._publish_compiled(latest)
+            await self._republish_on_global()
         return Applied(ConfigView(name, revision, published), compiled.snapshot, created)
 
     def _append(
