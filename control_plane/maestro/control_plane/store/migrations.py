@@ -26,16 +26,20 @@ LEGACY_POSTGRES_SLICE = "graph"
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One step of a slice's schema. `sql` serves both dialects; `postgres_sql`, when given,
+    replaces it on PostgreSQL (a data migration whose JSON functions differ, say)."""
+
     slice: str
     version: int
     sql: str
+    postgres_sql: str | None = None
 
-
-def render(sql: str, dialect: str) -> str:
-    """A migration's SQL in one dialect (`sqlite` or `postgres`)."""
-    if dialect == "postgres":
-        return sql.replace("{json}", "JSONB").replace("{real}", "DOUBLE PRECISION")
-    return sql.replace("{json}", "TEXT").replace("{real}", "REAL")
+    def render(self, dialect: str) -> str:
+        """The migration's SQL in one dialect (`sqlite` or `postgres`)."""
+        if dialect == "postgres":
+            sql = self.postgres_sql if self.postgres_sql is not None else self.sql
+            return sql.replace("{json}", "JSONB").replace("{real}", "DOUBLE PRECISION")
+        return self.sql.replace("{json}", "TEXT").replace("{real}", "REAL")
 
 
 def pending(migrations: Sequence[Migration], applied: Iterable[tuple[str, int]]) -> list[Migration]:

@@ -122,7 +122,7 @@ class PostgresSql:
                 for row in cursor.execute(f"SELECT slice, version FROM {migrations.TABLE}")
             ]
             for migration in migrations.pending(schema, applied):
-                conn.execute(migrations.render(migration.sql, "postgres").encode())
+                conn.execute(migration.render("postgres").encode())
                 conn.execute(
                     f"INSERT INTO {migrations.TABLE} (slice, version) VALUES (%s, %s)",
                     (migration.slice, migration.version),

@@ -108,7 +108,7 @@ class SqliteSql:
                 # executescript commits any open transaction first, so each migration carries
                 # its own BEGIN/COMMIT: the schema change and its record land together.
                 self._conn.executescript(
-                    f"BEGIN IMMEDIATE; {migrations.render(migration.sql, 'sqlite')};"
+                    f"BEGIN IMMEDIATE; {migration.render('sqlite')};"
                     f" INSERT INTO {migrations.TABLE} (slice, version, applied_at) VALUES"
                     f" ('{migration.slice}', {int(migration.version)}, '{_now()}'); COMMIT;"
                 )
