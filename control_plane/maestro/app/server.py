@@ -24,6 +24,7 @@ from maestro.control_plane.route.files import apply_files, watch_files
 from maestro.control_plane.route.service import RouteService
 from maestro.control_plane.route.servicer import RouteServicer
 from maestro.control_plane.route.store import RouteConfigStore
+from maestro.control_plane.route.watch import ConfigWatches
 from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.opening import open_store
 from maestro.control_plane.store.sql import Sql
@@ -129,7 +130,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     routes.follow_replicas()
     await routes.load_all()
     route_service_pb2_grpc.add_RouteServiceServicer_to_server(
-        RouteServicer(routes, registry, stopping), server
+        RouteServicer(routes, ConfigWatches(registry, stopping)), server
     )
     pending = list(PENDING_SERVICES)
     data = None

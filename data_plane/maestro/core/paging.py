@@ -1,7 +1,9 @@
-"""List pagination (AIP-158): page sizes and opaque page tokens.
+"""List pagination (AIP-158): page sizes, opaque page tokens, and pages.
 
 A token is URL-safe base64 of a small JSON object: the sort key of the last item returned, and
-the parent it was issued for, so a token replayed against another list is rejected.
+the scope it was issued for (the list and its parent), so a token replayed against another list
+is rejected. Lists read from a store fetch `limit + 1` rows after the token's key and cut them
+with `page_of`; lists computed in memory are cut with `page_in_memory`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from maestro.core.errors import FieldViolation, InvalidArgument
 
@@ -53,10 +55,30 @@ def decode_token(token: str, scope: str) -> list[Any] | None:
     return list(after)
 
 
-def page_of(
-    fetched: Sequence[T], limit: int, scope: str, key: Callable[[T], list[Any]]
-) -> tuple[list[T], str]:
+class Page(NamedTuple, Generic[T]):
+    """One page of a list, and the token for the next ("" on the last page)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+def page_of(fetched: Sequence[T], limit: int, scope: str, key: Callable[[T], list[Any]]) -> Page[T]:
     """A page from `limit + 1` fetched items: the first `limit`, and the token continuing after
     the last of them ("" when the extra item shows there is no more)."""
     items = list(fetched[:limit])
-    return items, encode_token(scope, key(items[-1])) if len(fetched) > limit else ""
+    return Page(items, encode_token(scope, key(items[-1])) if len(fetched) > limit else "")
+
+
+def page_in_memory(
+    ordered: Sequence[T],
+    requested_size: int,
+    page_token: str,
+    scope: str,
+    key: Callable[[T], list[Any]],
+) -> Page[T]:
+    """A page of items already sorted by `key`: those after the token's key, at most the page
+    size. Validates `page_size` and `page_token` (INVALID_ARGUMENT)."""
+    size = page_size(requested_size)
+    after = decode_token(page_token, scope)
+    remaining = [item for item in ordered if key(item) > after] if after is not None else ordered
+    return page_of(remaining, size, scope, key)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from maestro.core import paging
 from maestro.core.filters import BOOL, STRING, Kind, parse_filter
 from maestro.routing.layers import GLOBAL_PROJECT
 from maestro.routing.snapshots import Published
@@ -59,3 +60,13 @@ def model_groups(published: Published, parent: str, filter_text: str) -> list[Mo
             )
         )
     return sorted(groups, key=lambda g: g.model)
+
+
+def list_model_groups(
+    published: Published, parent: str, filter_text: str, page_size: int, page_token: str
+) -> paging.Page[ModelGroupView]:
+    """A page of the snapshot's model groups, by name."""
+    groups = model_groups(published, parent, filter_text)
+    return paging.page_in_memory(
+        groups, page_size, page_token, f"models:{parent}", lambda g: [g.model]
+    )

@@ -9,11 +9,10 @@ from typing import Any
 import grpc
 
 from maestro.core.auth import current_principal
-from maestro.core.paging import decode_token, encode_token, page_size
 from maestro.core.rpc.metadata import objectives_header
 from maestro.data_plane import convert
 from maestro.data_plane.events import Delta, Done, Fallback, Routed
-from maestro.data_plane.model_groups import model_groups
+from maestro.data_plane.model_groups import list_model_groups
 from maestro.data_plane.service import InferenceService, collect
 from maestro.routing.decider import Decider
 from maestro.v1 import common_pb2
@@ -80,12 +79,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
         published = self._routes.published_for(current_principal(), request.parent)
-        size = page_size(request.page_size)
-        after = decode_token(request.page_token, f"models:{request.parent}")
-        groups = model_groups(published, request.parent, request.filter)
-        if after:
-            groups = [g for g in groups if g.model > str(after[0])]
-        page, more = groups[:size], len(groups) > size
+        page = list_model_groups(
+            published, request.parent, request.filter, request.page_size, request.page_token
+        )
         return pb.ListModelsResponse(
             model_groups=[
                 pb.ModelGroup(
@@ -106,10 +102,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                         for d in g.deployments
                     ],
                 )
-                for g in page
+                for g in page.items
             ],
-            next_page_token=(
-                encode_token(f"models:{request.parent}", [page[-1].model]) if more else ""
-            ),
+            next_page_token=page.next_page_token,
             snapshot_version=published.snapshot_version,
         )

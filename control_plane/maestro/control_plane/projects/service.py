@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from maestro.control_plane.projects.store import ApiKeyRecord, ProjectRecord, ProjectStore
 from maestro.control_plane.store.errors import RowConflict, RowNotFound
@@ -27,12 +27,6 @@ T = TypeVar("T")
 class CreatedKey:
     record: ApiKeyRecord
     secret: str  # empty when a retried request returns the key made by the first call
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str
 
 
 class ProjectService:
@@ -102,13 +96,13 @@ class ProjectService:
 
     async def list_projects(
         self, principal: Principal, page_size: int, page_token: str
-    ) -> Page[ProjectRecord]:
+    ) -> paging.Page[ProjectRecord]:
         paging.page_size(page_size)
         if paging.decode_token(page_token, "projects") is not None:
-            return Page([], "")  # a caller sees one project, so there is never a second page
+            return paging.Page([], "")  # a caller sees one project, so there is never a second page
         own = names.project_name(principal.project_id)
         record = await asyncio.to_thread(self._store.get_project, own)
-        return Page([record] if record else [], "")
+        return paging.Page([record] if record else [], "")
 
     # -- API keys ---------------------------------------------------------------------------
 
@@ -156,21 +150,16 @@ class ProjectService:
 
     async def list_keys(
         self, principal: Principal, parent: str, page_size: int, page_token: str
-    ) -> Page[ApiKeyRecord]:
+    ) -> paging.Page[ApiKeyRecord]:
         project_id = names.parse_project_name(parent, "parent")
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, parent)
         require_project(principal, project_id)
         after_key = (str(after[0]), str(after[1])) if after and len(after) == 2 else None
         rows = await asyncio.to_thread(self._store.list_keys, parent, size + 1, after_key)
-        items = rows[:size]
-        token = ""
-        if len(rows) > size:
-            last = items[-1]
-            token = paging.encode_token(
-                parent, [last.create_time.astimezone(UTC).isoformat(), last.name]
-            )
-        return Page(items, token)
+        return paging.page_of(
+            rows, size, parent, lambda k: [k.create_time.astimezone(UTC).isoformat(), k.name]
+        )
 
     async def delete_key(self, principal: Principal, name: str) -> None:
         project_id, _ = names.parse_api_key_name(name, "name")

@@ -9,6 +9,8 @@ import re
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from maestro.control_plane.route.reports import BatchReceipt, ObservationBatch
+from maestro.control_plane.route.watch import RejectedSnapshot, WatchAck, WatchUpdate
 from maestro.core import names
 from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.routing.decider import Choice, ChooseInput
@@ -425,3 +427,34 @@ def signals_message(
     if view.update_time is not None:
         message.update_time.FromNanoseconds(round(view.update_time * 1e9))
     return message
+
+
+def observation_batch(request: route_service_pb2.ReportObservationsRequest) -> ObservationBatch:
+    return ObservationBatch(request.node_id, request.batch_id, observations(request))
+
+
+def receipt_message(receipt: BatchReceipt) -> route_service_pb2.ReportObservationsResponse:
+    return route_service_pb2.ReportObservationsResponse(
+        batch_id=receipt.batch_id, accepted_count=receipt.accepted, dropped_count=receipt.dropped
+    )
+
+
+def watch_ack(request: route_service_pb2.WatchConfigRequest) -> WatchAck:
+    return WatchAck(
+        version_info=request.version_info,
+        nonce=request.response_nonce,
+        error=request.error_detail.message if request.HasField("error_detail") else None,
+        rejected=tuple(
+            RejectedSnapshot(r.route_config, r.snapshot_version, r.error.message)
+            for r in request.rejected_route_configs
+        ),
+    )
+
+
+def watch_response(update: WatchUpdate) -> route_service_pb2.WatchConfigResponse:
+    return route_service_pb2.WatchConfigResponse(
+        version_info=update.version_info,
+        nonce=update.nonce,
+        snapshots=[snapshot_message(p) for p in update.snapshots],
+        full_state=update.full_state,
+    )

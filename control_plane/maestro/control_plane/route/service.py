@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +29,14 @@ from maestro.core.errors import (
     MaestroError,
     NotFound,
 )
+from maestro.core.filters import STRING, Kind, parse_filter
 from maestro.routing.decider import Choice, ChooseInput, Decider, choice_of
 from maestro.routing.engine import (
     RoutingSnapshot,
 )
 from maestro.routing.layers import GLOBAL_PROJECT
 from maestro.routing.policy import PolicyError, PolicyModule
+from maestro.routing.signals import Breaker, SignalsView
 from maestro.routing.snapshots import (
     Compiled,
     Published,
@@ -41,6 +44,7 @@ from maestro.routing.snapshots import (
     SnapshotRegistry,
     compile_revision,
 )
+from maestro.routing.spec import DeploymentSpec
 from maestro.routing.tagging import ContentTagger
 
 log = structlog.get_logger(__name__)
@@ -286,16 +290,14 @@ class RouteService(Decider):
 
     async def list_revisions(
         self, principal: Principal, parent: str, page_size: int, page_token: str
-    ) -> tuple[list[Revision], str]:
+    ) -> paging.Page[Revision]:
         project = config_project(parent, "parent")
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, parent)
         require_project(principal, project.removeprefix("projects/"))
         before = int(after[0]) if after and isinstance(after[0], int) else None
         rows = await asyncio.to_thread(self._store.page, project, size + 1, before)
-        items = rows[:size]
-        token = paging.encode_token(parent, [items[-1].revision]) if len(rows) > size else ""
-        return items, token
+        return paging.page_of(rows, size, parent, lambda r: [r.revision])
 
     async def _revision_snapshot(self, project: str, number: int) -> RoutingSnapshot:
         key = (project, number)
@@ -318,6 +320,24 @@ class RouteService(Decider):
         if len(self._explain_cache) > EXPLAIN_CACHE_SIZE:
             self._explain_cache.popitem(last=False)
         return snapshot
+
+    def list_deployment_signals(
+        self, principal: Principal, parent: str, filter_text: str, page_size: int, page_token: str
+    ) -> paging.Page[tuple[DeploymentSpec, SignalsView]]:
+        """The project's deployments with their live signals, filtered, by model group then id."""
+        checks = _signal_filter(filter_text)
+        rows = sorted(
+            (
+                (d, v)
+                for d, v in self.deployment_signals(principal, parent)
+                if all(check(d, v) for check in checks)
+            ),
+            key=lambda row: (row[0].model_name, row[0].deployment_id),
+        )
+        return paging.page_in_memory(
+            rows, page_size, page_token, f"signals:{parent}",
+            lambda row: [row[0].model_name, row[0].deployment_id],
+        )  # fmt: skip
 
 
 def config_project(name: str, field: str) -> str:
@@ -383,3 +403,28 @@ def _check_apply_fields(
         violations.append(FieldViolation("description", "at most 1024 characters"))
     if violations:
         raise InvalidArgument(violations)
+
+
+_STATE_NAMES = {"OPEN": Breaker.OPEN, "CLOSED": Breaker.CLOSED, "HALF_OPEN": Breaker.HALF_OPEN}
+_SIGNAL_FIELDS: dict[str, Kind] = {
+    "model_group": STRING,
+    "provider": STRING,
+    "breaker_state": frozenset(_STATE_NAMES),
+}
+SignalCheck = Callable[[DeploymentSpec, SignalsView], bool]
+
+
+def _signal_filter(text: str) -> list[SignalCheck]:
+    """`model_group = "gpt-4o" AND provider = "vllm" AND breaker_state = OPEN`, any subset."""
+    return [_signal_check(field, value) for field, value in parse_filter(text, _SIGNAL_FIELDS)]
+
+
+def _signal_check(field: str, value: str | bool) -> SignalCheck:
+    def check(deployment: DeploymentSpec, view: SignalsView) -> bool:
+        if field == "breaker_state":
+            return view.breaker_state == _STATE_NAMES[str(value)]
+        if field == "model_group":
+            return deployment.model_name == value
+        return deployment.provider == value
+
+    return check
