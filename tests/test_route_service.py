@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from structlog.testing import capture_logs
 
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.control_plane.projects.store import ProjectStore
@@ -317,9 +318,14 @@ async def test_config_file_edits_are_applied_live(tmp_path: Path) -> None:
                     break
                 await asyncio.sleep(0.05)
             assert current.route_config.revision_id == "2"
-            config_file.write_text("model_list: []\n")  # invalid: rejected, revision 2 stays
-            await asyncio.sleep(1)
+            with capture_logs() as logs:
+                config_file.write_text("model_list: []\n")  # invalid: rejected, rev. 2 stays
+                for _ in range(200):  # bounded: 200 x 50 ms, until the watcher has read it
+                    if any(e["event"] == "route.config_file_rejected" for e in logs):
+                        break
+                    await asyncio.sleep(0.05)
             after = await client.routes.GetConfig(pb.GetConfigRequest(name=ALPHA_CONFIG))
+            assert any(e["event"] == "route.config_file_rejected" for e in logs)
             assert after.route_config.revision_id == "2"
     finally:
         await running.plane.stop(grace_s=0)
