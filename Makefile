@@ -45,9 +45,11 @@ up: $(STAMP)
 protos: $(STAMP)
 	$(BIN)/python protos/build.py generate
 
+# `breaking` compares with the protos of HEAD~1; a clone without it (shallow) skips that step.
 protos-check: $(STAMP) $(BUF)
 	$(BIN)/python protos/build.py check
 	$(BIN)/python protos/build.py lint
+	$(BIN)/python protos/build.py breaking
 
 lint: $(STAMP) protos-check
 	$(BIN)/ruff format --check .

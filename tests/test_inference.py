@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import openai
 import pytest
@@ -18,8 +22,10 @@ from openai.types.chat import (
     ChatCompletionMessageFunctionToolCall,
     ChatCompletionMessageParam,
 )
+from structlog.testing import capture_logs
 
 from maestro.clients import MaestroRpcError
+from maestro.data_plane import http_ingress
 from maestro.data_plane.http_ingress import OpenAIIngress
 from maestro.data_plane.sim import FixedLatency, TokenRange, completion_text
 from maestro.v1 import common_pb2
@@ -27,6 +33,7 @@ from maestro.v1 import inference_service_pb2 as ipb
 from maestro.v1 import route_service_pb2 as rpb
 from tests.inference_support import (
     PARENT,
+    Stack,
     events,
     kinds,
     profile,
@@ -620,7 +627,9 @@ async def test_an_unexpected_ingress_failure_is_a_500_with_a_correlation_id_only
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(OpenAIIngress, "_completion_response", broken)
+    body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}]}
     async with stack(tmp_path) as s:
+        status, text, logs = await _post_chat(s, body)
         client = openai.AsyncOpenAI(
             base_url=s.openai_base_url, api_key=s.server.alpha_key, max_retries=0
         )
@@ -633,6 +642,67 @@ async def test_an_unexpected_ingress_failure_is_a_500_with_a_correlation_id_only
                 model="primary", messages=[{"role": "user", "content": "hi"}], stream=True
             )
             streamed = [chunk async for chunk in after]
-    assert "correlation id" in raised.value.message
+    assert status == 500
+    error = json.loads(text)["error"]
+    correlation_id = _internal_correlation_id(error["message"])
+    assert error["code"] == "INTERNAL"
+    assert "secret internals" not in text
+    assert "Traceback" not in text
+    _assert_logged_with_traceback(logs, "ingress.unhandled_error", correlation_id)
+    assert "correlation id" in raised.value.message  # what the openai client shows
     assert "secret internals" not in str(raised.value.body)
     assert streamed  # the ingress keeps serving
+
+
+async def test_an_unexpected_failure_mid_stream_ends_it_with_the_same_sanitized_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> bytes:
+        raise RuntimeError("secret internals")
+
+    # The last chunks are built after the first output went out: the HTTP status is sent.
+    monkeypatch.setattr(http_ingress, "_done_chunks", broken)
+    body = {"model": "primary", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with stack(tmp_path) as s:
+        status, text, logs = await _post_chat(s, body)
+    payloads = [line.removeprefix("data: ") for line in text.splitlines() if line]
+    assert status == 200
+    assert payloads[-1] == "[DONE]"
+    error = json.loads(payloads[-2])["error"]
+    correlation_id = _internal_correlation_id(error["message"])
+    assert error["code"] == "INTERNAL"
+    assert json.loads(payloads[0])["choices"]  # output reached the caller before the failure
+    assert "secret internals" not in text
+    assert "Traceback" not in text
+    _assert_logged_with_traceback(logs, "ingress.unhandled_error", correlation_id)
+
+
+async def _post_chat(
+    s: Stack, body: Mapping[str, object]
+) -> tuple[int, str, list[MutableMapping[str, Any]]]:
+    """POST to the ingress as plain HTTP: the status, the body's text, and what was logged."""
+    headers = {"authorization": f"Bearer {s.server.alpha_key}"}
+    with capture_logs() as logs:
+        async with (
+            aiohttp.ClientSession(headers=headers) as session,
+            session.post(f"{s.openai_base_url}/chat/completions", json=body) as response,
+        ):
+            return response.status, await response.text(), logs
+
+
+def _internal_correlation_id(message: str) -> str:
+    """The correlation id of the one fixed internal-error message (the same over gRPC)."""
+    matched = re.fullmatch(
+        r"internal error \(correlation id ([0-9a-f]{16})\); the server log has details", message
+    )
+    assert matched, message
+    return matched.group(1)
+
+
+def _assert_logged_with_traceback(
+    logs: list[MutableMapping[str, Any]], event: str, correlation_id: str
+) -> None:
+    logged = [entry for entry in logs if entry["event"] == event]
+    assert [entry["correlation_id"] for entry in logged] == [correlation_id]
+    assert logged[0]["exc_info"] is True  # the renderer writes the handled exception's traceback
+    assert logged[0]["log_level"] == "error"

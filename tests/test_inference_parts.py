@@ -4,6 +4,7 @@ the SSE batch parser, and LiteLLM as a provider client against the simulated pro
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from opentelemetry import metrics
@@ -17,27 +18,32 @@ from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.sim import FaultProfile, Faults, SimProvider, completion_text
 
 SETTINGS = BreakerSettings(
-    window=4, min_calls=4, failure_ratio=0.5, open_s=0.05, probes=1, close_after=2
+    window=4, min_calls=4, failure_ratio=0.5, open_s=5.0, probes=1, close_after=2
 )
 
 
-def _breaker() -> tuple[CircuitBreaker, list[Transition]]:
+class FakeClock:
+    """A breaker's clock that moves only when the test says. The event loop's timer may still
+    wake the breaker, but the breaker goes by this clock, so nothing here waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _breaker() -> tuple[CircuitBreaker, list[Transition], FakeClock]:
     seen: list[Transition] = []
-    return CircuitBreaker("d", SETTINGS, seen.append), seen
-
-
-async def _half_open(seen: list[Transition]) -> None:
-    """Wait (bounded) for the breaker's timer to make it half-open again."""
-    count = sum(t.to_state is BreakerState.HALF_OPEN for t in seen)
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        if sum(t.to_state is BreakerState.HALF_OPEN for t in seen) > count:
-            return
-    raise AssertionError("the breaker did not go half-open")
+    clock = FakeClock()
+    return CircuitBreaker("d", SETTINGS, seen.append, clock), seen, clock
 
 
 async def test_breaker_stays_closed_below_the_failure_ratio() -> None:
-    breaker, seen = _breaker()
+    breaker, seen, _ = _breaker()
     for ok in (True, True, True, False, True, True, True, False):
         assert breaker.allow()
         breaker.record(ok)
@@ -46,22 +52,26 @@ async def test_breaker_stays_closed_below_the_failure_ratio() -> None:
 
 
 async def test_breaker_opens_at_the_ratio_and_refuses_calls() -> None:
-    breaker, seen = _breaker()
+    breaker, seen, clock = _breaker()
     for ok in (True, False, True, False):
         breaker.record(ok)
     assert breaker.state is BreakerState.OPEN
     assert not breaker.allow()
-    assert [(t.from_state, t.to_state) for t in seen] == [(BreakerState.CLOSED, BreakerState.OPEN)]
+    assert [(t.from_state, t.to_state, t.at) for t in seen] == [
+        (BreakerState.CLOSED, BreakerState.OPEN, clock.now)
+    ]
     breaker.close_timers()
 
 
 async def test_a_lane_shedding_requests_does_not_open_its_breaker() -> None:
+    clock = FakeClock()
     observer = Observer(
         SETTINGS,
         metrics.NoOpMeterProvider().get_meter("test"),
         node_id="n",
         sink=lambda batch: None,
         on_breaker=lambda deployment_id, is_open: None,
+        clock=clock,
     )
     for _ in range(10):
         observer.observe("projects/p", "lane", FailureKind.SATURATED, duration_s=0.001, ttft_s=None)
@@ -71,30 +81,55 @@ async def test_a_lane_shedding_requests_does_not_open_its_breaker() -> None:
         )
     assert observer.breaker("lane").state is BreakerState.CLOSED
     assert observer.breaker("host").state is BreakerState.OPEN
+    assert observer.breaker("host").opened_at == clock.now  # the observer's clock reaches it
     observer.close()
 
 
-async def test_open_breaker_goes_half_open_by_timer_and_limits_probes() -> None:
-    breaker, seen = _breaker()
+async def test_open_breaker_goes_half_open_after_its_open_period_and_limits_probes() -> None:
+    breaker, seen, clock = _breaker()
     for _ in range(4):
         breaker.record(False)
-    await _half_open(seen)
-    assert breaker.state is BreakerState.HALF_OPEN
+    clock.advance(SETTINGS.open_s / 2)
+    assert not breaker.allow()  # still inside the open period
+    assert [t.to_state for t in seen] == [BreakerState.OPEN]
+    clock.advance(SETTINGS.open_s / 2)
     assert breaker.allow()
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert [(t.to_state, t.at - seen[0].at) for t in seen] == [
+        (BreakerState.OPEN, 0.0),
+        (BreakerState.HALF_OPEN, SETTINGS.open_s),
+    ]
     assert not breaker.allow()  # one probe at a time
     breaker.release()  # the probe was cancelled: its slot comes back
     assert breaker.allow()
+    breaker.close_timers()
+
+
+async def test_the_timer_makes_an_open_breaker_half_open_with_no_call_to_look() -> None:
+    """Routing sends no calls to an open deployment, so `allow` would never look: the event
+    loop's timer does. An open period of 0 puts the timer on the loop's next turns."""
+    seen: list[Transition] = []
+    breaker = CircuitBreaker("d", replace(SETTINGS, open_s=0.0), seen.append, FakeClock())
+    for _ in range(4):
+        breaker.record(False)
+    for _ in range(100):  # bounded: loop turns, not time
+        if breaker.state is not BreakerState.OPEN:
+            break
+        await asyncio.sleep(0)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert [t.to_state for t in seen] == [BreakerState.OPEN, BreakerState.HALF_OPEN]
 
 
 async def test_half_open_closes_after_enough_successes_and_reopens_on_a_failure() -> None:
-    breaker, seen = _breaker()
+    breaker, seen, clock = _breaker()
     for _ in range(4):
         breaker.record(False)
-    await _half_open(seen)
+    clock.advance(SETTINGS.open_s)
     assert breaker.allow()
     breaker.record(False)
     assert breaker.state is BreakerState.OPEN
-    await _half_open(seen)
+    assert not breaker.allow()  # a new open period began with the failed probe
+    clock.advance(SETTINGS.open_s)
     for _ in range(2):
         assert breaker.allow()
         breaker.record(True)
@@ -106,6 +141,7 @@ async def test_half_open_closes_after_enough_successes_and_reopens_on_a_failure(
         BreakerState.HALF_OPEN,
         BreakerState.CLOSED,
     ]
+    assert [t.at - seen[0].at for t in seen] == [0.0, 5.0, 5.0, 10.0, 10.0]
 
 
 def test_retry_budget_allows_the_minimum_plus_a_share_of_calls_in_flight() -> None:

@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import descriptor, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
+from structlog.testing import capture_logs
 
 from maestro.app.server import PENDING_SERVICES, PROJECT_SERVICE
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
@@ -179,12 +180,21 @@ async def test_unexpected_exception_becomes_internal_without_traceback(
         raise RuntimeError("secret database password in a traceback")
 
     monkeypatch.setattr(server.plane.projects, "get_project", explode)
-    with pytest.raises(MaestroRpcError) as caught:
+    with capture_logs() as logs, pytest.raises(MaestroRpcError) as caught:
         await alpha.get_project("projects/alpha")
     error = caught.value
+    correlation_id = error.metadata["correlation_id"]
     assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.reason == "INTERNAL"
+    # The same fixed message as the HTTP ingress's 500 (one path: errors.internal_error).
+    assert error.message == (
+        f"internal error (correlation id {correlation_id}); the server log has details"
+    )
     assert "secret" not in error.message
     assert "Traceback" not in error.message
-    assert error.metadata["correlation_id"]
+    logged = [entry for entry in logs if entry["event"] == "rpc.unhandled_error"]
+    assert [entry["correlation_id"] for entry in logged] == [correlation_id]
+    assert logged[0]["exc_info"] is True  # the renderer writes the traceback to the log only
+    assert logged[0]["method"] == "/maestro.v1.ProjectService/GetProject"
     monkeypatch.undo()
     assert (await alpha.get_project("projects/alpha")).name == "projects/alpha"

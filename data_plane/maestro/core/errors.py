@@ -2,18 +2,23 @@
 
 Domain code raises these (nothing here imports grpc); `rpc.interceptors` turns them into a
 gRPC status carrying `ErrorInfo` (reason, domain, metadata) and, for bad input, `BadRequest` field
-violations. Anything else that escapes a handler becomes INTERNAL with a fixed message.
+violations. Anything else that escapes a handler goes through `internal_error`, the one path
+for both the gRPC interceptor and the HTTP ingress: its traceback is logged with a correlation
+id, and the caller gets INTERNAL with a fixed message and that id, never the exception's text.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "maestro.dev"
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +146,25 @@ class Unimplemented(MaestroError):
     code = code_pb2.UNIMPLEMENTED
 
 
-def internal_status(correlation_id: str) -> status_pb2.Status:
-    """The status sent for an unexpected exception: fixed text, no traceback, an id to grep."""
-    info = error_details_pb2.ErrorInfo(
-        reason="INTERNAL", domain=ERROR_DOMAIN, metadata={"correlation_id": correlation_id}
-    )
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    return status_pb2.Status(
-        code=code_pb2.INTERNAL,
-        message=f"internal error (correlation id {correlation_id}); the server log has details",
-        details=[packed],
-    )
+class Internal(MaestroError):
+    """An unexpected failure as the caller sees it: a fixed message and a correlation id to find
+    the logged traceback by. Made by `internal_error`, once the traceback is logged."""
+
+    code = code_pb2.INTERNAL
+
+    def __init__(self, correlation_id: str) -> None:
+        super().__init__(
+            f"internal error (correlation id {correlation_id}); the server log has details",
+            reason="INTERNAL",
+            metadata={"correlation_id": correlation_id},
+        )
+        self.correlation_id = correlation_id
+
+
+def internal_error(event: str, **context: object) -> Internal:
+    """The one way an unexpected exception becomes an answer. Call it in the `except` block:
+    it logs the exception being handled, traceback included, as `event` with `context` and a
+    new correlation id, and returns the sanitized error to send instead."""
+    correlation_id = uuid.uuid4().hex[:16]
+    log.exception(event, correlation_id=correlation_id, **context)
+    return Internal(correlation_id)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.core.telemetry import Telemetry
-from maestro.data_plane.breaker import BreakerSettings
+from maestro.data_plane.breaker import BreakerSettings, Clock
 from maestro.data_plane.http_ingress import OpenAIIngress
 from maestro.data_plane.lanes import LaneMonitor
 from maestro.data_plane.observations import ObservationSink, Observer
@@ -123,9 +124,11 @@ async def build_data_plane(
     telemetry: Telemetry,
     node_id: str = "",
     forward: ObservationSink | None = None,
+    clock: Clock = time.monotonic,
 ) -> DataPlane:
     """The data plane of this process. `node_id` names it in the observations it reports
-    (default: host and pid); `forward` also receives them (a remote control plane)."""
+    (default: host and pid); `forward` also receives them (a remote control plane); `clock`
+    times the breakers (a fake one in tests)."""
     node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
     simulator = None
     if config.simulated_provider:
@@ -143,6 +146,7 @@ async def build_data_plane(
         node_id=node_id,
         sink=_both(routes.ingest_observations, forward) if forward else routes.ingest_observations,
         on_breaker=routes.set_breaker_open,
+        clock=clock,
     )
     native = OpenAICompatProvider()
     translating = LitellmProvider()

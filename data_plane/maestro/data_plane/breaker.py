@@ -2,9 +2,13 @@
 
 Closed counts outcomes in a rolling window of the last `window` calls and opens when failures
 reach `failure_ratio` of at least `min_calls` calls. Open refuses every call for `open_s`, then
-becomes half-open by a timer (not lazily), because routing stops sending calls to an open
-deployment and a lazy check would never run. Half-open lets `probes` calls through at a time;
-`close_after` successes close it, one failure opens it again.
+becomes half-open. A timer makes it so (not only a lazy check in `allow`), because routing stops
+sending calls to an open deployment and a lazy check would never run. Half-open lets `probes`
+calls through at a time; `close_after` successes close it, one failure opens it again.
+
+Time is the breaker's clock, passed in (time.monotonic in service): it stamps transitions and
+decides when the open period is over. The event loop's timer only wakes the breaker to look at
+that clock, so tests move a fake clock instead of sleeping.
 
 Every transition is kept (bounded) with its time, and passed to the listener, which publishes
 the breaker state to routing signals and metrics.
@@ -42,14 +46,17 @@ class Transition:
     from_state: BreakerState
     to_state: BreakerState
     at: float
-    """time.monotonic() of the transition."""
+    """The breaker's clock at the transition."""
 
 
 Listener = Callable[[Transition], None]
+Clock = Callable[[], float]
+"""Monotonic seconds: time.monotonic in service, a fake that a test moves by hand."""
 
 
 class CircuitBreaker:
     __slots__ = (
+        "_clock",
         "_failures",
         "_listener",
         "_outcomes",
@@ -63,10 +70,17 @@ class CircuitBreaker:
         "transitions",
     )
 
-    def __init__(self, deployment_id: str, settings: BreakerSettings, listener: Listener) -> None:
+    def __init__(
+        self,
+        deployment_id: str,
+        settings: BreakerSettings,
+        listener: Listener,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.deployment_id = deployment_id
         self._settings = settings
         self._listener = listener
+        self._clock = clock
         self.state = BreakerState.CLOSED
         self._outcomes: deque[bool] = deque(maxlen=settings.window)
         self._failures = 0
@@ -81,6 +95,8 @@ class CircuitBreaker:
         slot, which the call's `record` gives back."""
         if self.state is BreakerState.CLOSED:
             return True
+        if self.state is BreakerState.OPEN and self._open_remaining() <= 0:
+            self._move(BreakerState.HALF_OPEN)
         if self.state is BreakerState.HALF_OPEN and self._probes_in_flight < self._settings.probes:
             self._probes_in_flight += 1
             return True
@@ -117,7 +133,7 @@ class CircuitBreaker:
             self._probes_in_flight = max(0, self._probes_in_flight - 1)
 
     def _move(self, to_state: BreakerState) -> None:
-        transition = Transition(self.deployment_id, self.state, to_state, time.monotonic())
+        transition = Transition(self.deployment_id, self.state, to_state, self._clock())
         self.state = to_state
         self._outcomes.clear()
         self._failures = 0
@@ -128,11 +144,26 @@ class CircuitBreaker:
             self._timer = None
         if to_state is BreakerState.OPEN:
             self.opened_at = transition.at
-            self._timer = asyncio.get_running_loop().call_later(
-                self._settings.open_s, self._move, BreakerState.HALF_OPEN
-            )
+            self._wake_in(self._settings.open_s)
         self.transitions.append(transition)
         self._listener(transition)
+
+    def _open_remaining(self) -> float:
+        return self.opened_at + self._settings.open_s - self._clock()
+
+    def _wake_in(self, delay: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        remaining = self._open_remaining()
+        if remaining > 0:
+            # The timer fired before the breaker's clock reached the end of the open period:
+            # uvloop's clock is read once per loop iteration, in whole milliseconds, and a
+            # test's fake clock moves only by hand.
+            self._wake_in(remaining)
+        else:
+            self._move(BreakerState.HALF_OPEN)
 
     def close_timers(self) -> None:
         if self._timer is not None:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from dataclasses import replace
 from typing import Any, Literal
 
 import orjson
-import structlog
 from aiohttp import web
 from google.rpc import code_pb2
 from opentelemetry import propagate
@@ -33,6 +31,7 @@ from maestro.core.errors import (
     InvalidArgument,
     MaestroError,
     Unauthenticated,
+    internal_error,
 )
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
@@ -42,8 +41,6 @@ from maestro.data_plane.service import CallInput, InferenceService, collect
 from maestro.routing.decider import ChooseInput, Decider
 from maestro.routing.engine import RouteRequest
 from maestro.routing.spec import OBJECTIVES
-
-log = structlog.get_logger(__name__)
 
 _HTTP_STATUS: dict[int, int] = {
     code_pb2.INVALID_ARGUMENT: 400,
@@ -315,7 +312,7 @@ class OpenAIIngress:
         except ConnectionError:
             raise  # the caller went away; nothing to answer
         except Exception:  # an answer without internals, and a log line to find it by
-            return error_response(_internal())
+            return error_response(internal_error("ingress.unhandled_error"))
 
     def _completion_response(self, body: ChatBody, completion: Any) -> web.Response:
         done: Done = completion.done
@@ -415,7 +412,7 @@ class OpenAIIngress:
         except Exception:  # the stream has begun: end it with an error event
             if response is None:
                 raise
-            internal = _internal()
+            internal = internal_error("ingress.unhandled_error")
             tail = _error_event(internal.message, internal.reason) + _DONE
         if response is None:
             assert routed is not None
@@ -424,21 +421,6 @@ class OpenAIIngress:
             tail = b"".join(held) + tail
         await response.write_eof(tail)
         return response
-
-
-def _internal() -> MaestroError:
-    """An unexpected failure, logged with a correlation id the caller gets (no traceback)."""
-    correlation_id = uuid.uuid4().hex[:16]
-    log.exception("ingress.unhandled_error", correlation_id=correlation_id)
-    return _InternalError(
-        f"internal error; quote correlation id {correlation_id} when reporting it",
-        reason="INTERNAL",
-        metadata={"correlation_id": correlation_id},
-    )
-
-
-class _InternalError(MaestroError):
-    code = code_pb2.INTERNAL
 
 
 def _chunk_head(routed: Routed) -> bytes:

@@ -19,7 +19,13 @@ import structlog
 from opentelemetry import metrics
 
 from maestro.core.tallies import Tally
-from maestro.data_plane.breaker import BreakerSettings, BreakerState, CircuitBreaker, Transition
+from maestro.data_plane.breaker import (
+    BreakerSettings,
+    BreakerState,
+    CircuitBreaker,
+    Clock,
+    Transition,
+)
 from maestro.data_plane.providers.types import FailureKind
 from maestro.routing.signals import Breaker, Observation, error_key
 
@@ -44,8 +50,11 @@ class Observer:
         node_id: str,
         sink: ObservationSink,
         on_breaker: BreakerListener,
+        clock: Clock = time.monotonic,
     ) -> None:
+        """`clock` is the breakers' (monotonic seconds; a fake one in tests)."""
         self._settings = settings
+        self._clock = clock
         self._node_id = node_id
         self._sink = sink
         self._on_breaker = on_breaker
@@ -64,7 +73,9 @@ class Observer:
     def breaker(self, deployment_id: str) -> CircuitBreaker:
         breaker = self._breakers.get(deployment_id)
         if breaker is None:
-            breaker = CircuitBreaker(deployment_id, self._settings, self._on_transition)
+            breaker = CircuitBreaker(
+                deployment_id, self._settings, self._on_transition, self._clock
+            )
             self._breakers[deployment_id] = breaker
         return breaker
 

@@ -2,31 +2,27 @@
 
 Every Maestro method runs inside `_guard`: the caller's API key is resolved to a principal
 (UNAUTHENTICATED otherwise), then the handler runs; a `MaestroError` becomes its
-`google.rpc.Status`, and anything unexpected becomes INTERNAL with a fixed message and a
-correlation id, its traceback logged here and never sent. Health and reflection are exempt from
-auth so probes and grpcurl work without a key.
+`google.rpc.Status`, and anything unexpected becomes INTERNAL through `errors.internal_error`
+(the HTTP ingress's path too): a fixed message and a correlation id, its traceback logged and
+never sent. Health and reflection are exempt from auth so probes and grpcurl work without a key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import structlog
 from google.rpc import status_pb2
 from grpc_status import rpc_status
 from opentelemetry import metrics, trace
 
 from maestro.core.auth import Principal, set_principal
-from maestro.core.errors import MaestroError, Unauthenticated, internal_status
+from maestro.core.errors import MaestroError, Unauthenticated, internal_error
 from maestro.core.rpc.handlers import Around, wrap_handler
-
-log = structlog.get_logger(__name__)
 
 EXEMPT_SERVICES = frozenset(
     {
@@ -104,9 +100,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await _abort(context, error.to_status())
             except Exception:
                 code = grpc.StatusCode.INTERNAL
-                correlation_id = uuid.uuid4().hex[:16]
-                log.exception("rpc.unhandled_error", method=method, correlation_id=correlation_id)
-                await _abort(context, internal_status(correlation_id))
+                internal = internal_error("rpc.unhandled_error", method=method)
+                await _abort(context, internal.to_status())
             finally:
                 attributes["rpc.grpc.status_code"] = code.value[0]
                 self._duration.record((time.perf_counter() - started) * 1000, attributes)
