@@ -165,6 +165,8 @@ def checkpoint_writes(store: Any, runs: int) -> Latency:
     from maestro.control_plane.graph.records import (
         Budget,
         NewEvent,
+        NodeFinished,
+        Outcome,
         RunChange,
         RunRecord,
         RunStatus,
@@ -191,7 +193,7 @@ def checkpoint_writes(store: Any, runs: int) -> Latency:
         ) -> Any:
             return RunChange(
                 {"state": {**run.state, **output}, "visits": {"n0": visit}, "next_node": "n1"},
-                (NewEvent({"node_finished": {"outcome": "OUTCOME_SUCCEEDED", "output": output}}),),
+                (NewEvent(NodeFinished(Outcome.SUCCEEDED, 0.0, output=output)),),
             )
 
         started = time.perf_counter_ns()

@@ -304,8 +304,13 @@ async def test_a_second_server_takes_over_a_killed_servers_runs_after_the_lease(
                     ).run.name
                     for i in range(12)
                 ]
-            await asyncio.sleep(1.0)  # both replicas are mid-run
-            owned = {n for n in names if store.get_run(n).owner == "replica-a"}
+            owned: set[str] = set()
+            for _ in range(200):  # bounded: until replica A is in the middle of a step
+                held = [r for r in map(store.get_run, names) if r.owner == "replica-a"]
+                owned = {r.name for r in held}
+                if any(r.in_flight is not None for r in held):
+                    break
+                await asyncio.sleep(0.05)
             process_a.send_signal(signal.SIGKILL)
             killed_at = time.time()
             async with AsyncMaestroClient(address_b, timeout_s=10) as b:

@@ -8,15 +8,35 @@ from dataclasses import replace
 
 import pytest
 
+from maestro.control_plane.graph.recipe_store import RecipeStore
 from maestro.control_plane.graph.records import (
     Budget,
+    BudgetExceeded,
+    CostUpdate,
+    ErrorCode,
+    EventPayload,
+    GateDecided,
+    GateDecision,
+    GateOpened,
     GateRecord,
     GateStatus,
+    GateVerdict,
     InFlight,
     NewEvent,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    Outcome,
+    PolicyBlocked,
+    Provenance,
     RunChange,
+    RunError,
+    RunErrored,
     RunRecord,
+    RunStateChanged,
     RunStatus,
+    StepReplayed,
+    Usage,
 )
 from maestro.control_plane.graph.store import RunStore
 from maestro.control_plane.store.sql import Sql
@@ -52,8 +72,30 @@ def _run(name: str = "projects/p/runs/r1", **fields: object) -> RunRecord:
     return RunRecord(**values)  # type: ignore[arg-type]
 
 
-def _started(body: str = "x") -> NewEvent:
-    return NewEvent({"node_started": {"kind": body}}, "a", 1)
+def _started() -> NewEvent:
+    return NewEvent(NodeStarted(NodeKind.ROUTER), "a", 1)
+
+
+def _gate(**fields: object) -> GateRecord:
+    now = time.time()
+    values: dict[str, object] = {
+        "name": "projects/p/runs/r1/gates/g-1",
+        "run": "projects/p/runs/r1",
+        "project": "p",
+        "node_id": "a",
+        "status": GateStatus.OPEN,
+        "prompt": "ok?",
+        "required_approvals": 1,
+        "autonomy": 2,
+        "state_snapshot": {},
+        "proposed_action": None,
+        "decisions": (),
+        "etag": "e1",
+        "create_time": now,
+        "update_time": now,
+        **fields,
+    }
+    return GateRecord(**values)  # type: ignore[arg-type]
 
 
 def test_a_run_round_trips_with_its_json_state_and_first_events(store: RunStore) -> None:
@@ -84,10 +126,7 @@ def test_change_run_commits_updates_events_and_gates_together_with_dense_sequenc
     store: RunStore,
 ) -> None:
     store.insert_run(_run(), [_started()])
-    gate = GateRecord(
-        "projects/p/runs/r1/gates/g-1", "projects/p/runs/r1", "p", "a", GateStatus.OPEN, "ok?",
-        1, 2, {}, None, (), "e1", time.time(), time.time(),
-    )  # fmt: skip
+    gate = _gate()
     run, events = store.change_run(
         "projects/p/runs/r1",
         lambda r, g: RunChange(
@@ -185,19 +224,20 @@ def test_kill_switch_changes_are_etag_checked_and_audited(store: RunStore) -> No
 def test_recipes_keep_every_revision_and_refuse_deletion_while_a_run_uses_them(
     store: RunStore,
 ) -> None:
-    first = store.put_recipe("p", "x", RECIPE, "X", create=True)
-    second = store.put_recipe("p", "x", RECIPE + "\n", "X", create=False, etag=first.revision_id)
-    assert store.get_recipe("p", "x").revision_id == second.revision_id
-    assert store.get_recipe("p", "x", first.revision_id).source_yaml == RECIPE
+    recipes = RecipeStore(store.sql)
+    first = recipes.put_recipe("p", "x", RECIPE, "X", create=True)
+    second = recipes.put_recipe("p", "x", RECIPE + "\n", "X", create=False, etag=first.revision_id)
+    assert recipes.get_recipe("p", "x").revision_id == second.revision_id
+    assert recipes.get_recipe("p", "x", first.revision_id).source_yaml == RECIPE
     with pytest.raises(Aborted):
-        store.put_recipe("p", "x", RECIPE, "X", create=False, etag=first.revision_id)
+        recipes.put_recipe("p", "x", RECIPE, "X", create=False, etag=first.revision_id)
     store.insert_run(_run(), [])
     with pytest.raises(FailedPrecondition):
-        store.delete_recipe("p", "x")
+        recipes.delete_recipe("p", "x")
     store.change_run("projects/p/runs/r1", lambda r, g: RunChange({"status": RunStatus.SUCCEEDED}))
-    store.delete_recipe("p", "x")
+    recipes.delete_recipe("p", "x")
     with pytest.raises(NotFound):
-        store.get_recipe("p", "x")
+        recipes.get_recipe("p", "x")
 
 
 def test_listing_runs_pages_newest_first(store: RunStore) -> None:
@@ -211,3 +251,68 @@ def test_listing_runs_pages_newest_first(store: RunStore) -> None:
 def test_finished_runs_are_not_claimed(store: RunStore) -> None:
     store.insert_run(replace(_run(), status=RunStatus.SUCCEEDED), [])
     assert store.claim("a", 60, 10) == []
+
+
+def test_every_event_payload_and_a_decided_gate_read_back_as_written(store: RunStore) -> None:
+    decision = GateDecision(
+        "key-1", GateVerdict.EDIT, "tone", False, "prov-2", 1_700_000_000.25,
+        state_patch={"draft": None}, edited_action={"title": "x"},
+    )  # fmt: skip
+    error = RunError(ErrorCode.FAILED_PRECONDITION, "NODE_TIMEOUT", "too slow", "a")
+    gate = _gate(
+        status=GateStatus.APPROVED,
+        proposed_action={"tool": "t", "arguments": {"n": 1}},
+        decisions=(decision,),
+        expire_time=1_700_000_060.5,
+        opened_seq=4,
+    )
+    payloads: list[EventPayload] = [
+        NodeStarted(NodeKind.TOOL, 0.25, "projects/p/runs/r1/a/1"),
+        NodeFinished(Outcome.SUCCEEDED, 0.5, {"a": [1, "x", None]}, Usage(3, 4), 0.01, ("b",)),
+        NodeFinished(Outcome.TIMED_OUT, 2.0, error=error, will_retry=True),
+        CostUpdate(Usage(3, 4), 0.01, 0.5),
+        GateOpened(gate),
+        GateDecided(gate.name, decision, GateStatus.APPROVED),
+        BudgetExceeded("maestro.graph.token_budget", "too many", Budget(10, 0.5, 60.0), 0.2, 0.1),
+        PolicyBlocked("data.maestro.graph.deny", "no"),
+        StepReplayed("replica-a", "replica-b", "projects/p/runs/r1/a/1"),
+        RunStateChanged(RunStatus.RUNNING, RunStatus.WAITING_FOR_APPROVAL, "ok?"),
+        RunErrored(error),
+    ]
+    provenance = Provenance("prov-1", "primary-a", ("sha256:00",))
+    store.insert_run(_run(), [NewEvent(p, "a", 1, provenance) for p in payloads], (gate,))
+    store.change_run(
+        "projects/p/runs/r1", lambda r, g: RunChange({"error": error, "status": RunStatus.FAILED})
+    )
+    events = store.list_events("projects/p/runs/r1", 0, 100)
+    assert [e.payload for e in events] == payloads
+    assert {e.provenance for e in events} == {provenance}
+    assert store.get_gate(gate.name) == gate
+    assert store.get_run("projects/p/runs/r1").error == error
+
+
+def test_stored_bodies_use_maestros_names_not_the_apis(store: RunStore) -> None:
+    decision = GateDecision("key-1", GateVerdict.APPROVE, "", True, "prov", 1_700_000_000.0)
+    gate = _gate(decisions=(decision,))
+    events = [
+        NewEvent(NodeStarted(NodeKind.GATE), "a", 1),
+        NewEvent(GateDecided(gate.name, decision, GateStatus.APPROVED), "a"),
+        NewEvent(RunStateChanged(RunStatus.QUEUED, RunStatus.RUNNING, "claimed")),
+    ]
+    store.insert_run(_run(), events, (gate,))
+    with store.sql.read() as tx:
+        bodies = [
+            store.sql.json_out(row["body"])
+            for row in tx.all("SELECT body FROM run_events ORDER BY seq")
+        ]
+        [gate_row] = tx.all("SELECT body FROM run_gates")
+    assert bodies[0] == {
+        "node_started": {"kind": "gate", "estimated_cost_usd": 0.0, "idempotency_key": ""}
+    }
+    assert bodies[1]["gate_decided"]["gate_status"] == "approved"
+    assert bodies[1]["gate_decided"]["decision"]["verdict"] == "approve"
+    assert bodies[2] == {
+        "run_state_changed": {"previous_status": "queued", "status": "running", "reason": "claimed"}
+    }
+    [stored_decision] = store.sql.json_out(gate_row["body"])["decisions"]
+    assert (stored_decision["verdict"], stored_decision["decide_time"]) == ("approve", 1.7e9)

@@ -203,13 +203,13 @@ def test_reopening_keeps_data_and_applies_each_migration_once(tmp_path: Path) ->
     first.close()
     second = SqliteSql(path, MIGRATIONS)
     with second.read() as tx:
-        applied = tx.all("SELECT slice, version FROM maestro_schema_migrations ORDER BY slice")
+        applied = tx.all(
+            "SELECT slice, version FROM maestro_schema_migrations ORDER BY slice, version"
+        )
     record = ProjectStore(second).get_project("projects/alpha")
     second.close()
     assert [(r["slice"], r["version"]) for r in applied] == [
-        ("graph", 1),
-        ("projects", 1),
-        ("route", 1),
+        (m.slice, m.version) for m in sorted(MIGRATIONS, key=lambda m: (m.slice, m.version))
     ]
     assert record is not None
     assert record.display_name == "Alpha"
@@ -221,13 +221,15 @@ def test_postgres_replicas_starting_apply_each_migration_once(postgres_dsn: str)
         replica.close()
     with psycopg.connect(postgres_dsn) as conn:
         applied = conn.execute(
-            "SELECT slice, version FROM maestro_schema_migrations ORDER BY slice"
+            "SELECT slice, version FROM maestro_schema_migrations ORDER BY slice, version"
         ).fetchall()
         state_type = conn.execute(
             "SELECT data_type FROM information_schema.columns "
             "WHERE table_name = 'agent_runs' AND column_name = 'state'"
         ).fetchone()
-    assert applied == [("graph", 1), ("projects", 1), ("route", 1)]
+    assert applied == [
+        (m.slice, m.version) for m in sorted(MIGRATIONS, key=lambda m: (m.slice, m.version))
+    ]
     assert state_type == ("jsonb",)
 
 

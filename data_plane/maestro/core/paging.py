@@ -1,4 +1,5 @@
-"""List pagination (AIP-158): page sizes, opaque page tokens, and pages.
+"""What every List method shares: pagination (AIP-158: page sizes, opaque page tokens, pages) and
+filters (AIP-160, the subset Maestro serves: `field = value` comparisons joined by AND).
 
 A token is URL-safe base64 of a small JSON object: the sort key of the last item returned, and
 the scope it was issued for (the list and its parent), so a token replayed against another list
@@ -11,7 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from maestro.core.errors import FieldViolation, InvalidArgument
@@ -82,3 +84,54 @@ def page_in_memory(
     after = decode_token(page_token, scope)
     remaining = [item for item in ordered if key(item) > after] if after is not None else ordered
     return page_of(remaining, size, scope, key)
+
+
+# -- filters --------------------------------------------------------------------------------
+# A value is a quoted string, `true`/`false`, or a bare enum name, as the field's kind says.
+# Anything else is INVALID_ARGUMENT on `filter`, with the accepted forms in the message.
+
+STRING, BOOL = "string", "bool"
+Kind = str | frozenset[str]
+"""STRING, BOOL, or the allowed enum names."""
+_COMPARISON = re.compile(r'^\s*([a-z_]+)\s*=\s*(?:"([^"]*)"|([A-Za-z_]+))\s*$')
+
+
+def parse_filter(text: str, fields: Mapping[str, Kind]) -> list[tuple[str, str | bool]]:
+    """The (field, value) comparisons of `text`; [] for an empty filter."""
+    if not text.strip():
+        return []
+    out: list[tuple[str, str | bool]] = []
+    for part in re.split(r"\s+AND\s+", text.strip()):
+        match = _COMPARISON.match(part)
+        field = match.group(1) if match else ""
+        kind = fields.get(field)
+        if match is None or kind is None:
+            raise _invalid(part, fields)
+        quoted, bare = match.group(2), match.group(3)
+        if kind == STRING and quoted is not None:
+            out.append((field, quoted))
+        elif kind == BOOL and bare in ("true", "false"):
+            out.append((field, bare == "true"))
+        elif isinstance(kind, frozenset) and bare in kind:
+            out.append((field, bare))
+        else:
+            raise _invalid(part, fields)
+    return out
+
+
+def _invalid(part: str, fields: Mapping[str, Kind]) -> InvalidArgument:
+    forms = []
+    for field, kind in fields.items():
+        if kind == STRING:
+            forms.append(f'{field} = "..."')
+        elif kind == BOOL:
+            forms.append(f"{field} = true|false")
+        else:
+            forms.append(f"{field} = {'|'.join(sorted(kind))}")
+    return InvalidArgument(
+        [
+            FieldViolation(
+                "filter", f"cannot read {part.strip()!r}; use {', '.join(forms)}, joined by AND"
+            )
+        ]
+    )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from maestro.core import paging
-from maestro.core.filters import BOOL, STRING, Kind, parse_filter
+from maestro.core.paging import BOOL, STRING, Kind, parse_filter
 from maestro.routing.layers import GLOBAL_PROJECT
 from maestro.routing.snapshots import Published
 from maestro.routing.spec import DeploymentSpec

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -310,16 +311,17 @@ class RoutingSnapshot:
         lane: LaneSaturation | None = None,
         samples: int = 0,
     ) -> None:
-        """Record live signals for a deployment; decisions see them immediately."""
+        """Record live signals for a deployment; decisions see them immediately. A value that
+        is not a finite number is ignored (NaN would otherwise score NaN, which argmax picks)."""
         signals = self.board.by_id.get(deployment_id)
         index = self.index_of.get(deployment_id)
         if signals is None or index is None:
             return
-        if p95_ms is not None:
+        if p95_ms is not None and math.isfinite(p95_ms):
             signals.p95_ms = p95_ms
-        if ttft_ms is not None:
+        if ttft_ms is not None and math.isfinite(ttft_ms):
             signals.ttft_ms = ttft_ms
-        if error_rate is not None:
+        if error_rate is not None and math.isfinite(error_rate):
             signals.error_rate = min(max(error_rate, 0.0), 1.0)
         if breaker_open is not None:
             signals.breaker_open = breaker_open
@@ -430,7 +432,9 @@ class RoutingSnapshot:
             # best group first: per-group maxima, then each chosen group's best deployment.
             group_best = np.maximum.reduceat(scores, self.group_starts)
             group_best[self.group_of[winner]] = -np.inf
-            order = np.argsort(-group_best)[: self.max_fallbacks]
+            # Stable, so groups tied on score keep the config's order on every CPU (the default
+            # sort is not stable, and data planes on other hardware decide the same way).
+            order = np.argsort(-group_best, kind="stable")[: self.max_fallbacks]
             fallbacks = tuple(
                 self.group_slices[g].start + int(np.argmax(scores[self.group_slices[g]]))
                 for g in order

@@ -16,6 +16,8 @@ from maestro.control_plane.graph.compiled import PriceLookup, Prices
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.model_calls import ModelCaller
 from maestro.control_plane.graph.policy import GraphPolicy
+from maestro.control_plane.graph.recipe_catalog import RecipeCatalog
+from maestro.control_plane.graph.recipe_store import RecipeStore
 from maestro.control_plane.graph.runtime import GraphRuntime, RuntimeSettings
 from maestro.control_plane.graph.service import GraphService
 from maestro.control_plane.graph.servicer import GraphServicer
@@ -102,5 +104,6 @@ async def build_graph(
         meter=telemetry.meter_provider.get_meter("maestro.graph"),
     )
     sql.listen(EVENTS_CHANNEL, hub.remote_change)
-    service = GraphService(store, hub, runtime, routes, config.max_active_runs_per_project)
+    recipes = RecipeCatalog(RecipeStore(sql))
+    service = GraphService(store, recipes, hub, runtime, routes, config.max_active_runs_per_project)
     return GraphPlane(sql, store, hub, runtime, service)

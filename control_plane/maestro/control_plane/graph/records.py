@@ -1,8 +1,12 @@
-"""What the run store holds: runs, their events and gates, kill switches, recipes.
+"""The graph domain's values: runs, their events and gates, kill switches, recipes.
 
-Plain values with no grpc; `graph.convert` renders them as `maestro.v1` messages. Event and gate
-bodies are dicts in the proto's JSON form (original field names), so they are stored as JSON and
-rendered with `json_format.ParseDict`, one shape from the runtime to the wire.
+Plain typed values with no grpc and no storage format: the runtime, the steps, the service and
+the store speak these. `stored_json` writes them as JSON in Maestro's own names (what
+`run_events.body`, `run_gates.body` and `agent_runs.error` hold) and `convert` renders them as
+`maestro.v1` messages, so neither the stored format nor the domain is tied to the API contract.
+
+An event is a `NewEvent` (to append) or an `EventRecord` (stored, numbered) around one payload
+dataclass per kind of event (`EventPayload`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 
 
 class RunStatus(enum.IntEnum):
-    """`Run.State`, same numbers."""
+    """A run's lifecycle; stored as its number in `agent_runs.status`, which `Run.State`
+    shares."""
 
     QUEUED = 1
     RUNNING = 2
@@ -39,12 +44,56 @@ UNFINISHED = (
 
 
 class GateStatus(enum.IntEnum):
-    """`Gate.State`, same numbers."""
+    """A gate's lifecycle; stored as its number in `run_gates.status`, which `Gate.State`
+    shares."""
 
     OPEN = 1
     APPROVED = 2
     BLOCKED = 3
     EXPIRED = 4
+
+
+class NodeKind(enum.StrEnum):
+    """A recipe node's kind, named as recipes name it."""
+
+    MODEL = "model"
+    TOOL = "tool"
+    GATE = "gate"
+    ROUTER = "router"
+    SUBGRAPH = "subgraph"
+
+
+class GateVerdict(enum.StrEnum):
+    APPROVE = "approve"
+    EDIT = "edit"
+    BLOCK = "block"
+
+
+class Outcome(enum.StrEnum):
+    """How a node attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+class ErrorCode(enum.StrEnum):
+    """The status a run's error carries: a node, gate, budget or policy stopped it, or the
+    runtime failed."""
+
+    FAILED_PRECONDITION = "failed_precondition"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """Why a run or a node attempt failed: `reason` is the stable identifier clients branch on
+    (NODE_TIMEOUT, GATE_BLOCKED, BUDGET_EXCEEDED, ...)."""
+
+    code: ErrorCode
+    reason: str
+    message: str
+    node_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +157,7 @@ class RunRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    error: dict[str, Any] | None = None
-    """{code, reason, message, node_id}."""
+    error: RunError | None = None
     kill_switch: str = ""
     last_seq: int = 0
     owner: str = ""
@@ -120,24 +168,22 @@ class RunRecord:
     """Names of the run's open gates, kept in its row by every change that opens or closes one."""
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    run: str
-    seq: int
-    event_time: float
-    node_id: str
-    attempt: int
-    body: dict[str, Any]
-    """One RunEvent payload field, e.g. {"node_started": {...}}, plus "provenance" if any."""
+# -- gates ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class NewEvent:
-    """An event to append; the store gives it its sequence number."""
+class GateDecision:
+    """One approver's verdict on a gate. `counted`: it counts towards the gate's required
+    approvals (a repeat approver, a BLOCK, and approvals before an EDIT do not)."""
 
-    body: dict[str, Any]
-    node_id: str = ""
-    attempt: int = 0
+    approver: str
+    verdict: GateVerdict
+    reason: str
+    counted: bool
+    provenance_id: str
+    decide_time: float
+    state_patch: dict[str, Any] | None = None
+    edited_action: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +198,8 @@ class GateRecord:
     autonomy: int
     state_snapshot: dict[str, Any]
     proposed_action: dict[str, Any] | None
-    decisions: tuple[dict[str, Any], ...]
+    """{"tool": ..., "arguments": {...}}: the side effect awaiting approval, if any."""
+    decisions: tuple[GateDecision, ...]
     etag: str
     create_time: float
     update_time: float
@@ -162,17 +209,148 @@ class GateRecord:
 
     @property
     def approvals_counted(self) -> int:
-        return sum(1 for decision in self.decisions if decision.get("counted"))
+        return sum(1 for decision in self.decisions if decision.counted)
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "prompt": self.prompt,
-            "required_approvals": self.required_approvals,
-            "autonomy": self.autonomy,
-            "state_snapshot": self.state_snapshot,
-            "proposed_action": self.proposed_action,
-            "decisions": list(self.decisions),
-        }
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where an event's result came from: `id` links a node's start to its finish; `producer` is
+    the deployment, tool or child run; `input_digests` name what the step was given."""
+
+    id: str
+    producer: str = ""
+    input_digests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted:
+    kind: NodeKind
+    estimated_cost_usd: float = 0.0
+    idempotency_key: str = ""
+    """A tool node's key (a replay calls the tool with the same one); empty for other kinds."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFinished:
+    outcome: Outcome
+    duration_s: float
+    output: dict[str, Any] | None = None
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+    next_node_ids: tuple[str, ...] = ()
+    error: RunError | None = None
+    will_retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CostUpdate:
+    """The run's usage and cost so far."""
+
+    usage: Usage
+    cost_usd: float
+    budget_used_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
+class GateOpened:
+    gate: GateRecord
+    """The gate as it opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecided:
+    gate: str
+    decision: GateDecision
+    gate_status: GateStatus
+    """The gate's status after the decision."""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetExceeded:
+    rule: str
+    reason: str
+    budget: Budget
+    """The budget that would be exceeded: the node's own or the run's."""
+    estimated_cost_usd: float
+    spent_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyBlocked:
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepReplayed:
+    previous_replica: str
+    replica: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStateChanged:
+    previous: RunStatus
+    status: RunStatus
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunErrored:
+    """An error not tied to a node attempt (a gate that expired)."""
+
+    error: RunError
+
+
+EventPayload = (
+    NodeStarted
+    | NodeFinished
+    | CostUpdate
+    | GateOpened
+    | GateDecided
+    | BudgetExceeded
+    | PolicyBlocked
+    | StepReplayed
+    | RunStateChanged
+    | RunErrored
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; the store gives it its sequence number."""
+
+    payload: EventPayload
+    node_id: str = ""
+    attempt: int = 0
+    provenance: Provenance | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    run: str
+    seq: int
+    event_time: float
+    node_id: str
+    attempt: int
+    payload: EventPayload
+    provenance: Provenance | None = None
+
+
+# -- the rest -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

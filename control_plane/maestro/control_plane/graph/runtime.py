@@ -47,9 +47,9 @@ from maestro.control_plane.graph.steps import (
     NodeOutcome,
     Stepper,
     allow_all,
-    error_body,
     expire_gate,
     finish,
+    internal_error,
     state_changed,
 )
 from maestro.control_plane.graph.store import RunStore
@@ -297,7 +297,7 @@ class GraphRuntime:
                         finish(
                             RunStatus.FAILED,
                             message,
-                            error=error_body("INTERNAL", "INTERNAL", message),
+                            error=internal_error(message),
                         ),
                         (state_changed(r.status, RunStatus.FAILED, message),),
                     ),

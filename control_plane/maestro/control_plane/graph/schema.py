@@ -1,5 +1,12 @@
 """The graph slice's tables (recipes, runs, events, gates, kill switches, audit, tool effects),
-written once for SQLite and PostgreSQL."""
+written once for SQLite and PostgreSQL, and their migrations.
+
+1. the tables;
+2. event bodies, gate bodies and run errors rewritten from the API's JSON form (`"kind":
+   "GRAPH_NODE_KIND_MODEL"`, `"verdict": "GATE_VERDICT_APPROVE"`, RFC 3339 times, `"0.5s"`
+   durations, errors as `google.rpc.Status`) to Maestro's own (`stored_json`), in SQL on each
+   backend: SQLite's JSON functions on TEXT, PostgreSQL's on JSONB.
+"""
 
 from __future__ import annotations
 
@@ -67,7 +74,7 @@ CREATE TABLE run_events (
     event_time  {real} NOT NULL,
     node_id     TEXT NOT NULL DEFAULT '',
     attempt     INTEGER NOT NULL DEFAULT 0,
-    body        {json} NOT NULL,               -- the RunEvent payload, proto JSON field names
+    body        {json} NOT NULL,               -- the event payload (graph/stored_json.py)
     PRIMARY KEY (run, seq)
 );
 CREATE TABLE run_gates (
@@ -114,4 +121,264 @@ CREATE TABLE tool_effects (
 """
 
 
-MIGRATIONS = (Migration("graph", 1, GRAPH_SCHEMA),)
+# -- 2: Maestro's names in stored JSON ------------------------------------------------------------
+# Migrations are append-only: the statements below are migration 2 as shipped. Each rewrites the
+# rows still in the old form (its WHERE recognises an API enum name or a `google.rpc.Status`) and
+# leaves the rest of a body as it is. The helpers only spell out repeated expressions.
+
+
+def _sqlite_epoch(text: str) -> str:
+    """RFC 3339 text as the old code wrote it (`2026-12-05T07:18:58.312246Z`: UTC, a fraction
+    only when non-zero) as epoch seconds, to the microsecond; NULL stays NULL."""
+    return (
+        f"(CAST(strftime('%s', substr({text}, 1, 19)) AS REAL)"
+        f" + CAST('0' || substr({text}, 20, length({text}) - 20) AS REAL))"
+    )
+
+
+def _sqlite_error(source: str, path: str) -> str:
+    """The `google.rpc.Status` (with its ErrorInfo) at `path` of `source` as a RunError."""
+    return (
+        f"json_object('code', CASE json_extract({source}, '{path}.code')"
+        " WHEN 13 THEN 'internal' ELSE 'failed_precondition' END,"
+        f" 'reason', coalesce(json_extract({source}, '{path}.details[0].reason'), ''),"
+        f" 'message', coalesce(json_extract({source}, '{path}.message'), ''),"
+        f" 'node_id', coalesce(json_extract({source}, '{path}.details[0].metadata.node_id'), ''))"
+    )
+
+
+def _sqlite_decisions(path: str) -> str:
+    """The gate decisions at `path` of `body`, each with its verdict named and its time in
+    seconds, in order (the aggregate reads an ordered subquery)."""
+    decide_time = _sqlite_epoch("json_extract(d.value, '$.decide_time')")
+    return (
+        "json((SELECT json_group_array(json(decision)) FROM (SELECT json_set(d.value,"
+        " '$.verdict', lower(substr(json_extract(d.value, '$.verdict'), 14)),"
+        f" '$.decide_time', {decide_time}) AS decision"
+        f" FROM json_each(body, '{path}') AS d ORDER BY d.key)))"
+    )
+
+
+def _sqlite_gate(key: str) -> str:
+    return f"json_extract(body, '$.gate_opened.gate.{key}')"
+
+
+_S_NODE_ERROR = _sqlite_error("body", "$.node_finished.error")
+_S_EVENT_ERROR = _sqlite_error("body", "$.error")
+_S_RUN_ERROR = _sqlite_error("error", "$")
+_S_GATE = {
+    key: _sqlite_gate(key)
+    for key in (
+        "name", "node_id", "state", "etag", "prompt", "required_approvals", "autonomy_level",
+        "state_snapshot", "proposed_action",
+    )
+}  # fmt: skip
+_S_GATE_TIMES = {
+    key: _sqlite_epoch(_sqlite_gate(key)) for key in ("create_time", "update_time", "expire_time")
+}
+_S_OPENED_DECISIONS = _sqlite_decisions("$.gate_opened.gate.decisions")
+_S_GATE_DECISIONS = _sqlite_decisions("$.decisions")
+_S_DECIDE_TIME = _sqlite_epoch("json_extract(body, '$.gate_decided.decision.decide_time')")
+
+GRAPH_OWN_NAMES_SQLITE = f"""
+UPDATE run_events SET body = json_set(body, '$.node_started.kind',
+    CASE json_extract(body, '$.node_started.kind')
+        WHEN 'GRAPH_NODE_KIND_HUMAN_GATE' THEN 'gate'
+        ELSE lower(substr(json_extract(body, '$.node_started.kind'), 17)) END)
+WHERE substr(json_extract(body, '$.node_started.kind'), 1, 16) = 'GRAPH_NODE_KIND_';
+
+UPDATE run_events SET body = json_set(body, '$.node_finished.error', {_S_NODE_ERROR})
+WHERE json_type(body, '$.node_finished.error.details') = 'array';
+
+UPDATE run_events SET body = json_remove(json_set(body,
+        '$.node_finished.outcome', lower(substr(json_extract(body, '$.node_finished.outcome'), 9)),
+        '$.node_finished.duration_s',
+        CAST(rtrim(coalesce(json_extract(body, '$.node_finished.duration'), '0s'), 's') AS REAL)),
+    '$.node_finished.duration', '$.node_finished.usage.total_tokens')
+WHERE substr(json_extract(body, '$.node_finished.outcome'), 1, 8) = 'OUTCOME_';
+
+UPDATE run_events SET body = json_remove(body, '$.cost_update.usage.total_tokens')
+WHERE json_type(body, '$.cost_update.usage.total_tokens') IS NOT NULL;
+
+UPDATE run_events SET body = json_set(body, '$.gate_opened.gate', json_object(
+    'name', {_S_GATE["name"]},
+    'run', run,
+    'project', substr(run, 10, instr(run, '/runs/') - 10),
+    'node_id', {_S_GATE["node_id"]},
+    'status', lower(substr({_S_GATE["state"]}, 7)),
+    'etag', {_S_GATE["etag"]},
+    'create_time', {_S_GATE_TIMES["create_time"]},
+    'update_time', {_S_GATE_TIMES["update_time"]},
+    'opened_seq', seq,
+    'expire_time', {_S_GATE_TIMES["expire_time"]},
+    'prompt', {_S_GATE["prompt"]},
+    'required_approvals', {_S_GATE["required_approvals"]},
+    'autonomy', CAST(substr({_S_GATE["autonomy_level"]}, 17) AS INTEGER),
+    'state_snapshot', json({_S_GATE["state_snapshot"]}),
+    'proposed_action', json({_S_GATE["proposed_action"]}),
+    'decisions', {_S_OPENED_DECISIONS}))
+WHERE substr({_S_GATE["state"]}, 1, 6) = 'STATE_';
+
+UPDATE run_events SET body = json_set(json_remove(body, '$.gate_decided.gate_state'),
+    '$.gate_decided.gate_status', lower(substr(json_extract(body, '$.gate_decided.gate_state'), 7)),
+    '$.gate_decided.decision.verdict',
+    lower(substr(json_extract(body, '$.gate_decided.decision.verdict'), 14)),
+    '$.gate_decided.decision.decide_time', {_S_DECIDE_TIME})
+WHERE substr(json_extract(body, '$.gate_decided.gate_state'), 1, 6) = 'STATE_';
+
+UPDATE run_events SET body = json_set(body, '$.budget_exceeded.budget', json_object(
+    'max_tokens', coalesce(json_extract(body, '$.budget_exceeded.budget.max_tokens'), 0),
+    'max_cost_usd', coalesce(json_extract(body, '$.budget_exceeded.budget.max_cost_usd'), 0.0),
+    'max_wall_time_s', CAST(rtrim(coalesce(
+        json_extract(body, '$.budget_exceeded.budget.max_wall_time'), '0s'), 's') AS REAL)))
+WHERE json_type(body, '$.budget_exceeded.budget') = 'object'
+    AND json_type(body, '$.budget_exceeded.budget.max_wall_time_s') IS NULL;
+
+UPDATE run_events SET body = json_set(
+    json_remove(body, '$.run_state_changed.previous_state', '$.run_state_changed.state'),
+    '$.run_state_changed.previous_status',
+    lower(substr(json_extract(body, '$.run_state_changed.previous_state'), 7)),
+    '$.run_state_changed.status', lower(substr(json_extract(body, '$.run_state_changed.state'), 7)))
+WHERE substr(json_extract(body, '$.run_state_changed.state'), 1, 6) = 'STATE_';
+
+UPDATE run_events SET body = json_set(body, '$.error', {_S_EVENT_ERROR})
+WHERE json_type(body, '$.error.details') = 'array';
+
+UPDATE run_gates SET body = json_set(body, '$.decisions', {_S_GATE_DECISIONS})
+WHERE json_array_length(body, '$.decisions') > 0;
+
+UPDATE agent_runs SET error = {_S_RUN_ERROR}
+WHERE error IS NOT NULL AND json_type(error, '$.details') = 'array';
+"""
+
+
+def _pg_epoch(text: str) -> str:
+    return f"extract(epoch FROM ({text})::timestamptz)::float8"
+
+
+def _pg_error(value: str) -> str:
+    """A `google.rpc.Status` (JSONB `value`, with its ErrorInfo) as a RunError."""
+    return (
+        f"jsonb_build_object('code', CASE ({value}->>'code')::int"
+        " WHEN 13 THEN 'internal' ELSE 'failed_precondition' END,"
+        f" 'reason', coalesce({value}#>>'{{details,0,reason}}', ''),"
+        f" 'message', coalesce({value}->>'message', ''),"
+        f" 'node_id', coalesce({value}#>>'{{details,0,metadata,node_id}}', ''))"
+    )
+
+
+def _pg_decisions(value: str) -> str:
+    """A JSONB array of gate decisions, each with its verdict named and its time in seconds."""
+    decide_time = _pg_epoch("d->>'decide_time'")
+    return (
+        "(SELECT coalesce(jsonb_agg(d || jsonb_build_object("
+        f"'verdict', lower(substr(d->>'verdict', 14)), 'decide_time', {decide_time})"
+        " ORDER BY i), '[]'::jsonb)"
+        f" FROM jsonb_array_elements({value}) WITH ORDINALITY AS e(d, i))"
+    )
+
+
+def _pg_gate(key: str) -> str:
+    return f"body#>>'{{gate_opened,gate,{key}}}'"
+
+
+_P_NODE_ERROR = _pg_error("(body#>'{node_finished,error}')")
+_P_EVENT_ERROR = _pg_error("(body->'error')")
+_P_RUN_ERROR = _pg_error("error")
+_P_GATE = {
+    key: _pg_gate(key)
+    for key in (
+        "name",
+        "node_id",
+        "state",
+        "etag",
+        "prompt",
+        "required_approvals",
+        "autonomy_level",
+    )
+}
+_P_GATE_TIMES = {
+    key: _pg_epoch(_pg_gate(key)) for key in ("create_time", "update_time", "expire_time")
+}
+_P_OPENED_DECISIONS = _pg_decisions("body#>'{gate_opened,gate,decisions}'")
+_P_GATE_DECISIONS = _pg_decisions("body->'decisions'")
+_P_DECIDE_TIME = _pg_epoch("body#>>'{gate_decided,decision,decide_time}'")
+
+GRAPH_OWN_NAMES_POSTGRES = f"""
+UPDATE run_events SET body = jsonb_set(body, '{{node_started,kind}}', to_jsonb(
+    CASE body#>>'{{node_started,kind}}'
+        WHEN 'GRAPH_NODE_KIND_HUMAN_GATE' THEN 'gate'
+        ELSE lower(substr(body#>>'{{node_started,kind}}', 17)) END))
+WHERE left(body#>>'{{node_started,kind}}', 16) = 'GRAPH_NODE_KIND_';
+
+UPDATE run_events SET body = jsonb_set(body, '{{node_finished,error}}', {_P_NODE_ERROR})
+WHERE jsonb_typeof(body#>'{{node_finished,error,details}}') = 'array';
+
+UPDATE run_events SET body = jsonb_set(body, '{{node_finished}}',
+    (((body->'node_finished') - 'duration') #- '{{usage,total_tokens}}')
+    || jsonb_build_object(
+        'outcome', lower(substr(body#>>'{{node_finished,outcome}}', 9)),
+        'duration_s', rtrim(coalesce(body#>>'{{node_finished,duration}}', '0s'), 's')::float8))
+WHERE left(body#>>'{{node_finished,outcome}}', 8) = 'OUTCOME_';
+
+UPDATE run_events SET body = body #- '{{cost_update,usage,total_tokens}}'
+WHERE body#>'{{cost_update,usage,total_tokens}}' IS NOT NULL;
+
+UPDATE run_events SET body = jsonb_set(body, '{{gate_opened,gate}}', jsonb_build_object(
+    'name', {_P_GATE["name"]},
+    'run', run,
+    'project', split_part(run, '/', 2),
+    'node_id', {_P_GATE["node_id"]},
+    'status', lower(substr({_P_GATE["state"]}, 7)),
+    'etag', {_P_GATE["etag"]},
+    'create_time', {_P_GATE_TIMES["create_time"]},
+    'update_time', {_P_GATE_TIMES["update_time"]},
+    'opened_seq', seq,
+    'expire_time', {_P_GATE_TIMES["expire_time"]},
+    'prompt', {_P_GATE["prompt"]},
+    'required_approvals', ({_P_GATE["required_approvals"]})::int,
+    'autonomy', substr({_P_GATE["autonomy_level"]}, 17)::int,
+    'state_snapshot', body#>'{{gate_opened,gate,state_snapshot}}',
+    'proposed_action', coalesce(body#>'{{gate_opened,gate,proposed_action}}', 'null'::jsonb),
+    'decisions', {_P_OPENED_DECISIONS}))
+WHERE left({_P_GATE["state"]}, 6) = 'STATE_';
+
+UPDATE run_events SET body = jsonb_set(body, '{{gate_decided}}',
+    ((body->'gate_decided') - 'gate_state')
+    || jsonb_build_object(
+        'gate_status', lower(substr(body#>>'{{gate_decided,gate_state}}', 7)),
+        'decision', (body#>'{{gate_decided,decision}}') || jsonb_build_object(
+            'verdict', lower(substr(body#>>'{{gate_decided,decision,verdict}}', 14)),
+            'decide_time', {_P_DECIDE_TIME})))
+WHERE left(body#>>'{{gate_decided,gate_state}}', 6) = 'STATE_';
+
+UPDATE run_events SET body = jsonb_set(body, '{{budget_exceeded,budget}}', jsonb_build_object(
+    'max_tokens', coalesce((body#>>'{{budget_exceeded,budget,max_tokens}}')::bigint, 0),
+    'max_cost_usd', coalesce((body#>>'{{budget_exceeded,budget,max_cost_usd}}')::float8, 0.0),
+    'max_wall_time_s',
+    rtrim(coalesce(body#>>'{{budget_exceeded,budget,max_wall_time}}', '0s'), 's')::float8))
+WHERE jsonb_typeof(body#>'{{budget_exceeded,budget}}') = 'object'
+    AND body#>'{{budget_exceeded,budget,max_wall_time_s}}' IS NULL;
+
+UPDATE run_events SET body = jsonb_set(body, '{{run_state_changed}}',
+    ((body->'run_state_changed') - 'previous_state' - 'state')
+    || jsonb_build_object(
+        'previous_status', lower(substr(body#>>'{{run_state_changed,previous_state}}', 7)),
+        'status', lower(substr(body#>>'{{run_state_changed,state}}', 7))))
+WHERE left(body#>>'{{run_state_changed,state}}', 6) = 'STATE_';
+
+UPDATE run_events SET body = jsonb_set(body, '{{error}}', {_P_EVENT_ERROR})
+WHERE jsonb_typeof(body#>'{{error,details}}') = 'array';
+
+UPDATE run_gates SET body = jsonb_set(body, '{{decisions}}', {_P_GATE_DECISIONS})
+WHERE jsonb_array_length(body->'decisions') > 0;
+
+UPDATE agent_runs SET error = {_P_RUN_ERROR}
+WHERE error IS NOT NULL AND jsonb_typeof(error->'details') = 'array';
+"""
+
+
+MIGRATIONS = (
+    Migration("graph", 1, GRAPH_SCHEMA),
+    Migration("graph", 2, GRAPH_OWN_NAMES_SQLITE, postgres_sql=GRAPH_OWN_NAMES_POSTGRES),
+)

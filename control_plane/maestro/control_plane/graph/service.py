@@ -1,9 +1,9 @@
-"""GraphService as the domain sees it: recipes, runs, gates and kill switches.
+"""GraphService as the domain sees it: runs, their events and gates, kill switches, cost
+previews; recipes through its `RecipeCatalog`.
 
 No grpc here: the servicer converts messages. Every run change goes through the store's
 `change_run`, so RPCs served by any replica and the runtime of whichever replica drives the run
-serialise on the run's row. Built-in recipes live in the reserved project `builtin`: readable by
-everyone, runnable in any project, never writable.
+serialise on the run's row.
 """
 
 from __future__ import annotations
@@ -12,41 +12,40 @@ import contextlib
 import functools
 import hashlib
 import json
-import math
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from importlib import resources
 from typing import Any
 
 from opentelemetry import trace
 
-from maestro.control_plane.graph.compiled import NodeEstimate, estimate_node
+from maestro.control_plane.graph.cost_preview import LiveSignals, Preview, estimate_run
+from maestro.control_plane.graph.gates import Decided, Decision, check_decision, decide
 from maestro.control_plane.graph.hub import RunHub
-from maestro.control_plane.graph.recipe import START, NodeSpec, Recipe, RecipeSpec, parse_recipe
+from maestro.control_plane.graph.recipe import START, NodeSpec, RecipeSpec
+from maestro.control_plane.graph.recipe_catalog import RecipeCatalog
 from maestro.control_plane.graph.records import (
     UNFINISHED,
-    AuditEntry,
     Budget,
+    EventRecord,
+    GateDecision,
     GateRecord,
     GateStatus,
     InFlight,
     KillSwitchRecord,
-    NewEvent,
-    RecipeRecord,
     RunChange,
     RunRecord,
+    RunStateChanged,
     RunStatus,
 )
 from maestro.control_plane.graph.runtime import GraphRuntime
-from maestro.control_plane.graph.steps import error_body, finish, stamp, state_changed
-from maestro.control_plane.graph.store import RunStore, etag_of
+from maestro.control_plane.graph.steps import finish, state_changed
+from maestro.control_plane.graph.store import ChangeFn, RunStore
 from maestro.core import names, paging
 from maestro.core.auth import Principal, require_project
 from maestro.core.errors import (
-    Aborted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -55,14 +54,11 @@ from maestro.core.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from maestro.core.filters import STRING, parse_filter
+from maestro.core.paging import STRING, parse_filter
 from maestro.routing.decider import Decider
-from maestro.routing.policy import cost_violations
 
-BUILTIN = "builtin"
 GLOBAL = "global"
 MAX_STATE_BYTES = 1024 * 1024
-_RECIPE = re.compile(rf"^projects/({names.PROJECT_ID})/recipes/({names.RESOURCE_ID})(?:@(\w+))?$")
 _RUN = re.compile(rf"^projects/({names.PROJECT_ID})/runs/({names.RESOURCE_ID}|-)$")
 _GATE = re.compile(rf"^(projects/({names.PROJECT_ID})/runs/{names.RESOURCE_ID})/gates/[a-z0-9-]+$")
 _SWITCH = re.compile(rf"^projects/({names.PROJECT_ID})/killSwitch$")
@@ -81,60 +77,11 @@ class NewRun:
     request_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    verdict: str  # APPROVE, EDIT, BLOCK
-    reason: str
-    state_patch: dict[str, Any] | None
-    edited_action: dict[str, Any] | None
-    etag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Preview:
-    nodes: Sequence[tuple[str, str, NodeEstimate, float, bool]]
-    """(node id, kind, estimate of one visit, expected visits, fits the node budget)."""
-    budget: Budget
-    violations: list[str]
-    estimated_cost: float
-    worst_case_cost: float
-    prompt_tokens: int
-    completion_tokens: int
-    p50_s: float
-    p95_s: float
-    success_rate: float
-    """From the candidate deployments' error rates in the live window (1.0 without traffic)."""
-
-
-def builtin_recipes() -> dict[str, RecipeRecord]:
-    folder = resources.files("maestro.control_plane.graph") / "recipes"
-    out = {}
-    for item in sorted(folder.iterdir(), key=lambda entry: entry.name):
-        if item.name.endswith(".yaml"):
-            recipe_id = item.name.removesuffix(".yaml").replace("_", "-")
-            source = item.read_text()
-            revision = etag_of(source)[:12]
-            out[recipe_id] = RecipeRecord(BUILTIN, recipe_id, revision, recipe_id, source, 0.0, 0.0)
-    return out
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON Merge Patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
-
-
 class GraphService:
     def __init__(
         self,
         store: RunStore,
+        recipes: RecipeCatalog,
         hub: RunHub,
         runtime: GraphRuntime,
         routes: Decider | None = None,
@@ -142,85 +89,11 @@ class GraphService:
     ) -> None:
         self.max_active_runs = max_active_runs
         self.store = store
+        self.recipes = recipes
         self.hub = hub
         self.runtime = runtime
         self.routes = routes
-        self.builtins = builtin_recipes()
-        self._parsed: dict[str, Recipe] = {}
         runtime.start_child = self.start_child
-
-    # -- recipes --------------------------------------------------------------------------------
-
-    def recipe_name(self, name: str, field: str) -> tuple[str, str, str]:
-        match = _RECIPE.match(name)
-        if match is None:
-            raise InvalidArgument(
-                [FieldViolation(field, "expected projects/{project}/recipes/{recipe}[@revision]")]
-            )
-        return match.group(1), match.group(2), match.group(3) or ""
-
-    async def get_recipe(self, principal: Principal, name: str) -> RecipeRecord:
-        project, recipe_id, revision = self.recipe_name(name, "name")
-        if project == BUILTIN:
-            record = self.builtins.get(recipe_id)
-            if record is None or (revision and revision != record.revision_id):
-                raise NotFound(f"recipe {name!r} not found", reason="RECIPE_NOT_FOUND")
-            return record
-        require_project(principal, project)
-        return await self.store.aio(self.store.get_recipe, project, recipe_id, revision)
-
-    def parsed(self, record: RecipeRecord) -> Recipe:
-        key = f"{record.name}@{record.revision_id}"
-        parsed = self._parsed.get(key)
-        if parsed is None:
-            parsed = parse_recipe(record.source_yaml)
-            self._parsed[key] = parsed
-        return parsed
-
-    async def list_recipes(
-        self, principal: Principal, parent: str, size: int, token: str
-    ) -> tuple[list[RecipeRecord], str]:
-        project = names.parse_project_name(parent, "parent")
-        limit = paging.page_size(size)
-        after = paging.decode_token(token, parent)
-        if project == BUILTIN:
-            items = [r for k, r in self.builtins.items() if after is None or k > after[0]]
-        else:
-            require_project(principal, project)
-            items = await self.store.aio(
-                self.store.list_recipes, project, after[0] if after else None, limit + 1
-            )
-        return paging.page_of(items, limit, parent, lambda r: [r.recipe_id])
-
-    async def put_recipe(
-        self,
-        principal: Principal,
-        project: str,
-        recipe_id: str,
-        source: str,
-        display_name: str,
-        *,
-        create: bool,
-        etag: str = "",
-    ) -> RecipeRecord:
-        if project == BUILTIN:
-            raise PermissionDenied("built-in recipes are read-only", reason="BUILTIN_READ_ONLY")
-        require_project(principal, project)
-        parse_recipe(source)  # INVALID_ARGUMENT naming field and line; nothing stored
-        return await self.store.aio(
-            functools.partial(self.store.put_recipe, create=create, etag=etag),
-            project,
-            recipe_id,
-            source,
-            display_name,
-        )
-
-    async def delete_recipe(self, principal: Principal, name: str, etag: str) -> None:
-        project, recipe_id, _ = self.recipe_name(name, "name")
-        if project == BUILTIN:
-            raise PermissionDenied("built-in recipes are read-only", reason="BUILTIN_READ_ONLY")
-        require_project(principal, project)
-        await self.store.aio(self.store.delete_recipe, project, recipe_id, etag)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -243,9 +116,9 @@ class GraphService:
         require_project(principal, project)
         if not new.recipe:
             raise InvalidArgument([FieldViolation("run.recipe", "required")])
-        self.recipe_name(new.recipe, "run.recipe")
-        record = await self.get_recipe(principal, new.recipe)
-        recipe = self.parsed(record)
+        self.recipes.name_parts(new.recipe, "run.recipe")
+        record = await self.recipes.get(principal, new.recipe)
+        recipe = self.recipes.parsed(record)
         spec = recipe.spec
         violations = []
         limit = AUTONOMY[spec.autonomy]
@@ -269,7 +142,7 @@ class GraphService:
                     raise FailedPrecondition(
                         f"node {node.id!r} runs the recipe it belongs to", reason="RECIPE_CYCLE"
                     )
-                await self.get_recipe(principal, node.recipe)
+                await self.recipes.get(principal, node.recipe)
         missing = [t.name for t in spec.tools if t.name not in self.runtime_tools]
         if missing:
             raise FailedPrecondition(
@@ -357,8 +230,8 @@ class GraphService:
             run_id=_child_id(key),
             request_id=f"subgraph-{key}",
         )
-        record = await self.get_recipe(principal, node.recipe)
-        limit = AUTONOMY[self.parsed(record).spec.autonomy]
+        record = await self.recipes.get(principal, node.recipe)
+        limit = AUTONOMY[self.recipes.parsed(record).spec.autonomy]
         if child.autonomy > limit:  # a child recipe may cap the level further
             child = replace(child, autonomy=limit)
         return await self.create_run(principal, f"projects/{parent.project}", child)
@@ -409,11 +282,11 @@ class GraphService:
         )
         return paging.page_of(runs, limit, scope, lambda r: [r.create_time, r.name])
 
-    async def _change(self, name: str, decide: Any) -> RunRecord:
+    async def _change(self, name: str, decide: ChangeFn) -> RunRecord:
         run, events = await self.store.aio(self.store.change_run, name, decide)
         self.hub.changed(name, run.status.final)
         # counted by the change that makes the run final (a repeated cancel changes nothing)
-        if run.status.final and any("run_state_changed" in e.body for e in events):
+        if run.status.final and any(isinstance(e.payload, RunStateChanged) for e in events):
             self.runtime.metrics.finished.add(1, (("state", run.status.name.lower()),))
         return run
 
@@ -519,7 +392,7 @@ class GraphService:
 
     async def list_events(
         self, principal: Principal, parent: str, after: int, limit: int, node_id: str | None
-    ) -> list[Any]:
+    ) -> list[EventRecord]:
         name = self._run_name(principal, parent, "parent")
         await self.store.aio(self.store.get_run, name)  # NOT_FOUND for an unknown run
         return await self.store.aio(self.store.list_events, name, after, limit, node_id)
@@ -569,150 +442,32 @@ class GraphService:
 
     async def decide_gate(
         self, principal: Principal, name: str, decision: Decision
-    ) -> tuple[GateRecord, dict[str, Any]]:
+    ) -> tuple[GateRecord, GateDecision]:
+        """Record a decision on a gate (see `gates`): the gate after it, and the decision as
+        recorded. The replica that approves a gate resumes the run itself."""
         run_name = self._gate_name(principal, name)
-        violations = []
-        if decision.verdict not in {"APPROVE", "EDIT", "BLOCK"}:
-            violations.append(FieldViolation("verdict", "must be APPROVE, EDIT or BLOCK"))
-        if decision.verdict in {"EDIT", "BLOCK"} and not decision.reason:
-            violations.append(FieldViolation("reason", f"required for {decision.verdict}"))
-        if len(decision.reason) > 2000:
-            violations.append(FieldViolation("reason", "at most 2,000 characters"))
-        edits = decision.state_patch is not None or decision.edited_action is not None
-        if decision.verdict == "EDIT" and not edits:
-            violations.append(
-                FieldViolation("state_patch", "EDIT needs state_patch or edited_action")
-            )
-        if decision.verdict != "EDIT" and edits:
-            violations.append(
-                FieldViolation("state_patch", "only EDIT may carry state_patch or edited_action")
-            )
-        if violations:
-            raise InvalidArgument(violations)
+        verdict = check_decision(decision)  # INVALID_ARGUMENT before anything is read
         approver = principal.api_key or f"insecure:{principal.project_id}"
-        outcome: dict[str, Any] = {}
+        outcome: list[Decided] = []
 
-        def decide(run: RunRecord, gates: dict[str, GateRecord]) -> RunChange:
-            gate = gates.get(name)
-            if gate is None:
-                raise NotFound(f"gate {name!r} not found", reason="GATE_NOT_FOUND")
-            if gate.status is not GateStatus.OPEN:
-                raise FailedPrecondition(f"the gate is {gate.status.name}", reason="GATE_NOT_OPEN")
-            if decision.etag and decision.etag != gate.etag:
-                raise Aborted(
-                    "the gate changed since it was read; read it again", reason="ETAG_MISMATCH"
-                )
-            now = time.time()
-            provenance = uuid.uuid4().hex
-            decisions = list(gate.decisions)
-            snapshot, proposed = gate.state_snapshot, gate.proposed_action
-            opened: tuple[GateRecord, ...] = ()
-            if decision.verdict == "EDIT":  # earlier approvals were of another version
-                decisions = [{**d, "counted": False} for d in decisions]
-                if decision.state_patch is not None:
-                    snapshot = merge_patch(snapshot, decision.state_patch)
-                if decision.edited_action is not None:
-                    proposed = {**(proposed or {}), "arguments": decision.edited_action}
-            counted_by = {d["approver"] for d in decisions if d.get("counted")}
-            counts = decision.verdict != "BLOCK" and approver not in counted_by
-            record: dict[str, Any] = {
-                "approver": approver,
-                "verdict": f"GATE_VERDICT_{decision.verdict}",
-                "reason": decision.reason,
-                "counted": counts,
-                "provenance_id": provenance,
-                "decide_time": stamp(now),
-            }
-            if decision.state_patch is not None:
-                record["state_patch"] = decision.state_patch
-            if decision.edited_action is not None:
-                record["edited_action"] = decision.edited_action
-            decisions.append(record)
-            approvals = sum(1 for d in decisions if d.get("counted"))
-            if decision.verdict == "BLOCK":
-                status = GateStatus.BLOCKED
-            elif approvals >= gate.required_approvals:
-                status = GateStatus.APPROVED
-            else:
-                status = GateStatus.OPEN
-            after = replace(
-                gate,
-                status=status,
-                decisions=tuple(decisions),
-                state_snapshot=snapshot,
-                proposed_action=proposed,
-                update_time=now,
-                etag=etag_of(name, now, len(decisions)),
-            )
-            outcome["decision"] = record
-            outcome["gate"] = after
-            events = [
-                NewEvent(
-                    {
-                        "gate_decided": {
-                            "gate": name,
-                            "decision": record,
-                            "gate_state": f"STATE_{status.name}",
-                        },
-                        "provenance": {"id": provenance, "producer": approver},
-                    },
-                    gate.node_id,
-                )
-            ]
-            updates: dict[str, Any] = {}
-            if status is GateStatus.BLOCKED:
-                message = f"gate {gate.node_id} blocked by {approver}: {decision.reason}"
-                updates = finish(
-                    RunStatus.BLOCKED,
-                    message,
-                    error=error_body("FAILED_PRECONDITION", "GATE_BLOCKED", message, gate.node_id),
-                )
-                events.append(state_changed(run.status, RunStatus.BLOCKED, message))
-            elif status is GateStatus.APPROVED:
-                state = dict(snapshot)
-                if proposed and "arguments" in proposed:
-                    state["tool_args"] = proposed["arguments"]
-                state["gate"] = {
-                    "gate": name,
-                    "decision": "approve",
-                    "approvers": sorted({d["approver"] for d in decisions if d.get("counted")}),
-                }
-                updates = {"state": state}
-                if run.status is RunStatus.WAITING_FOR_APPROVAL:
-                    updates.update(
-                        {
-                            "status": RunStatus.RUNNING,
-                            "state_reason": "gate approved",
-                            **self._lease(),
-                        }
-                    )
-                    events.append(
-                        state_changed(
-                            run.status, RunStatus.RUNNING, f"gate {gate.node_id} approved"
-                        )
-                    )
-                    policy = self.runtime.policy
-                    if updates["owner"] and (policy is None or policy.ready(run)):
-                        # this replica resumes it, in this transaction
-                        resumed = RunStore.applied(run, RunChange(updates))
-                        step = self.runtime.stepper.begin(resumed, self.runtime.compiled(resumed))
-                        updates.update(step.updates)
-                        events.extend(step.events)
-                        opened = step.gates
-            audit = AuditEntry(
-                approver,
-                f"gate.{decision.verdict.lower()}",
-                name,
-                decision.reason,
-                {"provenance_id": provenance, "counted": counts},
-            )
-            return RunChange(updates, tuple(events), (after, *opened), audit=(audit,))
+        def begin(resumed: RunRecord) -> RunChange | None:
+            policy = self.runtime.policy
+            if not resumed.owner or (policy is not None and not policy.ready(resumed)):
+                return None
+            return self.runtime.stepper.begin(resumed, self.runtime.compiled(resumed))
 
-        run = await self._change(run_name, decide)
-        self.runtime.metrics.decisions.add(1, (("verdict", decision.verdict.lower()),))
+        def change(run: RunRecord, gates: dict[str, GateRecord]) -> RunChange:
+            decided = decide(
+                run, gates.get(name), name, decision, approver, time.time(), self._lease, begin
+            )
+            outcome.append(decided)
+            return decided.change
+
+        run = await self._change(run_name, change)
+        self.runtime.metrics.decisions.add(1, (("verdict", verdict.value),))
         if run.status is RunStatus.RUNNING:
             self._hand_over(run, begun=run.in_flight is not None)
-        return outcome["gate"], outcome["decision"]
+        return outcome[-1].gate, outcome[-1].decision
 
     # -- kill switches --------------------------------------------------------------------------
 
@@ -790,61 +545,20 @@ class GraphService:
         state: dict[str, Any],
         budget: Budget | None,
     ) -> Preview:
+        """PreviewRunCost: the recipe's run over `state` estimated before it starts."""
         project = names.parse_project_name(parent, "parent")
         require_project(principal, project)
         if not recipe_name:
             raise InvalidArgument([FieldViolation("run.recipe", "required")])
-        record = await self.get_recipe(principal, recipe_name)
-        spec: RecipeSpec = self.parsed(record).spec
+        record = await self.recipes.get(principal, recipe_name)
+        spec: RecipeSpec = self.recipes.parsed(record).spec
         budget = budget or Budget(
             spec.budget.max_tokens, spec.budget.max_cost_usd, spec.budget.max_wall_time_s
         )
         prices = self.runtime.prices_for(project)
-        live = self._live_signals(principal, parent)
-        rows = []
-        total = worst = 0.0
-        prompt = completion = 0
-        p50 = p95 = 0.0
-        success = 1.0
-        for node in spec.nodes:
-            estimate = estimate_node(node, state, prices)
-            # A node a conditional edge leads back to is expected twice (a loop's usual run).
-            looped = any(e.target == node.id and e.when for e in spec.edges)
-            visits = 2.0 if looped else 1.0
-            fits = not node.budget.max_cost_usd or estimate.cost_usd <= node.budget.max_cost_usd
-            node_p50 = node_p95 = estimate.p95_s
-            if node.kind == "model":
-                candidates = [
-                    view
-                    for deployment, view in live
-                    if not node.model
-                    or node.model in (deployment.model_name, deployment.deployment_id)
-                ]
-                measured = [v for v in candidates if v.sample_count and v.p95_latency_ms]
-                if measured:
-                    node_p95 = max(v.p95_latency_ms or 0.0 for v in measured) / 1000
-                    node_p50 = max(v.p50_latency_ms or 0.0 for v in measured) / 1000
-                # The call fails only when every candidate it can fall back to fails.
-                failing = math.prod(v.error_rate for v in candidates) if candidates else 0.0
-                success *= (1.0 - failing) ** visits
-            rows.append((node.id, node.kind, replace(estimate, p95_s=node_p95), visits, fits))
-            total += estimate.cost_usd * visits
-            worst += estimate.cost_usd * visits * 2 * node.retries.max_attempts
-            prompt += int(estimate.prompt_tokens * visits)
-            completion += int(estimate.completion_tokens * visits)
-            p95 += node_p95 * visits
-            p50 += node_p50 * visits
-        violations = []
-        if budget.max_cost_usd:
-            violations += cost_violations(total, budget.max_cost_usd)
-        if budget.max_tokens and prompt + completion > budget.max_tokens:
-            violations.append(f"Run tokens {prompt + completion} exceed budget {budget.max_tokens}")
-        violations += [f"Node {r[0]} exceeds its own budget" for r in rows if not r[4]]
-        return Preview(
-            rows, budget, violations, total, worst, prompt, completion, p50, p95, success
-        )
+        return estimate_run(spec, state, budget, prices, self._live_signals(principal, parent))
 
-    def _live_signals(self, principal: Principal, parent: str) -> list[tuple[Any, Any]]:
+    def _live_signals(self, principal: Principal, parent: str) -> LiveSignals:
         """The project's deployments and their live signals (latency, errors) over the last
         window; none before its routing config exists."""
         if self.routes is None:

@@ -22,40 +22,39 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from maestro.control_plane.graph.compiled import CompiledRecipe, PriceLookup, estimate_node
 from maestro.control_plane.graph.recipe import END, BudgetSpec, NodeSpec
 from maestro.control_plane.graph.records import (
     Budget,
+    BudgetExceeded,
+    CostUpdate,
+    ErrorCode,
+    EventPayload,
+    GateOpened,
     GateRecord,
     GateStatus,
     InFlight,
     NewEvent,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    Outcome,
+    PolicyBlocked,
+    Provenance,
     RunChange,
+    RunError,
+    RunErrored,
     RunRecord,
+    RunStateChanged,
     RunStatus,
+    StepReplayed,
+    Usage,
 )
 from maestro.control_plane.graph.store import etag_of
 from maestro.routing.policy import cost_violations
 
-KIND_ENUM = {
-    "model": "GRAPH_NODE_KIND_MODEL",
-    "tool": "GRAPH_NODE_KIND_TOOL",
-    "gate": "GRAPH_NODE_KIND_HUMAN_GATE",
-    "router": "GRAPH_NODE_KIND_ROUTER",
-    "subgraph": "GRAPH_NODE_KIND_SUBGRAPH",
-}
-AUTONOMY_ENUM = (
-    "",
-    "AUTONOMY_LEVEL_L1",
-    "AUTONOMY_LEVEL_L2",
-    "AUTONOMY_LEVEL_L3",
-    "AUTONOMY_LEVEL_L4",
-)
-STATE_ENUM = {s: f"STATE_{s.name}" for s in RunStatus}
-STATUS_CODE = {"FAILED_PRECONDITION": 9, "INTERNAL": 13}
 MAX_INLINE_STEPS = 1000
 """Routers and approved gates chained without a model or tool call between them: a recipe
 looping through routers only would otherwise never yield."""
@@ -91,41 +90,21 @@ class NodeOutcome:
     """The blob holding what the step was given (the run's state), if stored."""
 
 
-def stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def gate_id(node_id: str, visit: int) -> str:
     return f"{node_id.replace('_', '-')}-{visit}"
 
 
-def error_body(code: str, reason: str, message: str, node_id: str = "") -> dict[str, Any]:
-    """A `google.rpc.Status` in proto JSON form, with its ErrorInfo."""
-    metadata = {"node_id": node_id} if node_id else {}
-    return {
-        "code": STATUS_CODE.get(code, 9),
-        "message": message,
-        "details": [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": reason,
-                "domain": "maestro.dev",
-                "metadata": metadata,
-            }
-        ],
-    }
+def blocked_error(reason: str, message: str, node_id: str = "") -> RunError:
+    """A run stopped by a node, a gate, a budget or a policy."""
+    return RunError(ErrorCode.FAILED_PRECONDITION, reason, message, node_id)
+
+
+def internal_error(message: str) -> RunError:
+    return RunError(ErrorCode.INTERNAL, "INTERNAL", message)
 
 
 def state_changed(before: RunStatus, after: RunStatus, reason: str) -> NewEvent:
-    return NewEvent(
-        {
-            "run_state_changed": {
-                "previous_state": STATE_ENUM[before],
-                "state": STATE_ENUM[after],
-                "reason": reason,
-            }
-        }
-    )
+    return NewEvent(RunStateChanged(before, after, reason))
 
 
 def finish(status: RunStatus, reason: str, **extra: Any) -> dict[str, Any]:
@@ -139,40 +118,6 @@ def finish(status: RunStatus, reason: str, **extra: Any) -> dict[str, Any]:
         "end_time": time.time(),
         **extra,
     }
-
-
-def budget_json(budget: Budget | BudgetSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if budget.max_tokens:
-        out["max_tokens"] = budget.max_tokens
-    if budget.max_cost_usd:
-        out["max_cost_usd"] = budget.max_cost_usd
-    if budget.max_wall_time_s:
-        out["max_wall_time"] = f"{budget.max_wall_time_s}s"
-    return out
-
-
-def gate_json(gate: GateRecord) -> dict[str, Any]:
-    """A gate in the proto's JSON form (also what the `gate_opened` event carries)."""
-    out: dict[str, Any] = {
-        "name": gate.name,
-        "node_id": gate.node_id,
-        "prompt": gate.prompt,
-        "state_snapshot": gate.state_snapshot,
-        "autonomy_level": AUTONOMY_ENUM[gate.autonomy],
-        "required_approvals": gate.required_approvals,
-        "approvals_counted": gate.approvals_counted,
-        "decisions": list(gate.decisions),
-        "state": f"STATE_{gate.status.name}",
-        "create_time": stamp(gate.create_time),
-        "update_time": stamp(gate.update_time),
-        "etag": gate.etag,
-    }
-    if gate.proposed_action is not None:
-        out["proposed_action"] = gate.proposed_action
-    if gate.expire_time is not None:
-        out["expire_time"] = stamp(gate.expire_time)
-    return out
 
 
 class Stepper:
@@ -216,43 +161,26 @@ class Stepper:
             "completion_tokens": run.completion_tokens + outcome.completion_tokens,
             "cost_usd": run.cost_usd + outcome.cost_usd,
         }
-        provenance: dict[str, Any] = {"id": flight.provenance_id}
-        if outcome.producer:
-            provenance["producer"] = outcome.producer
-        if outcome.input_digest:
-            provenance["input_digests"] = [outcome.input_digest]
-        events = [
-            NewEvent(
-                {
-                    "node_finished": {
-                        "outcome": "OUTCOME_SUCCEEDED",
-                        "output": outcome.output,
-                        "duration": f"{outcome.duration_s:.6f}s",
-                        "usage": _usage(outcome.prompt_tokens, outcome.completion_tokens),
-                        "cost_usd": outcome.cost_usd,
-                        "next_node_ids": [target],
-                    },
-                    "provenance": provenance,
-                },
-                node.id,
-                flight.attempt,
-            )
-        ]
+        provenance = Provenance(
+            flight.provenance_id,
+            outcome.producer,
+            (outcome.input_digest,) if outcome.input_digest else (),
+        )
+        finished = NodeFinished(
+            Outcome.SUCCEEDED,
+            outcome.duration_s,
+            output=outcome.output,
+            usage=Usage(outcome.prompt_tokens, outcome.completion_tokens),
+            cost_usd=outcome.cost_usd,
+            next_node_ids=(target,),
+        )
+        events = [NewEvent(finished, node.id, flight.attempt, provenance)]
         if outcome.prompt_tokens or outcome.completion_tokens or outcome.cost_usd:
-            events.append(
-                NewEvent(
-                    {
-                        "cost_update": {
-                            "usage": _usage(
-                                run.prompt_tokens + outcome.prompt_tokens,
-                                run.completion_tokens + outcome.completion_tokens,
-                            ),
-                            "cost_usd": spent["cost_usd"],
-                            "budget_used_ratio": _budget_used(run, spent),
-                        }
-                    }
-                )
+            total = Usage(
+                run.prompt_tokens + outcome.prompt_tokens,
+                run.completion_tokens + outcome.completion_tokens,
             )
+            events.append(NewEvent(CostUpdate(total, spent["cost_usd"], _budget_used(run, spent))))
         updates: dict[str, Any] = {"in_flight": None, **spent}
         if run.status is RunStatus.PAUSED:  # PauseRun: the node commits, then the run stops
             updates.update({"state": state, "visits": visits, "next_node": target, "owner": ""})
@@ -274,21 +202,14 @@ class Stepper:
     ) -> RunChange:
         """An attempt failed: record it, and either start the next attempt or fail the run."""
         retry = flight.attempt < node.retries.max_attempts
-        error = error_body("FAILED_PRECONDITION", reason, message, node.id)
-        events = [
-            NewEvent(
-                {
-                    "node_finished": {
-                        "outcome": "OUTCOME_TIMED_OUT" if timed_out else "OUTCOME_FAILED",
-                        "duration": f"{duration_s:.6f}s",
-                        "error": error,
-                        "will_retry": retry,
-                    }
-                },
-                node.id,
-                flight.attempt,
-            )
-        ]
+        error = blocked_error(reason, message, node.id)
+        finished = NodeFinished(
+            Outcome.TIMED_OUT if timed_out else Outcome.FAILED,
+            duration_s,
+            error=error,
+            will_retry=retry,
+        )
+        events = [NewEvent(finished, node.id, flight.attempt)]
         if retry:
             again = InFlight(
                 node.id,
@@ -309,14 +230,12 @@ class Stepper:
         flight = run.in_flight
         assert flight is not None
         node = recipe.nodes[flight.node_id]
-        body = {
-            "step_replayed": {
-                "previous_replica": flight.replica or previous,
-                "replica": self.replica,
-                "idempotency_key": flight.idempotency_key if node.kind == "tool" else "",
-            }
-        }
-        events = [NewEvent(body, node.id, flight.attempt)]
+        replay = StepReplayed(
+            flight.replica or previous,
+            self.replica,
+            flight.idempotency_key if node.kind == "tool" else "",
+        )
+        events = [NewEvent(replay, node.id, flight.attempt)]
         updates: dict[str, Any] = {
             "in_flight": InFlight(
                 node.id,
@@ -362,17 +281,15 @@ class Stepper:
             current = replace(run, state=state, visits=visits, **spent)
             blocked = self._admission(current, node)
             if blocked is not None:
-                reason, message, body = blocked
+                reason, message, why = blocked
                 status = updates.get("status", run.status)
                 updates.update(
                     finish(
-                        RunStatus.BLOCKED,
-                        message,
-                        error=error_body("FAILED_PRECONDITION", reason, message, node.id),
+                        RunStatus.BLOCKED, message, error=blocked_error(reason, message, node.id)
                     )
                 )
                 events += [
-                    NewEvent(body, node.id),
+                    NewEvent(why, node.id),
                     state_changed(status, RunStatus.BLOCKED, message),
                 ]
                 return RunChange(updates, tuple(events))
@@ -381,22 +298,12 @@ class Stepper:
             if node.kind in ("router", "gate"):  # completes on the spot: it calls nothing
                 visits = {**visits, node.id: visit}
                 following = recipe.next_node(node.id, state, visits)
-                provenance = {"id": uuid.uuid4().hex}
+                finished = NodeFinished(
+                    Outcome.SUCCEEDED, 0.0, output={}, next_node_ids=(following,)
+                )
                 events += [
-                    NewEvent({"node_started": {"kind": KIND_ENUM[node.kind]}}, node.id, 1),
-                    NewEvent(
-                        {
-                            "node_finished": {
-                                "outcome": "OUTCOME_SUCCEEDED",
-                                "output": {},
-                                "duration": "0s",
-                                "next_node_ids": [following],
-                            },
-                            "provenance": provenance,
-                        },
-                        node.id,
-                        1,
-                    ),
+                    NewEvent(NodeStarted(NodeKind(node.kind)), node.id, 1),
+                    NewEvent(finished, node.id, 1, Provenance(uuid.uuid4().hex)),
                 ]
                 target = following
                 continue
@@ -407,30 +314,22 @@ class Stepper:
             events.append(self._started(current, node, flight))
             return RunChange(updates, tuple(events))
         message = f"more than {MAX_INLINE_STEPS} routing steps without a model or tool call"
-        updates.update(
-            finish(RunStatus.FAILED, message, error=error_body("INTERNAL", "INTERNAL", message))
-        )
+        updates.update(finish(RunStatus.FAILED, message, error=internal_error(message)))
         events.append(state_changed(updates.get("status", run.status), RunStatus.FAILED, message))
         return RunChange(updates, tuple(events))
 
     def _started(self, run: RunRecord, node: NodeSpec, flight: InFlight) -> NewEvent:
         estimate = estimate_node(node, run.state, self._prices(run.project))
-        return NewEvent(
-            {
-                "node_started": {
-                    "kind": KIND_ENUM[node.kind],
-                    "estimated_cost_usd": estimate.cost_usd,
-                    "idempotency_key": flight.idempotency_key if node.kind == "tool" else "",
-                },
-                "provenance": {"id": flight.provenance_id},
-            },
-            node.id,
-            flight.attempt,
+        started = NodeStarted(
+            NodeKind(node.kind),
+            estimate.cost_usd,
+            flight.idempotency_key if node.kind == "tool" else "",
         )
+        return NewEvent(started, node.id, flight.attempt, Provenance(flight.provenance_id))
 
-    def _admission(self, run: RunRecord, node: NodeSpec) -> tuple[str, str, dict[str, Any]] | None:
+    def _admission(self, run: RunRecord, node: NodeSpec) -> tuple[str, str, EventPayload] | None:
         """The budget check and the `before_execute` hook: None, or why the node may not run
-        (reason, message, the event body)."""
+        (reason, message, the event saying so)."""
         budget = run.budget
         if node.kind in ("model", "tool", "subgraph"):
             estimate = estimate_node(node, run.state, self._prices(run.project))
@@ -469,25 +368,20 @@ class Stepper:
                 )
             for limit, reasons, rule in checks:
                 if reasons:
-                    return (
-                        "BUDGET_EXCEEDED",
+                    exceeded = BudgetExceeded(
+                        rule,
                         reasons[0],
-                        {
-                            "budget_exceeded": {
-                                "rule": rule,
-                                "reason": reasons[0],
-                                "budget": budget_json(limit),
-                                "estimated_cost_usd": estimate.cost_usd,
-                                "spent_cost_usd": run.cost_usd,
-                            }
-                        },
+                        Budget(limit.max_tokens, limit.max_cost_usd, limit.max_wall_time_s),
+                        estimate.cost_usd,
+                        run.cost_usd,
                     )
+                    return "BUDGET_EXCEEDED", reasons[0], exceeded
         verdict = self._before_execute(run, node)
         if not verdict.allowed:
             return (
                 "POLICY_DENIED",
                 verdict.reason,
-                {"policy_blocked": {"rule": verdict.rule, "reason": verdict.reason}},
+                PolicyBlocked(verdict.rule, verdict.reason),
             )
         return None
 
@@ -552,7 +446,7 @@ class Stepper:
             }
         )
         events += [
-            NewEvent({"gate_opened": {"gate": gate_json(gate)}}, node.id),
+            NewEvent(GateOpened(gate), node.id),
             state_changed(status, RunStatus.WAITING_FOR_APPROVAL, prompt),
         ]
         return RunChange(updates, tuple(events), (gate,))
@@ -570,8 +464,8 @@ def expire_gate(run: RunRecord, gate: GateRecord | None, now: float) -> RunChang
         return RunChange({}, (), notify=False)
     expired = replace(gate, status=GateStatus.EXPIRED, update_time=now)
     message = f"gate {gate.node_id} expired without a decision"
-    error = error_body("FAILED_PRECONDITION", "GATE_EXPIRED", message, gate.node_id)
-    events: list[NewEvent] = [NewEvent({"error": error}, gate.node_id)]
+    error = blocked_error("GATE_EXPIRED", message, gate.node_id)
+    events: list[NewEvent] = [NewEvent(RunErrored(error), gate.node_id)]
     updates: dict[str, Any] = {}
     if run.status is RunStatus.WAITING_FOR_APPROVAL or run.status is RunStatus.PAUSED:
         updates = finish(RunStatus.BLOCKED, message, error=error)
@@ -580,14 +474,6 @@ def expire_gate(run: RunRecord, gate: GateRecord | None, now: float) -> RunChang
 
 
 _SPENT = frozenset({"prompt_tokens", "completion_tokens", "cost_usd"})
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
 
 
 def _budget_used(run: RunRecord, spent: Mapping[str, Any]) -> float:

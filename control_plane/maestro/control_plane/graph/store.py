@@ -1,4 +1,5 @@
-"""The run store: recipes, runs, events, gates, kill switches and the tools' effect ledger.
+"""The run store: runs, events, gates, kill switches, the audit log and the tools' effect ledger
+(recipes: `recipe_store`).
 
 Written once over `store.sql.Sql`, so SQLite (embedded default) and PostgreSQL run the same code
 and the same test suite. Every change to a run goes through `change_run`: the run's row is read
@@ -8,7 +9,8 @@ that one transaction. That is how a node's output, the new state and its `node_f
 commit together, and how a replica that lost its lease is stopped from writing (the function
 checks the owner and raises).
 
-Calls are synchronous; the async layers run them in a worker thread.
+Rows hold the domain's values in the stored JSON form of `stored_json` (Maestro's names, never
+the API's). Calls are synchronous; the async layers run them in a worker thread.
 """
 
 from __future__ import annotations
@@ -31,13 +33,21 @@ from maestro.control_plane.graph.records import (
     InFlight,
     KillSwitchRecord,
     NewEvent,
-    RecipeRecord,
     RunChange,
+    RunError,
     RunRecord,
     RunStatus,
 )
+from maestro.control_plane.graph.stored_json import (
+    error_from_json,
+    error_json,
+    event_body,
+    event_from_body,
+    gate_body,
+    gate_from_row,
+)
 from maestro.control_plane.store.sql import Row, Sql, Tx
-from maestro.core.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from maestro.core.errors import Aborted, AlreadyExists, NotFound
 
 EVENTS_CHANNEL = "maestro_run_events"
 """PostgreSQL NOTIFY channel: payload is the run name, sent with every committed change."""
@@ -60,17 +70,21 @@ def etag_of(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
+async def call_store(sql: Sql, call: Callable[..., T], *args: Any) -> T:
+    """Run a store call from async code: inline where the database is that quick (SQLite
+    without per-commit fsync), else in a worker thread so the event loop never waits on the
+    network or the disk."""
+    if sql.inline:
+        return call(*args)
+    return await asyncio.to_thread(call, *args)
+
+
 class RunStore:
     def __init__(self, sql: Sql) -> None:
         self.sql = sql
 
     async def aio(self, call: Callable[..., T], *args: Any) -> T:
-        """Run a store call from async code: inline where the database is that quick (SQLite
-        without per-commit fsync), else in a worker thread so the event loop never waits on
-        the network or the disk."""
-        if self.sql.inline:
-            return call(*args)
-        return await asyncio.to_thread(call, *args)
+        return await call_store(self.sql, call, *args)
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -96,7 +110,7 @@ class RunStore:
             cost_usd=float(row["cost_usd"]),
             budget=Budget(**budget),
             autonomy=int(row["autonomy"]),
-            error=load(row["error"]) if row["error"] is not None else None,
+            error=error_from_json(load(row["error"])) if row["error"] is not None else None,
             kill_switch=row["kill_switch"],
             open_gates=tuple(load(row["open_gates"])),
             last_seq=int(row["last_seq"]),
@@ -113,6 +127,8 @@ class RunStore:
         if column in _JSON_COLUMNS and value is not None:
             if isinstance(value, InFlight | Budget):
                 value = value.as_dict()
+            elif isinstance(value, RunError):
+                value = error_json(value)
             return self.sql.json_in(value)
         if isinstance(value, RunStatus):
             return int(value)
@@ -347,7 +363,15 @@ class RunStore:
         self, tx: Tx, run: str, last_seq: int, events: Sequence[NewEvent], now: float
     ) -> list[EventRecord]:
         records = [
-            EventRecord(run, last_seq + offset, now, event.node_id, event.attempt, event.body)
+            EventRecord(
+                run,
+                last_seq + offset,
+                now,
+                event.node_id,
+                event.attempt,
+                event.payload,
+                event.provenance,
+            )
             for offset, event in enumerate(events, start=1)
         ]
         if records:
@@ -355,7 +379,14 @@ class RunStore:
                 "INSERT INTO run_events (run, seq, event_time, node_id, attempt, body) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (run, r.seq, now, r.node_id, r.attempt, self.sql.json_in(r.body))
+                    (
+                        run,
+                        r.seq,
+                        now,
+                        r.node_id,
+                        r.attempt,
+                        self.sql.json_in(event_body(r.payload, r.provenance)),
+                    )
                     for r in records
                 ],
             )
@@ -382,7 +413,7 @@ class RunStore:
                 float(r["event_time"]),
                 r["node_id"],
                 int(r["attempt"]),
-                self.sql.json_out(r["body"]),
+                *event_from_body(self.sql.json_out(r["body"])),
             )
             for r in rows
         ]
@@ -395,32 +426,22 @@ class RunStore:
             f"update_time, expire_time FROM run_gates WHERE {where}",
             params,
         )
-        gates = []
-        for row in rows:
-            body = self.sql.json_out(row["body"])
-            gates.append(
-                GateRecord(
-                    name=row["name"],
-                    run=row["run"],
-                    project=row["project"],
-                    node_id=row["node_id"],
-                    status=GateStatus(row["status"]),
-                    prompt=body["prompt"],
-                    required_approvals=int(body["required_approvals"]),
-                    autonomy=int(body["autonomy"]),
-                    state_snapshot=body["state_snapshot"],
-                    proposed_action=body["proposed_action"],
-                    decisions=tuple(body["decisions"]),
-                    etag=row["etag"],
-                    create_time=float(row["create_time"]),
-                    update_time=float(row["update_time"]),
-                    opened_seq=int(row["opened_seq"]),
-                    expire_time=(
-                        float(row["expire_time"]) if row["expire_time"] is not None else None
-                    ),
-                )
+        return [
+            gate_from_row(
+                self.sql.json_out(row["body"]),
+                name=row["name"],
+                run=row["run"],
+                project=row["project"],
+                node_id=row["node_id"],
+                status=GateStatus(row["status"]),
+                etag=row["etag"],
+                create_time=float(row["create_time"]),
+                update_time=float(row["update_time"]),
+                opened_seq=int(row["opened_seq"]),
+                expire_time=float(row["expire_time"]) if row["expire_time"] is not None else None,
             )
-        return gates
+            for row in rows
+        ]
 
     def _put_gate(self, tx: Tx, gate: GateRecord) -> None:
         tx.run(
@@ -435,7 +456,7 @@ class RunStore:
                 gate.opened_seq,
                 int(gate.status),
                 gate.node_id,
-                self.sql.json_in(gate.body()),
+                self.sql.json_in(gate_body(gate)),
                 gate.etag,
                 gate.create_time,
                 gate.update_time,
@@ -581,131 +602,3 @@ class RunStore:
                 "WHERE idempotency_key LIKE ? ORDER BY idempotency_key",
                 (key_prefix + "%",),
             )
-
-    # -- recipes --------------------------------------------------------------------------------
-
-    def _recipe(self, row: Row, project: str, recipe_id: str) -> RecipeRecord:
-        return RecipeRecord(
-            project,
-            recipe_id,
-            row["revision_id"],
-            row.get("display_name", ""),
-            row["source_yaml"],
-            float(row["create_time"]),
-            float(row.get("update_time") or row["create_time"]),
-        )
-
-    def put_recipe(
-        self,
-        project: str,
-        recipe_id: str,
-        source_yaml: str,
-        display_name: str,
-        *,
-        create: bool,
-        etag: str = "",
-    ) -> RecipeRecord:
-        """Create a recipe, or give an existing one a new revision."""
-        now = time.time()
-        revision = uuid.uuid4().hex[:12]
-        with self.sql.write() as tx:
-            row = tx.one(
-                "SELECT * FROM graph_recipes WHERE project = ? AND recipe_id = ?",
-                (project, recipe_id),
-            )
-            if create and row is not None:
-                raise AlreadyExists(
-                    f"recipe projects/{project}/recipes/{recipe_id} exists already",
-                    reason="RECIPE_EXISTS",
-                )
-            if not create and row is None:
-                raise NotFound(
-                    f"recipe projects/{project}/recipes/{recipe_id} not found",
-                    reason="RECIPE_NOT_FOUND",
-                )
-            if row is not None and etag and etag != row["revision_id"]:
-                raise Aborted("the recipe changed since it was read", reason="ETAG_MISMATCH")
-            created = float(row["create_time"]) if row is not None else now
-            tx.run(
-                "DELETE FROM graph_recipes WHERE project = ? AND recipe_id = ?",
-                (project, recipe_id),
-            )
-            tx.run(
-                "INSERT INTO graph_recipes (project, recipe_id, revision_id, display_name, "
-                "source_yaml, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (project, recipe_id, revision, display_name, source_yaml, created, now),
-            )
-            tx.run(
-                "INSERT INTO graph_recipe_revisions (project, recipe_id, revision_id, "
-                "source_yaml, create_time) VALUES (?, ?, ?, ?, ?)",
-                (project, recipe_id, revision, source_yaml, now),
-            )
-        return RecipeRecord(project, recipe_id, revision, display_name, source_yaml, created, now)
-
-    def get_recipe(self, project: str, recipe_id: str, revision: str = "") -> RecipeRecord:
-        with self.sql.read() as tx:
-            head = tx.one(
-                "SELECT * FROM graph_recipes WHERE project = ? AND recipe_id = ?",
-                (project, recipe_id),
-            )
-            row = head
-            if head is not None and revision and revision != head["revision_id"]:
-                row = tx.one(
-                    "SELECT * FROM graph_recipe_revisions WHERE project = ? AND recipe_id = ? "
-                    "AND revision_id = ?",
-                    (project, recipe_id, revision),
-                )
-        if head is None or row is None:
-            what = f"@{revision}" if head is not None else ""
-            raise NotFound(
-                f"recipe projects/{project}/recipes/{recipe_id}{what} not found",
-                reason="RECIPE_NOT_FOUND",
-            )
-        record = self._recipe(row, project, recipe_id)
-        if row is not head:
-            return RecipeRecord(
-                project,
-                recipe_id,
-                record.revision_id,
-                head["display_name"],
-                record.source_yaml,
-                float(head["create_time"]),
-                record.create_time,
-            )
-        return record
-
-    def list_recipes(self, project: str, after: str | None, limit: int) -> list[RecipeRecord]:
-        sql, params = "SELECT * FROM graph_recipes WHERE project = ?", [project]
-        if after is not None:
-            sql += " AND recipe_id > ?"
-            params.append(after)
-        with self.sql.read() as tx:
-            rows = tx.all(sql + " ORDER BY recipe_id LIMIT ?", [*params, limit])
-        return [self._recipe(row, project, row["recipe_id"]) for row in rows]
-
-    def delete_recipe(self, project: str, recipe_id: str, etag: str = "") -> None:
-        name = f"projects/{project}/recipes/{recipe_id}"
-        with self.sql.write() as tx:
-            row = tx.one(
-                "SELECT revision_id FROM graph_recipes WHERE project = ? AND recipe_id = ?",
-                (project, recipe_id),
-            )
-            if row is None:
-                raise NotFound(f"recipe {name} not found", reason="RECIPE_NOT_FOUND")
-            if etag and etag != row["revision_id"]:
-                raise Aborted("the recipe changed since it was read", reason="ETAG_MISMATCH")
-            marks = ", ".join("?" * len(UNFINISHED))
-            busy = tx.one(
-                f"SELECT name FROM agent_runs WHERE recipe = ? AND status IN ({marks}) LIMIT 1",
-                [name, *(int(s) for s in UNFINISHED)],
-            )
-            if busy is not None:
-                raise FailedPrecondition(
-                    f"run {busy['name']} of this recipe is not finished",
-                    reason="RECIPE_IN_USE",
-                    metadata={"run": busy["name"]},
-                )
-            for table in ("graph_recipes", "graph_recipe_revisions"):
-                tx.run(
-                    f"DELETE FROM {table} WHERE project = ? AND recipe_id = ?", (project, recipe_id)
-                )

@@ -29,7 +29,7 @@ from maestro.core.errors import (
     MaestroError,
     NotFound,
 )
-from maestro.core.filters import STRING, Kind, parse_filter
+from maestro.core.paging import STRING, Kind, parse_filter
 from maestro.routing.decider import Choice, ChooseInput, Decider, choice_of
 from maestro.routing.engine import (
     RoutingSnapshot,
