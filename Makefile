@@ -57,8 +57,14 @@ lint: $(STAMP) protos-check
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
+# The suite runs twice: on SQLite (the embedded default), then with every test server's store in
+# PostgreSQL (MAESTRO_TEST_STORE=postgres; tests that name their store keep it). The second pass
+# leaves out the serving lane's tests, which start Ray and vLLM for minutes and use the same
+# server fixture as the rest.
 test: lint $(SERVING_STAMP)
 	$(BIN)/pytest
+	MAESTRO_TEST_STORE=postgres $(BIN)/pytest --ignore=tests/test_serving_lane.py \
+		--ignore=tests/test_serving_placement.py
 
 clean:
 	rm -rf $(VENV) $(SERVING_VENV) protos/node_modules .mypy_cache .ruff_cache

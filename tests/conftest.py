@@ -1,11 +1,15 @@
 """Shared fixtures: a real control-plane server on 127.0.0.1:0 with its real interceptors.
 
-Two projects, `alpha` and `beta`, each with an API key, exist in a fresh SQLite file per test.
-Spans go to an in-memory exporter so tests can assert what was traced.
+Two projects, `alpha` and `beta`, each with an API key, exist in a fresh store per test: an
+SQLite file, or with `MAESTRO_TEST_STORE=postgres` (`make test` runs the suite both ways) a fresh
+database on a real PostgreSQL server, one per test folder, so a test that restarts its server on
+the same folder finds its data again. Tests that name a store themselves keep it. Spans go to an
+in-memory exporter so tests can assert what was traced.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,20 @@ class RunningServer:
         )
 
 
+STORE_BACKEND = os.environ.get("MAESTRO_TEST_STORE", "sqlite")
+_postgres: dict[str, str] = {}
+"""With STORE_BACKEND postgres: the session's server ("server"), and a database per test folder."""
+
+
+def _store_settings(tmp_path: Path, overrides: dict[str, object]) -> dict[str, object]:
+    if STORE_BACKEND != "postgres" or any(key.startswith("store.") for key in overrides):
+        return {}
+    folder = str(tmp_path)
+    if folder not in _postgres:
+        _postgres[folder] = fresh_database(_postgres["server"])
+    return {"store.backend": "postgres", "store.postgres_dsn": _postgres[folder]}
+
+
 def test_config(tmp_path: Path, **overrides: object) -> MaestroConfig:
     return load_config(
         None,
@@ -56,6 +74,7 @@ def test_config(tmp_path: Path, **overrides: object) -> MaestroConfig:
             "server.port": 0,
             "store.sqlite_path": str(tmp_path / "maestro.db"),
             "data_plane.http_port": 0,
+            **_store_settings(tmp_path, overrides),
             **overrides,
         },
     )
@@ -98,6 +117,12 @@ def postgres_server_dsn() -> Iterator[str]:
     """One real PostgreSQL server for the session (see tests/postgres_support.py)."""
     with postgres_server() as dsn:
         yield dsn
+
+
+@pytest.fixture(scope="session", autouse=STORE_BACKEND == "postgres")
+def _postgres_for_every_server(postgres_server_dsn: str) -> None:
+    """Under MAESTRO_TEST_STORE=postgres, every test server stores in PostgreSQL."""
+    _postgres["server"] = postgres_server_dsn
 
 
 @pytest.fixture

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -33,3 +36,29 @@ def demo_config(tmp_path: Path) -> Path:
     path = tmp_path / "maestro.yaml"
     path.write_text(demo)
     return path
+
+
+@contextmanager
+def maestro_process(
+    args: list[str], cwd: Path, env: Mapping[str, str]
+) -> Iterator[tuple[dict[str, str], subprocess.Popen[str]]]:
+    """`maestro ARGS` (`up`, `data-plane`) in `cwd`: its server.ready log line once it is
+    ready, and the process, killed on the way out if it is still running."""
+    with subprocess.Popen(
+        [str(BIN / "maestro"), *args],
+        cwd=cwd,
+        env=dict(env),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        try:
+            ready = wait_ready(process)
+            # Keep reading the log so the server never blocks on a full pipe.
+            assert process.stderr is not None
+            threading.Thread(target=process.stderr.read, daemon=True).start()
+            yield ready, process
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()

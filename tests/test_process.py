@@ -23,7 +23,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.process_support import BIN, demo_config, wait_ready
+from tests.process_support import BIN, demo_config, maestro_process, wait_ready
 
 pytestmark = pytest.mark.slow
 SERVICES = {
@@ -56,26 +56,10 @@ def _grpcurl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str
 def maestro_up(tmp_path: Path) -> Iterator[UpProcess]:
     env = {**os.environ, "MAESTRO_SERVER__GRACE_PERIOD_S": "5"}
     config = demo_config(tmp_path)
-    with subprocess.Popen(
-        [str(BIN / "maestro"), "up", "--config", str(config), "--port", "0", "--http-port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    ) as process:
-        try:
-            ready = wait_ready(process)
-            # Keep reading the log so the server never blocks on a full pipe.
-            assert process.stderr is not None
-            drain = threading.Thread(target=process.stderr.read, daemon=True)
-            drain.start()
-            api_key = (tmp_path / ".maestro" / "demo-api-key").read_text().strip()
-            yield UpProcess(process, ready["address"], api_key, ready["openai_base_url"])
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+    args = ["up", "--config", str(config), "--port", "0", "--http-port", "0"]
+    with maestro_process(args, tmp_path, env) as (ready, process):
+        api_key = (tmp_path / ".maestro" / "demo-api-key").read_text().strip()
+        yield UpProcess(process, ready["address"], api_key, ready["openai_base_url"])
 
 
 def test_reflection_lists_every_service(maestro_up: UpProcess) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.postgres import PostgresSql
 from maestro.v1 import project_service_pb2 as ppb
 from maestro.v1 import route_service_pb2 as rpb
-from tests.process_support import BIN, ROOT, wait_ready
+from tests.process_support import ROOT, maestro_process
 
 pytestmark = pytest.mark.slow
 CONFIG_NAME = "projects/alpha/routeConfig"
@@ -46,23 +45,8 @@ def replica(tmp_path: Path, name: str, dsn: str) -> Iterator[tuple[str, subproce
         "MAESTRO_AUTH__KEY_CACHE_TTL_S": str(KEY_CACHE_TTL_S),
         "MAESTRO_GRAPH__REPLICA_ID": name,
     }
-    with subprocess.Popen(
-        [str(BIN / "maestro"), "up", "--config", "maestro.yaml"],
-        cwd=folder,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    ) as process:
-        try:
-            ready = wait_ready(process)
-            assert process.stderr is not None
-            threading.Thread(target=process.stderr.read, daemon=True).start()
-            yield ready["address"], process
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+    with maestro_process(["up", "--config", "maestro.yaml"], folder, env) as (ready, process):
+        yield ready["address"], process
 
 
 def _admin_key(dsn: str) -> str:

@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.schema import MIGRATIONS
-from maestro.control_plane.store.sqlite import SqliteSql
+from maestro.control_plane.store.opening import open_store
 from maestro.v1 import common_pb2
 from maestro.v1 import route_service_pb2 as pb
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, test_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_YAML = (ROOT / "deploy/router/litellm.yaml").read_text()
@@ -292,19 +292,15 @@ async def test_config_file_edits_are_applied_live(tmp_path: Path) -> None:
     config_file.write_text(SEED_YAML)
     policy_file = tmp_path / "routing.rego"
     policy_file.write_text(SEED_ROUTING)
-    sql = SqliteSql(
-        tmp_path / "maestro.db", MIGRATIONS
-    )  # the project exists before the server starts
-    ProjectStore(sql).create_project("projects/alpha", "", datetime.now(UTC))
+    settings = {
+        "routing.project": "alpha",
+        "routing.config_file": str(config_file),
+        "routing.policy_files": [str(policy_file)],
+    }
+    sql = open_store(test_config(tmp_path, **settings).store, MIGRATIONS)
+    ProjectStore(sql).create_project("projects/alpha", "", datetime.now(UTC))  # exists first
     sql.close()
-    running = await start_server(
-        tmp_path,
-        **{
-            "routing.project": "alpha",
-            "routing.config_file": str(config_file),
-            "routing.policy_files": [str(policy_file)],
-        },
-    )
+    running = await start_server(tmp_path, **settings)
     try:
         async with running.client(running.alpha_key) as client:
             first = await client.routes.GetConfig(pb.GetConfigRequest(name=ALPHA_CONFIG))
