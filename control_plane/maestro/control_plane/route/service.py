@@ -92,11 +92,15 @@ class RouteService(Decider):
         """Compile and publish every project's latest stored revision (at server start), the
         global layer first since the others compile on top of it."""
         await asyncio.to_thread(self._store.ensure_project, GLOBAL_PROJECT)
-        projects = await asyncio.to_thread(self._store.projects_with_config)
-        for project in sorted(projects, key=lambda p: p != GLOBAL_PROJECT):
+        for project in await self._projects_global_first():
             revision = await asyncio.to_thread(self._store.latest, project)
             if revision is not None:
                 await self._publish_compiled(revision)
+
+    async def _projects_global_first(self) -> list[str]:
+        """Projects with a stored config, the global layer first: the others compile on it."""
+        projects = await asyncio.to_thread(self._store.projects_with_config)
+        return sorted(projects, key=lambda p: p != GLOBAL_PROJECT)
 
     def follow_replicas(self) -> None:
         """On a store that replicas share, publish what the others apply: every append
@@ -119,8 +123,7 @@ class RouteService(Decider):
             project = await self._changes.get()
             try:
                 if project is None:
-                    projects = await asyncio.to_thread(self._store.projects_with_config)
-                    for each in sorted(projects, key=lambda p: p != GLOBAL_PROJECT):
+                    for each in await self._projects_global_first():
                         await self._catch_up(each)
                 else:
                     await self._catch_up(project)
