@@ -81,6 +81,7 @@ async def maestro_server(folder: Path, **overrides: object) -> AsyncIterator[Any
     """A real control plane (gRPC on loopback) with the bench tool registered."""
     from maestro.app.config import load_config
     from maestro.app.server import start_control_plane
+    from maestro.control_plane.graph.tools import read_only
     from maestro.core.telemetry import build_telemetry
 
     config = load_config(
@@ -100,7 +101,7 @@ async def maestro_server(folder: Path, **overrides: object) -> AsyncIterator[Any
     telemetry = build_telemetry(config.telemetry)  # what `maestro up` runs with
     plane = await start_control_plane(config, telemetry)
     assert plane.graph is not None
-    plane.graph.runtime.tools = {**plane.graph.runtime.tools, "bump": bump}
+    plane.graph.runtime.tools = {**plane.graph.runtime.tools, "bump": read_only(bump)}
     try:
         yield plane
     finally:

@@ -26,6 +26,7 @@ from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.postgres import PostgresSql
 from maestro.control_plane.store.sql import Sql
 from maestro.control_plane.store.sqlite import SqliteSql
+from maestro.core.auth import TENANT_SCOPES
 from maestro.core.telemetry import Telemetry, build_telemetry
 from tests.postgres_support import fresh_database, postgres_server
 
@@ -43,6 +44,12 @@ class RunningServer:
     def target(self) -> str:
         return self.plane.address
 
+    def new_key(
+        self, identity: str, scopes: frozenset[str] = TENANT_SCOPES, project: str = "alpha"
+    ) -> str:
+        """Another key of `project`, held by `identity` (dual control counts identities)."""
+        return self.plane.projects.create_key_offline(project, identity, scopes, identity).secret
+
     def client(self, api_key: str | None) -> AsyncMaestroClient:
         return AsyncMaestroClient(
             self.target,
@@ -52,6 +59,12 @@ class RunningServer:
         )
 
 
+LOOPBACK_TENANT_ENDPOINTS = {
+    "*": [
+        {"api_base": "http://127.0.0.1", "trust_tenant_facts": True},
+        {"api_base": "http://localhost", "trust_tenant_facts": True},
+    ]
+}
 STORE_BACKEND = os.environ.get("MAESTRO_TEST_STORE", "sqlite")
 _postgres: dict[str, str] = {}
 """With STORE_BACKEND postgres: the session's server ("server"), and a database per test folder."""
@@ -74,6 +87,8 @@ def test_config(tmp_path: Path, **overrides: object) -> MaestroConfig:
             "server.port": 0,
             "store.sqlite_path": str(tmp_path / "maestro.db"),
             "data_plane.http_port": 0,
+            # The simulated providers tests start are the tenants' own: loopback, trusted facts.
+            "routing.tenant_endpoints": LOOPBACK_TENANT_ENDPOINTS,
             **_store_settings(tmp_path, overrides),
             **overrides,
         },

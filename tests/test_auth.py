@@ -126,3 +126,19 @@ async def test_insecure_mode_acts_for_the_configured_project(tmp_path: object) -
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await running.plane.stop(grace_s=0)
+
+
+def test_every_reflected_method_names_the_scopes_it_accepts() -> None:
+    """A new RPC cannot ship unguarded: the guard refuses a method missing from the table."""
+    from maestro.clients._channel import API_FILES
+    from maestro.core.rpc.scopes import scopes_for
+
+    methods = [
+        f"/{service.full_name}/{method.name}"
+        for file in API_FILES
+        for service in file.services_by_name.values()
+        for method in service.methods
+    ]
+    assert len(methods) > 60
+    assert [m for m in methods if not scopes_for(m)] == []
+    assert scopes_for("/maestro.v1.RouteService/NotAMethod") == frozenset()

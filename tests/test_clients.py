@@ -25,6 +25,7 @@ def test_public_exports_are_stable() -> None:
         "FieldViolation",
         "MaestroClient",
         "MaestroRpcError",
+        "channel_credentials",
     ]
 
 

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from maestro.app.cli import app
 from maestro.app.config import MaestroConfig
+from maestro.clients import probe
+from maestro.core.settings import is_loopback
 from serving.config import load_config
 from serving.serve_config import serve_config
 
@@ -35,11 +37,94 @@ def _of_kind(kind: str) -> list[dict[str, Any]]:
     return [d for d in _documents() if d["kind"] == kind]
 
 
-def test_control_plane_config_map_is_a_valid_maestro_config() -> None:
+def _control_plane_config() -> MaestroConfig:
     [config_map] = _of_kind("ConfigMap")
-    config = MaestroConfig.model_validate(yaml.safe_load(config_map["data"]["maestro.yaml"]))
+    return MaestroConfig.model_validate(yaml.safe_load(config_map["data"]["maestro.yaml"]))
+
+
+def _container(name: str) -> dict[str, Any]:
+    [deployment] = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == name]
+    container: dict[str, Any]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _tls_secret(name: str) -> tuple[str, str]:
+    """(mount path, Secret name) of the TLS volume of Deployment `name`."""
+    [deployment] = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == name]
+    pod = deployment["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "tls"]
+    [mount] = [m for m in _container(name)["volumeMounts"] if m["name"] == "tls"]
+    assert mount["readOnly"] is True
+    return mount["mountPath"], volume["secret"]["secretName"]
+
+
+def _data_plane_config(monkeypatch: pytest.MonkeyPatch) -> MaestroConfig:
+    """The settings `maestro data-plane` resolves from the manifest's args and env, through the
+    real command (secrets and the TLS files, absent here, stubbed)."""
+    container = _container("maestro-data-plane")
+    env = {e["name"]: e.get("value", f"from-{e['name'].lower()}") for e in container["env"]}
+    seen: list[MaestroConfig] = []
+    monkeypatch.setattr("maestro.app.serve.serve", lambda config, role: seen.append(config))
+    monkeypatch.setattr(MaestroConfig, "unreadable_files", lambda self: [])
+    result = CliRunner().invoke(app, container["args"], env=env)
+    assert result.exit_code == 0, result.output
+    return seen[0]
+
+
+def test_control_plane_config_map_is_a_valid_maestro_config() -> None:
+    config = _control_plane_config()
     assert config.server.host == "0.0.0.0"
     assert config.data_plane.http_host == "0.0.0.0"
+
+
+def test_no_listener_beyond_loopback_serves_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC and the HTTP ingress (which shares `server.tls`) serve TLS on every non-loopback
+    address; the Prometheus endpoint serves only over mutual TLS there."""
+    for config in (_control_plane_config(), _data_plane_config(monkeypatch)):
+        assert is_loopback(config.server.host) or config.server.tls.enabled
+        assert config.data_plane.http_port is None or (
+            is_loopback(config.data_plane.http_host) or config.server.tls.enabled
+        )
+        telemetry = config.telemetry
+        assert telemetry.metrics_port is None or (
+            is_loopback(telemetry.metrics_host) or telemetry.metrics_tls.client_ca_file is not None
+        )
+    assert _control_plane_config().telemetry.metrics_port is not None
+
+
+def test_tls_files_are_the_cert_manager_secrets_mounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    issued = {c["spec"]["secretName"]: c for c in _of_kind("Certificate")}
+    control_mount, control_secret = _tls_secret("maestro-control-plane")
+    data_mount, data_secret = _tls_secret("maestro-data-plane")
+    control, data = _control_plane_config(), _data_plane_config(monkeypatch)
+    assert {control_secret, data_secret} <= set(issued)
+    for mount, tls in (
+        (control_mount, control.server.tls),
+        (control_mount, control.telemetry.metrics_tls),
+        (data_mount, data.server.tls),
+    ):
+        assert tls.cert_file == Path(mount) / "tls.crt"
+        assert tls.key_file == Path(mount) / "tls.key"
+    assert control.server.tls.client_ca_file == Path(control_mount) / "ca.crt"
+    assert data.data_plane.control_plane_tls.ca_file == Path(data_mount) / "ca.crt"
+
+
+def test_data_planes_follow_the_control_plane_over_mutual_tls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = _data_plane_config(monkeypatch)
+    mount, secret = _tls_secret("maestro-data-plane")
+    certificates = {c["spec"]["secretName"]: c["spec"] for c in _of_kind("Certificate")}
+    client_tls = data.data_plane.control_plane_tls
+    assert client_tls.cert_file == Path(mount) / "tls.crt"
+    assert client_tls.key_file == Path(mount) / "tls.key"
+    assert "client auth" in certificates[secret]["usages"]
+    # The control plane asks for that certificate, and its own names the host dialled.
+    assert _control_plane_config().server.tls.client_ca_file is not None
+    host = (data.data_plane.control_plane_target or "").rsplit(":", 1)[0]
+    _, control_secret = _tls_secret("maestro-control-plane")
+    assert host in certificates[control_secret]["dnsNames"]
 
 
 def test_control_plane_runs_replicas_on_postgres_with_the_dsn_from_a_secret() -> None:
@@ -66,9 +151,30 @@ def test_deployment_selectors_services_and_probes_agree(name: str) -> None:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
-    readiness = container["readinessProbe"]["grpc"]
-    assert readiness["port"] in ports.values()
+    readiness = _probe_args(container["readinessProbe"])
+    assert int(readiness["port"]) in ports.values()
     assert readiness.get("service", "") in SERVED
+    assert container["livenessProbe"]["tcpSocket"]["port"] in ports.values()
+
+
+def _probe_args(probe: dict[str, Any]) -> dict[str, str]:
+    """The options of an exec probe running `python -m maestro.clients.probe`."""
+    command = probe["exec"]["command"]
+    assert command[:3] == ["python", "-m", "maestro.clients.probe"]
+    return dict(arg.removeprefix("--").split("=", 1) for arg in command[3:])
+
+
+@pytest.mark.parametrize("name", ["maestro-control-plane", "maestro-data-plane"])
+def test_readiness_probes_speak_tls_with_the_mounted_files(name: str) -> None:
+    """kubelet's own gRPC probe is plaintext only, so the probe runs in the pod and dials TLS,
+    checking the certificate against the name it was issued for."""
+    mount, secret = _tls_secret(name)
+    [certificate] = [c for c in _of_kind("Certificate") if c["spec"]["secretName"] == secret]
+    command = _container(name)["readinessProbe"]["exec"]["command"]
+    options = probe.parse_args(command[3:])  # the probe itself accepts what the manifest says
+    assert options.ca_file == Path(mount) / "ca.crt"
+    assert options.server_name in certificate["spec"]["dnsNames"]
+    assert options.cert_file in (None, Path(mount) / "tls.crt")
 
 
 @pytest.mark.parametrize("command", ["up", "data-plane"])
@@ -78,9 +184,13 @@ def test_container_commands_exist(command: str) -> None:
     assert "Usage" in result.output
 
 
+def _serving_documents(kind: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(SERVING.read_text()) if d and d["kind"] == kind]
+
+
 def _ray_service() -> dict[str, Any]:
     ray_service: dict[str, Any]
-    [ray_service] = [d for d in yaml.safe_load_all(SERVING.read_text()) if d]
+    [ray_service] = _serving_documents("RayService")
     assert ray_service["apiVersion"] == "ray.io/v1"
     assert ray_service["kind"] == "RayService"
     return ray_service
@@ -148,3 +258,26 @@ def test_ray_cluster_schedules_replicas_on_gpu_workers() -> None:
     assert gpus >= deployment["ray_actor_options"]["num_gpus"]
     max_replicas = deployment["autoscaling_config"]["max_replicas"]
     assert workers["maxReplicas"] * gpus >= max_replicas
+
+
+def test_ray_dashboard_needs_a_token_and_only_the_operator_reaches_it() -> None:
+    """KubeRay deploys serveConfigV2 through the dashboard, so it stays on: protected by Ray's
+    token authentication and a NetworkPolicy instead of bound to every address unguarded."""
+    cluster = _ray_service()["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"
+    assert cluster["headGroupSpec"]["rayStartParams"].get("dashboard-host") != "0.0.0.0"
+    [policy] = _serving_documents("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    [selected] = spec["podSelector"]["matchExpressions"]
+    assert set(selected["values"]) == {"serving-head", "serving-gpu"}
+    by_port: dict[int, list[dict[str, Any]]] = {}
+    for rule in spec["ingress"]:
+        assert rule["from"], "every rule names who may connect"
+        for port in rule.get("ports", [{"port": "any"}]):
+            by_port.setdefault(port["port"], []).extend(rule["from"])
+    [operator] = by_port[8265]
+    assert operator["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    [maestro] = by_port[8000]
+    [components] = maestro["podSelector"]["matchExpressions"]
+    assert set(components["values"]) == {"control-plane", "data-plane"}

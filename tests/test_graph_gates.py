@@ -77,11 +77,11 @@ async def test_an_l4_gate_needs_two_distinct_approvers(tmp_path: Path) -> None:
         run = await create_run(s.client, recipe)
         waiting = await wait_for(s.client, run.name, WAITING)
         [gate] = waiting.open_gates
-        first = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
-        repeat = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        async with s.server.client(s.server.new_key("ann")) as ann:
+            first = await ann.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+            repeat = await ann.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
         still = (await s.client.graphs.GetRun(gpb.GetRunRequest(name=run.name))).run
-        second_key = s.server.plane.projects.create_key_offline("alpha", "second approver").secret
-        async with s.server.client(second_key) as other:
+        async with s.server.client(s.server.new_key("bob")) as other:
             second = await other.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
         done = await wait_for(s.client, run.name, FINAL)
         events = await all_events(s.client, run.name)
@@ -132,9 +132,9 @@ async def test_edit_patches_the_state_and_makes_earlier_approvals_stale(tmp_path
         recipe = await _recipe(s.client, "dual", GATED.format(level="L4"))
         run = await create_run(s.client, recipe, {"title": "old"})
         [gate] = (await wait_for(s.client, run.name, WAITING)).open_gates
-        approved = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
-        second_key = s.server.plane.projects.create_key_offline("alpha", "editor").secret
-        async with s.server.client(second_key) as editor:
+        ann = s.server.client(s.server.new_key("ann"))
+        approved = await ann.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        async with s.server.client(s.server.new_key("bob")) as editor:
             with pytest.raises(MaestroRpcError) as stale:
                 await editor.graphs.SubmitGateDecision(
                     _decide(gate, gpb.GATE_VERDICT_APPROVE, etag="not-the-etag")
@@ -148,7 +148,8 @@ async def test_edit_patches_the_state_and_makes_earlier_approvals_stale(tmp_path
                     etag=approved.gate.etag,
                 )
             )
-        final = await s.client.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        final = await ann.graphs.SubmitGateDecision(_decide(gate, gpb.GATE_VERDICT_APPROVE))
+        await ann.close()
         done = await wait_for(s.client, run.name, FINAL)
     assert stale.value.code() == grpc.StatusCode.ABORTED
     assert edited.gate.approvals_counted == 1  # the first approval was of the old version
@@ -164,14 +165,15 @@ async def test_a_side_effecting_tool_below_l3_waits_for_approval_first(tmp_path:
         waiting = await wait_for(s.client, run.name, WAITING)
         gate = (await s.client.graphs.GetGate(gpb.GetGateRequest(name=waiting.open_gates[0]))).gate
         before = s.server.plane.graph.store.effects(run.name)  # type: ignore[union-attr]
-        await s.client.graphs.SubmitGateDecision(
-            _decide(
-                gate.name,
-                gpb.GATE_VERDICT_EDIT,
-                "clearer title",
-                edited_action=struct({"title": "Fix the login page"}),
+        async with s.server.client(s.server.new_key("ann")) as ann:
+            await ann.graphs.SubmitGateDecision(
+                _decide(
+                    gate.name,
+                    gpb.GATE_VERDICT_EDIT,
+                    "clearer title",
+                    edited_action=struct({"title": "Fix the login page"}),
+                )
             )
-        )
         done = await wait_for(s.client, run.name, FINAL)
     assert gate.node_id == "file"
     assert json_format.MessageToDict(gate.proposed_action)["tool"] == "create_ticket"
@@ -235,7 +237,8 @@ async def test_an_interactive_session_sees_the_gate_open_and_approves_it_on_the_
             while (message := await commands.get()) is not None:
                 yield message
 
-        session = s.client.graphs.InteractRun(requests())
+        approver = s.server.client(s.server.new_key("ann"))  # not the run's creator
+        session = approver.graphs.InteractRun(requests())
         received: list[gpb.InteractRunResponse] = []
         async for response in session:
             received.append(response)
@@ -259,6 +262,7 @@ async def test_an_interactive_session_sees_the_gate_open_and_approves_it_on_the_
                     )
                 )
         await commands.put(None)
+        await approver.close()
     assert received[0].WhichOneof("payload") == "snapshot"
     results = {
         r.result.request_id: r.result for r in received if r.WhichOneof("payload") == "result"

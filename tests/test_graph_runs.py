@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from maestro.clients.errors import MaestroRpcError
@@ -113,9 +114,10 @@ async def test_debate_waits_at_its_gate_and_an_approval_finishes_it(
             g.name
             for g in (await s.client.graphs.ListGates(gpb.ListGatesRequest(parent=run.name))).gates
         ]
-        decided = await s.client.graphs.SubmitGateDecision(
-            gpb.SubmitGateDecisionRequest(name=gate_name, verdict=gpb.GATE_VERDICT_APPROVE)
-        )
+        async with s.server.client(s.server.new_key("reviewer")) as reviewer:
+            decided = await reviewer.graphs.SubmitGateDecision(
+                gpb.SubmitGateDecisionRequest(name=gate_name, verdict=gpb.GATE_VERDICT_APPROVE)
+            )
         done = await wait_for(s.client, run.name, FINAL)
         events = await all_events(s.client, run.name)
     assert decided.gate.state == gpb.Gate.STATE_APPROVED
@@ -133,7 +135,9 @@ async def test_budget_exceeded_before_a_node_blocks_the_run_and_the_node_never_r
             s.client,
             "projects/builtin/recipes/critique-improve",
             {"task": "x"},
-            budget=common_pb2.Budget(max_tokens=300),
+            budget=common_pb2.Budget(
+                max_tokens=300, max_cost_usd=0.5, max_wall_time=duration_pb2.Duration(seconds=60)
+            ),
         )
         done = await wait_for(s.client, run.name, FINAL)
         events = await all_events(s.client, run.name)
@@ -284,11 +288,12 @@ async def test_stream_run_events_replays_then_follows_until_the_run_ends(tmp_pat
         ):
             seen.append(item.event)
             if item.event.WhichOneof("payload") == "gate_opened":  # watching live from here
-                await s.client.graphs.SubmitGateDecision(
-                    gpb.SubmitGateDecisionRequest(
-                        name=item.event.gate_opened.gate.name, verdict=gpb.GATE_VERDICT_APPROVE
+                async with s.server.client(s.server.new_key("reviewer")) as reviewer:
+                    await reviewer.graphs.SubmitGateDecision(
+                        gpb.SubmitGateDecisionRequest(
+                            name=item.event.gate_opened.gate.name, verdict=gpb.GATE_VERDICT_APPROVE
+                        )
                     )
-                )
         stored = await all_events(s.client, run.name)
         resumed = [
             item.event

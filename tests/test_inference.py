@@ -31,6 +31,7 @@ from maestro.data_plane.sim import FixedLatency, TokenRange, completion_text
 from maestro.v1 import common_pb2
 from maestro.v1 import inference_service_pb2 as ipb
 from maestro.v1 import route_service_pb2 as rpb
+from tests.conftest import LOOPBACK_TENANT_ENDPOINTS
 from tests.inference_support import (
     PARENT,
     Stack,
@@ -425,7 +426,7 @@ async def test_breaker_opens_on_failures_routes_around_and_closes_after_recovery
     }
     async with stack(tmp_path, primary=broken, overrides=settings) as s:
         assert s.server.plane.data is not None
-        breaker = s.server.plane.data.observer.breaker("primary-a")
+        breaker = s.server.plane.data.observer.breaker("projects/alpha/deployments/primary-a")
         for _ in range(4):
             await events(s.client, stream_request())
         assert breaker.state.value == "open"
@@ -498,7 +499,11 @@ async def test_a_deployment_can_be_called_through_litellm_instead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MAESTRO_TEST_SIM_KEY", "sim")
-    async with stack(tmp_path) as s:
+    endpoints = {  # the operator lets projects send that secret to loopback endpoints
+        **LOOPBACK_TENANT_ENDPOINTS,
+        "alpha": [{"api_base": "http://127.0.0.1", "api_key": "os.environ/MAESTRO_TEST_SIM_KEY"}],
+    }
+    async with stack(tmp_path, overrides={"routing.tenant_endpoints": endpoints}) as s:
         config = (
             "model_list:\n"
             "  - model_name: lite\n"

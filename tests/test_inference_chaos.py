@@ -94,7 +94,7 @@ async def test_5000_streams_survive_a_brownout_and_the_breaker_follows_it(
                     client, CONFIG.format(primary=primary.base_url, backup=backup.base_url)
                 )
                 assert server.plane.data is not None
-                breaker = server.plane.data.observer.breaker("primary-a")
+                breaker = server.plane.data.observer.breaker("projects/alpha/deployments/primary-a")
                 issued = iter(range(CALLS))
 
                 async def worker() -> None:

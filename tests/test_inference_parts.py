@@ -74,10 +74,12 @@ async def test_a_lane_shedding_requests_does_not_open_its_breaker() -> None:
         clock=clock,
     )
     for _ in range(10):
-        observer.observe("projects/p", "lane", FailureKind.SATURATED, duration_s=0.001, ttft_s=None)
+        observer.observe(
+            "projects/p", "lane", "lane", FailureKind.SATURATED, duration_s=0.001, ttft_s=None
+        )
     for _ in range(10):
         observer.observe(
-            "projects/p", "host", FailureKind.PROVIDER_ERROR, duration_s=0.1, ttft_s=None
+            "projects/p", "host", "host", FailureKind.PROVIDER_ERROR, duration_s=0.1, ttft_s=None
         )
     assert observer.breaker("lane").state is BreakerState.CLOSED
     assert observer.breaker("host").state is BreakerState.OPEN

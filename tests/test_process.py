@@ -283,10 +283,18 @@ def test_builtin_recipes_run_end_to_end_on_maestro_up_and_match_their_diagrams(
 ) -> None:
     from maestro.clients import MaestroClient
     from maestro.v1 import graph_service_pb2 as gpb
+    from maestro.v1 import project_service_pb2 as ppb
     from tests.graph_support import struct
 
     final = {gpb.Run.STATE_SUCCEEDED, gpb.Run.STATE_FAILED, gpb.Run.STATE_BLOCKED}
     with MaestroClient(maestro_up.address, api_key=maestro_up.api_key, timeout_s=20) as client:
+        reviewer_key = client.projects.CreateApiKey(  # gates need someone else than the starter
+            ppb.CreateApiKeyRequest(
+                parent="projects/demo",
+                api_key=ppb.ApiKey(scopes=["approver"], principal="reviewer@example.com"),
+            )
+        ).secret
+        reviewer = MaestroClient(maestro_up.address, api_key=reviewer_key, timeout_s=20)
         runs = {
             recipe: client.graphs.CreateRun(
                 gpb.CreateRunRequest(
@@ -304,7 +312,7 @@ def test_builtin_recipes_run_end_to_end_on_maestro_up_and_match_their_diagrams(
             for recipe, name in runs.items():
                 run = client.graphs.GetRun(gpb.GetRunRequest(name=name)).run
                 for gate in run.open_gates:  # the debate's human confirms the verdict
-                    client.graphs.SubmitGateDecision(
+                    reviewer.graphs.SubmitGateDecision(
                         gpb.SubmitGateDecisionRequest(name=gate, verdict=gpb.GATE_VERDICT_APPROVE)
                     )
                 if run.state in final:

@@ -162,7 +162,9 @@ async def test_sigkill_of_one_replica_loses_nothing_it_committed(
     address_a, address_b, admin, process_a = pair
     async with AsyncMaestroClient(address_a, api_key=admin) as a:
         key = await a.projects.CreateApiKey(
-            ppb.CreateApiKeyRequest(parent="projects/alpha", api_key=ppb.ApiKey(display_name="k"))
+            ppb.CreateApiKeyRequest(
+                parent="projects/alpha", api_key=ppb.ApiKey(display_name="k", scopes=["admin"])
+            )
         )
         applied = await a.routes.ApplyConfig(rpb.ApplyConfigRequest(route_config=_config("a")))
     process_a.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]

@@ -25,7 +25,9 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def _key(name: str, project: str = "projects/alpha", at: datetime = NOW) -> ApiKeyRecord:
-    return ApiKeyRecord(f"{project}/apiKeys/{name}", project, name, "mk_" + name, at)
+    return ApiKeyRecord(
+        f"{project}/apiKeys/{name}", project, name, "mk_" + name, at, frozenset({"inference"}), ""
+    )
 
 
 def _append(

@@ -41,7 +41,7 @@ from maestro.control_plane.graph.records import (
     Usage,
 )
 from maestro.control_plane.graph.schema import MIGRATIONS as GRAPH_MIGRATIONS
-from maestro.control_plane.graph.store import RunStore
+from maestro.control_plane.graph.store import _RUN_COLUMNS, RunStore
 from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.migrations import Migration
 from maestro.control_plane.store.postgres import PostgresSql
@@ -56,7 +56,7 @@ from tests.conftest import RunningServer, start_server
 DATA = Path(__file__).parent / "data"
 PARENT = "projects/alpha"
 PAYLOADS = {"run_state_changed", "node_started", "node_finished", "cost_update", "gate_opened"}
-APPLIED = [("graph", 1), ("graph", 2), ("projects", 1), ("route", 1)]
+APPLIED = [("graph", 1), ("graph", 2), ("graph", 3), ("projects", 1), ("projects", 2), ("route", 1)]
 
 
 async def _paused_run_reads_back(server: RunningServer) -> None:
@@ -153,7 +153,10 @@ async def test_a_sqlite_file_from_before_the_store_layer_opens_with_everything_i
         await server.plane.stop(grace_s=0)
         server.telemetry.shutdown()
     assert config.route_config.revision_id == "2"
-    assert "projects/alpha/apiKeys/35ccfa391ed4" in {k.name for k in keys.api_keys}
+    legacy = {k.name: k for k in keys.api_keys}["projects/alpha/apiKeys/35ccfa391ed4"]
+    # A key from before scopes keeps what every key could do then, and is its own principal.
+    assert list(legacy.scopes) == ["admin", "approver", "data-plane", "inference"]
+    assert legacy.principal == legacy.name
     assert sorted((r["slice"], r["version"]) for r in applied) == APPLIED
 
 
@@ -285,6 +288,20 @@ def _open(backend: str, where: Path | str, migrations: tuple[Migration, ...]) ->
     return PostgresSql(str(where), migrations)
 
 
+def _insert_old_run(sql: Sql, run: RunRecord) -> None:
+    """A run row as graph/1 had it: today's columns less those later migrations added."""
+    later = {"creator"}
+    columns = [c.strip() for c in _RUN_COLUMNS.split(",") if c.strip() not in later]
+    store = RunStore(sql)
+    values = [store._value(c, getattr(run, c)) for c in columns]
+    with sql.write() as tx:
+        tx.run(
+            f"INSERT INTO agent_runs ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' * len(values))})",
+            values,
+        )
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_graph_bodies_in_the_apis_json_form_migrate_to_maestros_names(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -298,7 +315,7 @@ def test_graph_bodies_in_the_apis_json_form_migrate_to_maestros_names(
         RUN, "alpha", "projects/alpha/recipes/gated", "rev", "{}", {}, {},
         RunStatus.BLOCKED, Budget(), 4, "0" * 32, now, now,
     )  # fmt: skip
-    RunStore(old).insert_run(run, [])
+    _insert_old_run(old, run)
     gate_body = {
         "prompt": "Ship it?", "required_approvals": 2, "autonomy": 4,
         "state_snapshot": {"draft": "x"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 
 import grpc
 
@@ -26,6 +27,39 @@ API_FILES = (
     inference_service_pb2.DESCRIPTOR,
 )
 DEFAULT_TIMEOUT_S = 30.0
+
+
+def channel_credentials(
+    ca_file: str | Path | None = None,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: `ca_file` is the CA the server's certificate
+    must chain to (unset: the system's roots); `cert_file` and `key_file` are this client's
+    certificate for a server that requires mutual TLS."""
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("cert_file and key_file are given together")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_file).read_bytes() if ca_file is not None else None,
+        private_key=Path(key_file).read_bytes() if key_file is not None else None,
+        certificate_chain=Path(cert_file).read_bytes() if cert_file is not None else None,
+    )
+
+
+def resolve_credentials(
+    credentials: grpc.ChannelCredentials | None,
+    ca_file: str | Path | None,
+    cert_file: str | Path | None,
+    key_file: str | Path | None,
+) -> grpc.ChannelCredentials | None:
+    """The clients' `credentials`, or TLS from the files when any is given; None: plaintext."""
+    if credentials is not None:
+        if ca_file is not None or cert_file is not None or key_file is not None:
+            raise ValueError("give credentials or TLS files, not both")
+        return credentials
+    if ca_file is None and cert_file is None and key_file is None:
+        return None
+    return channel_credentials(ca_file, cert_file, key_file)
 
 
 def _user_agent() -> str:

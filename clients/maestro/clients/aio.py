@@ -10,6 +10,7 @@ deadline, retry idempotent methods on UNAVAILABLE, and raise `MaestroRpcError` o
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +18,7 @@ import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.trace import TracerProvider
 
-from maestro.clients._channel import DEFAULT_TIMEOUT_S, ChannelSettings
+from maestro.clients._channel import DEFAULT_TIMEOUT_S, ChannelSettings, resolve_credentials
 from maestro.clients._interceptors import aio_interceptors
 from maestro.v1 import (
     eval_service_pb2_grpc,
@@ -39,7 +40,13 @@ class AsyncMaestroClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
         tracer_provider: TracerProvider | None = None,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
     ) -> None:
+        """`credentials`, or `ca_file` (the CA the server's certificate chains to) with an
+        optional `cert_file` and `key_file` (mutual TLS), connect over TLS; neither: plaintext."""
+        credentials = resolve_credentials(credentials, ca_file, cert_file, key_file)
         settings = ChannelSettings(target, api_key, timeout_s, credentials)
         interceptors: list[Any] = [
             *aio_client_interceptors(tracer_provider=tracer_provider),

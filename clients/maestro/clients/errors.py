@@ -20,7 +20,8 @@ class MaestroRpcError(grpc.RpcError):
     """A Maestro RPC failed.
 
     `code()` is the gRPC status; `reason`, `domain` and `metadata` come from the server's
-    `google.rpc.ErrorInfo`; `field_violations` from `google.rpc.BadRequest` (bad input).
+    `google.rpc.ErrorInfo`; `field_violations` from `google.rpc.BadRequest` (bad input);
+    `retry_delay_s` from `google.rpc.RetryInfo` (how long to wait before retrying, when known).
     """
 
     def __init__(
@@ -32,8 +33,10 @@ class MaestroRpcError(grpc.RpcError):
         domain: str = "",
         metadata: dict[str, str] | None = None,
         field_violations: tuple[FieldViolation, ...] = (),
+        retry_delay_s: float | None = None,
     ) -> None:
         self._code = code
+        self.retry_delay_s = retry_delay_s
         self.message = message
         self.reason = reason
         self.domain = domain
@@ -64,6 +67,7 @@ class MaestroRpcError(grpc.RpcError):
         message: str = call.details() or ""
         reason, domain, metadata = "", "", {}
         violations: list[FieldViolation] = []
+        retry_delay_s: float | None = None
         try:
             status = rpc_status.from_call(call)
         except ValueError:  # details that contradict the status line: keep the status line
@@ -77,6 +81,10 @@ class MaestroRpcError(grpc.RpcError):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_delay_s = retry.retry_delay.ToNanoseconds() / 1e9
         return cls(
             code,
             message,
@@ -84,4 +92,5 @@ class MaestroRpcError(grpc.RpcError):
             domain=domain,
             metadata=metadata,
             field_violations=tuple(violations),
+            retry_delay_s=retry_delay_s,
         )

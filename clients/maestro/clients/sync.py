@@ -5,6 +5,7 @@ Same stubs and behaviour as `AsyncMaestroClient`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 
 import grpc
@@ -12,7 +13,7 @@ from opentelemetry.instrumentation.grpc import client_interceptor
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel as otel_intercept
 from opentelemetry.trace import TracerProvider
 
-from maestro.clients._channel import DEFAULT_TIMEOUT_S, ChannelSettings
+from maestro.clients._channel import DEFAULT_TIMEOUT_S, ChannelSettings, resolve_credentials
 from maestro.clients._interceptors import SyncClientInterceptor
 from maestro.v1 import (
     eval_service_pb2_grpc,
@@ -34,7 +35,13 @@ class MaestroClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
         tracer_provider: TracerProvider | None = None,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
     ) -> None:
+        """`credentials`, or `ca_file` (the CA the server's certificate chains to) with an
+        optional `cert_file` and `key_file` (mutual TLS), connect over TLS; neither: plaintext."""
+        credentials = resolve_credentials(credentials, ca_file, cert_file, key_file)
         settings = ChannelSettings(target, api_key, timeout_s, credentials)
         if credentials is None:
             self._raw_channel = grpc.insecure_channel(target, options=settings.options())

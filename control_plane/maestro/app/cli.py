@@ -3,6 +3,7 @@ commands read the target and API key from options or MAESTRO_TARGET / MAESTRO_AP
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -18,8 +19,9 @@ from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.opening import open_store
-from maestro.core.auth import hash_secret
+from maestro.core.auth import ALL_SCOPES, INFERENCE, hash_secret, parse_scopes
 from maestro.core.errors import InvalidArgument, MaestroError
+from maestro.core.redact import redact
 from maestro.v1 import common_pb2
 from maestro.v1 import project_service_pb2 as project_pb
 from maestro.v1 import route_service_pb2 as route_pb
@@ -48,6 +50,17 @@ ConfigOption = Annotated[
 ]
 TargetOption = Annotated[
     str, typer.Option("--target", envvar="MAESTRO_TARGET", help="Server address host:port.")
+]
+ScopeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--scope",
+        help="Scope the key gets (repeat for several): admin, inference, approver, data-plane, "
+        "operator.",
+    ),
+]
+PrincipalOption = Annotated[
+    str, typer.Option(help="Who holds the key, e.g. alice@example.com (dual control counts it).")
 ]
 KeyOption = Annotated[
     str | None,
@@ -102,7 +115,8 @@ def _bootstrap_demo(config: MaestroConfig) -> None:
         key_file = _demo_key_file(config)
         if key_file.exists() and store.find_key_by_hash(hash_secret(key_file.read_text().strip())):
             return
-        created = service.create_key_offline(DEMO_PROJECT, "maestro up demo key")
+        # The embedded default is one person's: its key may also change the global layer.
+        created = service.create_key_offline(DEMO_PROJECT, "maestro up demo key", ALL_SCOPES)
         key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.touch(mode=0o600)
         key_file.write_text(created.secret + "\n")
@@ -175,9 +189,21 @@ def data_plane(
             "as the embedded default does (no keys, no network)."
         ),
     ] = False,
+    control_plane_ca: Annotated[
+        Path | None,
+        typer.Option(help="TLS to the control plane: the CA (PEM) its certificate chains to."),
+    ] = None,
+    control_plane_cert: Annotated[
+        Path | None,
+        typer.Option(help="Mutual TLS: this data plane's client certificate (PEM)."),
+    ] = None,
+    control_plane_key: Annotated[
+        Path | None, typer.Option(help="Mutual TLS: the private key (PEM) of that certificate.")
+    ] = None,
 ) -> None:
     """Run a data plane on its own, following a control plane: InferenceService and the
-    OpenAI-compatible ingress, with config snapshots from WatchConfig."""
+    OpenAI-compatible ingress, with config snapshots from WatchConfig. Its own TLS is
+    `server.tls` (config file, or MAESTRO_SERVER__TLS__CERT_FILE and the like)."""
     key = api_key or _read_default_key()
     overrides: dict[str, object] = {
         "server.port": port,
@@ -186,6 +212,9 @@ def data_plane(
         "data_plane.control_plane_api_key": key,
         "data_plane.node_id": node_id or None,
         "data_plane.simulated_provider": simulated_provider,
+        "data_plane.control_plane_tls.ca_file": control_plane_ca,
+        "data_plane.control_plane_tls.cert_file": control_plane_cert,
+        "data_plane.control_plane_tls.key_file": control_plane_key,
         "telemetry.service_name": "maestro-data-plane",
     }
     config = _load(config_path, **overrides)  # no --config: the built-in defaults
@@ -217,9 +246,10 @@ def sim_provider(
 
 @app.command("check-config")
 def check_config(config_path: Annotated[Path, typer.Argument(help="YAML config file.")]) -> None:
-    """Validate a config file (with MAESTRO_* overrides) and print the effective settings."""
+    """Validate a config file (with MAESTRO_* overrides) and print the effective settings,
+    secrets masked (keys, DSN passwords)."""
     config = _load(config_path)
-    typer.echo(config.model_dump_json(indent=2))
+    typer.echo(json.dumps(redact(config.model_dump(mode="json")), indent=2))
 
 
 @admin.command("create-project")
@@ -228,15 +258,19 @@ def create_project(
         str, typer.Argument(help="Project id: lower-case letters, digits, hyphens.")
     ],
     display_name: Annotated[str, typer.Option(help="Human-readable name.")] = "",
+    principal: PrincipalOption = "",
     config_path: ConfigOption = None,
 ) -> None:
-    """Create a project in the store (idempotent) and mint its first API key."""
+    """Create a project in the store (idempotent) and mint its first API key, with every tenant
+    scope (admin, inference, approver, data-plane)."""
     config = _load(config_path or DEMO)
     sql = open_store(config.store, MIGRATIONS)
     try:
         service = ProjectService(ProjectStore(sql))
         record = service.create_project(project, display_name)
-        created = service.create_key_offline(project, "created by maestro admin create-project")
+        created = service.create_key_offline(
+            project, "created by maestro admin create-project", identity=principal
+        )
     except MaestroError as error:
         typer.echo(f"error: {error.message}", err=True)
         raise typer.Exit(2) from None
@@ -245,11 +279,47 @@ def create_project(
     typer.echo(f"project: {record.name}\napi key: {created.secret}")
 
 
+@admin.command("create-key")
+def admin_create_key(
+    project: Annotated[str, typer.Argument(help="Project id the key acts for.")],
+    scope: ScopeOption = None,
+    principal: PrincipalOption = "",
+    display_name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    config_path: ConfigOption = None,
+) -> None:
+    """Mint a key in the store directly (default scope: inference). The way to grant
+    `operator`: the global routing layer and the global kill switch."""
+    config = _load(config_path or DEMO)
+    sql = open_store(config.store, MIGRATIONS)
+    try:
+        service = ProjectService(ProjectStore(sql))
+        scopes = parse_scopes(tuple(scope or [INFERENCE]), "--scope")
+        if ProjectStore(sql).get_project(f"projects/{project}") is None:
+            typer.echo(f"error: project projects/{project} does not exist", err=True)
+            raise typer.Exit(2)
+        created = service.create_key_offline(project, display_name, scopes, principal)
+    except MaestroError as error:
+        typer.echo(f"error: {error.message}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        sql.close()
+    typer.echo(f"api key: {created.secret}\nscopes: {' '.join(sorted(scopes))}")
+
+
 def _client(target: str, api_key: str | None) -> MaestroClient:
+    """A client of `target`; over TLS when MAESTRO_TLS_CA_FILE (the server's CA) or, for a
+    server that requires mutual TLS, MAESTRO_TLS_CERT_FILE and MAESTRO_TLS_KEY_FILE are set."""
     if api_key is None:
         default_file = Path(".maestro/demo-api-key")
         api_key = default_file.read_text().strip() if default_file.exists() else None
-    return MaestroClient(target, api_key=api_key, timeout_s=10)
+    return MaestroClient(
+        target,
+        api_key=api_key,
+        timeout_s=10,
+        ca_file=os.environ.get("MAESTRO_TLS_CA_FILE") or None,
+        cert_file=os.environ.get("MAESTRO_TLS_CERT_FILE") or None,
+        key_file=os.environ.get("MAESTRO_TLS_KEY_FILE") or None,
+    )
 
 
 def _print(message: object) -> None:
@@ -300,16 +370,17 @@ def list_keys(
 def create_key(
     parent: Annotated[str, typer.Argument(help="projects/{project}")],
     display_name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    scope: ScopeOption = None,
+    principal: PrincipalOption = "",
     target: TargetOption = "127.0.0.1:50051",
     api_key: KeyOption = None,
 ) -> None:
-    """Create an API key; its secret is printed once."""
+    """Create an API key (default scope: inference); its secret is printed once."""
+    new_key = project_pb.ApiKey(display_name=display_name, scopes=scope or [], principal=principal)
     with _client(target, api_key) as client:
         try:
             response = client.projects.CreateApiKey(
-                project_pb.CreateApiKeyRequest(
-                    parent=parent, api_key=project_pb.ApiKey(display_name=display_name)
-                )
+                project_pb.CreateApiKeyRequest(parent=parent, api_key=new_key)
             )
         except MaestroRpcError as error:
             _fail(error)

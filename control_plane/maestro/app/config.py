@@ -7,7 +7,6 @@ with one line per problem naming the field and what to do.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,13 @@ import yaml
 from pydantic import ValidationError, model_validator
 
 from maestro.control_plane.config import AuthConfig, GraphConfig, RoutingConfig, StoreConfig
-from maestro.core.settings import LoggingConfig, Section, ServerConfig, TelemetryConfig
+from maestro.core.settings import (
+    LoggingConfig,
+    Section,
+    ServerConfig,
+    TelemetryConfig,
+    is_loopback,
+)
 from maestro.data_plane.settings import DataPlaneConfig
 
 ENV_PREFIX = "MAESTRO_"
@@ -43,6 +48,15 @@ class MaestroConfig(Section):
             )
         return self
 
+    def unreadable_files(self) -> list[str]:
+        """The certificate and key files this config names that cannot be read: checked when a
+        config is loaded for use, not when a manifest's config is only validated."""
+        return [
+            *self.server.tls.unreadable("server.tls"),
+            *self.telemetry.metrics_tls.unreadable("telemetry.metrics_tls"),
+            *self.data_plane.control_plane_tls.unreadable("data_plane.control_plane_tls"),
+        ]
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` has one readable line per issue."""
@@ -50,15 +64,6 @@ class ConfigError(Exception):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.problems = problems
         super().__init__(f"invalid configuration ({source}):\n  " + "\n  ".join(problems))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def load_config(
@@ -79,21 +84,28 @@ def load_config(
         data = loaded
     for key, value in (env or {}).items():
         if key.startswith(ENV_PREFIX) and "__" in key:
-            section, _, field = key[len(ENV_PREFIX) :].lower().partition("__")
-            _set_dotted(data, f"{section}.{field}", value)
+            # MAESTRO_SERVER__TLS__CERT_FILE sets server.tls.cert_file.
+            _set_dotted(data, key[len(ENV_PREFIX) :].lower().replace("__", "."), value)
     for dotted, value in overrides.items():
         _set_dotted(data, dotted, value)
     try:
-        return MaestroConfig.model_validate(data)
+        config = MaestroConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(error) for error in exc.errors()]) from exc
+    unreadable = config.unreadable_files()
+    if unreadable:
+        raise ConfigError(source, unreadable)
+    return config
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    section, _, field = dotted.partition(".")
-    target = data.setdefault(section, {})
-    if not isinstance(target, dict):
-        raise ConfigError("overrides", [f"{section}: must be a mapping to set {dotted}"])
+    *sections, field = dotted.split(".")
+    target = data
+    for depth, section in enumerate(sections):
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            where = ".".join(sections[: depth + 1])
+            raise ConfigError("overrides", [f"{where}: must be a mapping to set {dotted}"])
     target[field] = value
 
 

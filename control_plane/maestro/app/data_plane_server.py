@@ -18,11 +18,13 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maestro.app.config import MaestroConfig
-from maestro.clients import AsyncMaestroClient
+from maestro.clients import AsyncMaestroClient, channel_credentials
+from maestro.core.quotas import limiter_from
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
 from maestro.core.rpc.reflection import enable_reflection
 from maestro.core.rpc.server import build_grpc_server
 from maestro.core.telemetry import Telemetry
+from maestro.core.tls import bind, server_ssl_context
 from maestro.data_plane.assembly import DataPlane, build_data_plane
 from maestro.data_plane.remote import ObservationReporter, RemoteKeyVerifier, SnapshotFollower
 from maestro.routing.decider import Decider
@@ -84,6 +86,8 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
         raise ValueError(
             "a data plane needs data_plane.control_plane_target and control_plane_api_key"
         )
+    # A certificate or key that does not load stops the start before anything is open.
+    http_tls = server_ssl_context(config.server.tls) if config.server.tls.enabled else None
     node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
     registry = SnapshotRegistry()
     decider = Decider(
@@ -92,15 +96,32 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
         tracer=telemetry.tracer_provider.get_tracer("maestro.route"),
         meter=telemetry.meter_provider.get_meter("maestro.route"),
     )
-    client = AsyncMaestroClient(target, api_key=api_key, tracer_provider=telemetry.tracer_provider)
-    verifier = RemoteKeyVerifier(target, config.auth.key_cache_ttl_s)
+    tls = settings.control_plane_tls
+    credentials = (
+        channel_credentials(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
+    )
+    client = AsyncMaestroClient(
+        target,
+        api_key=api_key,
+        credentials=credentials,
+        tracer_provider=telemetry.tracer_provider,
+    )
+    verifier = RemoteKeyVerifier(target, config.auth.key_cache_ttl_s, credentials)
     follower = SnapshotFollower(client, registry, node_id)
     reporter = ObservationReporter(client, node_id)
+    limiter = limiter_from(config.server.limits)
     data = await build_data_plane(
-        settings, decider, verifier.authenticate, None, telemetry, node_id, forward=reporter
+        settings,
+        decider,
+        verifier.authenticate,
+        None,
+        telemetry,
+        node_id,
+        forward=reporter,
+        limiter=limiter,
     )
     server = build_grpc_server(
-        config.server, telemetry, verifier.authenticate, None, "maestro.data_plane"
+        config.server, telemetry, verifier.authenticate, None, "maestro.data_plane", limiter
     )
     data.register(server, decider)
     health = HealthServicer()
@@ -108,7 +129,7 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
     enable_reflection(
         server, [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    port = bind(server, config.server.host, config.server.port, config.server.tls)
     if port == 0:
         await data.close()
         await client.close()
@@ -125,15 +146,15 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
         asyncio.create_task(reporter.run()),
         asyncio.create_task(_serving_once_synced(follower, health)),
     ]
-    await data.start_http()
+    await data.start_http(http_tls)
     log.info(
         "server.ready",
         address=running.address,
         role="data_plane",
         control_plane=target,
         node_id=node_id,
-        openai_base_url=(
-            f"http://{settings.http_host}:{data.http_port}/v1" if data.http_port else None
-        ),
+        tls=config.server.tls.enabled,
+        control_plane_tls=settings.control_plane_tls.enabled,
+        openai_base_url=data.base_url,
     )
     return running

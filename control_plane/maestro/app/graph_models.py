@@ -26,6 +26,7 @@ from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, InferenceService
 from maestro.routing.decider import ChooseInput
 from maestro.routing.engine import RouteRequest
+from maestro.routing.texts import wire_texts
 
 
 class DataPlaneModels:
@@ -67,7 +68,7 @@ class DataPlaneModels:
             choose=ChooseInput(
                 parent=f"projects/{project}",
                 route=RouteRequest(model=node.model, hint=node.hint),
-                texts=(content,),
+                texts=wire_texts(messages, offered),  # the instruction and tools too
                 supplied_tags=node.tags,
             ),
             messages=messages,

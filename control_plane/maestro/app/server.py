@@ -28,14 +28,17 @@ from maestro.control_plane.route.watch import ConfigWatches
 from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.opening import open_store
 from maestro.control_plane.store.sql import Sql
+from maestro.core.quotas import limiter_from
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
 from maestro.core.rpc.reflection import enable_reflection
 from maestro.core.rpc.server import build_grpc_server
 from maestro.core.rpc.unimplemented import unimplemented_handler
 from maestro.core.telemetry import Telemetry
+from maestro.core.tls import bind, server_ssl_context
 from maestro.data_plane.assembly import DataPlane, build_data_plane
 from maestro.routing.snapshots import SnapshotRegistry
 from maestro.routing.tagging import ContentTagger
+from maestro.routing.tenancy import AllowedEndpoint
 from maestro.v1 import (
     eval_service_pb2,
     graph_service_pb2,
@@ -111,11 +114,19 @@ class ControlPlane:
 
 
 async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> ControlPlane:
+    # First: a certificate or key that does not load stops the start before anything is open.
+    http_tls = server_ssl_context(config.server.tls) if config.server.tls.enabled else None
     store = await asyncio.to_thread(open_store, config.store, MIGRATIONS)
     projects = ProjectService(ProjectStore(store), key_cache_ttl_s=config.auth.key_cache_ttl_s)
     insecure_project = config.auth.insecure_project if config.auth.mode == "insecure" else None
+    limiter = limiter_from(config.server.limits)  # one per process: gRPC and HTTP share it
     server = build_grpc_server(
-        config.server, telemetry, projects.authenticate, insecure_project, "maestro.control_plane"
+        config.server,
+        telemetry,
+        projects.authenticate,
+        insecure_project,
+        "maestro.control_plane",
+        limiter,
     )
     project_service_pb2_grpc.add_ProjectServiceServicer_to_server(ProjectServicer(projects), server)
     stopping = asyncio.Event()
@@ -126,6 +137,10 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         ContentTagger(),
         tracer=telemetry.tracer_provider.get_tracer("maestro.route"),
         meter=telemetry.meter_provider.get_meter("maestro.route"),
+        tenant_endpoints={
+            project: [AllowedEndpoint(**e.model_dump()) for e in endpoints]
+            for project, endpoints in config.routing.tenant_endpoints.items()
+        },
     )
     routes.follow_replicas()
     await routes.load_all()
@@ -136,7 +151,12 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     data = None
     if config.data_plane.enabled:
         data = await build_data_plane(
-            config.data_plane, routes, projects.authenticate, insecure_project, telemetry
+            config.data_plane,
+            routes,
+            projects.authenticate,
+            insecure_project,
+            telemetry,
+            limiter=limiter,
         )
         data.register(server, routes)
     else:
@@ -153,7 +173,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             DataPlaneModels(data.service) if data else None,
             telemetry,
         )
-        graph.register(server, frozenset(config.graph.operator_projects))
+        graph.register(server)
     else:
         pending.append((GRAPH_SERVICE, "agent graphs (graph.enabled is false)"))
     for service, capability in pending:
@@ -170,7 +190,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     enable_reflection(
         server, [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    port = bind(server, config.server.host, config.server.port, config.server.tls)
     if port == 0:
         if graph is not None:
             await graph.stop()
@@ -185,7 +205,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         config, server, health, store, projects, routes, port, stopping, data, graph
     )
     if data is not None:
-        await data.start_http()
+        await data.start_http(http_tls)
     if config.routing.config_file is not None:
         await apply_files(routes, config.routing)
         if config.routing.watch:
@@ -206,10 +226,8 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         address=plane.address,
         auth_mode=config.auth.mode,
         store=str(config.store.sqlite_path),
-        openai_base_url=(
-            f"http://{config.data_plane.http_host}:{data.http_port}/v1"
-            if data is not None and data.http_port is not None
-            else None
-        ),
+        tls=config.server.tls.enabled,
+        mutual_tls=config.server.tls.client_ca_file is not None,
+        openai_base_url=data.base_url if data is not None else None,
     )
     return plane

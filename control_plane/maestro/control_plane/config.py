@@ -58,8 +58,29 @@ class StoreConfig(Section):
         return self
 
 
+class TenantEndpoint(Section):
+    """An endpoint prefix tenants may name as a deployment's `api_base` (`routing.tenancy`)."""
+
+    api_base: str = Field(
+        pattern=r"^https?://[^/@\s]+(/\S*)?$",
+        description="URL prefix: scheme, host, optional port and path (a path matches at a "
+        "segment boundary; no port: any port).",
+    )
+    api_key: str | None = Field(
+        None,
+        pattern=r"^os\.environ/[A-Za-z_][A-Za-z0-9_]*$",
+        description="The one secret tenants may send there, as os.environ/NAME.",
+    )
+    trust_tenant_facts: bool = Field(
+        False,
+        description="Accept tenants' in_house / jurisdiction claims (and in-house providers) "
+        "for deployments here: the endpoint is theirs or vetted.",
+    )
+
+
 class RoutingConfig(Section):
-    """Where RouteService's config comes from besides ApplyConfig: files, hot-reloaded."""
+    """Where RouteService's config comes from besides ApplyConfig: files, hot-reloaded; and
+    which endpoints tenants' own configs may use."""
 
     project: str = Field(
         "demo", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Project the files configure."
@@ -69,6 +90,11 @@ class RoutingConfig(Section):
     )
     policy_files: tuple[Path, ...] = Field((), description="Rego modules applied with it.")
     watch: bool = Field(True, description="Apply a new revision whenever the files change.")
+    tenant_endpoints: dict[str, list[TenantEndpoint]] = Field(
+        default_factory=dict,
+        description="Endpoints a project's own config may name besides the global layer's, by "
+        "project id (`*`: every project). Empty: only the global layer's endpoints.",
+    )
 
 
 class GraphConfig(Section):
@@ -95,10 +121,6 @@ class GraphConfig(Section):
         ge=1,
         description="Unfinished runs a project may have; CreateRun answers RESOURCE_EXHAUSTED "
         "beyond it.",
-    )
-    operator_projects: list[str] = Field(
-        default_factory=list,
-        description="Projects whose keys may engage the global kill switch.",
     )
     blob_dir: Path | None = Field(
         None,

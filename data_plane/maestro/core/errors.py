@@ -128,9 +128,31 @@ class Aborted(MaestroError):
 
 
 class ResourceExhausted(MaestroError):
-    """A quota, budget or capacity limit was hit."""
+    """A quota, budget or capacity limit was hit; `retry_delay_s`, when known, travels as
+    `google.rpc.RetryInfo` (and HTTP `Retry-After`)."""
 
     code = code_pb2.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        metadata: Mapping[str, str] | None = None,
+        retry_delay_s: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_delay_s = retry_delay_s
+
+    def details(self) -> list[any_pb2.Any]:
+        found = super().details()
+        if self.retry_delay_s is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromNanoseconds(int(max(self.retry_delay_s, 0.0) * 1e9))
+            packed = any_pb2.Any()
+            packed.Pack(retry)
+            found.append(packed)
+        return found
 
 
 class Unavailable(MaestroError):

@@ -7,6 +7,7 @@ import sys
 
 import structlog
 
+from maestro.core.redact import redact_event
 from maestro.core.settings import LoggingConfig
 
 
@@ -24,6 +25,7 @@ def configure_logging(config: LoggingConfig) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            redact_event,  # after exceptions became text, so keys in them are masked too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

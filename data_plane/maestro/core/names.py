@@ -22,7 +22,7 @@ def project_name(project_id: str) -> str:
 
 def parse_project_name(value: str, field: str) -> str:
     """Return the project id of `projects/{project}`, or raise INVALID_ARGUMENT on `field`."""
-    match = _PROJECT_NAME.match(value)
+    match = _PROJECT_NAME.fullmatch(value)
     if match is None:
         raise InvalidArgument([_violation(field, value, "projects/{project}")])
     return match.group(1)
@@ -30,7 +30,7 @@ def parse_project_name(value: str, field: str) -> str:
 
 def parse_api_key_name(value: str, field: str) -> tuple[str, str]:
     """Return (project id, key id) of `projects/{project}/apiKeys/{api_key}`."""
-    match = _API_KEY_NAME.match(value)
+    match = _API_KEY_NAME.fullmatch(value)
     if match is None:
         raise InvalidArgument([_violation(field, value, "projects/{project}/apiKeys/{api_key}")])
     return match.group(1), match.group(2)

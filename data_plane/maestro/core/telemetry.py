@@ -1,5 +1,8 @@
 """OpenTelemetry set-up: traces for every RPC, metrics for Prometheus.
 
+The Prometheus endpoint binds `telemetry.metrics_host` (loopback by default); bound anywhere
+else it serves TLS and only to a scraper with a client certificate (config validation insists).
+
 The providers are built once per process from config and passed to the gRPC interceptors
 explicitly (tests pass their own with in-memory exporters) rather than installed as globals
 behind the caller's back; `install_global` is for the server process only.
@@ -7,8 +10,10 @@ behind the caller's back; `install_global` is for the server process only.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -19,6 +24,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from maestro.core.settings import TelemetryConfig
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
 
 
 def service_version() -> str:
@@ -65,8 +75,29 @@ def build_telemetry(
     readers = list(metric_readers)
     if config.metrics_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
 
-        start_http_server(config.metrics_port)
+        serve_metrics(config, config.metrics_port)
         readers.append(PrometheusMetricReader())
     return Telemetry(tracer_provider, MeterProvider(resource=resource, metric_readers=readers))
+
+
+def serve_metrics(
+    config: TelemetryConfig, port: int, registry: CollectorRegistry | None = None
+) -> WSGIServer:
+    """Serve Prometheus metrics on `config.metrics_host:port` in a daemon thread, over TLS
+    (TLS 1.2 or newer) when `config.metrics_tls` is set, asking for a client certificate when
+    it names a client CA. `shutdown()` on the result stops it."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    tls = config.metrics_tls
+    server, _ = start_http_server(
+        port,
+        addr=config.metrics_host,
+        registry=registry or REGISTRY,
+        certfile=str(tls.cert_file) if tls.cert_file else None,
+        keyfile=str(tls.key_file) if tls.key_file else None,
+        client_cafile=str(tls.client_ca_file) if tls.client_ca_file else None,
+        client_auth_required=tls.client_ca_file is not None,
+        tls_min_version=ssl.TLSVersion.TLSv1_2,
+    )
+    return server

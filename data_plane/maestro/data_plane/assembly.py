@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,7 @@ import grpc
 import structlog
 from aiohttp import web
 
+from maestro.core.quotas import UNLIMITED, Limiter
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.core.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings, Clock
@@ -70,6 +72,8 @@ class DataPlane:
     simulator: SimProvider | None = None
     runner: web.AppRunner | None = None
     http_port: int | None = None
+    tls: bool = False
+    """Whether the ingress serves TLS."""
     flusher: asyncio.Task[None] | None = None
     """Folds observations into live signals every `report_interval_s`."""
     lanes: LaneMonitor | None = None
@@ -81,19 +85,37 @@ class DataPlane:
             InferenceServicer(self.service, routes), server
         )
 
-    async def start_http(self) -> None:
+    @property
+    def base_url(self) -> str | None:
+        """The OpenAI-compatible base URL of the ingress once started, https when it serves
+        TLS; None while it is not serving."""
+        if self.runner is None or self.http_port is None:
+            return None
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.config.http_host}:{self.http_port}/v1"
+
+    async def start_http(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Serve the ingress; with `ssl_context`, TLS only (a plaintext request fails its
+        handshake)."""
         if self.config.http_port is None:
             return
         self.runner = web.AppRunner(
             self.ingress.application(), handler_cancellation=True, access_log=None
         )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.http_host, self.config.http_port)
+        site = web.TCPSite(
+            self.runner, self.config.http_host, self.config.http_port, ssl_context=ssl_context
+        )
+        self.tls = ssl_context is not None
         await site.start()
         server = site._server  # aiohttp tells the bound port (for port 0) nowhere else
         sockets = getattr(server, "sockets", None) or ()
         self.http_port = sockets[0].getsockname()[1] if sockets else self.config.http_port
-        log.info("data_plane.http_ready", address=f"{self.config.http_host}:{self.http_port}")
+        log.info(
+            "data_plane.http_ready",
+            address=f"{self.config.http_host}:{self.http_port}",
+            tls=self.tls,
+        )
 
     async def stop_http(self) -> None:
         if self.runner is not None:
@@ -125,10 +147,11 @@ async def build_data_plane(
     node_id: str = "",
     forward: ObservationSink | None = None,
     clock: Clock = time.monotonic,
+    limiter: Limiter = UNLIMITED,
 ) -> DataPlane:
     """The data plane of this process. `node_id` names it in the observations it reports
     (default: host and pid); `forward` also receives them (a remote control plane); `clock`
-    times the breakers (a fake one in tests)."""
+    times the breakers (a fake one in tests); `limiter` is the process's, shared with gRPC."""
     node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
     simulator = None
     if config.simulated_provider:
@@ -167,7 +190,14 @@ async def build_data_plane(
         tracer=telemetry.tracer_provider.get_tracer("maestro.data_plane"),
         meter=meter,
     )
-    ingress = OpenAIIngress(service, routes, authenticate, insecure_project)
+    ingress = OpenAIIngress(
+        service,
+        routes,
+        authenticate,
+        insecure_project,
+        max_body_bytes=config.http_max_body_bytes,
+        limiter=limiter,
+    )
     plane = DataPlane(config, service, observer, native, translating, ingress, simulator)
     plane.flusher = asyncio.create_task(observer.report_forever(config.report_interval_s))
     plane.lanes = lanes

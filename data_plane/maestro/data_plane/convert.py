@@ -15,6 +15,7 @@ from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, PostFirstTokenPolicy
 from maestro.routing.decider import ChooseInput
 from maestro.routing.spec import DeploymentSpec
+from maestro.routing.texts import wire_texts
 from maestro.routing.wire import route_request
 from maestro.v1 import common_pb2, route_service_pb2
 from maestro.v1 import inference_service_pb2 as pb
@@ -50,6 +51,7 @@ _FALLBACK_REASONS: dict[FailureKind, pb.ChatCompletionFallbackReason.ValueType] 
     FailureKind.STREAM_STALLED: pb.CHAT_COMPLETION_FALLBACK_REASON_STREAM_STALLED,
     FailureKind.SATURATED: pb.CHAT_COMPLETION_FALLBACK_REASON_SATURATED,
     FailureKind.BREAKER_OPEN: pb.CHAT_COMPLETION_FALLBACK_REASON_BREAKER_OPEN,
+    FailureKind.REQUEST_REJECTED: pb.CHAT_COMPLETION_FALLBACK_REASON_REQUEST_REJECTED,
 }
 
 ChatRequest = pb.CreateChatCompletionRequest | pb.StreamChatCompletionRequest
@@ -183,15 +185,16 @@ def call_input(
         )
     if violations:
         raise InvalidArgument(violations)
+    messages = tuple(_wire_message(m) for m in request.messages)
     return CallInput(
         choose=ChooseInput(
             parent=request.parent,
             route=route,
-            texts=tuple(m.content for m in request.messages if m.content),
+            texts=wire_texts(messages, tools, request.stop),  # all the provider will see
             supplied_tags=tuple(request.step_tags),
             objectives_header=objectives_header,
         ),
-        messages=tuple(_wire_message(m) for m in request.messages),
+        messages=messages,
         params=GenerationParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature if request.HasField("temperature") else None,

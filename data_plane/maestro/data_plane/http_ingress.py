@@ -15,24 +15,29 @@ gets a real HTTP status (429 when the data plane is full, 503 when every deploym
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import time
 from dataclasses import replace
 from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from google.rpc import code_pb2
 from opentelemetry import propagate
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from maestro.core.auth import Principal
+from maestro.core.auth import INFERENCE, Principal, require_scope
 from maestro.core.errors import (
     FieldViolation,
     InvalidArgument,
     MaestroError,
+    ResourceExhausted,
     Unauthenticated,
     internal_error,
 )
+from maestro.core.quotas import UNLIMITED, Limiter
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
 from maestro.data_plane.model_groups import model_groups
@@ -41,6 +46,7 @@ from maestro.data_plane.service import CallInput, InferenceService, collect
 from maestro.routing.decider import ChooseInput, Decider
 from maestro.routing.engine import RouteRequest
 from maestro.routing.spec import OBJECTIVES
+from maestro.routing.texts import wire_texts
 
 _HTTP_STATUS: dict[int, int] = {
     code_pb2.INVALID_ARGUMENT: 400,
@@ -55,6 +61,11 @@ _HTTP_STATUS: dict[int, int] = {
     code_pb2.INTERNAL: 500,
 }
 _AUTO_MODELS = ("", "auto")
+MAX_IDEMPOTENCY_KEY = 128
+"""Longest `maestro.idempotency_key` (gRPC's is a UUID, 36 characters): room for a UUID, a
+ULID or a caller's own prefixed id, while the replay cache (`idempotency_cache_size` entries,
+kept a day) stays small."""
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]*")
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
 
@@ -87,6 +98,16 @@ class MaestroOptions(_Strict):
     max_chunk_tokens: int | None = Field(None, ge=1, le=1024)
     max_chunk_delay_ms: float | None = Field(None, ge=0, le=1000)
     idempotency_key: str = ""
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _bounded_key(cls, key: str) -> str:
+        # Keys are compared byte for byte and kept a day: printable ASCII, no spaces.
+        if len(key) > MAX_IDEMPOTENCY_KEY or not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise ValueError(
+                f"must be at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters, no spaces"
+            )
+        return key
 
 
 class _Message(BaseModel):
@@ -147,7 +168,7 @@ def call_input(body: ChatBody, parent: str) -> CallInput:
         w = tuple(float(options.objective_weights.get(name, 0.0)) for name in OBJECTIVES)
         weights = (w[0], w[1], w[2], w[3], w[4])
     messages = tuple(m.model_dump(exclude_none=True) for m in body.messages)
-    texts = tuple(m.content for m in body.messages if isinstance(m.content, str) and m.content)
+    texts = wire_texts(messages, body.tools or (), stop)  # all the provider will see
     model = "" if body.model in _AUTO_MODELS else body.model
     route = RouteRequest(
         weights=weights,
@@ -202,10 +223,14 @@ def error_response(error: MaestroError) -> web.Response:
         body["error"]["field_violations"] = [
             {"field": v.field, "description": v.description} for v in error.violations
         ]
+    headers = {}
+    if isinstance(error, ResourceExhausted) and error.retry_delay_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_delay_s)))
     return web.Response(
         status=_HTTP_STATUS.get(error.code, 500),
         body=orjson.dumps(body),
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -237,6 +262,9 @@ def _finish(reason: FinishReason) -> str:
     return "length" if reason is FinishReason.BUDGET_EXCEEDED else reason.value
 
 
+_ADMITTED = web.RequestKey("maestro_admitted_project", str)
+
+
 class OpenAIIngress:
     def __init__(
         self,
@@ -244,14 +272,19 @@ class OpenAIIngress:
         routes: Decider,
         authenticate: Authenticate,
         insecure_project: str | None,
+        *,
+        max_body_bytes: int = 8 * 1024 * 1024,
+        limiter: Limiter = UNLIMITED,
     ) -> None:
         self._service = service
         self._routes = routes
         self._authenticate = authenticate
         self._insecure_project = insecure_project
+        self._max_body_bytes = max_body_bytes
+        self._limiter = limiter
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app = web.Application(client_max_size=self._max_body_bytes, middlewares=[self._release])
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.healthz)
@@ -260,7 +293,24 @@ class OpenAIIngress:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "serving", "inflight": self._service.inflight})
 
+    @web.middleware
+    async def _release(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A call `_principal` admitted leaves its project's concurrency when it ends."""
+        try:
+            return await handler(request)
+        finally:
+            project = request.get(_ADMITTED)
+            if project is not None:
+                self._limiter.leave(project)
+
     async def _principal(self, request: web.Request) -> Principal:
+        """The caller, admitted under its project's limits (released by `_release`)."""
+        principal = await self._caller(request)
+        self._limiter.enter(principal.project_id)
+        request[_ADMITTED] = principal.project_id
+        return principal
+
+    async def _caller(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
         secret = header[7:].strip() if header.startswith("Bearer ") else ""
         if not secret:
@@ -271,9 +321,14 @@ class OpenAIIngress:
             raise Unauthenticated(
                 "missing API key: send `Authorization: Bearer <key>`", reason="API_KEY_MISSING"
             )
+        peer = request.remote or ""
+        self._limiter.check_peer(peer)
         principal = await self._authenticate(secret)
         if principal is None:
-            raise Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
+            raise self._limiter.failed(
+                peer, Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
+            )
+        require_scope(principal, INFERENCE)  # every route here serves models
         return principal
 
     async def models(self, request: web.Request) -> web.Response:

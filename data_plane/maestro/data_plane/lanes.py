@@ -65,7 +65,8 @@ class LaneMonitor:
     # -- the request path: a shed seen by the relay -----------------------------------------
 
     def shed(self, deployment_id: str) -> None:
-        """The lane refused a request (HTTP 503): saturated now, not at the next poll."""
+        """The lane refused a request (HTTP 503): saturated now, not at the next poll.
+        `deployment_id` here and below is the lane's `DeploymentSpec.state_key`."""
         sheds = self._sheds.setdefault(deployment_id, deque())
         sheds.append(time.monotonic())
         known = self._latest.get(deployment_id) or LaneSaturation(0, 0, 0.0, 0.0, 0, -1)

@@ -70,13 +70,12 @@ class Observer:
             description="Circuit breaker state changes, by deployment and new state.",
         )
 
-    def breaker(self, deployment_id: str) -> CircuitBreaker:
-        breaker = self._breakers.get(deployment_id)
+    def breaker(self, state_key: str) -> CircuitBreaker:
+        """The breaker of a deployment's `state_key` (`DeploymentSpec.state_key`)."""
+        breaker = self._breakers.get(state_key)
         if breaker is None:
-            breaker = CircuitBreaker(
-                deployment_id, self._settings, self._on_transition, self._clock
-            )
-            self._breakers[deployment_id] = breaker
+            breaker = CircuitBreaker(state_key, self._settings, self._on_transition, self._clock)
+            self._breakers[state_key] = breaker
         return breaker
 
     def _on_transition(self, transition: Transition) -> None:
@@ -96,6 +95,7 @@ class Observer:
         self,
         parent: str,
         deployment_id: str,
+        state_key: str,
         failure: FailureKind | None,
         *,
         duration_s: float,
@@ -104,12 +104,13 @@ class Observer:
         completion_tokens: int = 0,
         cost_usd: float = 0.0,
     ) -> None:
-        """One attempt's outcome; `failure` None for a success."""
-        if failure is not FailureKind.BREAKER_OPEN:
+        """One attempt's outcome; `failure` None for a success. The breaker is `state_key`'s
+        (`DeploymentSpec.state_key`), the observation the project's own deployment's."""
+        if failure not in (FailureKind.BREAKER_OPEN, FailureKind.REQUEST_REJECTED):
             # A lane that sheds answered at once: it is up, just full. Counting sheds as
             # failures would open its breaker and turn "full" into "down" (UNAVAILABLE for work
             # that may only run there, instead of RESOURCE_EXHAUSTED once it has room).
-            self.breaker(deployment_id).record(failure is None or failure is FailureKind.SATURATED)
+            self.breaker(state_key).record(failure is None or failure is FailureKind.SATURATED)
         self._attempts.add(
             1,
             (

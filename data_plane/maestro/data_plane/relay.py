@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import structlog
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -35,6 +36,8 @@ from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.targets import TargetResolver
 from maestro.routing.decider import Choice
 from maestro.routing.spec import DeploymentSpec
+
+log = structlog.get_logger(__name__)
 
 CHARS_PER_TOKEN = 4
 HTTP_SHED = 503
@@ -166,7 +169,7 @@ class Relay:
         self._budget.calls += 1
         try:
             for deployment in order:
-                breaker = self._observer.breaker(deployment.deployment_id)
+                breaker = self._observer.breaker(deployment.state_key)
                 if not breaker.allow():
                     skipped.append((deployment, FailureKind.BREAKER_OPEN, "circuit breaker open"))
                     continue
@@ -210,9 +213,7 @@ class Relay:
             self._budget.calls -= 1
             if holds_retry:
                 self._budget.release()
-        detail = "; ".join(
-            f"{d.deployment_id}: {reason.value} ({text})" for d, reason, text in skipped
-        )
+        detail = _caller_detail(skipped)
         if out_of_budget:
             detail = f"the retry budget is spent, no fallback was tried; {detail}"
         if state.delivered:
@@ -251,6 +252,7 @@ class Relay:
         self._observer.observe(
             state.plan.parent,
             deployment.deployment_id,
+            deployment.state_key,
             failure,
             duration_s=now - started,
             ttft_s=ttft[0] if ttft else None,
@@ -383,7 +385,7 @@ class Relay:
             if target.lane and error.status == HTTP_SHED:
                 kind = FailureKind.SATURATED
                 if self._lanes is not None:
-                    self._lanes.shed(deployment.deployment_id)
+                    self._lanes.shed(deployment.state_key)
             raise _Failed(kind, str(error)) from None
         finally:
             self._account(state, deployment, produced, prompt_tokens, completion_tokens)
@@ -484,3 +486,22 @@ def _trace_headers(plan: CallPlan) -> dict[str, str]:
 def _estimate_prompt_tokens(plan: CallPlan) -> int:
     chars = sum(len(m.get("content") or "") for m in plan.messages)
     return max(1, -(-chars // CHARS_PER_TOKEN))
+
+
+def _caller_detail(skipped: list[tuple[DeploymentSpec, FailureKind, str]]) -> str:
+    """What the caller learns of failed attempts: the deployment and the kind of failure. A
+    provider's own error text may come from any URL a config names (an internal service's
+    error page, say), so it goes to the log under a correlation id the caller gets instead."""
+    if not skipped:
+        return "no deployment was tried"
+    correlation_id = uuid.uuid4().hex[:16]
+    log.warning(
+        "inference.attempts_failed",
+        correlation_id=correlation_id,
+        attempts=[
+            {"deployment_id": d.deployment_id, "failure": kind.value, "detail": text}
+            for d, kind, text in skipped
+        ],
+    )
+    kinds = "; ".join(f"{d.deployment_id}: {kind.value}" for d, kind, _ in skipped)
+    return f"{kinds} (provider details are logged under correlation id {correlation_id})"

@@ -31,7 +31,7 @@ from google.rpc import code_pb2, status_pb2
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from maestro.clients import AsyncMaestroClient
-from maestro.core.auth import Principal
+from maestro.core.auth import KEY_PREFIX, Principal
 from maestro.core.errors import MaestroError, Unavailable
 from maestro.routing.layers import GLOBAL_PROJECT
 from maestro.routing.policy import PolicyModule
@@ -262,8 +262,16 @@ class ObservationReporter:
 class RemoteKeyVerifier:
     """`authenticate(secret)` for a data plane without the key store: asks the control plane."""
 
-    def __init__(self, target: str, ttl_s: float) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(
+        self, target: str, ttl_s: float, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """`credentials`: TLS to the control plane (see `maestro.clients.channel_credentials`);
+        None: plaintext."""
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
         self._projects = project_service_pb2_grpc.ProjectServiceStub(self._channel)
         self._ttl_s = ttl_s
         self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
@@ -289,12 +297,38 @@ class RemoteKeyVerifier:
                     reason="CONTROL_PLANE_UNAVAILABLE",
                 ) from None
         else:
-            project = listed.projects[0].name.removeprefix("projects/") if listed.projects else ""
-            principal = Principal(project, digest[:12]) if project else None
+            principal = await self._own_key(secret, listed) if listed.projects else None
         self._cache[digest] = (now + self._ttl_s, principal)
         if len(self._cache) > 10_000:
             self._cache.popitem(last=False)
         return principal
+
+    async def _own_key(
+        self, secret: str, listed: project_service_pb2.ListProjectsResponse
+    ) -> Principal | None:
+        """The key's scopes and holder: any key may read its own metadata. Its id is the part
+        of the secret after `mk_` (see `auth.new_key`)."""
+        project = listed.projects[0].name
+        key_id = secret[len(KEY_PREFIX) :].split("_", 1)[0]
+        try:
+            key = await self._projects.GetApiKey(
+                project_service_pb2.GetApiKeyRequest(name=f"{project}/apiKeys/{key_id}"),
+                metadata=(("x-api-key", secret),),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                raise Unavailable(
+                    "cannot verify the API key: the control plane is unreachable",
+                    reason="CONTROL_PLANE_UNAVAILABLE",
+                ) from None
+            return None
+        return Principal(
+            project.removeprefix("projects/"),
+            key.api_key.name,
+            frozenset(key.api_key.scopes),
+            key.api_key.principal,
+        )
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -211,10 +211,15 @@ class InferenceService:
     ) -> AsyncGenerator[Event, None]:
         loop = asyncio.get_running_loop()
         received = loop.time()
-        requested = call.choose.route.model or "*"
+        # A label, not the caller's string: an unknown model is "other" (metric series).
+        requested = self._routes.model_label(call.choose.parent, call.choose.route.model)
         trace_ = _CallTrace(self._tracer, requested, time.time_ns(), call.trace_parent)
+        if key is not None:  # before the first await: a retry meanwhile gets ABORTED
+            self._replays[key] = (time.monotonic(), _Running())
         try:
-            choice = self._routes.choose(principal, call.choose, deferred=trace_.deferred)
+            # A large prompt is scanned for content tags in the tagging thread, not on the loop.
+            choose = await self._routes.detect_off_loop(call.choose)
+            choice = self._routes.choose(principal, choose, deferred=trace_.deferred)
             plan = CallPlan(
                 parent=call.choose.parent,
                 choice=choice,
@@ -228,8 +233,6 @@ class InferenceService:
             # The spans are made on the loop's next turn: by then the provider request is on
             # the wire, so the time to first token does not include them.
             loop.call_soon(trace_.start)
-            if key is not None:
-                self._replays[key] = (time.monotonic(), _Running())
             texts: list[str] = []
             routed: Routed | None = None
             tokens = 0

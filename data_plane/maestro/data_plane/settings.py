@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from maestro.core.settings import Section
+from maestro.core.settings import ClientTlsConfig, Section
 
 
 class DataPlaneConfig(Section):
@@ -18,6 +18,13 @@ class DataPlaneConfig(Section):
     http_host: str = Field("127.0.0.1", description="Address of the OpenAI-compatible ingress.")
     http_port: int | None = Field(
         8080, ge=0, le=65535, description="Port of the ingress; 0 picks one; null disables it."
+    )
+    http_max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="Largest request body the ingress reads (HTTP 413 beyond): a 4 MiB prompt "
+        "plus its JSON and content-part overhead fits the default.",
     )
     max_inflight_calls: int = Field(
         1024,
@@ -91,6 +98,12 @@ class DataPlaneConfig(Section):
         description="`maestro data-plane` only: the API key it uses there; it serves that key's "
         "project. Prefer the env var MAESTRO_DATA_PLANE__CONTROL_PLANE_API_KEY.",
         repr=False,
+    )
+    control_plane_tls: ClientTlsConfig = Field(
+        ClientTlsConfig(),
+        description="`maestro data-plane` only: TLS to the control plane (the CA its "
+        "certificate chains to, and this data plane's client certificate for mutual TLS); "
+        "unset: plaintext.",
     )
     node_id: str = Field("", description="Names this data plane in WatchConfig and reports.")
     simulated_provider: bool = Field(

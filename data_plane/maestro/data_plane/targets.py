@@ -22,6 +22,8 @@ NATIVE_PROVIDERS = frozenset(
 )
 OPENAI_BASE = "https://api.openai.com/v1"
 _ENV_PREFIX = "os.environ/"
+NO_CREDENTIAL = "maestro-no-credential"
+"""Sent as the key of a tenant's deployment that names none, so nothing fills one in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +62,7 @@ class TargetResolver:
 
     def target(self, deployment: DeploymentSpec) -> Target:
         key = (
-            deployment.deployment_id,
+            deployment.state_key,
             deployment.litellm_model,
             deployment.api_base,
             deployment.api_key,
@@ -74,10 +76,15 @@ class TargetResolver:
 
     def _build(self, deployment: DeploymentSpec) -> Target:
         api_key = _secret(deployment.api_key)
+        # LiteLLM looks for a provider's key in the environment when given none; a tenant's
+        # deployment must never carry the operator's credentials (`routing.tenancy`).
+        litellm_key = NO_CREDENTIAL if deployment.owner and api_key is None else api_key
         if deployment.api_base is None and self._simulated is not None:
             return Target(self._native, deployment.litellm_model, self._simulated, None)
         if deployment.client == "litellm":
-            return Target(self._translating, deployment.litellm_model, deployment.api_base, api_key)
+            return Target(
+                self._translating, deployment.litellm_model, deployment.api_base, litellm_key
+            )
         if deployment.client == "native" or (
             deployment.provider in NATIVE_PROVIDERS
             and (deployment.api_base or deployment.provider == "openai")
@@ -89,4 +96,4 @@ class TargetResolver:
                 api_key,
                 lane=deployment.provider in LANE_PROVIDERS,
             )
-        return Target(self._translating, deployment.litellm_model, deployment.api_base, api_key)
+        return Target(self._translating, deployment.litellm_model, deployment.api_base, litellm_key)

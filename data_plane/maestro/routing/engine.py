@@ -187,6 +187,9 @@ class RoutingSnapshot:
         self.deployments = tuple(sorted(spec.deployments, key=lambda d: group_order[d.model_name]))
         n = len(self.deployments)
         self.index_of = {d.deployment_id: i for i, d in enumerate(self.deployments)}
+        self.id_of_state = {d.state_key: d.deployment_id for d in self.deployments}
+        """Deployment id by `DeploymentSpec.state_key`: how a breaker or lane reading, keyed by
+        state key, finds its deployment here (a tenant's id means nothing in another project)."""
         self.group_names = spec.model_names
         self.group_of = np.fromiter(
             (group_order[d.model_name] for d in self.deployments), np.intp, n
@@ -474,6 +477,10 @@ class RoutingSnapshot:
         if self.deployments[index].deployment_id in request.excluded_ids:
             reasons.append(Exclusion.EXCLUDED_BY_CALLER)
         return reasons
+
+    def routes_model(self, model: str) -> bool:
+        """Whether `model` names a model group or alias of this snapshot."""
+        return model in self._routes
 
     def candidate_indices(self, request: RouteRequest) -> IntArray:
         """The deployments a request considers, in route order (cached per route; read-only)."""

@@ -219,4 +219,5 @@ _ERROR_KEYS: Mapping[str, str] = {
     "first_token_timeout": "first_token_timeout",
     "stream_stalled": "stream_stalled",
     "saturated": "saturated",
+    "request_rejected": "http_4xx",
 }

@@ -17,9 +17,10 @@ from maestro.routing.layers import (
     LayeredPolicy,
     merge_layers,
     merged_yaml,
+    own_entries,
 )
 from maestro.routing.policy import ModelFacts, PolicyModule, compile_routing_policy
-from maestro.routing.spec import load_yaml, resolve_route_config
+from maestro.routing.spec import DeploymentSpec, load_yaml, resolve_route_config
 from maestro.routing.tagging import KINDS, PII_TAG
 
 # Tags content tagging can produce; the policy compiler must know them as its domain.
@@ -83,6 +84,8 @@ def compile_revision(
         assert global_revision is not None
         raw = merge_layers(load_yaml(global_revision.config_yaml), raw)
         version = f"{revision.revision}.{global_revision.revision}"
+    elif revision.project != GLOBAL_PROJECT:
+        raw = merge_layers({}, raw)  # no global layer: the project's own entries, unmarked
     snapshot = compile_layers(
         revision.project,
         raw,
@@ -109,18 +112,40 @@ def compile_layers(
     """A snapshot from merged config YAML (parsed) and the two layers' policy modules: the
     project's, ANDed under the global ones when there are any. A data plane following
     WatchConfig compiles what it receives with this."""
-    spec = resolve_route_config(raw)
-    facts = [
-        ModelFacts(d.model_name, d.provider, d.jurisdiction, d.in_house)
-        for d in {d.model_name: d for d in spec.deployments}.values()
-    ]
+    spec = resolve_route_config(own_entries(raw, project))
     project_id = project.removeprefix("projects/")
     known_tags = [*DETECTOR_TAGS, *spec.content_tags]
-    policy: PolicyView = compile_routing_policy(modules, facts, project_id, known_tags=known_tags)
+
+    def compiled(layer: tuple[PolicyModule, ...]) -> PolicyView:
+        """Rego sees one model's facts at a time, and a group's deployments may differ (an
+        in-house and a hosted one): a group is allowed only if allowed with every deployment's
+        facts, so each distinct set of facts in a group is evaluated and the tables ANDed."""
+        tables = [
+            compile_routing_policy(layer, facts, project_id, known_tags=known_tags)
+            for facts in _fact_variants(spec.deployments)
+        ]
+        view: PolicyView = tables[0]
+        for table in tables[1:]:
+            view = LayeredPolicy(view, table, outer_label="")
+        return view
+
+    policy = compiled(modules)
     if global_modules is not None:
-        outer = compile_routing_policy(global_modules, facts, project_id, known_tags=known_tags)
-        policy = LayeredPolicy(outer, policy)
+        policy = LayeredPolicy(compiled(global_modules), policy)
     return RoutingSnapshot(spec, policy, version, board)
+
+
+def _fact_variants(deployments: tuple[DeploymentSpec, ...]) -> list[list[ModelFacts]]:
+    """Facts per model group, as few lists as cover every deployment's facts: list i holds
+    each group's i-th distinct facts (its last ones where it has fewer)."""
+    by_group: dict[str, list[ModelFacts]] = {}
+    for d in deployments:
+        facts = ModelFacts(d.model_name, d.provider, d.jurisdiction, d.in_house)
+        variants = by_group.setdefault(d.model_name, [])
+        if facts not in variants:
+            variants.append(facts)
+    depth = max((len(v) for v in by_group.values()), default=1)
+    return [[v[min(i, len(v) - 1)] for v in by_group.values()] for i in range(depth)]
 
 
 class SnapshotRegistry:

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.core.yaml_input import reject_aliases
 from maestro.routing import catalog
 
 OBJECTIVES = ("quality", "latency", "cost", "reliability", "sovereignty")
@@ -146,6 +147,16 @@ class DeploymentSpec:
     max_input_tokens: int | None
     expected_p95_latency_ms: float
     client: str = "auto"
+    owner: str = ""
+    """'' for the operator's deployments (the global layer), else the project that defined it."""
+
+    @property
+    def state_key(self) -> str:
+        """What breakers, lane load and shared live signals are keyed by: the operator's
+        deployments are one everywhere; a tenant's are its own, whatever id it picks."""
+        if not self.owner:
+            return self.deployment_id
+        return f"projects/{self.owner}/deployments/{self.deployment_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +180,9 @@ def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec
 
 
 def load_yaml(text: str, field: str = "config_yaml") -> dict[str, Any]:
-    """The YAML as plain data; INVALID_ARGUMENT on `field` when it is not a mapping."""
+    """The YAML as plain data; INVALID_ARGUMENT on `field` when it is not a mapping, or when it
+    has an anchor or alias (a billion-laughs document is refused before it is built)."""
+    reject_aliases(text, field)
     try:
         raw = yaml.load(text, Loader=_SafeLoader)  # a safe loader: plain data only
     except yaml.YAMLError as error:
@@ -240,6 +253,7 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
                 max_input_tokens=info.max_input_tokens or facts.max_input_tokens,
                 expected_p95_latency_ms=info.expected_p95_latency_ms,
                 client=info.client,
+                owner=_owner(info),
             )
         )
     model_names = tuple(dict.fromkeys(d.model_name for d in deployments))
@@ -256,7 +270,9 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
                         f"{field}: policies.content_tags.{tag}", f"unknown model {name!r}"
                     )
                 )
-        content_tags[tag.strip().lower()] = frozenset(models)
+        # Spellings of one tag ("PII", "pii ") confine together: a later one never widens.
+        key = tag.strip().lower()
+        content_tags[key] = content_tags.get(key, frozenset(models)) & frozenset(models)
     aliases = {
         str(alias): str(target)
         for alias, target in (document.router_settings.get("model_group_alias") or {}).items()
@@ -280,6 +296,17 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
         content_tags=content_tags,
         aliases=aliases,
     )
+
+
+OWNER_KEY = "maestro_owner"
+"""`model_info` key the layer merge writes: `global` on the operator's entries, else the
+project id. Callers may not write it (`routing.tenancy`)."""
+GLOBAL_OWNER = "global"
+
+
+def _owner(info: ModelInfo) -> str:
+    stamp = (info.model_extra or {}).get(OWNER_KEY)
+    return "" if not stamp or stamp == GLOBAL_OWNER else str(stamp)
 
 
 def _price(declared: float | None, listed: float | None, in_house: bool) -> float | None:

@@ -595,8 +595,10 @@ class Run(_message.Message):
 
     @_builtins.property
     def budget(self) -> _common_pb2.Budget:
-        """Optional. Budget of the whole run: if set, replaces the recipe's budget as a whole; unset:
-        the recipe's budget applies. On output, the effective budget.
+        """Optional. Budget of the whole run: if set, replaces the recipe's budget as a whole and may
+        only tighten it: each field at most the recipe's, and zero (unlimited) only where the
+        recipe is unlimited too (INVALID_ARGUMENT otherwise). Unset: the recipe's budget applies.
+        On output, the effective budget.
         """
 
     @_builtins.property

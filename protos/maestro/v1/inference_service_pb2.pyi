@@ -121,6 +121,10 @@ class _ChatCompletionFallbackReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeW
     """The lane shed the request (queue full)."""
     CHAT_COMPLETION_FALLBACK_REASON_BREAKER_OPEN: _ChatCompletionFallbackReason.ValueType  # 6
     """The deployment's circuit breaker opened after the decision was made."""
+    CHAT_COMPLETION_FALLBACK_REASON_REQUEST_REJECTED: _ChatCompletionFallbackReason.ValueType  # 7
+    """The provider refused the request itself (HTTP 4xx other than 408 and 429); the
+    deployment's circuit breaker is not charged for it.
+    """
 
 class ChatCompletionFallbackReason(_ChatCompletionFallbackReason, metaclass=_ChatCompletionFallbackReasonEnumTypeWrapper):
     """Why a call moved from one deployment to the next."""
@@ -139,6 +143,10 @@ CHAT_COMPLETION_FALLBACK_REASON_SATURATED: ChatCompletionFallbackReason.ValueTyp
 """The lane shed the request (queue full)."""
 CHAT_COMPLETION_FALLBACK_REASON_BREAKER_OPEN: ChatCompletionFallbackReason.ValueType  # 6
 """The deployment's circuit breaker opened after the decision was made."""
+CHAT_COMPLETION_FALLBACK_REASON_REQUEST_REJECTED: ChatCompletionFallbackReason.ValueType  # 7
+"""The provider refused the request itself (HTTP 4xx other than 408 and 429); the
+deployment's circuit breaker is not charged for it.
+"""
 Global___ChatCompletionFallbackReason: _TypeAlias = ChatCompletionFallbackReason  # noqa: Y015
 
 @_typing.final

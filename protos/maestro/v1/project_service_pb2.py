@@ -27,7 +27,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n maestro/v1/project_service.proto\x12\nmaestro.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n\x07Project\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:,\xea\x41)\n\x13maestro.dev/Project\x12\x12projects/{project}\"\xc4\x01\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:=\xea\x41:\n\x12maestro.dev/ApiKey\x12$projects/{project}/apiKeys/{api_key}\"?\n\x11GetProjectRequest\x12*\n\x04name\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13maestro.dev/Project\":\n\x12GetProjectResponse\x12$\n\x07project\x18\x01 \x01(\x0b\x32\x13.maestro.v1.Project\"H\n\x13ListProjectsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x14ListProjectsResponse\x12%\n\x08projects\x18\x01 \x03(\x0b\x32\x13.maestro.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x13\x43reateApiKeyRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13maestro.dev/Project\x12)\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x12.maestro.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"K\n\x14\x43reateApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.maestro.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"=\n\x10GetApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12maestro.dev/ApiKey\"8\n\x11GetApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.maestro.v1.ApiKey\"u\n\x12ListApiKeysRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13maestro.dev/Project\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"T\n\x13ListApiKeysResponse\x12$\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x12.maestro.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x13\x44\x65leteApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12maestro.dev/ApiKey\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x16\n\x14\x44\x65leteApiKeyResponse2\x84\x04\n\x0eProjectService\x12P\n\nGetProject\x12\x1d.maestro.v1.GetProjectRequest\x1a\x1e.maestro.v1.GetProjectResponse\"\x03\x90\x02\x01\x12V\n\x0cListProjects\x12\x1f.maestro.v1.ListProjectsRequest\x1a .maestro.v1.ListProjectsResponse\"\x03\x90\x02\x01\x12Q\n\x0c\x43reateApiKey\x12\x1f.maestro.v1.CreateApiKeyRequest\x1a .maestro.v1.CreateApiKeyResponse\x12M\n\tGetApiKey\x12\x1c.maestro.v1.GetApiKeyRequest\x1a\x1d.maestro.v1.GetApiKeyResponse\"\x03\x90\x02\x01\x12S\n\x0bListApiKeys\x12\x1e.maestro.v1.ListApiKeysRequest\x1a\x1f.maestro.v1.ListApiKeysResponse\"\x03\x90\x02\x01\x12Q\n\x0c\x44\x65leteApiKey\x12\x1f.maestro.v1.DeleteApiKeyRequest\x1a .maestro.v1.DeleteApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n maestro/v1/project_service.proto\x12\nmaestro.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n\x07Project\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x35\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:,\xea\x41)\n\x13maestro.dev/Project\x12\x12projects/{project}\"\xf5\x01\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x06scopes\x18\x05 \x03(\tB\x05\xe2\x41\x02\x01\x05\x12\x18\n\tprincipal\x18\x06 \x01(\tB\x05\xe2\x41\x02\x01\x05:=\xea\x41:\n\x12maestro.dev/ApiKey\x12$projects/{project}/apiKeys/{api_key}\"?\n\x11GetProjectRequest\x12*\n\x04name\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13maestro.dev/Project\":\n\x12GetProjectResponse\x12$\n\x07project\x18\x01 \x01(\x0b\x32\x13.maestro.v1.Project\"H\n\x13ListProjectsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"V\n\x14ListProjectsResponse\x12%\n\x08projects\x18\x01 \x03(\x0b\x32\x13.maestro.v1.Project\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x13\x43reateApiKeyRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13maestro.dev/Project\x12)\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x12.maestro.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"K\n\x14\x43reateApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.maestro.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"=\n\x10GetApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12maestro.dev/ApiKey\"8\n\x11GetApiKeyResponse\x12#\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x12.maestro.v1.ApiKey\"u\n\x12ListApiKeysRequest\x12,\n\x06parent\x18\x01 \x01(\tB\x1c\xe2\x41\x01\x02\xfa\x41\x15\n\x13maestro.dev/Project\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"T\n\x13ListApiKeysResponse\x12$\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x12.maestro.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x13\x44\x65leteApiKeyRequest\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xe2\x41\x01\x02\xfa\x41\x14\n\x12maestro.dev/ApiKey\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"\x16\n\x14\x44\x65leteApiKeyResponse2\x84\x04\n\x0eProjectService\x12P\n\nGetProject\x12\x1d.maestro.v1.GetProjectRequest\x1a\x1e.maestro.v1.GetProjectResponse\"\x03\x90\x02\x01\x12V\n\x0cListProjects\x12\x1f.maestro.v1.ListProjectsRequest\x1a .maestro.v1.ListProjectsResponse\"\x03\x90\x02\x01\x12Q\n\x0c\x43reateApiKey\x12\x1f.maestro.v1.CreateApiKeyRequest\x1a .maestro.v1.CreateApiKeyResponse\x12M\n\tGetApiKey\x12\x1c.maestro.v1.GetApiKeyRequest\x1a\x1d.maestro.v1.GetApiKeyResponse\"\x03\x90\x02\x01\x12S\n\x0bListApiKeys\x12\x1e.maestro.v1.ListApiKeysRequest\x1a\x1f.maestro.v1.ListApiKeysResponse\"\x03\x90\x02\x01\x12Q\n\x0c\x44\x65leteApiKey\x12\x1f.maestro.v1.DeleteApiKeyRequest\x1a .maestro.v1.DeleteApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY'].fields_by_name['prefix']._serialized_options = b'\342A\001\003'
   _globals['_APIKEY'].fields_by_name['create_time']._loaded_options = None
   _globals['_APIKEY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['scopes']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['scopes']._serialized_options = b'\342A\002\001\005'
+  _globals['_APIKEY'].fields_by_name['principal']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['principal']._serialized_options = b'\342A\002\001\005'
   _globals['_APIKEY']._loaded_options = None
   _globals['_APIKEY']._serialized_options = b'\352A:\n\022maestro.dev/ApiKey\022$projects/{project}/apiKeys/{api_key}'
   _globals['_GETPROJECTREQUEST'].fields_by_name['name']._loaded_options = None
@@ -87,31 +91,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROJECT']._serialized_start=142
   _globals['_PROJECT']._serialized_end=300
   _globals['_APIKEY']._serialized_start=303
-  _globals['_APIKEY']._serialized_end=499
-  _globals['_GETPROJECTREQUEST']._serialized_start=501
-  _globals['_GETPROJECTREQUEST']._serialized_end=564
-  _globals['_GETPROJECTRESPONSE']._serialized_start=566
-  _globals['_GETPROJECTRESPONSE']._serialized_end=624
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=626
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=698
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=700
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=786
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=789
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=925
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=927
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1002
-  _globals['_GETAPIKEYREQUEST']._serialized_start=1004
-  _globals['_GETAPIKEYREQUEST']._serialized_end=1065
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=1067
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=1123
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1125
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1242
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1244
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1328
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1330
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1420
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1422
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1444
-  _globals['_PROJECTSERVICE']._serialized_start=1447
-  _globals['_PROJECTSERVICE']._serialized_end=1963
+  _globals['_APIKEY']._serialized_end=548
+  _globals['_GETPROJECTREQUEST']._serialized_start=550
+  _globals['_GETPROJECTREQUEST']._serialized_end=613
+  _globals['_GETPROJECTRESPONSE']._serialized_start=615
+  _globals['_GETPROJECTRESPONSE']._serialized_end=673
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=675
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=747
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=749
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=835
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=838
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=974
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=976
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1051
+  _globals['_GETAPIKEYREQUEST']._serialized_start=1053
+  _globals['_GETAPIKEYREQUEST']._serialized_end=1114
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=1116
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=1172
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1174
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1291
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1293
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1377
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1379
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1469
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=1471
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=1493
+  _globals['_PROJECTSERVICE']._serialized_start=1496
+  _globals['_PROJECTSERVICE']._serialized_end=2012
 # @@protoc_insertion_point(module_scope)

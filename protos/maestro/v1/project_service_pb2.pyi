@@ -68,15 +68,33 @@ class ApiKey(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     PREFIX_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `projects/{project}/apiKeys/{api_key}`."""
     display_name: _builtins.str
     """Optional. Human-readable name, such as the service that uses the key."""
     prefix: _builtins.str
     """Output only. The first characters of the secret, to recognise a key without revealing it."""
+    principal: _builtins.str
+    """Optional. Immutable. Who holds the key: a person or service, such as `alice@example.com`
+    (at most 128 printable characters). Empty on create means the creating key's holder. Gate
+    approvals count distinct principals, and the principal that started a run cannot approve
+    its gates.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the key was created."""
+
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Immutable. What the key may do: `admin` (keys, routing config, recipes, the
+        project's kill switch), `inference` (chat, routing decisions, agent runs), `approver`
+        (decisions on approval gates), `data-plane` (WatchConfig, ReportObservations) and
+        `operator` (the global routing layer and global kill switch). Empty on create means
+        `inference`. A key can grant only scopes it has itself, and `operator` comes only from the
+        operator's CLI or another operator key.
+        """
 
     def __init__(
         self,
@@ -85,10 +103,12 @@ class ApiKey(_message.Message):
         display_name: _builtins.str = ...,
         prefix: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        principal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "name", b"name", "prefix", b"prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "name", b"name", "prefix", b"prefix", "principal", b"principal", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -213,7 +233,7 @@ class CreateApiKeyRequest(_message.Message):
     """
     @_builtins.property
     def api_key(self) -> Global___ApiKey:
-        """Required. The key to create; only `display_name` is read."""
+        """Required. The key to create; `display_name`, `scopes` and `principal` are read."""
 
     def __init__(
         self,

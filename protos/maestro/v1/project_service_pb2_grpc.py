@@ -92,14 +92,15 @@ class ProjectServiceServicer:
 
     def CreateApiKey(self, request, context):
         """Creates an API key for the caller's project. The secret is returned once and stored only as
-        a hash.
+        a hash. Needs `admin`; the new key's scopes must be a subset of the caller's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetApiKey(self, request, context):
-        """Returns an API key's metadata (never its secret).
+        """Returns an API key's metadata (never its secret). Any key may read its own; another key's
+        needs `admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +114,8 @@ class ProjectServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteApiKey(self, request, context):
-        """Revokes an API key: calls made with it are UNAUTHENTICATED from then on.
+        """Revokes an API key: calls made with it are UNAUTHENTICATED from then on. Needs `admin` and
+        every scope the revoked key has.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,14 +44,18 @@ class ProjectServiceStub:
     """Lists the projects the caller can see: its own."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.CreateApiKeyRequest, _project_service_pb2.CreateApiKeyResponse]
     """Creates an API key for the caller's project. The secret is returned once and stored only as
-    a hash.
+    a hash. Needs `admin`; the new key's scopes must be a subset of the caller's.
     """
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.GetApiKeyRequest, _project_service_pb2.GetApiKeyResponse]
-    """Returns an API key's metadata (never its secret)."""
+    """Returns an API key's metadata (never its secret). Any key may read its own; another key's
+    needs `admin`.
+    """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.ListApiKeysRequest, _project_service_pb2.ListApiKeysResponse]
     """Lists the API keys of a project, newest first."""
     DeleteApiKey: _grpc.UnaryUnaryMultiCallable[_project_service_pb2.DeleteApiKeyRequest, _project_service_pb2.DeleteApiKeyResponse]
-    """Revokes an API key: calls made with it are UNAUTHENTICATED from then on."""
+    """Revokes an API key: calls made with it are UNAUTHENTICATED from then on. Needs `admin` and
+    every scope the revoked key has.
+    """
 
 @_typing.type_check_only
 class ProjectServiceAsyncStub(ProjectServiceStub):
@@ -69,14 +73,18 @@ class ProjectServiceAsyncStub(ProjectServiceStub):
     """Lists the projects the caller can see: its own."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_project_service_pb2.CreateApiKeyRequest, _project_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates an API key for the caller's project. The secret is returned once and stored only as
-    a hash.
+    a hash. Needs `admin`; the new key's scopes must be a subset of the caller's.
     """
     GetApiKey: _aio.UnaryUnaryMultiCallable[_project_service_pb2.GetApiKeyRequest, _project_service_pb2.GetApiKeyResponse]  # type: ignore[assignment]
-    """Returns an API key's metadata (never its secret)."""
+    """Returns an API key's metadata (never its secret). Any key may read its own; another key's
+    needs `admin`.
+    """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_project_service_pb2.ListApiKeysRequest, _project_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the API keys of a project, newest first."""
     DeleteApiKey: _aio.UnaryUnaryMultiCallable[_project_service_pb2.DeleteApiKeyRequest, _project_service_pb2.DeleteApiKeyResponse]  # type: ignore[assignment]
-    """Revokes an API key: calls made with it are UNAUTHENTICATED from then on."""
+    """Revokes an API key: calls made with it are UNAUTHENTICATED from then on. Needs `admin` and
+    every scope the revoked key has.
+    """
 
 class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
     """ProjectService exposes the caller's project and manages its API keys. Every Maestro resource
@@ -109,7 +117,7 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_project_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_project_service_pb2.CreateApiKeyResponse]]:
         """Creates an API key for the caller's project. The secret is returned once and stored only as
-        a hash.
+        a hash. Needs `admin`; the new key's scopes must be a subset of the caller's.
         """
 
     @_abc_1.abstractmethod
@@ -118,7 +126,9 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _project_service_pb2.GetApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_project_service_pb2.GetApiKeyResponse, _abc.Awaitable[_project_service_pb2.GetApiKeyResponse]]:
-        """Returns an API key's metadata (never its secret)."""
+        """Returns an API key's metadata (never its secret). Any key may read its own; another key's
+        needs `admin`.
+        """
 
     @_abc_1.abstractmethod
     def ListApiKeys(
@@ -134,6 +144,8 @@ class ProjectServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _project_service_pb2.DeleteApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_project_service_pb2.DeleteApiKeyResponse, _abc.Awaitable[_project_service_pb2.DeleteApiKeyResponse]]:
-        """Revokes an API key: calls made with it are UNAUTHENTICATED from then on."""
+        """Revokes an API key: calls made with it are UNAUTHENTICATED from then on. Needs `admin` and
+        every scope the revoked key has.
+        """
 
 def add_ProjectServiceServicer_to_server(servicer: ProjectServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -38,9 +38,9 @@ class GraphPlane:
     runtime: GraphRuntime
     service: GraphService
 
-    def register(self, server: grpc.aio.Server, operators: frozenset[str]) -> None:
+    def register(self, server: grpc.aio.Server) -> None:
         graph_service_pb2_grpc.add_GraphServiceServicer_to_server(
-            GraphServicer(self.service, operators), server
+            GraphServicer(self.service), server
         )
 
     async def stop(self) -> None:

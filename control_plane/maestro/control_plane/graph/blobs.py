@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Protocol
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def parse_digest(digest: str) -> str:
+    """The hex part of `sha256:<64 lower-case hex>`; FileNotFoundError for anything else, so
+    a digest from a caller (`../../etc/passwd`, padded to length) never becomes a path."""
+    match = _DIGEST.fullmatch(digest)
+    if match is None:
+        raise FileNotFoundError(digest)
+    return match.group(1)
 
 
 class BlobStore(Protocol):
@@ -36,6 +49,8 @@ class FileBlobStore:
         self._temporary = f".tmp-{os.getpid()}-{threading.get_ident()}"
 
     def _path(self, hexdigest: str) -> Path:
+        if _HEX_DIGEST.fullmatch(hexdigest) is None:  # never a path from anything else
+            raise FileNotFoundError(hexdigest)
         return self.root / hexdigest[:2] / hexdigest[2:4] / hexdigest
 
     def put(self, data: bytes) -> str:
@@ -57,7 +72,4 @@ class FileBlobStore:
         return f"sha256:{hexdigest}"
 
     def get(self, digest: str) -> bytes:
-        algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or len(hexdigest) != 64:
-            raise FileNotFoundError(digest)
-        return self._path(hexdigest).read_bytes()
+        return self._path(parse_digest(digest)).read_bytes()

@@ -35,7 +35,11 @@ class CompiledRecipe:
         return END
 
 
-def compile_recipe(spec: RecipeSpec) -> CompiledRecipe:
+def compile_recipe(
+    spec: RecipeSpec, side_effecting: Callable[[str], bool] = lambda name: False
+) -> CompiledRecipe:
+    """`side_effecting(name)`: what the tool registry says of a tool. A recipe may declare a
+    read-only tool side-effecting (more gates), never the reverse: the implementation knows."""
     outgoing: dict[str, list[Edge]] = {}
     for edge in spec.edges:
         outgoing.setdefault(edge.source, []).append(Edge(edge.target, compile_condition(edge.when)))
@@ -43,7 +47,12 @@ def compile_recipe(spec: RecipeSpec) -> CompiledRecipe:
         spec,
         {node.id: node for node in spec.nodes},
         {source: tuple(edges) for source, edges in outgoing.items()},
-        {tool.name: tool for tool in spec.tools},
+        {
+            tool.name: tool.model_copy(
+                update={"side_effects": tool.side_effects or side_effecting(tool.name)}
+            )
+            for tool in spec.tools
+        },
     )
 
 

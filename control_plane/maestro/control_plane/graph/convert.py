@@ -58,6 +58,7 @@ from maestro.control_plane.graph.records import (
 )
 from maestro.control_plane.graph.service import AUTONOMY, NewRun
 from maestro.core.errors import ERROR_DOMAIN, FieldViolation, InvalidArgument
+from maestro.core.rpc.request_checks import check_request
 from maestro.v1 import common_pb2
 from maestro.v1 import graph_service_pb2 as pb
 
@@ -431,6 +432,10 @@ def decision_from(request: pb.SubmitGateDecisionRequest | pb.InteractRunRequest.
 
 def session_command(message: pb.InteractRunRequest) -> Command:
     """A message of an InteractRun session after its `start`, as the command it carries."""
+    try:
+        check_request(message)
+    except InvalidArgument as error:
+        return Refused(message.request_id, error)
     kind = message.WhichOneof("command")
     if kind == "decide":
         return DecideGate(message.request_id, message.decide.gate, decision_from(message.decide))

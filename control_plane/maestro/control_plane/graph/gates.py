@@ -37,6 +37,7 @@ from maestro.core.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 
 MAX_REASON = 2000
@@ -112,7 +113,11 @@ def decide(
     begin: Begin,
 ) -> Decided:
     """Record `approver`'s decision on the gate `name` of `run`. `lease`: the columns that hand
-    a resumed run to a replica; `begin`: its next step, taken in this transaction."""
+    a resumed run to a replica; `begin`: its next step, taken in this transaction.
+
+    `approver` is an identity, not a key: two keys of one principal count once, and the
+    identity that started the run may block its gates but not approve or edit them (an edit
+    counts as the editor's approval of the new version)."""
     verdict = check_decision(decision)
     if gate is None:
         raise NotFound(f"gate {name!r} not found", reason="GATE_NOT_FOUND")
@@ -120,6 +125,11 @@ def decide(
         raise FailedPrecondition(f"the gate is {gate.status.name}", reason="GATE_NOT_OPEN")
     if decision.etag and decision.etag != gate.etag:
         raise Aborted("the gate changed since it was read; read it again", reason="ETAG_MISMATCH")
+    if verdict is not GateVerdict.BLOCK and run.creator and approver == run.creator:
+        raise PermissionDenied(
+            f"{approver} started this run and cannot approve its gates; another principal must",
+            reason="SELF_APPROVAL",
+        )
     provenance = uuid.uuid4().hex
     decisions = list(gate.decisions)
     snapshot, proposed = gate.state_snapshot, gate.proposed_action

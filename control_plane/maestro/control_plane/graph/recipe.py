@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maestro.control_plane.graph.expressions import NAMES
 from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.core.yaml_input import reject_aliases
 
 START, END = "__start__", "__end__"
 MAX_SOURCE_BYTES = 256 * 1024
@@ -158,6 +159,7 @@ def parse_recipe(source: str, field: str = "recipe.source_yaml") -> Recipe:
     """Validate recipe YAML. Raises InvalidArgument naming every problem's field and line."""
     if len(source.encode()) > MAX_SOURCE_BYTES:
         raise InvalidArgument([FieldViolation(field, "must be at most 256 KiB")])
+    reject_aliases(source, field)  # before anything is built: no billion laughs
     try:
         root = yaml.compose(source, Loader=yaml.CSafeLoader)
         data = yaml.load(source, Loader=yaml.CSafeLoader)

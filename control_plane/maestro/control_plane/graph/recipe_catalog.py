@@ -42,7 +42,7 @@ class RecipeCatalog:
     def name_parts(self, name: str, field: str) -> tuple[str, str, str]:
         """(project, recipe id, revision or "") of `projects/{p}/recipes/{r}[@revision]`;
         INVALID_ARGUMENT naming `field` otherwise."""
-        match = _RECIPE.match(name)
+        match = _RECIPE.fullmatch(name)
         if match is None:
             raise InvalidArgument(
                 [FieldViolation(field, "expected projects/{project}/recipes/{recipe}[@revision]")]

@@ -166,6 +166,8 @@ class RunRecord:
     end_time: float | None = None
     open_gates: tuple[str, ...] = ()
     """Names of the run's open gates, kept in its row by every change that opens or closes one."""
+    creator: str = ""
+    """The identity that started the run (`Principal.who`): it may not approve its gates."""
 
 
 # -- gates ----------------------------------------------------------------------------------------

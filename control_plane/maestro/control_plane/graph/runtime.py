@@ -53,7 +53,7 @@ from maestro.control_plane.graph.steps import (
     state_changed,
 )
 from maestro.control_plane.graph.store import RunStore
-from maestro.control_plane.graph.tools import Tool
+from maestro.control_plane.graph.tools import Tool, has_side_effects
 from maestro.control_plane.store.sql import json_text
 from maestro.core.errors import MaestroError
 
@@ -258,7 +258,9 @@ class GraphRuntime:
         """A recipe revision parsed and its conditions compiled, once per process."""
         compiled = self._compiled.get(revision_id)
         if compiled is None:
-            compiled = compile_recipe(parse_recipe(source).spec)
+            compiled = compile_recipe(
+                parse_recipe(source).spec, lambda name: has_side_effects(self.tools.get(name))
+            )
             self._compiled[revision_id] = compiled
         return compiled
 

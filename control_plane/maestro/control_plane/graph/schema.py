@@ -381,4 +381,6 @@ WHERE error IS NOT NULL AND jsonb_typeof(error->'details') = 'array';
 MIGRATIONS = (
     Migration("graph", 1, GRAPH_SCHEMA),
     Migration("graph", 2, GRAPH_OWN_NAMES_SQLITE, postgres_sql=GRAPH_OWN_NAMES_POSTGRES),
+    # Who started each run, for dual control; runs from before it have none (anyone may approve).
+    Migration("graph", 3, "ALTER TABLE agent_runs ADD COLUMN creator TEXT NOT NULL DEFAULT '';"),
 )

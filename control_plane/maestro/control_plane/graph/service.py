@@ -24,7 +24,7 @@ from opentelemetry import trace
 from maestro.control_plane.graph.cost_preview import LiveSignals, Preview, estimate_run
 from maestro.control_plane.graph.gates import Decided, Decision, check_decision, decide
 from maestro.control_plane.graph.hub import RunHub
-from maestro.control_plane.graph.recipe import START, NodeSpec, RecipeSpec
+from maestro.control_plane.graph.recipe import START, BudgetSpec, NodeSpec, RecipeSpec
 from maestro.control_plane.graph.recipe_catalog import RecipeCatalog
 from maestro.control_plane.graph.records import (
     UNFINISHED,
@@ -44,14 +44,13 @@ from maestro.control_plane.graph.runtime import GraphRuntime
 from maestro.control_plane.graph.steps import finish, state_changed
 from maestro.control_plane.graph.store import ChangeFn, RunStore
 from maestro.core import names, paging
-from maestro.core.auth import Principal, require_project
+from maestro.core.auth import OPERATOR, Principal, require_project, require_scope
 from maestro.core.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     MaestroError,
     NotFound,
-    PermissionDenied,
     ResourceExhausted,
 )
 from maestro.core.paging import STRING, parse_filter
@@ -75,6 +74,8 @@ class NewRun:
     autonomy: int
     run_id: str
     request_id: str
+    creator: str = ""
+    """Set for child runs (their parent's creator); a caller's run records its principal."""
 
 
 class GraphService:
@@ -98,7 +99,7 @@ class GraphService:
     # -- runs -----------------------------------------------------------------------------------
 
     def _run_name(self, principal: Principal, name: str, field: str = "name") -> str:
-        match = _RUN.match(name)
+        match = _RUN.fullmatch(name)
         if match is None or match.group(2) == "-":
             raise InvalidArgument([FieldViolation(field, "expected projects/{project}/runs/{run}")])
         require_project(principal, match.group(1))
@@ -162,9 +163,7 @@ class GraphService:
             )
         compiled = self.runtime.compiled_revision(record.revision_id, record.source_yaml)
         first = compiled.next_node(START, new.input_state, {})
-        budget = new.budget or Budget(
-            spec.budget.max_tokens, spec.budget.max_cost_usd, spec.budget.max_wall_time_s
-        )
+        budget = run_budget(new.budget, spec.budget)
         now = time.time()
         run_id = new.run_id or uuid.uuid4().hex[:20]
         run = RunRecord(
@@ -183,6 +182,8 @@ class GraphService:
             update_time=now,
             next_node=first,
             request_id=new.request_id or None,
+            # Without a key (insecure dev mode) there is no one to tell apart: no creator.
+            creator=new.creator or (principal.who if principal.api_key else ""),
             **self._lease(),
         )
         events = [state_changed(RunStatus.QUEUED, RunStatus.QUEUED, "created")]
@@ -222,16 +223,18 @@ class GraphService:
             if budget.max_wall_time_s
             else 0.0,
         )
+        record = await self.recipes.get(principal, node.recipe)
+        spec = self.recipes.parsed(record).spec
         child = NewRun(
             recipe=node.recipe,
             input_state=dict(parent.state),
-            budget=left if (left.max_tokens or left.max_cost_usd or left.max_wall_time_s) else None,
+            budget=_tighter(left, spec.budget),
             autonomy=parent.autonomy,
             run_id=_child_id(key),
             request_id=f"subgraph-{key}",
+            creator=parent.creator,
         )
-        record = await self.recipes.get(principal, node.recipe)
-        limit = AUTONOMY[self.recipes.parsed(record).spec.autonomy]
+        limit = AUTONOMY[spec.autonomy]
         if child.autonomy > limit:  # a child recipe may cap the level further
             child = replace(child, autonomy=limit)
         return await self.create_run(principal, f"projects/{parent.project}", child)
@@ -400,7 +403,7 @@ class GraphService:
     # -- gates ----------------------------------------------------------------------------------
 
     def _gate_name(self, principal: Principal, name: str, field: str = "name") -> str:
-        match = _GATE.match(name)
+        match = _GATE.fullmatch(name)
         if match is None:
             raise InvalidArgument(
                 [FieldViolation(field, "expected projects/{project}/runs/{run}/gates/{gate}")]
@@ -415,7 +418,7 @@ class GraphService:
     async def list_gates(
         self, principal: Principal, parent: str, size: int, token: str, text_filter: str = ""
     ) -> tuple[list[GateRecord], str]:
-        match = _RUN.match(parent)
+        match = _RUN.fullmatch(parent)
         if match is None:
             raise InvalidArgument(
                 [FieldViolation("parent", "expected projects/{project}/runs/{run} or runs/-")]
@@ -447,7 +450,7 @@ class GraphService:
         recorded. The replica that approves a gate resumes the run itself."""
         run_name = self._gate_name(principal, name)
         verdict = check_decision(decision)  # INVALID_ARGUMENT before anything is read
-        approver = principal.api_key or f"insecure:{principal.project_id}"
+        approver = principal.who
         outcome: list[Decided] = []
 
         def begin(resumed: RunRecord) -> RunChange | None:
@@ -472,7 +475,7 @@ class GraphService:
     # -- kill switches --------------------------------------------------------------------------
 
     def _switch_name(self, principal: Principal, name: str) -> str:
-        match = _SWITCH.match(name)
+        match = _SWITCH.fullmatch(name)
         if match is None:
             raise InvalidArgument(
                 [FieldViolation("name", "expected projects/{project}/killSwitch")]
@@ -496,16 +499,13 @@ class GraphService:
         engaged: bool,
         reason: str,
         etag: str,
-        operators: frozenset[str],
     ) -> tuple[KillSwitchRecord, int]:
         project = self._switch_name(principal, name)
         if not 1 <= len(reason) <= 1000:
             raise InvalidArgument([FieldViolation("reason", "required, 1-1,000 characters")])
-        if project == GLOBAL and principal.project_id not in operators:
-            raise PermissionDenied(
-                "the global kill switch needs an operator credential", reason="NOT_AN_OPERATOR"
-            )
-        actor = principal.api_key or f"insecure:{principal.project_id}"
+        if project == GLOBAL:
+            require_scope(principal, OPERATOR)
+        actor = principal.who
         switch, changed = await self.store.aio(
             self.store.set_switch, name, engaged, reason, actor, etag
         )
@@ -581,3 +581,39 @@ def _child_key(parent: str, node_id: str, visit: int) -> str:
 
 def _child_id(key: str) -> str:
     return f"sub-{key[:24]}"
+
+
+_BUDGET_FIELDS = ("max_tokens", "max_cost_usd", "max_wall_time_s")
+
+
+def run_budget(requested: Budget | None, recipe: BudgetSpec) -> Budget:
+    """A run's budget: the recipe's, or a caller's that is no looser. Zero means unlimited, so
+    a caller may give zero only where the recipe is unlimited too."""
+    if requested is None:
+        return Budget(recipe.max_tokens, recipe.max_cost_usd, recipe.max_wall_time_s)
+    violations = []
+    for field in _BUDGET_FIELDS:
+        cap, asked = getattr(recipe, field), getattr(requested, field)
+        if cap and not asked:
+            violations.append(
+                FieldViolation(
+                    f"run.budget.{field}", f"0 means unlimited; the recipe caps it at {cap}"
+                )
+            )
+        elif cap and asked > cap:
+            violations.append(
+                FieldViolation(f"run.budget.{field}", f"may not exceed the recipe's {cap}")
+            )
+    if violations:
+        raise InvalidArgument(violations)
+    return requested
+
+
+def _tighter(left: Budget, recipe: BudgetSpec) -> Budget:
+    """A child run's budget: on each dimension the smaller of what its parent has left and its
+    own recipe's cap (zero on both: unlimited)."""
+    values = []
+    for field in _BUDGET_FIELDS:
+        limits = [v for v in (getattr(left, field), getattr(recipe, field)) if v]
+        values.append(min(limits) if limits else 0)
+    return Budget(int(values[0]), float(values[1]), float(values[2]))

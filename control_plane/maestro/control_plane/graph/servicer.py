@@ -24,6 +24,7 @@ from maestro.control_plane.graph.service import GraphService
 from maestro.core import names, paging
 from maestro.core.auth import current_principal
 from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.core.rpc.request_checks import checks_each_request
 from maestro.v1 import graph_service_pb2 as pb
 from maestro.v1 import graph_service_pb2_grpc as pb_grpc
 
@@ -31,9 +32,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class GraphServicer(pb_grpc.GraphServiceServicer):
-    def __init__(self, service: GraphService, operators: frozenset[str]) -> None:
+    def __init__(self, service: GraphService) -> None:
         self._service = service
-        self._operators = operators
 
     def _recipe(self, record: RecipeRecord) -> pb.Recipe:
         return convert.recipe_message(record, self._service.recipes.parsed(record).spec)
@@ -221,6 +221,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
             gate=convert.gate_message(gate), decision=convert.decision_message(recorded)
         )
 
+    @checks_each_request  # convert.session_command answers a bad command on the stream
     async def InteractRun(
         self, request_iterator: AsyncIterator[pb.InteractRunRequest], context: Context
     ) -> AsyncIterator[pb.InteractRunResponse]:
@@ -256,7 +257,6 @@ class GraphServicer(pb_grpc.GraphServiceServicer):
             request.engaged,
             request.reason,
             request.etag,
-            self._operators,
         )
         in_effect = switch.engaged
         return pb.SetKillSwitchResponse(

@@ -59,7 +59,7 @@ _RUN_COLUMNS = (
     "name, project, recipe, recipe_revision_id, recipe_source, input_state, state, status, "
     "state_reason, next_node, in_flight, visits, prompt_tokens, completion_tokens, cost_usd, "
     "budget, autonomy, error, kill_switch, open_gates, last_seq, owner, lease_expire, trace_id, "
-    "request_id, create_time, update_time, end_time"
+    "request_id, create_time, update_time, end_time, creator"
 )
 
 T = TypeVar("T")
@@ -121,6 +121,7 @@ class RunStore:
             create_time=float(row["create_time"]),
             update_time=float(row["update_time"]),
             end_time=float(row["end_time"]) if row["end_time"] is not None else None,
+            creator=row["creator"],
         )
 
     def _value(self, column: str, value: Any) -> Any:

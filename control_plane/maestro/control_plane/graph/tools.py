@@ -26,6 +26,22 @@ _KNOWLEDGE = (
 )
 
 
+_READ_ONLY: set[Tool] = set()
+
+
+def read_only(tool: Tool) -> Tool:
+    """Mark an implementation as free of side effects. Any other tool is treated as having
+    them (a gate before it below L3), whatever a recipe declares: the registry knows what a
+    tool does, a recipe author only says so."""
+    _READ_ONLY.add(tool)
+    return tool
+
+
+def has_side_effects(tool: Tool | None) -> bool:
+    return tool not in _READ_ONLY
+
+
+@read_only
 async def search(arguments: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
     """Read-only: the knowledge-base passages sharing the most words with the query."""
     query = str(arguments.get("query") or arguments.get("input") or "")

@@ -28,4 +28,15 @@ MIGRATIONS = (
             WHERE request_id IS NOT NULL;
         """,
     ),
+    Migration(
+        "projects",
+        2,
+        # Keys minted before scopes existed could do everything a tenant can; they keep that,
+        # and their identity stays their own name ('' -> the key's name).
+        """
+        ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL
+            DEFAULT 'admin approver data-plane inference';
+        ALTER TABLE api_keys ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 )

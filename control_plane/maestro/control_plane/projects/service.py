@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +17,23 @@ from typing import TypeVar
 from maestro.control_plane.projects.store import ApiKeyRecord, ProjectRecord, ProjectStore
 from maestro.control_plane.store.errors import RowConflict, RowNotFound
 from maestro.core import names, paging
-from maestro.core.auth import Principal, hash_secret, new_key, require_project
-from maestro.core.errors import FieldViolation, InvalidArgument, NotFound
+from maestro.core.auth import (
+    ADMIN,
+    INFERENCE,
+    OPERATOR,
+    TENANT_SCOPES,
+    Principal,
+    hash_secret,
+    identity_violations,
+    new_key,
+    parse_scopes,
+    require_project,
+    require_scope,
+)
+from maestro.core.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
 
 MAX_DISPLAY_NAME = 200
+MAX_REJECTED_CACHED = 10_000
 T = TypeVar("T")
 
 
@@ -42,6 +56,8 @@ class ProjectService:
         self._clock = clock
         # secret hash -> (principal, expiry). Bounded by the number of live keys.
         self._verified: dict[str, tuple[Principal, float]] = {}
+        # secret hash -> expiry, for keys the store does not know (bounded, oldest dropped).
+        self._rejected: OrderedDict[str, float] = OrderedDict()
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -52,11 +68,23 @@ class ProjectService:
         now = self._clock()
         if cached is not None and cached[1] > now:
             return cached[0]
+        rejected_until = self._rejected.get(digest)
+        if rejected_until is not None and rejected_until > now:
+            return None  # an unknown key asked again: no store look-up per guess
         record = await asyncio.to_thread(self._store.find_key_by_hash, digest)
         if record is None:
             self._verified.pop(digest, None)
+            self._rejected[digest] = now + self._ttl
+            if len(self._rejected) > MAX_REJECTED_CACHED:
+                self._rejected.popitem(last=False)
             return None
-        principal = Principal(names.parse_project_name(record.project, "project"), record.name)
+        self._rejected.pop(digest, None)
+        principal = Principal(
+            names.parse_project_name(record.project, "project"),
+            record.name,
+            record.scopes,
+            record.principal,
+        )
         self._verified[digest] = (principal, now + self._ttl)
         return principal
 
@@ -64,7 +92,7 @@ class ProjectService:
 
     def create_project(self, project_id: str, display_name: str = "") -> ProjectRecord:
         """Operator action (CLI), not an RPC: create a project or return the existing one."""
-        if not names.PROJECT_ID_RE.match(project_id):
+        if not names.PROJECT_ID_RE.fullmatch(project_id):
             raise InvalidArgument(
                 [
                     FieldViolation(
@@ -82,9 +110,20 @@ class ProjectService:
         assert existing is not None
         return existing
 
-    def create_key_offline(self, project_id: str, display_name: str) -> CreatedKey:
-        """Operator action (CLI): mint a key for a project without an existing key."""
-        return self._insert_key(names.project_name(project_id), display_name, request_id="")
+    def create_key_offline(
+        self,
+        project_id: str,
+        display_name: str,
+        scopes: frozenset[str] = TENANT_SCOPES,
+        identity: str = "",
+    ) -> CreatedKey:
+        """Operator action (CLI): mint a key for a project without an existing key; the only
+        way, with another operator key, to grant `operator`."""
+        violations = identity_violations(identity, "principal")
+        if violations:
+            raise InvalidArgument(violations)
+        parse_scopes(tuple(scopes), "scopes")
+        return self._insert_key(names.project_name(project_id), display_name, "", scopes, identity)
 
     async def get_project(self, principal: Principal, name: str) -> ProjectRecord:
         project_id = names.parse_project_name(name, "name")
@@ -107,19 +146,40 @@ class ProjectService:
     # -- API keys ---------------------------------------------------------------------------
 
     async def create_key(
-        self, principal: Principal, parent: str, display_name: str, request_id: str
+        self,
+        principal: Principal,
+        parent: str,
+        display_name: str,
+        request_id: str,
+        scopes: tuple[str, ...] = (),
+        identity: str = "",
     ) -> CreatedKey:
+        """Mint a key with `scopes` (default: inference only) held by `identity` (default: the
+        minting key's holder). A key never grants more than the minting key has."""
         project_id = names.parse_project_name(parent, "parent")
         violations = _display_name_violations(display_name, "api_key.display_name")
+        violations += identity_violations(identity, "api_key.principal")
         if len(request_id) > 64:
             violations.append(FieldViolation("request_id", "at most 64 characters (use a UUID)"))
         if violations:
             raise InvalidArgument(violations)
+        granted = parse_scopes(scopes, "api_key.scopes") or frozenset({INFERENCE})
         require_project(principal, project_id)
+        require_scope(principal, ADMIN, OPERATOR)
+        _require_superset(principal, granted, "grant")
         await self.get_project(principal, parent)
-        return await asyncio.to_thread(self._insert_key, parent, display_name, request_id)
+        return await asyncio.to_thread(
+            self._insert_key, parent, display_name, request_id, granted, identity or principal.who
+        )
 
-    def _insert_key(self, parent: str, display_name: str, request_id: str) -> CreatedKey:
+    def _insert_key(
+        self,
+        parent: str,
+        display_name: str,
+        request_id: str,
+        scopes: frozenset[str],
+        identity: str,
+    ) -> CreatedKey:
         key = new_key()
         record = ApiKeyRecord(
             name=f"{parent}/apiKeys/{key.key_id}",
@@ -127,6 +187,8 @@ class ProjectService:
             display_name=display_name,
             prefix=key.prefix,
             create_time=datetime.now(UTC),
+            scopes=scopes,
+            principal=identity,
         )
         try:
             stored, created = self._store.insert_key(record, key.secret_sha256, request_id or None)
@@ -141,8 +203,12 @@ class ProjectService:
         return CreatedKey(stored, key.secret if created else "")
 
     async def get_key(self, principal: Principal, name: str) -> ApiKeyRecord:
+        """Any key may read its own metadata (a data plane learns a caller's scopes this way);
+        another key's needs admin."""
         project_id, _ = names.parse_api_key_name(name, "name")
         require_project(principal, project_id)
+        if name != principal.api_key:
+            require_scope(principal, ADMIN, OPERATOR)
         record = await asyncio.to_thread(self._store.get_key, name)
         if record is None:
             raise NotFound(f"API key {name!r} does not exist", reason="API_KEY_NOT_FOUND")
@@ -164,10 +230,24 @@ class ProjectService:
     async def delete_key(self, principal: Principal, name: str) -> None:
         project_id, _ = names.parse_api_key_name(name, "name")
         require_project(principal, project_id)
+        target = await asyncio.to_thread(self._store.get_key, name)
+        if target is None:
+            raise NotFound(f"API key {name!r} does not exist", reason="API_KEY_NOT_FOUND")
+        _require_superset(principal, target.scopes, "revoke")
         if not await asyncio.to_thread(self._store.delete_key, name):
             raise NotFound(f"API key {name!r} does not exist", reason="API_KEY_NOT_FOUND")
         # Revocation is immediate on this replica; other replicas forget within the cache TTL.
         self._verified = {h: v for h, v in self._verified.items() if v[0].api_key != name}
+
+
+def _require_superset(principal: Principal, scopes: frozenset[str], verb: str) -> None:
+    """A key acts only on keys with no more than it has: minting or revoking."""
+    extra = scopes - principal.scopes
+    if extra:
+        raise PermissionDenied(
+            f"this API key cannot {verb} a key with scopes it does not have: {sorted(extra)}",
+            reason="SCOPE_ESCALATION",
+        )
 
 
 def _display_name_violations(value: str, field: str) -> list[FieldViolation]:

@@ -32,6 +32,8 @@ def api_key_message(record: ApiKeyRecord) -> pb.ApiKey:
         display_name=record.display_name,
         prefix=record.prefix,
         create_time=_timestamp(record),
+        scopes=sorted(record.scopes),
+        principal=record.principal or record.name,
     )
 
 
@@ -59,7 +61,12 @@ class ProjectServicer(pb_grpc.ProjectServiceServicer):
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateApiKeyResponse:
         created = await self._service.create_key(
-            current_principal(), request.parent, request.api_key.display_name, request.request_id
+            current_principal(),
+            request.parent,
+            request.api_key.display_name,
+            request.request_id,
+            tuple(request.api_key.scopes),
+            request.api_key.principal,
         )
         return pb.CreateApiKeyResponse(
             api_key=api_key_message(created.record), secret=created.secret

@@ -22,6 +22,9 @@ class ApiKeyRecord:
     display_name: str
     prefix: str
     create_time: datetime
+    scopes: frozenset[str]
+    principal: str
+    """The identity holding the key; '' for keys minted before identities (their own name)."""
 
 
 def _time(value: str) -> datetime:
@@ -30,7 +33,13 @@ def _time(value: str) -> datetime:
 
 def _key(row: Row) -> ApiKeyRecord:
     return ApiKeyRecord(
-        row["name"], row["project"], row["display_name"], row["prefix"], _time(row["create_time"])
+        row["name"],
+        row["project"],
+        row["display_name"],
+        row["prefix"],
+        _time(row["create_time"]),
+        frozenset(row["scopes"].split()),
+        row["principal"],
     )
 
 
@@ -74,7 +83,7 @@ class ProjectStore:
                     return _key(row), False
             tx.run(
                 "INSERT INTO api_keys(name, project, display_name, prefix, secret_sha256, "
-                "request_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "request_id, create_time, scopes, principal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.name,
                     record.project,
@@ -83,6 +92,8 @@ class ProjectStore:
                     secret_sha256,
                     request_id or None,
                     record.create_time.astimezone(UTC).isoformat(),
+                    " ".join(sorted(record.scopes)),
+                    record.principal,
                 ),
             )
         return record, True

@@ -25,6 +25,7 @@ from maestro.routing.signals import (
 )
 from maestro.routing.snapshots import Published, Revision
 from maestro.routing.spec import OBJECTIVES, DeploymentSpec
+from maestro.routing.texts import chat_message_texts
 from maestro.routing.wire import route_request
 from maestro.v1 import common_pb2, route_service_pb2
 
@@ -57,7 +58,7 @@ def choose_input(
     return ChooseInput(
         parent=request.parent,
         route=route,
-        texts=tuple(m.content for m in request.messages if m.content),
+        texts=chat_message_texts(request.messages),
         supplied_tags=tuple(request.step_tags),
         objectives_header=objectives_header,
     )

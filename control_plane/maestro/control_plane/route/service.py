@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +21,7 @@ from opentelemetry import metrics, trace
 from maestro.control_plane.route.store import CHANGES_CHANNEL, RouteConfigStore, digest_of
 from maestro.control_plane.store.errors import RowNotFound
 from maestro.core import names, paging
-from maestro.core.auth import Principal, require_project
+from maestro.core.auth import OPERATOR, Principal, require_project, require_scope
 from maestro.core.errors import (
     Aborted,
     FieldViolation,
@@ -44,8 +44,9 @@ from maestro.routing.snapshots import (
     SnapshotRegistry,
     compile_revision,
 )
-from maestro.routing.spec import DeploymentSpec
+from maestro.routing.spec import DeploymentSpec, load_yaml
 from maestro.routing.tagging import ContentTagger
+from maestro.routing.tenancy import ANY_PROJECT, AllowedEndpoint, tenant_violations
 
 log = structlog.get_logger(__name__)
 MAX_POLICY_MODULES = 64
@@ -79,9 +80,13 @@ class RouteService(Decider):
         *,
         tracer: trace.Tracer,
         meter: metrics.Meter,
+        tenant_endpoints: Mapping[str, Sequence[AllowedEndpoint]] | None = None,
     ) -> None:
+        """`tenant_endpoints`: endpoints a project's own layer may name, by project id (`*`:
+        all), besides the global layer's (`routing.tenancy`)."""
         super().__init__(registry, tagger, tracer=tracer, meter=meter)
         self._store = store
+        self._tenant_endpoints = dict(tenant_endpoints or {})
         self._explain_cache: OrderedDict[tuple[str, int], RoutingSnapshot] = OrderedDict()
         self._changes: asyncio.Queue[str | None] = asyncio.Queue()
         self._follower: asyncio.Task[None] | None = None
@@ -215,7 +220,7 @@ class RouteService(Decider):
         description: str,
     ) -> Applied:
         project = config_project(name, "route_config.name")
-        require_project(principal, project.removeprefix("projects/"))
+        require_layer_owner(principal, project)
         _check_apply_fields(modules, mask, request_id, description)
         current = await asyncio.to_thread(self._store.latest, project)
         if etag and etag != (current.digest if current else digest_of("", ())):
@@ -228,9 +233,11 @@ class RouteService(Decider):
             modules = modules if "policy_modules" in mask else current.policy_modules
         if not config_yaml:
             raise InvalidArgument([FieldViolation("route_config.config_yaml", "required")])
+        if project != GLOBAL_PROJECT and OPERATOR not in principal.scopes:
+            self._check_tenant_layer(project, config_yaml)
         candidate = Revision(
             project, (current.revision if current else 0) + 1, config_yaml, modules,
-            description, principal.api_key or "", digest_of(config_yaml, modules),
+            description, principal.who, digest_of(config_yaml, modules),
             datetime.now(UTC),
         )  # fmt: skip
         compiled = await asyncio.to_thread(self._compile, candidate, project)
@@ -242,7 +249,7 @@ class RouteService(Decider):
             config_yaml,
             modules,
             description=description,
-            creator=principal.api_key or "",
+            creator=principal.who,
             request_id=request_id or None,
             expected_revision=current.revision if current else 0,
         )
@@ -259,6 +266,20 @@ class RouteService(Decider):
         if project == GLOBAL_PROJECT:
             await self._republish_on_global()
         return Applied(ConfigView(name, revision, published), compiled.snapshot, created)
+
+    def _check_tenant_layer(self, project: str, config_yaml: str) -> None:
+        """INVALID_ARGUMENT for what a tenant may not say (see `routing.tenancy`)."""
+        raw = load_yaml(config_yaml, "route_config.config_yaml")
+        published = self._registry.current(GLOBAL_PROJECT)
+        global_raw = load_yaml(published.revision.config_yaml) if published else None
+        project_id = project.removeprefix("projects/")
+        allowed = [
+            *self._tenant_endpoints.get(project_id, ()),
+            *self._tenant_endpoints.get(ANY_PROJECT, ()),
+        ]
+        violations = tenant_violations(raw, global_raw, allowed)
+        if violations:
+            raise InvalidArgument(violations)
 
     def _append(
         self, project: str, config_yaml: str, modules: tuple[PolicyModule, ...], **kwargs: Any
@@ -297,7 +318,7 @@ class RouteService(Decider):
         project = config_project(parent, "parent")
         size = paging.page_size(page_size)
         after = paging.decode_token(page_token, parent)
-        require_project(principal, project.removeprefix("projects/"))
+        require_layer_owner(principal, project)
         before = int(after[0]) if after and isinstance(after[0], int) else None
         rows = await asyncio.to_thread(self._store.page, project, size + 1, before)
         return paging.page_of(rows, size, parent, lambda r: [r.revision])
@@ -341,6 +362,15 @@ class RouteService(Decider):
             rows, page_size, page_token, f"signals:{parent}",
             lambda row: [row[0].model_name, row[0].deployment_id],
         )  # fmt: skip
+
+
+def require_layer_owner(principal: Principal, project: str) -> None:
+    """The global layer is the operator's (any project's key with `operator`); a project's
+    layer is its own keys'."""
+    if project == GLOBAL_PROJECT:
+        require_scope(principal, OPERATOR)
+    else:
+        require_project(principal, project.removeprefix("projects/"))
 
 
 def config_project(name: str, field: str) -> str:

@@ -20,6 +20,7 @@ from maestro.core.errors import (
     MaestroError,
 )
 from maestro.core.rpc.metadata import objectives_header
+from maestro.core.rpc.request_checks import check_request, checks_each_request
 from maestro.routing.spec import MAX_CONFIG_BYTES
 from maestro.v1 import route_service_pb2 as pb
 from maestro.v1 import route_service_pb2_grpc as pb_grpc
@@ -33,13 +34,16 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         self._watches = watches
 
     async def Choose(self, request: pb.ChooseRequest, context: Context) -> pb.ChooseResponse:
-        choice = self._service.choose(
-            current_principal(), convert.choose_input(request, objectives_header(context))
+        # A large request's content tags are detected off the event loop, then `choose` (sync).
+        choose = await self._service.detect_off_loop(
+            convert.choose_input(request, objectives_header(context))
         )
+        choice = self._service.choose(current_principal(), choose)
         return pb.ChooseResponse(
             decision=convert.decision_message(choice, convert.CHOOSE_CANDIDATE_CAP)
         )
 
+    @checks_each_request
     async def StreamChoose(
         self, request_iterator: AsyncIterator[pb.StreamChooseRequest], context: Context
     ) -> AsyncIterator[pb.StreamChooseResponse]:
@@ -48,15 +52,17 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
         principal = current_principal()
         header = objectives_header(context)
         async for item in request_iterator:
-            yield self._choose_one(principal, header, item)
+            yield await self._choose_one(principal, header, item)
 
-    def _choose_one(
+    async def _choose_one(
         self, principal: Principal, header: str, item: pb.StreamChooseRequest
     ) -> pb.StreamChooseResponse:
         try:
-            choice = self._service.choose(
-                principal, convert.choose_input(item.request, header, prefix="request.")
+            check_request(item)
+            choose = await self._service.detect_off_loop(
+                convert.choose_input(item.request, header, prefix="request.")
             )
+            choice = self._service.choose(principal, choose)
         except MaestroError as error:
             return pb.StreamChooseResponse(error=error.to_status())
         return pb.StreamChooseResponse(
@@ -68,11 +74,10 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
     async def ExplainRoute(
         self, request: pb.ExplainRouteRequest, context: Context
     ) -> pb.ExplainRouteResponse:
-        choice = await self._service.explain(
-            current_principal(),
-            convert.choose_input(request.request, objectives_header(context), prefix="request."),
-            request.config_revision,
+        choose = await self._service.detect_off_loop(
+            convert.choose_input(request.request, objectives_header(context), prefix="request.")
         )
+        choice = await self._service.explain(current_principal(), choose, request.config_revision)
         return pb.ExplainRouteResponse(decision=convert.decision_message(choice, cap=None))
 
     async def GetConfig(

@@ -103,7 +103,7 @@ class SqliteSql:
                 for row in self._conn.execute(f"SELECT slice, version FROM {migrations.TABLE}")
             ]
             for migration in migrations.pending(schema, applied):
-                if not _SLICE_NAME.match(migration.slice):
+                if not _SLICE_NAME.fullmatch(migration.slice):
                     raise ValueError(f"bad slice name {migration.slice!r}")
                 # executescript commits any open transaction first, so each migration carries
                 # its own BEGIN/COMMIT: the schema change and its record land together.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
+from maestro.core.quotas import UNLIMITED, Limiter
 from maestro.core.rpc.interceptors import Authenticate, GuardInterceptor
 from maestro.core.settings import ServerConfig
 from maestro.core.telemetry import Telemetry
@@ -21,13 +22,17 @@ def build_grpc_server(
     authenticate: Authenticate,
     insecure_project: str | None,
     meter_name: str,
+    limiter: Limiter = UNLIMITED,
 ) -> grpc.aio.Server:
     limit = config.max_message_bytes
     return grpc.aio.server(
         interceptors=[
             aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
             GuardInterceptor(
-                authenticate, insecure_project, telemetry.meter_provider.get_meter(meter_name)
+                authenticate,
+                insecure_project,
+                telemetry.meter_provider.get_meter(meter_name),
+                limiter,
             ),
         ],
         options=[

@@ -9,6 +9,7 @@ providers that need translation; see `litellm_adapter.py`.
 from __future__ import annotations
 
 import functools
+import io
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,9 @@ _EVENT_END = b"\n\n"
 _DATA = b"data:"
 _DONE = b"[DONE]"
 _ERROR_BODY_LIMIT = 4096
+_LARGE_BODY = 1024 * 1024
+"""Bodies above this go out as a BytesIO, which aiohttp writes in 64 KiB chunks with a yield
+to the loop between them (a multi-MiB prompt); raw bytes this large make it warn."""
 
 
 def request_body(request: ProviderRequest) -> dict[str, Any]:
@@ -200,9 +204,9 @@ class OpenAICompatProvider:
         if request.extra_headers:
             headers = {**headers, **request.extra_headers}
         try:
-            response = await self._client().post(
-                url, data=orjson.dumps(request_body(request)), headers=headers
-            )
+            payload = orjson.dumps(request_body(request))
+            data = payload if len(payload) <= _LARGE_BODY else io.BytesIO(payload)
+            response = await self._client().post(url, data=data, headers=headers)
         except (aiohttp.ClientError, OSError) as error:
             raise ProviderError(f"cannot reach the provider: {error}") from None
         if response.status != 200:

@@ -23,6 +23,10 @@ class FailureKind(enum.Enum):
     STREAM_STALLED = "stream_stalled"
     SATURATED = "saturated"
     BREAKER_OPEN = "breaker_open"
+    REQUEST_REJECTED = "request_rejected"
+    """The provider refused this request (HTTP 4xx but 408 and 429): the caller's doing, so the
+    deployment's breaker is not charged (a tenant could otherwise open a shared breaker with
+    requests made to fail)."""
 
 
 class ProviderError(Exception):
@@ -43,9 +47,14 @@ class ProviderError(Exception):
 
 
 def failure_for_status(status: int, message: str, retry_after_s: float | None) -> ProviderError:
-    """The error for an HTTP status the provider answered: 429 is a rate limit, the rest are
-    provider errors."""
-    kind = FailureKind.RATE_LIMITED if status == 429 else FailureKind.PROVIDER_ERROR
+    """The error for an HTTP status the provider answered: 429 is a rate limit, another 4xx
+    (but a 408 timeout) a rejected request, the rest provider errors."""
+    if status == 429:
+        kind = FailureKind.RATE_LIMITED
+    elif 400 <= status < 500 and status != 408:
+        kind = FailureKind.REQUEST_REJECTED
+    else:
+        kind = FailureKind.PROVIDER_ERROR
     return ProviderError(message, kind=kind, status=status, retry_after_s=retry_after_s)
 
 

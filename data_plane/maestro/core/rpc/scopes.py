@@ -1,0 +1,104 @@
+"""The scopes each Maestro RPC accepts: a key needs one of them, checked before the handler runs.
+
+One table, so a reviewer reads the whole access model in one place. A method missing from it is
+refused (PERMISSION_DENIED), so a new RPC cannot ship unguarded: `tests/test_tenant_attacks.py`
+checks that every method the server reflects is listed. Resource-level rules stay with the
+domain: the global layer and the global kill switch need `operator`, reading another key's
+metadata needs `admin`.
+"""
+
+from __future__ import annotations
+
+from maestro.core.auth import (
+    ADMIN,
+    ALL_SCOPES,
+    APPROVER,
+    DATA_PLANE,
+    INFERENCE,
+    OPERATOR,
+    Principal,
+    require_scope,
+)
+
+ANY = ALL_SCOPES
+_ADMIN = frozenset({ADMIN, OPERATOR})
+_INFERENCE = frozenset({INFERENCE})
+_READ_RUNS = frozenset({INFERENCE, APPROVER, ADMIN})
+_APPROVE = frozenset({APPROVER})
+_DATA_PLANE = frozenset({DATA_PLANE})
+_READ_CONFIG = frozenset({ADMIN, OPERATOR, INFERENCE})
+
+_BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
+    "maestro.v1.ProjectService": {
+        "GetProject": ANY,
+        "ListProjects": ANY,  # a data plane learns a caller's project this way
+        "CreateApiKey": _ADMIN,
+        "GetApiKey": ANY,  # its own key for any scope; another key needs admin (service)
+        "ListApiKeys": _ADMIN,
+        "DeleteApiKey": _ADMIN,
+    },
+    "maestro.v1.RouteService": {
+        "Choose": _INFERENCE,
+        "StreamChoose": _INFERENCE,
+        "ExplainRoute": _READ_CONFIG,
+        "GetConfig": _READ_CONFIG,
+        "ApplyConfig": _ADMIN,  # the global layer also needs operator (service)
+        "ListConfigRevisions": _READ_CONFIG,
+        "WatchConfig": _DATA_PLANE,
+        "ReportObservations": _DATA_PLANE,
+        "GetDeploymentSignals": _READ_CONFIG,
+        "ListDeploymentSignals": _READ_CONFIG,
+    },
+    "maestro.v1.InferenceService": {
+        "CreateChatCompletion": _INFERENCE,
+        "StreamChatCompletion": _INFERENCE,
+        "ListModels": _INFERENCE,
+    },
+    "maestro.v1.GraphService": {
+        "GetRecipe": _READ_RUNS,
+        "ListRecipes": _READ_RUNS,
+        "CreateRecipe": _ADMIN,
+        "UpdateRecipe": _ADMIN,
+        "DeleteRecipe": _ADMIN,
+        "ExportRecipeDiagram": _READ_RUNS,
+        "PreviewRunCost": _INFERENCE,
+        "CreateRun": _INFERENCE,
+        "GetRun": _READ_RUNS,
+        "ListRuns": _READ_RUNS,
+        "ListRunEvents": _READ_RUNS,
+        "StreamRunEvents": _READ_RUNS,
+        "CancelRun": frozenset({INFERENCE, ADMIN}),
+        "PauseRun": frozenset({INFERENCE, ADMIN}),
+        "ResumeRun": frozenset({INFERENCE, ADMIN}),
+        "GetGate": _READ_RUNS,
+        "ListGates": _READ_RUNS,
+        "SubmitGateDecision": _APPROVE,
+        "InteractRun": _APPROVE,
+        "GetKillSwitch": ANY,
+        "SetKillSwitch": _ADMIN,  # the global switch also needs operator (service)
+    },
+    "maestro.v1.EvalService": {},  # filled below: not built yet, admin only
+    "maestro.v1.RolloutService": {},
+}
+for _unbuilt in ("maestro.v1.EvalService", "maestro.v1.RolloutService"):
+    _BY_SERVICE[_unbuilt] = {"*": _ADMIN}
+
+METHOD_SCOPES: dict[str, frozenset[str]] = {
+    f"/{service}/{method}": scopes
+    for service, methods in _BY_SERVICE.items()
+    for method, scopes in methods.items()
+}
+
+
+def scopes_for(method: str) -> frozenset[str]:
+    """The scopes `/package.Service/Method` accepts; empty (nothing) for an unlisted method."""
+    found = METHOD_SCOPES.get(method)
+    if found is None:
+        service = method.lstrip("/").partition("/")[0]
+        found = METHOD_SCOPES.get(f"/{service}/*", frozenset())
+    return found
+
+
+def check_scope(principal: Principal, accepted: frozenset[str]) -> None:
+    """PERMISSION_DENIED unless the key has one of `accepted` (nothing: never)."""
+    require_scope(principal, *accepted)

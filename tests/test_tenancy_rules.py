@@ -1,0 +1,177 @@
+"""The rules that keep a tenant's routing layer under the operator's: what it may name, how the
+layers merge, what Rego sees, and whose state a breaker or lane reading touches. Property tests
+for the merge's invariants; the end-to-end attacks are in test_tenant_attacks.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from maestro.routing.layers import GLOBAL_PROJECT, merge_layers
+from maestro.routing.policy import PolicyModule
+from maestro.routing.snapshots import compile_layers
+from maestro.routing.spec import resolve_route_config
+from maestro.routing.tenancy import AllowedEndpoint, tenant_violations
+
+IN_HOUSE_ONLY_FOR_PII = PolicyModule(
+    "global.rego",
+    """package maestro.routing
+
+default allow = false
+
+allow {
+  not deny
+}
+
+deny {
+  input.step_tags[_] == "pii"
+  not input.model.in_house
+}
+""",
+)
+
+
+def _entry(name: str, model: str = "openai/gpt-4o", **params: Any) -> dict[str, Any]:
+    return {"model_name": name, "litellm_params": {"model": model, **params}}
+
+
+def _fields(violations: list[Any]) -> list[str]:
+    return [v.field.split(": ", 1)[1] for v in violations]
+
+
+# -- what a tenant entry may name -----------------------------------------------------------------
+
+
+def test_an_allowed_prefix_covers_its_host_and_paths_below_only() -> None:
+    allowed = [AllowedEndpoint("http://10.0.0.1:8000/v1")]
+    ok = _entry("a", api_base="http://10.0.0.1:8000/v1/chat")
+    refused = [
+        _entry("b", api_base="http://10.0.0.10:8000/v1"),  # another host sharing a prefix
+        _entry("c", api_base="http://10.0.0.1:8001/v1"),  # another port
+        _entry("d", api_base="http://10.0.0.1:8000/v10"),  # not at a segment boundary
+        _entry("e", api_base="http://x@10.0.0.1:8000/v1"),  # user info
+        _entry("f", api_base="https://10.0.0.1:8000/v1"),  # another scheme
+    ]
+    raw = {"model_list": [ok, *refused]}
+    assert _fields(tenant_violations(raw, None, allowed)) == [
+        f"model_list[{i}].litellm_params.api_base" for i in range(1, 6)
+    ]
+
+
+def test_a_secret_goes_only_where_the_operator_declared_it() -> None:
+    operator = {
+        "model_list": [_entry("ops", api_base="https://llm.corp/v1", api_key="os.environ/K")]
+    }
+    allowed = [AllowedEndpoint("http://127.0.0.1", api_key="os.environ/LOCAL")]
+    raw = {
+        "model_list": [
+            _entry("same-pair", api_base="https://llm.corp/v1", api_key="os.environ/K"),
+            _entry("own-key", api_base="http://127.0.0.1:9/v1", api_key="os.environ/LOCAL"),
+            _entry("other-key", api_base="http://127.0.0.1:9/v1", api_key="os.environ/K"),
+            _entry("no-base", api_key="os.environ/K"),
+            {**_entry("nested"), "model_info": {"extra": ["os.environ/PGPASSWORD"]}},
+        ]
+    }
+    assert _fields(tenant_violations(raw, operator, allowed)) == [
+        "model_list[2].litellm_params.api_base",
+        "model_list[3].litellm_params.api_base",
+        "model_list[4].model_info.extra[0]",
+    ]
+
+
+def test_facts_and_in_house_providers_need_an_endpoint_trusted_for_them() -> None:
+    plain = [AllowedEndpoint("http://127.0.0.1")]
+    trusted = [AllowedEndpoint("http://127.0.0.1", trust_tenant_facts=True)]
+    raw = {
+        "model_list": [
+            {**_entry("a", api_base="http://127.0.0.1:1"), "model_info": {"in_house": True}},
+            _entry("b", "hosted_vllm/llama", api_base="http://127.0.0.1:1"),
+            {**_entry("c"), "model_info": {"jurisdiction": "eu"}},
+        ]
+    }
+    assert _fields(tenant_violations(raw, None, plain)) == [
+        "model_list[0].model_info.in_house",
+        "model_list[1].litellm_params.model",
+        "model_list[2].model_info.jurisdiction",
+    ]
+    assert _fields(tenant_violations(raw, None, trusted)) == [
+        "model_list[2].model_info.jurisdiction"
+    ]
+
+
+def test_operator_groups_and_the_owner_mark_are_off_limits() -> None:
+    operator = {"model_list": [_entry("ops")]}
+    raw = {
+        "model_list": [_entry("ops"), {**_entry("x"), "model_info": {"maestro_owner": "global"}}]
+    }
+    assert _fields(tenant_violations(raw, operator, [])) == [
+        "model_list[0].model_name",
+        "model_list[1].model_info.maestro_owner",
+    ]
+
+
+# -- how layers merge ----------------------------------------------------------------------------
+
+_models = st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=4, unique=True)
+_tags = st.dictionaries(st.sampled_from(["pii", "PII", "export", "secret"]), _models, max_size=3)
+
+
+@given(outer=_tags, inner=_tags)
+def test_a_tenant_layer_only_narrows_content_confinement(
+    outer: dict[str, list[str]], inner: dict[str, list[str]]
+) -> None:
+    entries = [_entry(name) for name in "abcd"]
+    merged = merge_layers(
+        {"model_list": entries, "policies": {"content_tags": outer}},
+        {"model_list": [_entry("e")], "policies": {"content_tags": inner}},
+    )
+    spec = resolve_route_config(merged)
+    confined = {tag.strip().lower() for tag in outer}
+    for tag, models in outer.items():
+        key = tag.strip().lower()
+        assert key in spec.content_tags  # still confined...
+        assert spec.content_tags[key] <= frozenset(models)  # ...to no more than the operator's
+    assert confined <= set(spec.content_tags)
+
+
+def test_operator_entries_stay_the_operators_and_tenant_entries_are_the_tenants() -> None:
+    merged = merge_layers(
+        {"model_list": [{**_entry("ops"), "model_info": {"id": "ops-a"}}]},
+        {"model_list": [{**_entry("mine"), "model_info": {"id": "x", "maestro_owner": "global"}}]},
+    )
+    snapshot = compile_layers("projects/t", merged, (), None, "1")
+    owners = {d.deployment_id: (d.owner, d.state_key) for d in snapshot.deployments}
+    assert owners == {"ops-a": ("", "ops-a"), "x": ("t", "projects/t/deployments/x")}
+
+
+# -- what Rego sees ---------------------------------------------------------------------------
+
+
+def test_a_group_is_allowed_only_if_every_deployments_facts_are() -> None:
+    raw = {
+        "model_list": [
+            {**_entry("mixed"), "model_info": {"id": "hosted"}},
+            {**_entry("mixed", "vllm/llama"), "model_info": {"id": "inhouse"}},
+            {**_entry("local", "vllm/llama"), "model_info": {"id": "local"}},
+        ]
+    }
+    snapshot = compile_layers(GLOBAL_PROJECT, raw, (IN_HOUSE_ONLY_FOR_PII,), None, "1")
+    policy = snapshot.policy
+    row = policy.allowed_row(policy.tag_key(frozenset({"pii"})))
+    allowed = {name for name, ok in zip(policy.models, np.asarray(row), strict=True) if ok}
+    assert allowed == {"local"}  # the hosted deployment keeps its group out, whatever its order
+
+
+# -- whose state a reading touches -----------------------------------------------------------------
+
+
+def test_a_tenant_deployments_breaker_reaches_only_its_own_projects_snapshot() -> None:
+    same_id = {"model_list": [{**_entry("g"), "model_info": {"id": "shared"}}]}
+    mine = compile_layers("projects/t", merge_layers({}, same_id), (), None, "1")
+    theirs = compile_layers("projects/u", merge_layers({}, same_id), (), None, "1")
+    [deployment] = mine.deployments
+    assert deployment.state_key in mine.id_of_state
+    assert deployment.state_key not in theirs.id_of_state
