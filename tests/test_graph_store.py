@@ -240,6 +240,27 @@ def test_recipes_keep_every_revision_and_refuse_deletion_while_a_run_uses_them(
         recipes.get_recipe("p", "x")
 
 
+def test_concurrent_updates_of_a_recipe_and_a_kill_switch_queue_instead_of_conflicting(
+    store: RunStore,
+) -> None:
+    """Found by the RPC fuzz test on PostgreSQL: a delete and re-insert of the row raced."""
+    recipes = RecipeStore(store.sql)
+    recipes.put_recipe("p", "x", RECIPE, "X", create=True)
+
+    def update(i: int) -> str:
+        recipes.put_recipe("p", "x", RECIPE + f"\n# {i}", "X", create=False)
+        store.set_switch("projects/p/killSwitch", i % 2 == 0, f"r{i}", "me", "")
+        return "ok"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(update, range(24)))
+    with store.sql.read() as tx:
+        revisions = tx.one("SELECT COUNT(*) AS n FROM graph_recipe_revisions", ())
+    assert outcomes == ["ok"] * 24
+    assert revisions is not None
+    assert int(revisions["n"]) == 25
+
+
 def test_listing_runs_pages_newest_first(store: RunStore) -> None:
     for index in range(5):
         store.insert_run(_run(f"projects/p/runs/r{index}", create_time=1000.0 + index), [])

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from maestro.control_plane.graph.records import UNFINISHED, RecipeRecord
 from maestro.control_plane.graph.store import call_store
+from maestro.control_plane.store.errors import once_more_on_conflict
 from maestro.control_plane.store.sql import Row, Sql
 from maestro.core.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
@@ -49,11 +50,30 @@ class RecipeStore:
         etag: str = "",
     ) -> RecipeRecord:
         """Create a recipe, or give an existing one a new revision."""
+        return once_more_on_conflict(
+            lambda: self._put_recipe(
+                project, recipe_id, source_yaml, display_name, create=create, etag=etag
+            )
+        )
+
+    def _put_recipe(
+        self,
+        project: str,
+        recipe_id: str,
+        source_yaml: str,
+        display_name: str,
+        *,
+        create: bool,
+        etag: str,
+    ) -> RecipeRecord:
         now = time.time()
         revision = uuid.uuid4().hex[:12]
         with self.sql.write() as tx:
+            # Locked, and changed in place below: concurrent updates queue on the row instead
+            # of racing a delete and re-insert of it.
             row = tx.one(
-                "SELECT * FROM graph_recipes WHERE project = ? AND recipe_id = ?",
+                "SELECT * FROM graph_recipes WHERE project = ? AND recipe_id = ?"
+                + self.sql.lock_row,
                 (project, recipe_id),
             )
             if create and row is not None:
@@ -69,15 +89,18 @@ class RecipeStore:
             if row is not None and etag and etag != row["revision_id"]:
                 raise Aborted("the recipe changed since it was read", reason="ETAG_MISMATCH")
             created = float(row["create_time"]) if row is not None else now
-            tx.run(
-                "DELETE FROM graph_recipes WHERE project = ? AND recipe_id = ?",
-                (project, recipe_id),
-            )
-            tx.run(
-                "INSERT INTO graph_recipes (project, recipe_id, revision_id, display_name, "
-                "source_yaml, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (project, recipe_id, revision, display_name, source_yaml, created, now),
-            )
+            if row is not None:
+                tx.run(
+                    "UPDATE graph_recipes SET revision_id = ?, display_name = ?, source_yaml = ?, "
+                    "update_time = ? WHERE project = ? AND recipe_id = ?",
+                    (revision, display_name, source_yaml, now, project, recipe_id),
+                )
+            else:  # a concurrent create wins the key: RowConflict, and the retry says exists
+                tx.run(
+                    "INSERT INTO graph_recipes (project, recipe_id, revision_id, display_name, "
+                    "source_yaml, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (project, recipe_id, revision, display_name, source_yaml, created, now),
+                )
             tx.run(
                 "INSERT INTO graph_recipe_revisions (project, recipe_id, revision_id, "
                 "source_yaml, create_time) VALUES (?, ?, ?, ?, ?)",

@@ -46,6 +46,7 @@ from maestro.control_plane.graph.stored_json import (
     gate_body,
     gate_from_row,
 )
+from maestro.control_plane.store.errors import once_more_on_conflict
 from maestro.control_plane.store.sql import Row, Sql, Tx
 from maestro.core.errors import Aborted, AlreadyExists, NotFound
 
@@ -140,7 +141,12 @@ class RunStore:
     ) -> tuple[RunRecord, bool]:
         """Store a new run with its first events (and a gate it opened at once); the run, and
         whether this call created it. ALREADY_EXISTS if the name is taken; a retried request id
-        returns the run it created."""
+        returns the run it created (also when the two calls race)."""
+        return once_more_on_conflict(lambda: self._insert_run(run, events, gates))
+
+    def _insert_run(
+        self, run: RunRecord, events: Sequence[NewEvent], gates: Sequence[GateRecord]
+    ) -> tuple[RunRecord, bool]:
         run = replace(run, last_seq=run.last_seq + len(events))
         columns = [c.strip() for c in _RUN_COLUMNS.split(",")]
         values = [self._value(c, getattr(run, c)) for c in columns]
@@ -529,6 +535,11 @@ class RunStore:
         self, name: str, engaged: bool, reason: str, actor: str, etag: str
     ) -> tuple[KillSwitchRecord, bool]:
         """Engage or release; (the switch after, whether it changed). Audited."""
+        return once_more_on_conflict(lambda: self._set_switch(name, engaged, reason, actor, etag))
+
+    def _set_switch(
+        self, name: str, engaged: bool, reason: str, actor: str, etag: str
+    ) -> tuple[KillSwitchRecord, bool]:
         now = time.time()
         with self.sql.write() as tx:
             row = tx.one(
@@ -545,12 +556,19 @@ class RunStore:
             record = KillSwitchRecord(
                 name, engaged, reason, actor, now, etag_of(name, engaged, reason, now)
             )
-            tx.run("DELETE FROM kill_switches WHERE name = ?", (name,))
-            tx.run(
-                "INSERT INTO kill_switches (name, engaged, reason, updated_by, update_time, etag) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, int(engaged), reason, actor, now, record.etag),
-            )
+            values = (int(engaged), reason, actor, now, record.etag, name)
+            if row is not None:  # locked above: changed in place, concurrent sets queue on it
+                tx.run(
+                    "UPDATE kill_switches SET engaged = ?, reason = ?, updated_by = ?, "
+                    "update_time = ?, etag = ? WHERE name = ?",
+                    values,
+                )
+            else:  # a concurrent first set wins the key: RowConflict, and the retry updates
+                tx.run(
+                    "INSERT INTO kill_switches (engaged, reason, updated_by, update_time, etag, "
+                    "name) VALUES (?, ?, ?, ?, ?, ?)",
+                    values,
+                )
             self.audit(tx, actor, "engage" if engaged else "release", name, reason, {})
         return record, changed
 

@@ -6,6 +6,11 @@ itself when a statement's outcome says so (a row to update that is not there).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class StoreError(Exception):
     """A statement was refused by the database's constraints."""
@@ -18,3 +23,14 @@ class RowConflict(StoreError):
 class RowNotFound(StoreError):
     """A row the statement needs is missing: the row referenced by a foreign key, or the row to
     change."""
+
+
+def once_more_on_conflict(call: Callable[[], T]) -> T:
+    """Run a check-then-write transaction again when a concurrent one committed the same key
+    between its check and its write (PostgreSQL's READ COMMITTED lets both checks pass): the
+    second run's checks see that row and answer as they would have (exists already, the retried
+    request's row, or a write over it)."""
+    try:
+        return call()
+    except RowConflict:
+        return call()

@@ -24,6 +24,7 @@ from maestro.control_plane.store import migrations
 from maestro.control_plane.store.errors import RowConflict, RowNotFound, StoreError
 from maestro.control_plane.store.migrations import Migration
 from maestro.control_plane.store.sql import Row, Tx, json_text, to_pyformat
+from maestro.core.errors import FieldViolation, InvalidArgument
 
 _LOCK_ID = 0x6D61_6573  # advisory lock key: 'maes'
 
@@ -135,11 +136,16 @@ class PostgresSql:
                 yield PostgresTx(cursor)
         except psycopg.IntegrityError as error:
             raise store_error(error) from error
+        except psycopg.DataError as error:
+            raise unstorable(error) from error
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        with self._reads.connection() as conn, conn.cursor() as cursor:
-            yield PostgresTx(cursor)
+        try:
+            with self._reads.connection() as conn, conn.cursor() as cursor:
+                yield PostgresTx(cursor)
+        except psycopg.DataError as error:
+            raise unstorable(error) from error
 
     def json_in(self, value: Any) -> str:
         return json_text(value)
@@ -194,4 +200,19 @@ def _pool(dsn: str, min_size: int, max_size: int, *, autocommit: bool) -> Connec
         max_size=max_size,
         kwargs={"row_factory": dict_row, "autocommit": autocommit},
         open=True,
+    )
+
+
+def unstorable(error: psycopg.DataError) -> InvalidArgument:
+    """A value PostgreSQL cannot hold (a NUL character in text or JSON, a number out of range):
+    the request's doing, so INVALID_ARGUMENT rather than INTERNAL. SQLite holds such values."""
+    return InvalidArgument(
+        [
+            FieldViolation(
+                "request",
+                "a value cannot be stored: text must not contain NUL (U+0000) characters and "
+                "numbers must be in range",
+            )
+        ],
+        reason="UNSTORABLE_VALUE",
     )
