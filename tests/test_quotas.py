@@ -13,8 +13,8 @@ import pytest
 
 from maestro.clients import MaestroRpcError
 from maestro.core.quotas import Limiter, ProjectLimits, peer_host
+from maestro.v1 import graph_service_pb2 as gpb
 from maestro.v1 import project_service_pb2 as ppb
-from maestro.v1 import route_service_pb2 as rpb
 from tests.conftest import RunningServer, start_server
 
 
@@ -77,14 +77,14 @@ async def test_a_project_at_its_concurrency_quota_is_refused_until_a_call_ends(
     )
     hold = asyncio.Event()
 
-    async def watching() -> AsyncIterator[rpb.WatchConfigRequest]:
-        yield rpb.WatchConfigRequest(node_id="dp", route_configs=["projects/alpha/routeConfig"])
-        await hold.wait()
+    async def silent() -> AsyncIterator[gpb.InteractRunRequest]:
+        await hold.wait()  # the server waits for a first command that never comes
+        yield gpb.InteractRunRequest()
 
     request = ppb.GetProjectRequest(name="projects/alpha")
     try:
         async with running.client(running.alpha_key) as alpha:
-            watch = alpha.routes.WatchConfig(watching())  # a long-lived call holds the slot
+            watch = alpha.graphs.InteractRun(silent())  # a long-lived call holds the slot
             over = None
             for _ in range(100):  # until the server has admitted the stream (bounded)
                 try:

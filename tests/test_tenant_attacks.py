@@ -11,6 +11,7 @@ trusted facts. The server's environment holds secrets a successful attack would 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -307,6 +308,16 @@ model_list:
     with up.client(up.mallory_key) as mallory:
         _apply(mallory, "projects/mallory", attack)
         failed = _refused(_chat, mallory, "projects/mallory", "probe", "hello")
+        streamed = []  # fallbacks carry a detail too
+        with contextlib.suppress(MaestroRpcError):
+            for event in mallory.inference.StreamChatCompletion(
+                ipb.StreamChatCompletionRequest(
+                    parent="projects/mallory",
+                    model="probe",
+                    messages=[common_pb2.ChatMessage(role=common_pb2.CHAT_ROLE_USER, content="hi")],
+                )
+            ):
+                streamed.append(str(event))
     with (
         openai.OpenAI(base_url=up.http_base, api_key=up.mallory_key, max_retries=0) as client,
         pytest.raises(openai.APIStatusError) as over_http,
@@ -318,6 +329,8 @@ model_list:
     assert LEAK_MARKER not in str(failed)
     assert LEAK_MARKER not in over_http.value.message
     assert "correlation id" in failed.details()
+    assert up.recorder.requests  # the provider was called and answered its error page
+    assert not [e for e in streamed if LEAK_MARKER in e]
 
 
 def test_a_tenant_cannot_name_an_endpoint_outside_its_allowlist(up: Up) -> None:

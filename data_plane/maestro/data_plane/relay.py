@@ -386,7 +386,7 @@ class Relay:
                 kind = FailureKind.SATURATED
                 if self._lanes is not None:
                     self._lanes.shed(deployment.state_key)
-            raise _Failed(kind, str(error)) from None
+            raise _Failed(kind, _logged(deployment, kind, error)) from None
         finally:
             self._account(state, deployment, produced, prompt_tokens, completion_tokens)
             if stream is not None:
@@ -489,19 +489,21 @@ def _estimate_prompt_tokens(plan: CallPlan) -> int:
 
 
 def _caller_detail(skipped: list[tuple[DeploymentSpec, FailureKind, str]]) -> str:
-    """What the caller learns of failed attempts: the deployment and the kind of failure. A
-    provider's own error text may come from any URL a config names (an internal service's
-    error page, say), so it goes to the log under a correlation id the caller gets instead."""
-    if not skipped:
-        return "no deployment was tried"
+    return "; ".join(f"{d.deployment_id}: {kind.value} ({text})" for d, kind, text in skipped)
+
+
+def _logged(deployment: DeploymentSpec, kind: FailureKind, error: ProviderError) -> str:
+    """What the caller learns of a provider's failure: its kind and HTTP status, and a
+    correlation id. The provider's own text may come from any URL a config names (an internal
+    service's error page, say), so it goes only to the log, under that id."""
     correlation_id = uuid.uuid4().hex[:16]
     log.warning(
-        "inference.attempts_failed",
+        "inference.attempt_failed",
         correlation_id=correlation_id,
-        attempts=[
-            {"deployment_id": d.deployment_id, "failure": kind.value, "detail": text}
-            for d, kind, text in skipped
-        ],
+        deployment_id=deployment.deployment_id,
+        failure=kind.value,
+        status=error.status,
+        detail=str(error),
     )
-    kinds = "; ".join(f"{d.deployment_id}: {kind.value}" for d, kind, _ in skipped)
-    return f"{kinds} (provider details are logged under correlation id {correlation_id})"
+    status = f"HTTP {error.status}, " if error.status else ""
+    return f"{status}provider details logged under correlation id {correlation_id}"
