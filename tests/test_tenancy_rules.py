@@ -10,11 +10,14 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from maestro.core.auth import ALL_SCOPES
 from maestro.routing.layers import GLOBAL_PROJECT, merge_layers
 from maestro.routing.policy import PolicyModule
 from maestro.routing.snapshots import compile_layers
 from maestro.routing.spec import resolve_route_config
 from maestro.routing.tenancy import AllowedEndpoint, tenant_violations
+from maestro.v1 import route_service_pb2 as rpb
+from tests.conftest import RunningServer
 
 IN_HOUSE_ONLY_FOR_PII = PolicyModule(
     "global.rego",
@@ -175,3 +178,37 @@ def test_a_tenant_deployments_breaker_reaches_only_its_own_projects_snapshot() -
     [deployment] = mine.deployments
     assert deployment.state_key in mine.id_of_state
     assert deployment.state_key not in theirs.id_of_state
+
+
+# -- what a tenant reads of the operator's layer --------------------------------------------------
+
+OPERATOR_LAYER = """
+model_list:
+  - model_name: ops-private  # the internal cluster
+    litellm_params: {model: openai/gpt-4o, api_base: "http://10.20.30.40/v1",
+                     api_key: os.environ/OPS_CLUSTER_KEY}
+    model_info: {id: ops-private-a}
+policies:
+  content_tags: {pii: [ops-private]}
+"""
+
+
+async def test_a_tenant_reads_the_global_layer_without_its_endpoints_or_secret_names(
+    server: RunningServer,
+) -> None:
+    operator_key = server.new_key("ops@corp", ALL_SCOPES)
+    request = rpb.GetConfigRequest(name="projects/global/routeConfig")
+    async with server.client(operator_key) as operator, server.client(server.alpha_key) as alpha:
+        await operator.routes.ApplyConfig(
+            rpb.ApplyConfigRequest(
+                route_config=rpb.RouteConfig(
+                    name="projects/global/routeConfig", config_yaml=OPERATOR_LAYER
+                )
+            )
+        )
+        as_operator = (await operator.routes.GetConfig(request)).route_config.config_yaml
+        as_tenant = (await alpha.routes.GetConfig(request)).route_config.config_yaml
+    assert as_operator == OPERATOR_LAYER
+    assert "10.20.30.40" not in as_tenant
+    assert "OPS_CLUSTER_KEY" not in as_tenant
+    assert "ops-private-a" in as_tenant  # the groups and deployments it may alias and weight

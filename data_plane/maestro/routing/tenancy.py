@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
+
 from maestro.core.errors import FieldViolation
 from maestro.routing import catalog
-from maestro.routing.spec import OWNER_KEY
+from maestro.routing.spec import OWNER_KEY, load_yaml
 
 SECRET_PREFIX = "os.environ/"
 ANY_PROJECT = "*"
@@ -128,6 +130,31 @@ def _grant(
         if _under(item.api_base, api_base) and api_key in (None, item.api_key):
             return item
     return None
+
+
+HIDDEN_ENDPOINT = "(the operator's endpoint)"
+HIDDEN_SECRET = "(the operator's secret)"
+
+
+def without_endpoints(config_yaml: str) -> str:
+    """The operator's layer as a tenant may read it: its groups, deployments, facts and rules,
+    with every `api_base` and secret reference replaced by a placeholder."""
+    raw = load_yaml(config_yaml)
+    for entry in raw.get("model_list") or []:
+        params = _params(entry) if isinstance(entry, dict) else {}
+        if params.get("api_base") is not None:
+            params["api_base"] = HIDDEN_ENDPOINT
+    return yaml.safe_dump(_hide_secrets(raw), sort_keys=False, allow_unicode=True)
+
+
+def _hide_secrets(value: Any) -> Any:
+    if isinstance(value, str):
+        return HIDDEN_SECRET if value.startswith(SECRET_PREFIX) else value
+    if isinstance(value, dict):
+        return {key: _hide_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hide_secrets(item) for item in value]
+    return value
 
 
 def _under(prefix: str, url: str) -> bool:

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +46,12 @@ from maestro.routing.snapshots import (
 )
 from maestro.routing.spec import DeploymentSpec, load_yaml
 from maestro.routing.tagging import ContentTagger
-from maestro.routing.tenancy import ANY_PROJECT, AllowedEndpoint, tenant_violations
+from maestro.routing.tenancy import (
+    ANY_PROJECT,
+    AllowedEndpoint,
+    tenant_violations,
+    without_endpoints,
+)
 
 log = structlog.get_logger(__name__)
 MAX_POLICY_MODULES = 64
@@ -199,12 +204,17 @@ class RouteService(Decider):
 
     async def get_config(self, principal: Principal, name: str) -> ConfigView:
         project = config_project(name, "name")
-        if project != GLOBAL_PROJECT:  # every project may read the global config
+        if project != GLOBAL_PROJECT:  # every project may read the global config...
             require_project(principal, project.removeprefix("projects/"))
         published = self._registry.current(project)
-        if published is not None:
-            return ConfigView(name, published.revision, published)
-        return ConfigView(name, await asyncio.to_thread(self._store.latest, project))
+        revision = published.revision if published else None
+        if revision is None:
+            revision = await asyncio.to_thread(self._store.latest, project)
+        if project == GLOBAL_PROJECT and OPERATOR not in principal.scopes and revision:
+            # ...to see the groups it may alias and weight, not where they live or what
+            # secrets they use.
+            revision = replace(revision, config_yaml=without_endpoints(revision.config_yaml))
+        return ConfigView(name, revision, published)
 
     async def apply_config(
         self,
