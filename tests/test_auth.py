@@ -142,3 +142,17 @@ def test_every_reflected_method_names_the_scopes_it_accepts() -> None:
     assert len(methods) > 60
     assert [m for m in methods if not scopes_for(m)] == []
     assert scopes_for("/maestro.v1.RouteService/NotAMethod") == frozenset()
+
+
+async def test_insecure_mode_creates_the_project_it_acts_for(tmp_path: object) -> None:
+    from pathlib import Path
+
+    running = await start_server(
+        Path(str(tmp_path)), **{"auth.mode": "insecure", "auth.insecure_project": "sandbox"}
+    )
+    try:
+        async with running.client(None) as client:
+            project = await client.get_project("projects/sandbox")
+    finally:
+        await running.plane.stop(grace_s=0)
+    assert project.name == "projects/sandbox"

@@ -23,7 +23,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.process_support import BIN, demo_config, maestro_process, wait_ready
+from tests.process_support import BIN, ROOT, demo_config, maestro_process, wait_ready
 
 pytestmark = pytest.mark.slow
 SERVICES = {
@@ -60,6 +60,28 @@ def maestro_up(tmp_path: Path) -> Iterator[UpProcess]:
     with maestro_process(args, tmp_path, env) as (ready, process):
         api_key = (tmp_path / ".maestro" / "demo-api-key").read_text().strip()
         yield UpProcess(process, ready["address"], api_key, ready["openai_base_url"])
+
+
+def test_maestro_up_refuses_to_start_on_a_routing_file_that_does_not_load(
+    tmp_path: Path,
+) -> None:
+    """Not a server answering NO_ROUTE_CONFIG to every call while its health says SERVING."""
+    routing = tmp_path / "litellm.yaml"
+    routing.write_text(
+        "model_list:\n  - model_name: m\n"
+        "    litellm_params: {model: openai/gpt-4o, api_key: sk-literal}\n"
+    )
+    config = demo_config(tmp_path)
+    config.write_text(
+        config.read_text().replace(str(ROOT / "deploy/router/litellm.yaml"), str(routing))
+    )
+    args = ["up", "--config", str(config), "--port", "0", "--http-port", "0"]
+    ended = subprocess.run(
+        [str(BIN / "maestro"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert ended.returncode == 2
+    assert f"the routing config {routing} does not load" in ended.stderr
+    assert "model_list[0].litellm_params.api_key" in ended.stderr
 
 
 def test_reflection_lists_every_service(maestro_up: UpProcess) -> None:

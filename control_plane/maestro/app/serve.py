@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from typing import Literal, Protocol
 
 import uvloop
 
 from maestro.app.config import MaestroConfig
+from maestro.control_plane.route.files import RoutingFilesUnusable
 from maestro.core.heap import settle_heap
 from maestro.core.logs import configure_logging
 from maestro.core.telemetry import Telemetry, build_telemetry
@@ -34,7 +36,13 @@ async def _serve(config: MaestroConfig, role: Role) -> None:
     telemetry = build_telemetry(config.telemetry)
     telemetry.install_global()
     try:
-        running = await _start(config, telemetry, role)
+        try:
+            running = await _start(config, telemetry, role)
+        except RoutingFilesUnusable as error:
+            print(f"maestro: the routing config {error.file} does not load:", file=sys.stderr)
+            for problem in error.problems:
+                print(f"  {problem}", file=sys.stderr)
+            raise SystemExit(2) from None
         settle_heap()
         await _until_signalled()
         await running.stop()

@@ -20,7 +20,7 @@ from maestro.control_plane.graph.assembly import GraphPlane, build_graph
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.servicer import ProjectServicer
 from maestro.control_plane.projects.store import ProjectStore
-from maestro.control_plane.route.files import apply_files, watch_files
+from maestro.control_plane.route.files import RoutingFilesUnusable, apply_files, watch_files
 from maestro.control_plane.route.service import RouteService
 from maestro.control_plane.route.servicer import RouteServicer
 from maestro.control_plane.route.store import RouteConfigStore
@@ -119,6 +119,8 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     store = await asyncio.to_thread(open_store, config.store, MIGRATIONS)
     projects = ProjectService(ProjectStore(store), key_cache_ttl_s=config.auth.key_cache_ttl_s)
     insecure_project = config.auth.insecure_project if config.auth.mode == "insecure" else None
+    if insecure_project is not None:  # keyless dev mode acts for a project that exists
+        await asyncio.to_thread(projects.create_project, insecure_project, "Development project")
     limiter = limiter_from(config.server.limits)  # one per process: gRPC and HTTP share it
     server = build_grpc_server(
         config.server,
@@ -207,7 +209,11 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
     if data is not None:
         await data.start_http(http_tls)
     if config.routing.config_file is not None:
-        await apply_files(routes, config.routing)
+        try:
+            await apply_files(routes, config.routing, at_start=True)
+        except RoutingFilesUnusable:
+            await plane.stop(grace_s=0)
+            raise
         if config.routing.watch:
             plane.background.append(
                 asyncio.create_task(watch_files(routes, config.routing, stopping))

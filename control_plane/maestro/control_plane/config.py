@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from maestro.core.names import RESERVED_PROJECT_IDS
 from maestro.core.settings import Section
 
 
@@ -18,7 +19,12 @@ class AuthConfig(Section):
         description="api_key: every call needs a project API key. insecure: calls without a key "
         "act for `insecure_project`; allowed only when the server binds a loopback address.",
     )
-    insecure_project: str = Field("dev", pattern=r"^[a-z][a-z0-9-]{0,62}$")
+    insecure_project: str = Field(
+        "dev",
+        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        description="The project keyless calls act for in insecure mode; created at start if "
+        "missing (`maestro up --insecure`: the demo project).",
+    )
     key_cache_ttl_s: float = Field(
         5.0,
         ge=0,
@@ -26,6 +32,13 @@ class AuthConfig(Section):
         description="How long a verified key is trusted without a store look-up; bounds how "
         "long a key revoked on another replica keeps working.",
     )
+
+    @field_validator("insecure_project")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_PROJECT_IDS:
+            raise ValueError(f"{value!r} is reserved for Maestro itself")
+        return value
 
 
 class StoreConfig(Section):
@@ -90,6 +103,11 @@ class RoutingConfig(Section):
     )
     policy_files: tuple[Path, ...] = Field((), description="Rego modules applied with it.")
     watch: bool = Field(True, description="Apply a new revision whenever the files change.")
+    allow_start_without_config: bool = Field(
+        False,
+        description="Start even when config_file does not load (every call then answers "
+        "NO_ROUTE_CONFIG until a good edit); false: the process exits with the problems.",
+    )
     tenant_endpoints: dict[str, list[TenantEndpoint]] = Field(
         default_factory=dict,
         description="Endpoints a project's own config may name besides the global layer's, by "
