@@ -26,14 +26,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from maestro.v1 import (  # noqa: F401  # their types, in the default pool
-    eval_service_pb2,
-    graph_service_pb2,
-    inference_service_pb2,
-    project_service_pb2,
-    rollout_service_pb2,
-    route_service_pb2,
-)
+from maestro.clients._channel import API_FILES  # noqa: F401  # their types, in the default pool
 
 PROJECT = "alpha"
 HUGE_STRING_CHARS = 1_000_000

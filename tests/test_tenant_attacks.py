@@ -336,12 +336,8 @@ model_list:
 def test_a_tenant_cannot_name_an_endpoint_outside_its_allowlist(up: Up) -> None:
     with up.client(up.mallory_key) as mallory:
         refused = [
-            _refused(
-                _apply,
-                mallory,
-                "projects/mallory",
-                f"model_list:\n  - model_name: x\n    litellm_params: "
-                f'{{model: openai/gpt-4o, api_base: "{base}"}}\n',
+            _refused_entry(
+                mallory, "x", f'litellm_params: {{model: openai/gpt-4o, api_base: "{base}"}}'
             )
             for base in (
                 "http://10.1.2.3/v1",
@@ -585,15 +581,7 @@ def test_a_tenant_claim_of_in_house_facts_is_refused(up: Up) -> None:
         f'litellm_params: {{model: hosted_vllm/llama, api_base: "{up.recorder.url}"}}',
     ]
     with up.client(up.mallory_key) as mallory:
-        refused = [
-            _refused(
-                _apply,
-                mallory,
-                "projects/mallory",
-                f"model_list:\n  - model_name: fake-local\n    {claim}\n",
-            )
-            for claim in claims
-        ]
+        refused = [_refused_entry(mallory, "fake-local", claim) for claim in claims]
     assert {r.code() for r in refused} == {grpc.StatusCode.INVALID_ARGUMENT}
 
 
@@ -649,6 +637,12 @@ def _chat(client: MaestroClient, parent: str, model: str, text: str) -> Any:
             max_tokens=8,
         )
     )
+
+
+def _refused_entry(client: MaestroClient, model_name: str, body: str) -> MaestroRpcError:
+    """Mallory applies a config of one entry: `model_name` and `body` (its other keys)."""
+    config = f"model_list:\n  - model_name: {model_name}\n    {body}\n"
+    return _refused(_apply, client, "projects/mallory", config)
 
 
 def _mint(client: MaestroClient, scopes: list[str], principal: str) -> str:

@@ -39,6 +39,7 @@ class RecipeStore:
             float(row.get("update_time") or row["create_time"]),
         )
 
+    @once_more_on_conflict
     def put_recipe(
         self,
         project: str,
@@ -50,22 +51,6 @@ class RecipeStore:
         etag: str = "",
     ) -> RecipeRecord:
         """Create a recipe, or give an existing one a new revision."""
-        return once_more_on_conflict(
-            lambda: self._put_recipe(
-                project, recipe_id, source_yaml, display_name, create=create, etag=etag
-            )
-        )
-
-    def _put_recipe(
-        self,
-        project: str,
-        recipe_id: str,
-        source_yaml: str,
-        display_name: str,
-        *,
-        create: bool,
-        etag: str,
-    ) -> RecipeRecord:
         now = time.time()
         revision = uuid.uuid4().hex[:12]
         with self.sql.write() as tx:

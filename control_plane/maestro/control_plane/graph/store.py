@@ -136,17 +136,13 @@ class RunStore:
             return int(value)
         return value
 
+    @once_more_on_conflict
     def insert_run(
         self, run: RunRecord, events: Sequence[NewEvent], gates: Sequence[GateRecord] = ()
     ) -> tuple[RunRecord, bool]:
         """Store a new run with its first events (and a gate it opened at once); the run, and
         whether this call created it. ALREADY_EXISTS if the name is taken; a retried request id
         returns the run it created (also when the two calls race)."""
-        return once_more_on_conflict(lambda: self._insert_run(run, events, gates))
-
-    def _insert_run(
-        self, run: RunRecord, events: Sequence[NewEvent], gates: Sequence[GateRecord]
-    ) -> tuple[RunRecord, bool]:
         run = replace(run, last_seq=run.last_seq + len(events))
         columns = [c.strip() for c in _RUN_COLUMNS.split(",")]
         values = [self._value(c, getattr(run, c)) for c in columns]
@@ -531,15 +527,11 @@ class RunStore:
             row["etag"],
         )
 
+    @once_more_on_conflict
     def set_switch(
         self, name: str, engaged: bool, reason: str, actor: str, etag: str
     ) -> tuple[KillSwitchRecord, bool]:
         """Engage or release; (the switch after, whether it changed). Audited."""
-        return once_more_on_conflict(lambda: self._set_switch(name, engaged, reason, actor, etag))
-
-    def _set_switch(
-        self, name: str, engaged: bool, reason: str, actor: str, etag: str
-    ) -> tuple[KillSwitchRecord, bool]:
         now = time.time()
         with self.sql.write() as tx:
             row = tx.one(

@@ -6,9 +6,11 @@ itself when a statement's outcome says so (a row to update that is not there).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -25,12 +27,17 @@ class RowNotFound(StoreError):
     change."""
 
 
-def once_more_on_conflict(call: Callable[[], T]) -> T:
+def once_more_on_conflict(method: Callable[P, T]) -> Callable[P, T]:
     """Run a check-then-write transaction again when a concurrent one committed the same key
     between its check and its write (PostgreSQL's READ COMMITTED lets both checks pass): the
     second run's checks see that row and answer as they would have (exists already, the retried
     request's row, or a write over it)."""
-    try:
-        return call()
-    except RowConflict:
-        return call()
+
+    @functools.wraps(method)
+    def again(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except RowConflict:
+            return method(*args, **kwargs)
+
+    return again
