@@ -216,6 +216,12 @@ async def burst(
         )
 
 
+async def keep_busy(s: Stack, calls: int) -> None:
+    """`burst` after `burst` until cancelled."""
+    while True:
+        await burst(s, calls)
+
+
 async def test_twice_the_lanes_capacity_spills_non_pii_work_to_the_hosted_provider(
     tmp_path: Path, lane: Lane
 ) -> None:
@@ -310,7 +316,9 @@ async def test_choose_rationale_shows_lane_load_and_a_busy_lane_loses_to_a_free_
     async with stack(tmp_path, lane) as s:
         first = await choose_when(s, lambda loads: all(x.max_ongoing_requests for x in loads))
         # Long streams to alpha (group `tiny`) until at least two of its four slots are busy.
-        holders = asyncio.create_task(burst(s, 4))
+        # Renewed as they end: on a loaded machine a status poll can time out while a whole
+        # burst runs, and a poll must land while the slots are held.
+        holders = asyncio.create_task(keep_busy(s, 4))
         busy = await choose_when(
             s, lambda loads: loads[0].running_requests + loads[0].queue_depth >= 2
         )
