@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from maestro.core.quotas import UNLIMITED, Limiter
+from maestro.core.readiness import ALWAYS_READY, Readiness
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.core.telemetry import Telemetry
 from maestro.data_plane.breaker import BreakerSettings, Clock
@@ -148,6 +149,7 @@ async def build_data_plane(
     forward: ObservationSink | None = None,
     clock: Clock = time.monotonic,
     limiter: Limiter = UNLIMITED,
+    readiness: Readiness = ALWAYS_READY,
 ) -> DataPlane:
     """The data plane of this process. `node_id` names it in the observations it reports
     (default: host and pid); `forward` also receives them (a remote control plane); `clock`
@@ -197,6 +199,7 @@ async def build_data_plane(
         insecure_project,
         max_body_bytes=config.http_max_body_bytes,
         limiter=limiter,
+        readiness=readiness,
     )
     plane = DataPlane(config, service, observer, native, translating, ingress, simulator)
     plane.flusher = asyncio.create_task(observer.report_forever(config.report_interval_s))

@@ -38,6 +38,7 @@ from maestro.core.errors import (
     internal_error,
 )
 from maestro.core.quotas import UNLIMITED, Limiter
+from maestro.core.readiness import ALWAYS_READY, Readiness
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
 from maestro.data_plane.model_groups import model_groups
@@ -275,8 +276,10 @@ class OpenAIIngress:
         *,
         max_body_bytes: int = 8 * 1024 * 1024,
         limiter: Limiter = UNLIMITED,
+        readiness: Readiness = ALWAYS_READY,
     ) -> None:
         self._service = service
+        self._readiness = readiness
         self._routes = routes
         self._authenticate = authenticate
         self._insecure_project = insecure_project

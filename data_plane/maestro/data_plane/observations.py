@@ -28,6 +28,7 @@ from maestro.data_plane.breaker import (
 )
 from maestro.data_plane.providers.types import FailureKind
 from maestro.routing.signals import Breaker, Observation, error_key
+from maestro.routing.spec import CallSettings
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +71,9 @@ class Observer:
             description="Circuit breaker state changes, by deployment and new state.",
         )
 
-    def breaker(self, state_key: str) -> CircuitBreaker:
-        """The breaker of a deployment's `state_key` (`DeploymentSpec.state_key`)."""
+    def breaker(self, state_key: str, calls: CallSettings | None = None) -> CircuitBreaker:
+        """The breaker of a deployment's `state_key` (`DeploymentSpec.state_key`); `calls`:
+        the deployment's settings from its config (allowed fails, cooldown)."""
         breaker = self._breakers.get(state_key)
         if breaker is None:
             breaker = CircuitBreaker(state_key, self._settings, self._on_transition, self._clock)
@@ -103,9 +105,13 @@ class Observer:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cost_usd: float = 0.0,
+        failure_class: str | None = None,
+        calls: CallSettings | None = None,
     ) -> None:
-        """One attempt's outcome; `failure` None for a success. The breaker is `state_key`'s
-        (`DeploymentSpec.state_key`), the observation the project's own deployment's."""
+        """One attempt's outcome; `failure` None for a success, `failure_class` its LiteLLM
+        exception class (`spec.FAILURE_CLASSES`), `calls` the deployment's call settings. The
+        breaker is `state_key`'s (`DeploymentSpec.state_key`), the observation the project's
+        own deployment's."""
         if failure not in (FailureKind.BREAKER_OPEN, FailureKind.REQUEST_REJECTED):
             # A lane that sheds answered at once: it is up, just full. Counting sheds as
             # failures would open its breaker and turn "full" into "down" (UNAVAILABLE for work

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from maestro.routing.engine import BoolArray, PolicyView
-from maestro.routing.spec import GLOBAL_OWNER, OWNER_KEY
+from maestro.routing.spec import GLOBAL_OWNER, OWNER_KEY, SHARED_STATE_KEYS
 
 GLOBAL_PROJECT = "projects/global"
 
@@ -28,15 +28,18 @@ def merge_layers(global_raw: dict[str, Any], project_raw: dict[str, Any]) -> dic
     The global layer is a floor the project cannot lower:
     - `model_list`: the project's entries are added; the operator's are kept as they are and
       marked as the operator's (`maestro_owner: global`), so their state is shared and no project
-      entry can stand in for one (a project entry with the same id is a duplicate-id error).
+      entry can stand in for one (a project entry with the same id is a duplicate-id error);
+      the global `router_settings` that shape that shared state (breaker, admission) are
+      copied into them, and a project's `router_settings` do not reach them.
     - `policies.content_tags`: every tag confined by either layer stays confined; a tag both
       confine may go only to the models both allow.
     - other blocks (`router_settings`, `router`, `telemetry`, ...): the project's keys override
       the global ones key by key (weights, aliases, fallbacks are the project's to choose).
     """
     merged: dict[str, Any] = dict(global_raw)
+    shared = _shared_state_defaults(global_raw)
     merged["model_list"] = [
-        *(_stamped(e, GLOBAL_OWNER) for e in global_raw.get("model_list") or []),
+        *(_stamped(e, GLOBAL_OWNER, shared) for e in global_raw.get("model_list") or []),
         *(_stamped(e, None) for e in project_raw.get("model_list") or []),
     ]
     for key, value in project_raw.items():
@@ -72,10 +75,22 @@ def _owner_of(entry: Any) -> Any:
     return info.get(OWNER_KEY) if isinstance(info, dict) else None
 
 
-def _stamped(entry: Any, owner: str | None) -> Any:
-    """A copy of a model_list entry owned by `owner` (None: the mark removed)."""
+def _shared_state_defaults(global_raw: dict[str, Any]) -> dict[str, Any]:
+    """The global layer's `router_settings` values for state all projects share, under the
+    `litellm_params` key each becomes (`spec.SHARED_STATE_KEYS`)."""
+    settings = global_raw.get("router_settings")
+    if not isinstance(settings, dict):
+        return {}
+    return {param: settings[key] for key, param in SHARED_STATE_KEYS.items() if key in settings}
+
+
+def _stamped(entry: Any, owner: str | None, shared: dict[str, Any] | None = None) -> Any:
+    """A copy of a model_list entry owned by `owner` (None: the mark removed); `shared`
+    fills the entry's `litellm_params` where it does not say."""
     if not isinstance(entry, dict):
         return entry  # invalid; validation reports it with its path
+    if shared and isinstance(entry.get("litellm_params"), dict):
+        entry = {**entry, "litellm_params": {**shared, **entry["litellm_params"]}}
     info = entry.get("model_info")
     info = dict(info) if isinstance(info, dict) else {}
     info.pop(OWNER_KEY, None)

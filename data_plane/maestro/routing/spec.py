@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.core.yaml_input import reject_aliases
-from maestro.routing import catalog
+from maestro.routing import catalog, litellm_keys
 
 OBJECTIVES = ("quality", "latency", "cost", "reliability", "sovereignty")
 # The seed's objective names, and the short ones the x-maestro-objectives header uses.
@@ -53,10 +54,73 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LitellmParams(_Open):
+PostFirstTokenPolicy = Literal["fail", "continue_on_fallback"]
+FAILURE_CLASSES = (
+    "BadRequestError",
+    "AuthenticationError",
+    "TimeoutError",
+    "RateLimitError",
+    "ContentPolicyViolationError",
+    "InternalServerError",
+)
+"""LiteLLM's exception classes, as its `retry_policy` and `allowed_fails_policy` name them."""
+_Seconds = Field(None, gt=0, le=3600)
+_Count = Field(None, ge=0, le=1000)
+
+
+class RetryPolicy(_Closed):
+    """LiteLLM's `router_settings.retry_policy`: retries per exception class."""
+
+    BadRequestErrorRetries: int | None = Field(None, ge=0, le=10)
+    AuthenticationErrorRetries: int | None = Field(None, ge=0, le=10)
+    TimeoutErrorRetries: int | None = Field(None, ge=0, le=10)
+    RateLimitErrorRetries: int | None = Field(None, ge=0, le=10)
+    ContentPolicyViolationErrorRetries: int | None = Field(None, ge=0, le=10)
+    InternalServerErrorRetries: int | None = Field(None, ge=0, le=10)
+
+    def by_class(self) -> dict[str, int]:
+        return _by_class(self, "Retries")
+
+
+class AllowedFailsPolicy(_Closed):
+    """LiteLLM's `router_settings.allowed_fails_policy`: failures per minute per exception
+    class before the deployment cools down."""
+
+    BadRequestErrorAllowedFails: int | None = _Count
+    AuthenticationErrorAllowedFails: int | None = _Count
+    TimeoutErrorAllowedFails: int | None = _Count
+    RateLimitErrorAllowedFails: int | None = _Count
+    ContentPolicyViolationErrorAllowedFails: int | None = _Count
+    InternalServerErrorAllowedFails: int | None = _Count
+
+    def by_class(self) -> dict[str, int]:
+        return _by_class(self, "AllowedFails")
+
+
+def _by_class(policy: BaseModel, suffix: str) -> dict[str, int]:
+    values = {name: getattr(policy, f"{name}{suffix}", None) for name in FAILURE_CLASSES}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+class _CallKnobs(_Open):
+    """The LiteLLM keys, shared by `litellm_params` (one deployment) and `router_settings`
+    (every deployment), that say how calls behave."""
+
+    timeout: float | None = _Seconds
+    stream_timeout: float | None = _Seconds
+    num_retries: int | None = Field(None, ge=0, le=10)
+    allowed_fails: int | None = _Count
+    allowed_fails_policy: AllowedFailsPolicy | None = None
+    cooldown_time: float | None = Field(None, ge=0, le=3600)
+
+
+class LitellmParams(_CallKnobs):
     model: str = Field(min_length=1)
     api_base: str | None = None
     api_key: str | None = None
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_parallel_requests: int | None = Field(None, ge=1)
 
     @field_validator("api_key")
     @classmethod
@@ -79,6 +143,13 @@ class ModelInfo(_Open):
         "auto",
         description="How the data plane calls the deployment: its native OpenAI-compatible "
         "client, LiteLLM, or `auto` (native for OpenAI-compatible providers).",
+    )
+    post_first_token_failure_policy: PostFirstTokenPolicy | None = Field(
+        None,
+        description="What a failure of this deployment after output reached the caller does: "
+        "`continue_on_fallback` (the next deployment goes on from the output so far) or "
+        "`fail`; unset: the project's `router.post_first_token_failure_policy`, else the "
+        "server's default.",
     )
 
 
@@ -104,6 +175,11 @@ class RouterSection(_Closed):
     cost_reference_per_1k: float = Field(
         0.01, gt=0, description="USD per 1k tokens at which the cost score is 0.5."
     )
+    post_first_token_failure_policy: PostFirstTokenPolicy | None = Field(
+        None,
+        description="The project's default for a failure after output reached the caller; "
+        "a deployment's `model_info` and a request may override it.",
+    )
 
     @field_validator("objectives")
     @classmethod
@@ -121,12 +197,57 @@ class PoliciesSection(_Closed):
     content_tags: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class RouterSettings(_CallKnobs):
+    """LiteLLM's `router_settings`: defaults for every deployment, and the router's own keys."""
+
+    retry_policy: RetryPolicy | None = None
+    default_max_parallel_requests: int | None = Field(None, ge=1)
+    fallbacks: list[Any] | None = None
+    model_group_alias: dict[str, Any] | None = None
+
+
+class LitellmSettings(_Open):
+    """LiteLLM's `litellm_settings`: process-wide defaults; only these two shape calls."""
+
+    request_timeout: float | None = _Seconds
+    num_retries: int | None = Field(None, ge=0, le=10)
+
+
 class RouteConfigDocument(_Open):
     model_list: list[ModelEntry] = Field(min_length=1)
-    router_settings: dict[str, Any] = Field(default_factory=dict)
+    router_settings: RouterSettings = RouterSettings()
+    litellm_settings: LitellmSettings = LitellmSettings()
     router: RouterSection = RouterSection()
     policies: PoliciesSection = PoliciesSection()
     telemetry: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallSettings:
+    """How calls to one deployment behave, as its LiteLLM config says (the deployment's
+    `litellm_params`, else `router_settings`, else `litellm_settings`). None or empty: the
+    config does not say, and the data plane's own `data_plane.*` setting applies."""
+
+    first_token_timeout_s: float | None = None
+    """`stream_timeout`, else `timeout`: the wait for the first token."""
+    stall_timeout_s: float | None = None
+    """`stream_timeout`, else `timeout`: the longest gap between tokens."""
+    attempt_timeout_s: float | None = None
+    """`timeout` (`litellm_settings.request_timeout`): the most one attempt may take, whole."""
+    num_retries: int | None = None
+    """Retries on this deployment, before the first token, before the call moves on."""
+    retries_by_class: Mapping[str, int] = field(default_factory=dict)
+    """`retry_policy`: retries per LiteLLM exception class (FAILURE_CLASSES), over
+    `num_retries`."""
+    allowed_fails: int | None = None
+    """Failures within a minute beyond which the breaker opens (besides its failure ratio)."""
+    allowed_fails_by_class: Mapping[str, int] = field(default_factory=dict)
+    cooldown_s: float | None = None
+    """`cooldown_time`: how long the breaker stays open."""
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel_requests: int | None = None
+    post_first_token_failure_policy: PostFirstTokenPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +268,7 @@ class DeploymentSpec:
     max_input_tokens: int | None
     expected_p95_latency_ms: float
     client: str = "auto"
+    calls: CallSettings = CallSettings()
     owner: str = ""
     """'' for the operator's deployments (the global layer), else the project that defined it."""
 
@@ -196,12 +318,17 @@ def load_yaml(text: str, field: str = "config_yaml") -> dict[str, Any]:
 
 def resolve_route_config(raw: dict[str, Any], field: str = "config_yaml") -> RouteConfigSpec:
     """Validate parsed config data and resolve every deployment's facts."""
+    refused = litellm_keys.refusals(raw, field)
     try:
         document = RouteConfigDocument.model_validate(raw)
     except ValidationError as error:
         raise InvalidArgument(
-            [FieldViolation(f"{field}: {_path(e['loc'])}", e["msg"]) for e in error.errors()]
+            refused
+            + [FieldViolation(f"{field}: {_path(e['loc'])}", e["msg"]) for e in error.errors()]
         ) from error
+    if refused:
+        raise InvalidArgument(refused)
+    litellm_keys.note_ignored(raw)
     return _resolve(document, field)
 
 
@@ -253,6 +380,7 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
                 max_input_tokens=info.max_input_tokens or facts.max_input_tokens,
                 expected_p95_latency_ms=info.expected_p95_latency_ms,
                 client=info.client,
+                calls=_call_settings(entry, document),
                 owner=_owner(info),
             )
         )
@@ -275,7 +403,7 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
         content_tags[key] = content_tags.get(key, frozenset(models)) & frozenset(models)
     aliases = {
         str(alias): str(target)
-        for alias, target in (document.router_settings.get("model_group_alias") or {}).items()
+        for alias, target in (document.router_settings.model_group_alias or {}).items()
     }
     for alias, target in aliases.items():
         if target not in known:
@@ -302,6 +430,62 @@ OWNER_KEY = "maestro_owner"
 """`model_info` key the layer merge writes: `global` on the operator's entries, else the
 project id. Callers may not write it (`routing.tenancy`)."""
 GLOBAL_OWNER = "global"
+
+
+SHARED_STATE_KEYS = {
+    "allowed_fails": "allowed_fails",
+    "allowed_fails_policy": "allowed_fails_policy",
+    "cooldown_time": "cooldown_time",
+    "default_max_parallel_requests": "max_parallel_requests",
+}
+"""`router_settings` keys (and the `litellm_params` key each becomes) that shape state every
+project shares: an operator deployment's breaker and admission. On the operator's entries they
+are read from the entry alone: the layer merge copies the global layer's values there
+(`layers.merge_layers`), and a project's `router_settings` never reach them."""
+
+
+def _call_settings(entry: ModelEntry, document: RouteConfigDocument) -> CallSettings:
+    params, router, process = (
+        entry.litellm_params,
+        document.router_settings,
+        document.litellm_settings,
+    )
+    operators = (entry.model_info.model_extra or {}).get(OWNER_KEY) == GLOBAL_OWNER
+    shared = RouterSettings() if operators else router
+    first = _first(
+        params.stream_timeout,
+        router.stream_timeout,
+        params.timeout,
+        router.timeout,
+        process.request_timeout,
+    )
+    fails_policy = _first(params.allowed_fails_policy, shared.allowed_fails_policy)
+    return CallSettings(
+        first_token_timeout_s=first,
+        stall_timeout_s=first,
+        attempt_timeout_s=_first(params.timeout, router.timeout, process.request_timeout),
+        num_retries=_first(params.num_retries, router.num_retries, process.num_retries),
+        retries_by_class=router.retry_policy.by_class() if router.retry_policy else {},
+        allowed_fails=_first(params.allowed_fails, shared.allowed_fails),
+        allowed_fails_by_class=fails_policy.by_class() if fails_policy else {},
+        cooldown_s=_first(params.cooldown_time, shared.cooldown_time),
+        rpm=params.rpm,
+        tpm=params.tpm,
+        max_parallel_requests=_first(
+            params.max_parallel_requests, shared.default_max_parallel_requests
+        ),
+        post_first_token_failure_policy=_first(
+            entry.model_info.post_first_token_failure_policy,
+            document.router.post_first_token_failure_policy,
+        ),
+    )
+
+
+_T = TypeVar("_T")
+
+
+def _first(*values: _T | None) -> _T | None:
+    return next((value for value in values if value is not None), None)
 
 
 def _owner(info: ModelInfo) -> str:
@@ -351,7 +535,7 @@ def _fallbacks(
                 )
         chains.setdefault(chain.primary, []).extend(chain.on_error)
     # LiteLLM's own format: router_settings.fallbacks: [{"gpt-4o": ["sonnet-3.7"]}]
-    for index, item in enumerate(document.router_settings.get("fallbacks") or []):
+    for index, item in enumerate(document.router_settings.fallbacks or []):
         if not isinstance(item, dict):
             violations.append(
                 FieldViolation(f"{field}: router_settings.fallbacks[{index}]", "must be a mapping")
