@@ -9,10 +9,18 @@ pins the proxy runtime by hand. Usage:
         client = openai.AsyncOpenAI(base_url=base_url, api_key=PROXY_MASTER_KEY)
         ...  # model="sim-1"
 
-`model_name` is both the upstream model and the name the proxy serves it under. The proxy binds
-loopback only, has no database, and is told to use its bundled catalogs (cost map, blog posts,
-policy templates) instead of fetching them. It refuses to start without a strong master key, so
-every request needs `PROXY_MASTER_KEY` (random per process) as its API key.
+`model_name` is both the upstream model and the name the proxy serves it under. A full LiteLLM
+proxy config of the caller's (several model groups, `router_settings`, `os.environ/` keys) runs
+as it is with `start_litellm_proxy_config`:
+
+    async with start_litellm_proxy_config(python, Path("config.yaml"), 4000, ["primary"]) as url:
+        ...
+
+The proxy binds loopback only, has no database, and is told to use its bundled catalogs (cost
+map, blog posts, policy templates) instead of fetching them. It refuses to start without a
+strong master key, so every request needs `PROXY_MASTER_KEY` (random per process) as its API
+key: the proxy gets it as `LITELLM_MASTER_KEY` in its environment, which it reads when the
+config has no `general_settings.master_key`, so a caller's config needs none.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from secrets import token_hex
 
@@ -141,16 +149,18 @@ async def _get_json(session: aiohttp.ClientSession, url: str) -> object:
         return None
 
 
-async def _serves(session: aiohttp.ClientSession, origin: str, model_name: str) -> bool:
-    """Whether the proxy is ready (`/health/readiness`) and lists `model_name` (`/v1/models`)."""
+async def _serves(session: aiohttp.ClientSession, origin: str, model_names: Sequence[str]) -> bool:
+    """Whether the proxy is ready (`/health/readiness`) and lists every one of `model_names`
+    (`/v1/models`)."""
     health = await _get_json(session, f"{origin}/health/readiness")
     if not isinstance(health, dict) or health.get("status") != "healthy":
         return False
     models = await _get_json(session, f"{origin}/v1/models")
     data = models.get("data") if isinstance(models, dict) else None
-    return isinstance(data, list) and any(
-        isinstance(entry, dict) and entry.get("id") == model_name for entry in data
-    )
+    if not isinstance(data, list):
+        return False
+    listed = {entry.get("id") for entry in data if isinstance(entry, dict)}
+    return all(name in listed for name in model_names)
 
 
 def _check_port_free(port: int) -> None:
@@ -181,7 +191,8 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 async def start_litellm_proxy(
     python: str, upstream_base_url: str, model_name: str, port: int
 ) -> AsyncIterator[str]:
-    """Run the proxy with one worker on 127.0.0.1:`port`; yield its base URL (`.../v1`).
+    """Run the proxy with one worker on 127.0.0.1:`port` in front of one upstream model; yield
+    its base URL (`.../v1`).
 
     Its stdout and stderr go to a temp log file, whose tail is in the error if it exits or does
     not serve `model_name` within `START_TIMEOUT_S`. The log's folder is removed on a clean exit.
@@ -190,9 +201,50 @@ async def start_litellm_proxy(
     workdir = Path(tempfile.mkdtemp(prefix="maestro-litellm-proxy-"))
     config = workdir / "config.yaml"
     config.write_text(_config(upstream_base_url, model_name))
+    async with _run_proxy(python, config, port, (model_name,), workdir, {}) as base_url:
+        yield base_url
+
+
+@contextlib.asynccontextmanager
+async def start_litellm_proxy_config(
+    python: str,
+    config: Path,
+    port: int,
+    model_names: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[str]:
+    """Run the proxy with one worker on 127.0.0.1:`port` on the LiteLLM proxy config file
+    `config`, used as it is; yield its base URL (`.../v1`) once it lists every one of
+    `model_names`.
+
+    The config's `os.environ/NAME` references resolve in the proxy's environment: this
+    process's (less `_DROPPED_ENV`), plus `env`, plus `LITELLM_MASTER_KEY` = `PROXY_MASTER_KEY`
+    (so the config should name no `general_settings.master_key` of its own). Logs as
+    `start_litellm_proxy` does.
+    """
+    _check_port_free(port)
+    workdir = Path(tempfile.mkdtemp(prefix="maestro-litellm-proxy-"))
+    absolute = await asyncio.to_thread(config.resolve)  # the proxy runs in `workdir`
+    models = tuple(model_names)
+    async with _run_proxy(python, absolute, port, models, workdir, dict(env or {})) as base_url:
+        yield base_url
+
+
+@contextlib.asynccontextmanager
+async def _run_proxy(
+    python: str,
+    config: Path,
+    port: int,
+    model_names: tuple[str, ...],
+    workdir: Path,
+    extra_env: dict[str, str],
+) -> AsyncIterator[str]:
+    """The proxy on `config`, its log in `workdir` (removed on a clean exit)."""
     log = workdir / "proxy.log"
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env.update(extra_env)
     env.update(_OFFLINE_ENV)
+    env["LITELLM_MASTER_KEY"] = PROXY_MASTER_KEY
     origin = f"http://127.0.0.1:{port}"
     command = [
         python,
@@ -221,12 +273,12 @@ async def start_litellm_proxy(
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         async with aiohttp.ClientSession(trust_env=False) as session:
-            while not await _serves(session, origin, model_name):
+            while not await _serves(session, origin, model_names):
                 if process.returncode is not None or time.monotonic() > deadline:
                     why = (
                         f"exited with {process.returncode}"
                         if process.returncode is not None
-                        else f"did not serve {model_name!r} within {START_TIMEOUT_S:.0f} s"
+                        else f"did not serve {list(model_names)} within {START_TIMEOUT_S:.0f} s"
                     )
                     raise RuntimeError(
                         f"LiteLLM proxy ({' '.join(command)}) {why}; log {log}:\n{_tail(log)}"

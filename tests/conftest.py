@@ -10,6 +10,10 @@ in-memory exporter so tests can assert what was traced.
 from __future__ import annotations
 
 import os
+
+# Before any test module imports litellm: its bundled price map, never the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path

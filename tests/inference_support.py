@@ -6,7 +6,7 @@ group is served by its own SimProvider, so a test can break one and watch the ot
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +63,10 @@ async def stack(
     primary: FaultProfile | None = None,
     backup: FaultProfile | None = None,
     overrides: dict[str, object] | None = None,
+    config_for: Callable[[str, str], str] | None = None,
 ) -> AsyncIterator[Stack]:
+    """Two simulated providers and a server routing `primary` -> `backup` over them;
+    `config_for(primary_url, backup_url)` writes another routing config."""
     async with (
         SimProvider(primary or profile()) as primary_sim,
         SimProvider(backup or profile()) as backup_sim,
@@ -71,7 +74,10 @@ async def stack(
         server = await start_server(tmp_path, **(overrides or {}))
         try:
             async with server.client(server.alpha_key) as client:
-                config = CONFIG.format(primary=primary_sim.base_url, backup=backup_sim.base_url)
+                if config_for is None:
+                    config = CONFIG.format(primary=primary_sim.base_url, backup=backup_sim.base_url)
+                else:
+                    config = config_for(primary_sim.base_url, backup_sim.base_url)
                 await client.routes.ApplyConfig(
                     rpb.ApplyConfigRequest(
                         route_config=rpb.RouteConfig(

@@ -151,10 +151,52 @@ def test_deployment_selectors_services_and_probes_agree(name: str) -> None:
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
-    readiness = _probe_args(container["readinessProbe"])
-    assert int(readiness["port"]) in ports.values()
-    assert readiness.get("service", "") in SERVED
-    assert container["livenessProbe"]["tcpSocket"]["port"] in ports.values()
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = container[kind]
+        if "exec" in probe:
+            options = _probe_args(probe)
+            assert int(options["port"]) in ports.values()
+            assert options.get("service", "") in SERVED
+        else:
+            [target] = [probe[a] for a in ("httpGet", "tcpSocket") if a in probe]
+            assert ports.get(target["port"], target["port"]) in ports.values()
+
+
+def _http_port(name: str) -> int:
+    port: int = {p["name"]: p["containerPort"] for p in _container(name)["ports"]}["http"]
+    return port
+
+
+def test_data_planes_are_probed_on_the_ingress_readyz_and_healthz_over_https(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/readyz is 503 until the first snapshot and while draining; /healthz answers whenever
+    the process does. The ingress serves TLS there without asking for a client certificate, so
+    kubelet's httpGet (which presents none and checks no certificate) reaches it."""
+    container = _container("maestro-data-plane")
+    config = _data_plane_config(monkeypatch)
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    assert readiness["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTPS"}
+    assert liveness["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTPS"}
+    assert config.data_plane.http_port == _http_port("maestro-data-plane")
+    assert config.server.tls.enabled
+    assert config.server.tls.client_ca_file is None
+
+
+def test_the_control_plane_is_ready_once_route_service_serves_and_live_on_its_grpc_port() -> None:
+    """Its ingress asks for a client certificate, which kubelet's httpGet cannot present: the
+    readiness probe checks RouteService's health (NOT_SERVING until the routing files apply
+    and while draining) from inside the pod; liveness is the gRPC port accepting."""
+    container = _container("maestro-control-plane")
+    config = _control_plane_config()
+    assert config.server.tls.client_ca_file is not None
+    options = _probe_args(container["readinessProbe"])
+    assert options["service"] == "maestro.v1.RouteService"
+    assert int(options["port"]) == config.server.port
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["grpc"] == config.server.port
+    assert config.data_plane.http_port == _http_port("maestro-control-plane")
 
 
 def _probe_args(probe: dict[str, Any]) -> dict[str, str]:
@@ -164,7 +206,7 @@ def _probe_args(probe: dict[str, Any]) -> dict[str, str]:
     return dict(arg.removeprefix("--").split("=", 1) for arg in command[3:])
 
 
-@pytest.mark.parametrize("name", ["maestro-control-plane", "maestro-data-plane"])
+@pytest.mark.parametrize("name", ["maestro-control-plane"])
 def test_readiness_probes_speak_tls_with_the_mounted_files(name: str) -> None:
     """kubelet's own gRPC probe is plaintext only, so the probe runs in the pod and dials TLS,
     checking the certificate against the name it was issued for."""

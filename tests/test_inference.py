@@ -158,12 +158,15 @@ async def test_first_token_timeout_fails_over_and_drops_the_slow_connection(
     assert seen.client_disconnects == 1
 
 
-async def test_failure_after_first_token_fails_with_the_partial_output_by_default(
+async def test_failure_after_first_token_fails_with_the_partial_output_when_asked(
     tmp_path: Path,
 ) -> None:
     cut = profile(cut_rate=1.0, cut_after=TokenRange(lo=5, hi=5))
+    policy = ipb.POST_FIRST_TOKEN_FAILURE_POLICY_FAIL
     async with stack(tmp_path, primary=cut) as s:
-        stream = await events(s.client, stream_request(max_tokens=20))
+        stream = await events(
+            s.client, stream_request(max_tokens=20, post_first_token_failure_policy=policy)
+        )
         backup_calls = s.backup.stats.requests_started
     done = stream[-1].done
     assert done.finish_reason == ipb.CHAT_COMPLETION_FINISH_REASON_ERROR

@@ -16,24 +16,12 @@ from maestro.data_plane.providers.openai_compat import OpenAICompatProvider, Sse
 from maestro.data_plane.providers.types import FailureKind, ProviderError, ProviderRequest
 from maestro.data_plane.retry_budget import RetryBudget
 from maestro.data_plane.sim import FaultProfile, Faults, SimProvider, completion_text
+from maestro.routing.signals import Breaker
+from tests.clock_support import FakeClock
 
 SETTINGS = BreakerSettings(
     window=4, min_calls=4, failure_ratio=0.5, open_s=5.0, probes=1, close_after=2
 )
-
-
-class FakeClock:
-    """A breaker's clock that moves only when the test says. The event loop's timer may still
-    wake the breaker, but the breaker goes by this clock, so nothing here waits."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _breaker() -> tuple[CircuitBreaker, list[Transition], FakeClock]:
@@ -84,6 +72,29 @@ async def test_a_lane_shedding_requests_does_not_open_its_breaker() -> None:
     assert observer.breaker("lane").state is BreakerState.CLOSED
     assert observer.breaker("host").state is BreakerState.OPEN
     assert observer.breaker("host").opened_at == clock.now  # the observer's clock reaches it
+    observer.close()
+
+
+async def test_an_observation_carries_the_breaker_of_its_deployments_state_key() -> None:
+    observer = Observer(
+        SETTINGS,
+        metrics.NoOpMeterProvider().get_meter("test"),
+        node_id="n",
+        sink=lambda batch: None,
+        on_breaker=lambda deployment_id, is_open: None,
+        clock=FakeClock(),
+    )
+    for _ in range(4):  # a tenant's deployment "x": its breaker is its project's own
+        observer.observe(
+            "projects/t",
+            "x",
+            "projects/t/deployments/x",
+            FailureKind.PROVIDER_ERROR,
+            duration_s=0.1,
+            ttft_s=None,
+        )
+    [observation] = observer.flush()
+    assert observation.breaker_state == Breaker.OPEN
     observer.close()
 
 

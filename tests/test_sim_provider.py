@@ -8,6 +8,7 @@ injected clock.
 from __future__ import annotations
 
 import json
+import random
 import re
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from maestro.data_plane.sim import (
     Brownout,
     FaultProfile,
     Faults,
+    FixedLatency,
     LognormalLatency,
     ProfileError,
     SimProvider,
@@ -35,6 +37,7 @@ from maestro.data_plane.sim import (
     completion_text,
     load_profile,
 )
+from maestro.data_plane.sim.faults import CompiledFaults
 
 MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},
@@ -301,6 +304,47 @@ async def test_stall_times_the_client_out_and_counts_its_disconnect() -> None:
 
     assert "".join(received) == completion_text("sim-1", MESSAGES, max_tokens=2)
     assert (stats.streams_stalled, stats.requests_completed) == (1, 0)
+
+
+async def test_slow_first_token_holds_back_the_first_chunk_until_the_client_times_out() -> None:
+    # Every response slow: its first chunk would come a minute after the headers.
+    faults = Faults(slow_first_token_rate=1.0, slow_first_token_ms=60_000)
+    async with SimProvider(FaultProfile(default=faults)) as provider:
+        received: list[str] = []
+        async with client(provider, timeout=0.5) as api:
+            stream = await api.chat.completions.create(
+                model="sim-1", messages=MESSAGES, stream=True, max_tokens=10
+            )
+            with pytest.raises(openai.APITimeoutError):
+                await drain(stream, received, [])
+            await stream.close()
+        stats = await provider.wait_for_stats(
+            lambda s: s.client_disconnects == 1 and s.open_streams == 0
+        )
+
+    assert received == []
+    assert (stats.streams_stalled, stats.requests_completed) == (0, 0)
+
+
+def test_slow_first_token_rate_is_a_share_of_the_served_requests() -> None:
+    faults = Faults(
+        ttft=FixedLatency(ms=10),
+        error_rate=0.25,
+        slow_first_token_rate=0.5,
+        slow_first_token_ms=5000,
+    )
+    plans = [CompiledFaults(faults).plan(random.Random(i), 8) for i in range(400)]
+    served = [plan for plan in plans if plan.error_status is None]
+
+    assert {plan.ttft_s for plan in served} == {0.01, 5.0}
+    assert 0.4 < sum(plan.ttft_s == 5.0 for plan in served) / len(served) < 0.6
+    assert {plan.ttft_s for plan in plans if plan.error_status is not None} == {0.0}
+    # Without the fault, the draws are the ones profiles made before it existed.
+    plain = Faults(error_rate=0.25, cut_rate=0.5)
+    with_zero = plain.model_copy(update={"slow_first_token_rate": 0.0})
+    assert [CompiledFaults(plain).plan(random.Random(i), 8).cut_at for i in range(50)] == [
+        CompiledFaults(with_zero).plan(random.Random(i), 8).cut_at for i in range(50)
+    ]
 
 
 async def test_client_closing_mid_stream_is_a_disconnect() -> None:

@@ -150,6 +150,43 @@ def test_operator_entries_stay_the_operators_and_tenant_entries_are_the_tenants(
     assert owners == {"ops-a": ("", "ops-a"), "x": ("t", "projects/t/deployments/x")}
 
 
+def test_a_tenants_router_settings_leave_an_operator_deployments_shared_state_settings() -> None:
+    """Breaker and admission state of an operator deployment is every project's: only the
+    operator's global router_settings shape it, a project's reach its own deployments only."""
+    hostile = {"allowed_fails": 0, "cooldown_time": 3600, "default_max_parallel_requests": 1}
+    operator_entry = {**_entry("ops"), "model_info": {"id": "ops-a"}}
+    project = {"model_list": [{**_entry("mine"), "model_info": {"id": "x"}}]}
+    quiet = resolve_route_config(
+        merge_layers({"model_list": [operator_entry]}, {**project, "router_settings": hostile})
+    )
+    [ops] = [d for d in quiet.deployments if d.deployment_id == "ops-a"]
+    assert (ops.calls.allowed_fails, ops.calls.cooldown_s, ops.calls.max_parallel_requests) == (
+        None,
+        None,
+        None,
+    )
+    operator = {
+        "model_list": [operator_entry],
+        "router_settings": {
+            "allowed_fails": 4,
+            "cooldown_time": 30,
+            "default_max_parallel_requests": 8,
+            "allowed_fails_policy": {"RateLimitErrorAllowedFails": 9},
+        },
+    }
+    merged = resolve_route_config(merge_layers(operator, {**project, "router_settings": hostile}))
+    calls = {d.deployment_id: d.calls for d in merged.deployments}
+    assert (
+        calls["ops-a"].allowed_fails,
+        calls["ops-a"].allowed_fails_by_class,
+        calls["ops-a"].cooldown_s,
+        calls["ops-a"].max_parallel_requests,
+    ) == (4, {"RateLimitError": 9}, 30.0, 8)
+    # the project's own deployment does take them
+    assert (calls["x"].allowed_fails, calls["x"].cooldown_s) == (0, 3600.0)
+    assert calls["x"].max_parallel_requests == 1
+
+
 # -- what Rego sees ---------------------------------------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 It serves InferenceService (gRPC, with health and reflection) and the OpenAI-compatible ingress,
 routes with snapshots it follows on WatchConfig, reports observations on ReportObservations and
-checks callers' API keys with the control plane. Health says NOT_SERVING until the first snapshot
-arrived, so a load balancer sends nothing before it can route.
+checks callers' API keys with the control plane. Health says NOT_SERVING and the HTTP ingress
+answers 503 (one `Readiness` flag) until the first snapshot arrived, so a load balancer sends
+nothing before it can route.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from maestro.app.config import MaestroConfig
 from maestro.clients import AsyncMaestroClient, channel_credentials
 from maestro.core.quotas import limiter_from
+from maestro.core.readiness import Readiness
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
 from maestro.core.rpc.reflection import enable_reflection
 from maestro.core.rpc.server import build_grpc_server
@@ -48,6 +50,7 @@ class DataPlaneServer:
     client: AsyncMaestroClient
     verifier: RemoteKeyVerifier
     port: int
+    readiness: Readiness = field(default_factory=Readiness)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     stopped: bool = False
 
@@ -56,10 +59,12 @@ class DataPlaneServer:
         return f"{self.config.server.host}:{self.port}"
 
     async def stop(self, grace_s: float | None = None) -> None:
+        self.readiness.mark_draining()  # the ingress answers 503 from here on
         if self.stopped:
             return
         self.stopped = True
         grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        log.info("server.stopping", grace_period_s=grace)
         await self.health.shut_down()
         await self.data.stop_http()
         await self.server.stop(grace)
@@ -73,13 +78,25 @@ class DataPlaneServer:
         log.info("server.stopped")
 
 
-async def _serving_once_synced(follower: SnapshotFollower, health: HealthServicer) -> None:
+async def _serving_once_synced(
+    follower: SnapshotFollower, health: HealthServicer, readiness: Readiness
+) -> None:
     await follower.synced.wait()
+    if readiness.draining:
+        return
     await health.set(INFERENCE_SERVICE, SERVING)
     await health.set("", SERVING)
+    readiness.mark_ready()
+    log.info("server.serving", reason="first snapshot synced")
 
 
-async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -> DataPlaneServer:
+async def start_data_plane_server(
+    config: MaestroConfig, telemetry: Telemetry, readiness: Readiness | None = None
+) -> DataPlaneServer:
+    """Start and return at once; it turns ready (health SERVING, the ingress open) when the
+    first snapshot arrives. `readiness` already draining (a signal during the start) keeps it
+    from turning ready: the caller stops what is returned."""
+    readiness = readiness or Readiness()
     settings = config.data_plane
     target, api_key = settings.control_plane_target, settings.control_plane_api_key
     if not target or not api_key:
@@ -119,12 +136,14 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
         node_id,
         forward=reporter,
         limiter=limiter,
+        readiness=readiness,
     )
     server = build_grpc_server(
         config.server, telemetry, verifier.authenticate, None, "maestro.data_plane", limiter
     )
     data.register(server, decider)
-    health = HealthServicer()
+    health = HealthServicer()  # "" NOT_SERVING until the first snapshot
+    await health.set(INFERENCE_SERVICE, NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     enable_reflection(
         server, [INFERENCE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
@@ -136,15 +155,14 @@ async def start_data_plane_server(config: MaestroConfig, telemetry: Telemetry) -
         await verifier.close()
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     await server.start()
-    await health.set(INFERENCE_SERVICE, NOT_SERVING)
-    await health.set("", NOT_SERVING)
     running = DataPlaneServer(
-        config, server, health, data, decider, follower, reporter, client, verifier, port
-    )
+        config, server, health, data, decider, follower, reporter, client, verifier, port,
+        readiness,
+    )  # fmt: skip
     running.tasks = [
         asyncio.create_task(follower.run()),
         asyncio.create_task(reporter.run()),
-        asyncio.create_task(_serving_once_synced(follower, health)),
+        asyncio.create_task(_serving_once_synced(follower, health, readiness)),
     ]
     await data.start_http(http_tls)
     log.info(

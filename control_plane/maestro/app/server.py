@@ -3,6 +3,11 @@
 One `grpc.aio` server carries every `maestro.v1` service, health and reflection. Services whose
 capability is not built yet are still registered, so the whole contract reflects and answers
 UNIMPLEMENTED with a clear message. Nothing here runs at import time.
+
+Readiness: the ports open before the routing files are applied, and until they are (or, with no
+routing file, until the stored configs are loaded and the start is done) health says NOT_SERVING
+for `""` and every service and the HTTP ingress answers 503, from one `Readiness` flag. A start
+that a signal interrupts (the flag already draining) never turns ready: the caller stops it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.opening import open_store
 from maestro.control_plane.store.sql import Sql
 from maestro.core.quotas import limiter_from
+from maestro.core.readiness import Readiness
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
 from maestro.core.rpc.reflection import enable_reflection
 from maestro.core.rpc.server import build_grpc_server
@@ -77,6 +83,7 @@ class ControlPlane:
     stopping: asyncio.Event
     data: DataPlane | None = None
     graph: GraphPlane | None = None
+    readiness: Readiness = field(default_factory=Readiness)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -87,6 +94,7 @@ class ControlPlane:
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING and end health watches, refuse new calls, let in-flight
         calls finish within the grace period, then cancel what is left."""
+        self.readiness.mark_draining()  # the ingress answers 503 from here on
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -113,7 +121,12 @@ class ControlPlane:
         await self._stopped.wait()
 
 
-async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> ControlPlane:
+async def start_control_plane(
+    config: MaestroConfig, telemetry: Telemetry, readiness: Readiness | None = None
+) -> ControlPlane:
+    """Start everything and return once ready, or once started if `readiness` turned draining
+    meanwhile (a signal during the start: the caller stops what is returned)."""
+    readiness = readiness or Readiness()
     # First: a certificate or key that does not load stops the start before anything is open.
     http_tls = server_ssl_context(config.server.tls) if config.server.tls.enabled else None
     store = await asyncio.to_thread(open_store, config.store, MIGRATIONS)
@@ -159,6 +172,7 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             insecure_project,
             telemetry,
             limiter=limiter,
+            readiness=readiness,
         )
         data.register(server, routes)
     else:
@@ -180,8 +194,6 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         pending.append((GRAPH_SERVICE, "agent graphs (graph.enabled is false)"))
     for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     served = (
         PROJECT_SERVICE,
         ROUTE_SERVICE,
@@ -189,6 +201,10 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         *((GRAPH_SERVICE,) if graph else ()),
     )
     service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in pending)]
+    health = HealthServicer()  # "" NOT_SERVING, and each service too until ready
+    for name in service_names:
+        await health.set(name, NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     enable_reflection(
         server, [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     )
@@ -204,11 +220,12 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     await server.start()
     plane = ControlPlane(
-        config, server, health, store, projects, routes, port, stopping, data, graph
+        config, server, health, store, projects, routes, port, stopping, data, graph, readiness
     )
     if data is not None:
         await data.start_http(http_tls)
     if config.routing.config_file is not None:
+        log.info("server.applying_routing_files", file=str(config.routing.config_file))
         try:
             await apply_files(routes, config.routing, at_start=True)
         except RoutingFilesUnusable:
@@ -218,13 +235,16 @@ async def start_control_plane(config: MaestroConfig, telemetry: Telemetry) -> Co
             plane.background.append(
                 asyncio.create_task(watch_files(routes, config.routing, stopping))
             )
+    if readiness.draining:  # signalled during the start: never claim to be ready
+        log.info("server.started_while_stopping", address=plane.address)
+        return plane
     # Per-service health, once the routing files are applied: implemented services SERVING;
-    # pending ones NOT_SERVING, so a probe on a service name tells whether it can do its job,
-    # not just whether the process is up.
+    # pending ones stay NOT_SERVING, so a probe on a service name tells whether it can do its
+    # job, not just whether the process is up.
     for service in served:
         await health.set(service.full_name, SERVING)
-    for service, _ in pending:
-        await health.set(service.full_name, NOT_SERVING)
+    await health.set("", SERVING)
+    readiness.mark_ready()
     if graph is not None:
         graph.runtime.start()  # claims runs only now that models can be routed
     log.info(

@@ -175,8 +175,9 @@ class TelemetryConfig(Section):
     service_name: str = "maestro-control-plane"
     otlp_endpoint: str | None = Field(
         None,
-        description="OTLP/gRPC collector address such as http://otel-collector:4317; unset "
-        "keeps traces in process.",
+        description="OTLP/gRPC collector address such as http://otel-collector:4317. Unset: "
+        "the routing file's `telemetry.otel_exporter` if it names one, else traces stay in "
+        "process; empty: OTLP off whatever the routing file says.",
     )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port; unset disables."

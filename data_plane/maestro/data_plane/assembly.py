@@ -22,6 +22,7 @@ from maestro.core.quotas import UNLIMITED, Limiter
 from maestro.core.readiness import ALWAYS_READY, Readiness
 from maestro.core.rpc.interceptors import Authenticate
 from maestro.core.telemetry import Telemetry
+from maestro.data_plane.admission import Admission
 from maestro.data_plane.breaker import BreakerSettings, Clock
 from maestro.data_plane.http_ingress import OpenAIIngress
 from maestro.data_plane.lanes import LaneMonitor
@@ -183,7 +184,11 @@ async def build_data_plane(
         kv_cache_saturation=config.lane_kv_cache_saturation,
     )
     relay = Relay(
-        targets, observer, RetryBudget(config.retry_budget_ratio, config.retry_budget_min), lanes
+        targets,
+        observer,
+        RetryBudget(config.retry_budget_ratio, config.retry_budget_min),
+        lanes,
+        Admission(clock),
     )
     service = InferenceService(
         routes,

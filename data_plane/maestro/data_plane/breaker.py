@@ -1,14 +1,26 @@
 """Per-deployment circuit breakers: closed, open, half-open with probes.
 
-Closed counts outcomes in a rolling window of the last `window` calls and opens when failures
-reach `failure_ratio` of at least `min_calls` calls. Open refuses every call for `open_s`, then
+Closed opens on either of two rules:
+- the failure ratio: outcomes are counted in a rolling window of the last `window` calls, and
+  it opens when failures reach `failure_ratio` of at least `min_calls` calls;
+- LiteLLM's cooldown rule, when the deployment's config sets it: more than `allowed_fails`
+  failures within a minute (`FAIL_WINDOW_S`). With `allowed_fails_by_class` (LiteLLM's
+  `allowed_fails_policy`) a failure of a listed class counts against its class's own number
+  instead; failures of other classes, or of no known class, count against `allowed_fails`.
+  Only the last `allowed_fails + 1` failure times are kept: the rule holds when the oldest of
+  them is less than a minute old, so a failure costs O(1) time and the memory is bounded.
+Open refuses every call for `open_s` (LiteLLM's `cooldown_time` when the config sets it), then
 becomes half-open. A timer makes it so (not only a lazy check in `allow`), because routing stops
 sending calls to an open deployment and a lazy check would never run. Half-open lets `probes`
-calls through at a time; `close_after` successes close it, one failure opens it again.
+calls through at a time; `close_after` successes close it, one failure opens it again. Every
+transition starts the counts afresh: failures from before an open period do not count after it.
+
+A deployment's settings change when its config is re-applied: `reconfigure` takes the new ones
+and keeps the state (an open breaker stays open, for the new `open_s` from when it opened).
 
 Time is the breaker's clock, passed in (time.monotonic in service): it stamps transitions and
-decides when the open period is over. The event loop's timer only wakes the breaker to look at
-that clock, so tests move a fake clock instead of sleeping.
+failures and decides when the open period is over. The event loop's timer only wakes the breaker
+to look at that clock, so tests move a fake clock instead of sleeping.
 
 Every transition is kept (bounded) with its time, and passed to the listener, which publishes
 the breaker state to routing signals and metrics.
@@ -20,8 +32,11 @@ import asyncio
 import enum
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+FAIL_WINDOW_S = 60.0
+"""LiteLLM's `allowed_fails` counts failures per minute."""
 
 
 class BreakerState(enum.Enum):
@@ -38,6 +53,10 @@ class BreakerSettings:
     open_s: float = 5.0
     probes: int = 2
     close_after: int = 3
+    allowed_fails: int | None = None
+    """Failures within `FAIL_WINDOW_S` beyond which it opens; None: no such rule."""
+    allowed_fails_by_class: Mapping[str, int] = field(default_factory=dict)
+    """The same per failure class (`spec.FAILURE_CLASSES`), for that class's failures."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +75,13 @@ Clock = Callable[[], float]
 
 class CircuitBreaker:
     __slots__ = (
+        "_class_fails",
         "_clock",
         "_failures",
         "_listener",
         "_outcomes",
         "_probes_in_flight",
+        "_recent_fails",
         "_settings",
         "_successes",
         "_timer",
@@ -84,6 +105,9 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self._outcomes: deque[bool] = deque(maxlen=settings.window)
         self._failures = 0
+        self._recent_fails: deque[float] | None = None
+        self._class_fails: dict[str, deque[float]] = {}
+        self._set_fail_windows()
         self._probes_in_flight = 0
         self._successes = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -102,8 +126,30 @@ class CircuitBreaker:
             return True
         return False
 
-    def record(self, ok: bool) -> None:
-        """The outcome of a call `allow` let through."""
+    @property
+    def settings(self) -> BreakerSettings:
+        return self._settings
+
+    def reconfigure(self, settings: BreakerSettings) -> None:
+        """Take new settings (the deployment's config was re-applied), keeping the state: the
+        counts so far (the most recent ones, where a window shrank) and, when open, the time it
+        opened, so the new `open_s` counts from then."""
+        old, self._settings = self._settings, settings
+        if settings.window != old.window:
+            self._outcomes = deque(self._outcomes, maxlen=settings.window)
+            self._failures = self._outcomes.count(False)
+        self._set_fail_windows()
+        if (
+            self.state is BreakerState.OPEN
+            and settings.open_s != old.open_s
+            and self._timer is not None
+        ):
+            self._timer.cancel()
+            self._wake_in(max(0.0, self._open_remaining()))
+
+    def record(self, ok: bool, failure_class: str | None = None) -> None:
+        """The outcome of a call `allow` let through; `failure_class`, for a failure, its
+        LiteLLM exception class (`spec.FAILURE_CLASSES`), for `allowed_fails_by_class`."""
         if self.state is BreakerState.HALF_OPEN:
             self._probes_in_flight = max(0, self._probes_in_flight - 1)
             if not ok:
@@ -122,10 +168,32 @@ class CircuitBreaker:
         if not ok:
             self._failures += 1
             settings = self._settings
-            if len(
-                outcomes
-            ) >= settings.min_calls and self._failures >= settings.failure_ratio * len(outcomes):
+            if self._too_many_recent_fails(failure_class) or (
+                len(outcomes) >= settings.min_calls
+                and self._failures >= settings.failure_ratio * len(outcomes)
+            ):
                 self._move(BreakerState.OPEN)
+
+    def _too_many_recent_fails(self, failure_class: str | None) -> bool:
+        """Note a failure; whether it makes more than its allowed number within a minute."""
+        times = self._recent_fails
+        if failure_class is not None:
+            times = self._class_fails.get(failure_class, times)
+        if times is None:
+            return False
+        now = self._clock()
+        times.append(now)
+        return len(times) == times.maxlen and now - times[0] < FAIL_WINDOW_S
+
+    def _set_fail_windows(self) -> None:
+        """Room for `allowed + 1` failure times per rule, keeping the most recent ones."""
+        settings = self._settings
+        allowed = settings.allowed_fails
+        self._recent_fails = None if allowed is None else _fail_window(allowed, self._recent_fails)
+        self._class_fails = {
+            name: _fail_window(count, self._class_fails.get(name))
+            for name, count in settings.allowed_fails_by_class.items()
+        }
 
     def release(self) -> None:
         """A call `allow` let through ended without an outcome (the caller cancelled)."""
@@ -137,6 +205,10 @@ class CircuitBreaker:
         self.state = to_state
         self._outcomes.clear()
         self._failures = 0
+        if self._recent_fails is not None:
+            self._recent_fails.clear()
+        for times in self._class_fails.values():
+            times.clear()
         self._successes = 0
         self._probes_in_flight = 0
         if self._timer is not None:
@@ -169,3 +241,7 @@ class CircuitBreaker:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _fail_window(allowed: int, kept: deque[float] | None) -> deque[float]:
+    return deque(kept or (), maxlen=allowed + 1)

@@ -1,4 +1,5 @@
-"""OpenAI-compatible HTTP ingress: `POST /v1/chat/completions` and `GET /v1/models`.
+"""OpenAI-compatible HTTP ingress: `POST /v1/chat/completions` and `GET /v1/models`, plus
+`POST /route/choose` (RouteService.Choose as JSON) and the probes `/healthz` and `/readyz`.
 
 The official `openai` client works against it unchanged: `base_url=http://host:port/v1` and a
 Maestro API key as `api_key`. `model` names a model group or alias ("" or "auto" lets the router
@@ -10,6 +11,13 @@ event, which the `openai` client raises as an APIError.
 
 Response headers are sent with the first event, so a call that fails before producing anything
 gets a real HTTP status (429 when the data plane is full, 503 when every deployment failed).
+
+`X-Maestro-Objectives` (`quality,latency,cost` or `cost=0.7,quality=0.3`) biases the routing of a
+chat completion or a `/route/choose` exactly as the gRPC metadata of the same name does: the
+Decider parses both, and weights in the body (`objective_weights`) win over the header, as a
+request's weights win over the metadata on gRPC. Until the process is ready (`Readiness`: its
+first routing snapshot applied; not draining) every route but the probes answers 503
+`NOT_READY` with `Retry-After`, before authentication or reading the body.
 """
 
 from __future__ import annotations
@@ -18,33 +26,39 @@ import contextlib
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from google.rpc import code_pb2
 from opentelemetry import propagate
+from opentelemetry.context import Context
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from maestro.core.auth import INFERENCE, Principal, require_scope
+from maestro.core.auth import Principal
 from maestro.core.errors import (
     FieldViolation,
     InvalidArgument,
     MaestroError,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
     internal_error,
 )
 from maestro.core.quotas import UNLIMITED, Limiter
 from maestro.core.readiness import ALWAYS_READY, Readiness
 from maestro.core.rpc.interceptors import Authenticate
+from maestro.core.rpc.metadata import OBJECTIVES_HEADER
+from maestro.core.rpc.scopes import METHOD_SCOPES, check_scope
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed
 from maestro.data_plane.model_groups import model_groups
 from maestro.data_plane.relay import GenerationParams
+from maestro.data_plane.route_http import choice_json
 from maestro.data_plane.service import CallInput, InferenceService, collect
-from maestro.routing.decider import ChooseInput, Decider
+from maestro.routing.decider import Choice, ChooseInput, Decider
 from maestro.routing.engine import RouteRequest
 from maestro.routing.spec import OBJECTIVES
 from maestro.routing.texts import wire_texts
@@ -67,6 +81,28 @@ MAX_IDEMPOTENCY_KEY = 128
 ULID or a caller's own prefixed id, while the replay cache (`idempotency_cache_size` entries,
 kept a day) stays small."""
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]*")
+RETRY_AFTER_KEY = "retry_after_s"
+"""ErrorInfo metadata key of a retry hint in seconds (a decimal string). Any error carrying it is
+answered with `Retry-After` (rounded up, at least 1), as a ResourceExhausted's `retry_delay_s`
+is; over gRPC it reaches the caller in the ErrorInfo as it is."""
+NOT_READY_RETRY_AFTER_S = 1
+"""Readiness comes with the first routing snapshot, normally within a second of start-up."""
+_PROBES = frozenset({"/healthz", "/readyz"})
+# The scopes of the gRPC method each route is the HTTP face of (one access model for both).
+# StreamChatCompletion accepts the same scopes as CreateChatCompletion; the body says which.
+_CHAT_SCOPES = METHOD_SCOPES["/maestro.v1.InferenceService/CreateChatCompletion"]
+_MODELS_SCOPES = METHOD_SCOPES["/maestro.v1.InferenceService/ListModels"]
+_CHOOSE_SCOPES = METHOD_SCOPES["/maestro.v1.RouteService/Choose"]
+_NOT_READY = Unavailable(
+    "the server is starting and has no routing config applied yet; retry shortly",
+    reason="NOT_READY",
+    metadata={RETRY_AFTER_KEY: str(NOT_READY_RETRY_AFTER_S)},
+)
+_DRAINING = Unavailable(
+    "the server is shutting down; retry on another replica",
+    reason="NOT_READY",
+    metadata={RETRY_AFTER_KEY: str(NOT_READY_RETRY_AFTER_S), "draining": "true"},
+)
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
 
@@ -86,12 +122,17 @@ class _Jurisdiction(_Strict):
     require_in_house: bool = False
 
 
+_Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_Weights = dict[Literal[*OBJECTIVES], _Weight]  # type: ignore[valid-type]
+"""Objective weights by name (`quality`, `latency`, `cost`, `reliability`, `sovereignty`)."""
+
+
 class MaestroOptions(_Strict):
     """The body's `maestro` object."""
 
     step_tags: list[str] = Field(default_factory=list)
     step_hint: Literal["", "draft", "finalization"] = ""
-    objective_weights: dict[Literal[*OBJECTIVES], float] | None = None  # type: ignore[valid-type]
+    objective_weights: _Weights | None = None
     budget: _Budget = _Budget()
     jurisdiction: _Jurisdiction = _Jurisdiction()
     post_first_token_failure_policy: Literal["fail", "continue_on_fallback"] | None = None
@@ -145,7 +186,33 @@ class ChatBody(BaseModel):
     maestro: MaestroOptions | None = None
 
 
+class _SloTarget(_Strict):
+    max_p95_latency_ms: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+
+class ChooseBody(_Strict):
+    """`POST /route/choose`: RouteService's ChooseRequest in JSON, field for field (proto names),
+    except that `messages` take OpenAI's form (or a plain `prompt` instead), `parent` defaults to
+    the caller's project, `slo_target` takes milliseconds and `model` may be "auto" (every model
+    group). Unknown fields are refused: this is Maestro's own API, a typo must not be ignored."""
+
+    parent: str = ""
+    model: str = ""
+    messages: list[_Message] = Field(default_factory=list)
+    prompt: str = ""
+    step_tags: list[str] = Field(default_factory=list)
+    step_hint: Literal["", "draft", "finalization"] = ""
+    objective_weights: _Weights | None = None
+    budget: _Budget = _Budget()
+    estimated_prompt_tokens: int = Field(0, ge=0)
+    estimated_completion_tokens: int = Field(0, ge=0)
+    jurisdiction: _Jurisdiction = _Jurisdiction()
+    excluded_deployment_ids: list[str] = Field(default_factory=list, max_length=1024)
+    slo_target: _SloTarget = _SloTarget()
+
+
 _NO_OPTIONS = MaestroOptions()
+_NO_CHOICE = ChooseBody()
 
 
 def _violations(error: ValidationError) -> list[FieldViolation]:
@@ -158,16 +225,52 @@ def _violations(error: ValidationError) -> list[FieldViolation]:
     return out
 
 
-def call_input(body: ChatBody, parent: str) -> CallInput:
-    """The domain request from an OpenAI body."""
+def _weights(given: dict[str, float] | None) -> tuple[float, float, float, float, float] | None:
+    """The request's weights in OBJECTIVES order; None (the header's, else the configured ones)
+    when absent or all zero, as on gRPC."""
+    if not given or not any(given.values()):
+        return None
+    w = tuple(float(given.get(name, 0.0)) for name in OBJECTIVES)
+    return (w[0], w[1], w[2], w[3], w[4])
+
+
+def choose_input(body: ChooseBody, project_id: str, objectives_header: str = "") -> ChooseInput:
+    """The domain request of a `/route/choose` body, as `convert.choose_input` makes it of a
+    ChooseRequest: content tagging reads the messages (or the prompt)."""
+    if body.messages and body.prompt:
+        raise InvalidArgument([FieldViolation("prompt", "give either messages or prompt")])
+    if body.messages:
+        texts = wire_texts(m.model_dump(exclude_none=True) for m in body.messages)
+    else:
+        texts = (body.prompt,) if body.prompt else ()
+    route = RouteRequest(
+        weights=_weights(body.objective_weights),
+        hint=body.step_hint,
+        model="" if body.model in _AUTO_MODELS else body.model,
+        max_cost_usd=body.budget.max_cost_usd,
+        prompt_tokens=body.estimated_prompt_tokens,
+        completion_tokens=body.estimated_completion_tokens,
+        allowed_jurisdictions=frozenset(body.jurisdiction.allowed_jurisdictions),
+        require_in_house=body.jurisdiction.require_in_house,
+        excluded_ids=frozenset(body.excluded_deployment_ids),
+        max_p95_ms=body.slo_target.max_p95_latency_ms,
+    )
+    return ChooseInput(
+        parent=body.parent or f"projects/{project_id}",
+        route=route,
+        texts=texts,
+        supplied_tags=tuple(body.step_tags),
+        objectives_header=objectives_header,
+    )
+
+
+def call_input(body: ChatBody, parent: str, objectives_header: str = "") -> CallInput:
+    """The domain request from an OpenAI body (and its `X-Maestro-Objectives` header)."""
     options = body.maestro or _NO_OPTIONS
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     if len(stop) > 4:
         raise InvalidArgument([FieldViolation("stop", "at most 4 sequences")])
-    weights = None
-    if options.objective_weights and any(options.objective_weights.values()):
-        w = tuple(float(options.objective_weights.get(name, 0.0)) for name in OBJECTIVES)
-        weights = (w[0], w[1], w[2], w[3], w[4])
+    weights = _weights(options.objective_weights)
     messages = tuple(m.model_dump(exclude_none=True) for m in body.messages)
     texts = wire_texts(messages, body.tools or (), stop)  # all the provider will see
     model = "" if body.model in _AUTO_MODELS else body.model
@@ -181,7 +284,11 @@ def call_input(body: ChatBody, parent: str) -> CallInput:
     )
     return CallInput(
         choose=ChooseInput(
-            parent=parent, route=route, texts=texts, supplied_tags=tuple(options.step_tags)
+            parent=parent,
+            route=route,
+            texts=texts,
+            supplied_tags=tuple(options.step_tags),
+            objectives_header=objectives_header,
         ),
         messages=messages,
         params=GenerationParams(
@@ -225,14 +332,32 @@ def error_response(error: MaestroError) -> web.Response:
             {"field": v.field, "description": v.description} for v in error.violations
         ]
     headers = {}
-    if isinstance(error, ResourceExhausted) and error.retry_delay_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_delay_s)))
+    retry_after = _retry_after(error)
+    if retry_after is not None:
+        headers["Retry-After"] = retry_after
     return web.Response(
         status=_HTTP_STATUS.get(error.code, 500),
         body=orjson.dumps(body),
         content_type="application/json",
         headers=headers,
     )
+
+
+def _retry_after(error: MaestroError) -> str | None:
+    """`Retry-After` in whole seconds (at least 1): a ResourceExhausted's `retry_delay_s`, else
+    the `retry_after_s` hint of the error's metadata; None when neither is a finite number."""
+    delay = error.retry_delay_s if isinstance(error, ResourceExhausted) else None
+    if delay is None:
+        hint = error.metadata.get(RETRY_AFTER_KEY)
+        if hint is None:
+            return None
+        try:
+            delay = float(hint)
+        except ValueError:
+            return None
+    if not math.isfinite(delay):
+        return None
+    return str(max(1, math.ceil(delay)))
 
 
 def _deployment_json(routed: Routed, done: Done) -> dict[str, Any]:
@@ -287,14 +412,44 @@ class OpenAIIngress:
         self._limiter = limiter
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body_bytes, middlewares=[self._release])
+        app = web.Application(
+            client_max_size=self._max_body_bytes, middlewares=[self._gate, self._release]
+        )
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/route/choose", self.route_choose)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "serving", "inflight": self._service.inflight})
+        """Liveness: 200 whenever the process answers, ready or not."""
+        return web.json_response(
+            {
+                "status": "serving",
+                "inflight": self._service.inflight,
+                "ready": self._readiness.ready,
+            }
+        )
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: 200 once the first routing snapshot is applied, 503 before and while
+        draining (a load balancer sends no traffic here then)."""
+        if not self._readiness.ready:
+            return self._not_ready()
+        return web.json_response({"status": "ready"})
+
+    def _not_ready(self) -> web.Response:
+        return error_response(_DRAINING if self._readiness.draining else _NOT_READY)
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """503 with `Retry-After` on every route but the probes until the process is ready:
+        before authentication and the body, so a starting process never answers 400
+        `NO_ROUTE_CONFIG` (or spends a key look-up) for a call it could serve a moment later."""
+        if self._readiness.ready or request.path in _PROBES:
+            return await handler(request)
+        return self._not_ready()
 
     @web.middleware
     async def _release(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -306,14 +461,15 @@ class OpenAIIngress:
             if project is not None:
                 self._limiter.leave(project)
 
-    async def _principal(self, request: web.Request) -> Principal:
-        """The caller, admitted under its project's limits (released by `_release`)."""
-        principal = await self._caller(request)
+    async def _principal(self, request: web.Request, scopes: frozenset[str]) -> Principal:
+        """The caller, holding one of `scopes` and admitted under its project's limits
+        (released by `_release`)."""
+        principal = await self._caller(request, scopes)
         self._limiter.enter(principal.project_id)
         request[_ADMITTED] = principal.project_id
         return principal
 
-    async def _caller(self, request: web.Request) -> Principal:
+    async def _caller(self, request: web.Request, scopes: frozenset[str]) -> Principal:
         header = request.headers.get("Authorization", "")
         secret = header[7:].strip() if header.startswith("Bearer ") else ""
         if not secret:
@@ -331,12 +487,12 @@ class OpenAIIngress:
             raise self._limiter.failed(
                 peer, Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
             )
-        require_scope(principal, INFERENCE)  # every route here serves models
+        check_scope(principal, scopes)
         return principal
 
     async def models(self, request: web.Request) -> web.Response:
         try:
-            principal = await self._principal(request)
+            principal = await self._principal(request, _MODELS_SCOPES)
             parent = f"projects/{principal.project_id}"
             published = self._routes.published_for(principal, parent)
             groups = model_groups(published, parent, "")
@@ -353,12 +509,16 @@ class OpenAIIngress:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
-            principal = await self._principal(request)
+            principal = await self._principal(request, _CHAT_SCOPES)
             try:
                 body = ChatBody.model_validate_json(await request.read())
             except ValidationError as error:
                 raise InvalidArgument(_violations(error)) from None
-            call = call_input(body, f"projects/{principal.project_id}")
+            call = call_input(
+                body,
+                f"projects/{principal.project_id}",
+                request.headers.get(OBJECTIVES_HEADER, ""),
+            )
             if "traceparent" in request.headers:
                 call = replace(call, trace_parent=propagate.extract(request.headers))
             if not body.stream:
@@ -371,6 +531,46 @@ class OpenAIIngress:
             raise  # the caller went away; nothing to answer
         except Exception:  # an answer without internals, and a log line to find it by
             return error_response(internal_error("ingress.unhandled_error"))
+
+    async def route_choose(self, request: web.Request) -> web.Response:
+        """RouteService.Choose over HTTP: the same decision, for the caller's project."""
+        try:
+            principal = await self._principal(request, _CHOOSE_SCOPES)
+            raw = await request.read()
+            try:
+                body = ChooseBody.model_validate_json(raw) if raw.strip() else _NO_CHOICE
+            except ValidationError as error:
+                raise InvalidArgument(_violations(error)) from None
+            choose = await self._routes.detect_off_loop(
+                choose_input(body, principal.project_id, request.headers.get(OBJECTIVES_HEADER, ""))
+            )
+            answer = choice_json(self._choose(request, principal, choose))
+            return web.Response(
+                body=orjson.dumps(answer),
+                content_type="application/json",
+                headers={
+                    "x-maestro-decision-id": answer["decision_id"],
+                    "x-maestro-deployment-id": answer["deployment_id"],
+                    "x-maestro-snapshot-version": answer["snapshot_version"],
+                },
+            )
+        except MaestroError as error:
+            return error_response(error)
+        except Exception:  # an answer without internals, and a log line to find it by
+            return error_response(internal_error("ingress.unhandled_error"))
+
+    def _choose(self, request: web.Request, principal: Principal, choose: ChooseInput) -> Choice:
+        """Decide; the decision's span joins the caller's trace when it sent `traceparent`
+        (recorded whether or not a deployment was eligible)."""
+        deferred: list[Callable[[Context | None], None]] = []
+        try:
+            return self._routes.choose(principal, choose, deferred=deferred)
+        finally:
+            parent = (
+                propagate.extract(request.headers) if "traceparent" in request.headers else None
+            )
+            for record in deferred:
+                record(parent)
 
     def _completion_response(self, body: ChatBody, completion: Any) -> web.Response:
         done: Done = completion.done

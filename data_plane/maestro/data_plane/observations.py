@@ -1,11 +1,14 @@
 """Attempt outcomes -> breakers now, and windowed observations for the control plane.
 
 Each attempt on a deployment ends in one `observe` call (never per token). The deployment's
-breaker hears the outcome at once. The outcome is also added to the current observation of its
-(project, deployment): counts, latency and TTFT histograms, tokens and cost. `flush` hands the
-observations gathered since the last flush to the sink, every `report_interval_s`: in the
-embedded default the sink is the in-process RouteService, which folds them into the live signals
-routing reads; a separate data plane would send them on RouteService.ReportObservations.
+breaker hears the outcome at once; its settings are the data plane's (`data_plane.breaker_*`)
+with the deployment's LiteLLM `allowed_fails`, `allowed_fails_policy` and `cooldown_time` over
+them where its config sets them, taken again whenever they change (a config re-applied). The
+outcome is also added to the current observation of its (project, deployment): counts, latency
+and TTFT histograms, tokens and cost. `flush` hands the observations gathered since the last
+flush to the sink, every `report_interval_s`: in the embedded default the sink is the in-process
+RouteService, which folds them into the live signals routing reads; a separate data plane would
+send them on RouteService.ReportObservations.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import structlog
 from opentelemetry import metrics
@@ -35,6 +39,13 @@ log = structlog.get_logger(__name__)
 ObservationSink = Callable[[list[Observation]], object]
 BreakerListener = Callable[[str, bool], None]
 """Told (deployment id, is_open) on every breaker transition."""
+_NOT_CHARGED = frozenset(
+    {FailureKind.BREAKER_OPEN, FailureKind.DEPLOYMENT_LIMIT, FailureKind.REQUEST_REJECTED}
+)
+"""Failures that say nothing of the deployment's health: the attempt never reached it (its
+breaker was open, or one of its own rpm/tpm/parallel limits was reached), or the provider
+refused the request itself (the caller's doing: a tenant could otherwise open a shared breaker
+with requests made to fail)."""
 _BREAKER_STATES = {
     BreakerState.CLOSED: Breaker.CLOSED,
     BreakerState.OPEN: Breaker.OPEN,
@@ -61,6 +72,8 @@ class Observer:
         self._on_breaker = on_breaker
         self._breakers: dict[str, CircuitBreaker] = {}
         self._current: dict[tuple[str, str], Observation] = {}
+        self._state_keys: dict[tuple[str, str], str] = {}
+        """The breaker's key of each current observation's deployment."""
         self._attempts = Tally(
             meter,
             "maestro.inference.attempts",
@@ -73,12 +86,35 @@ class Observer:
 
     def breaker(self, state_key: str, calls: CallSettings | None = None) -> CircuitBreaker:
         """The breaker of a deployment's `state_key` (`DeploymentSpec.state_key`); `calls`:
-        the deployment's settings from its config (allowed fails, cooldown)."""
+        the deployment's settings from its config (allowed fails, cooldown): a breaker built
+        with others takes them, keeping its state. None: as it is (the defaults if new)."""
         breaker = self._breakers.get(state_key)
         if breaker is None:
-            breaker = CircuitBreaker(state_key, self._settings, self._on_transition, self._clock)
+            settings = self._settings if calls is None else self._settings_for(calls)
+            breaker = CircuitBreaker(state_key, settings, self._on_transition, self._clock)
             self._breakers[state_key] = breaker
+        elif calls is not None and self._differ(breaker.settings, calls):
+            breaker.reconfigure(self._settings_for(calls))
         return breaker
+
+    def _settings_for(self, calls: CallSettings) -> BreakerSettings:
+        """The data plane's breaker settings with the deployment's config over them."""
+        return replace(
+            self._settings,
+            open_s=self._settings.open_s if calls.cooldown_s is None else calls.cooldown_s,
+            allowed_fails=calls.allowed_fails,
+            allowed_fails_by_class=calls.allowed_fails_by_class,
+        )
+
+    def _differ(self, settings: BreakerSettings, calls: CallSettings) -> bool:
+        """Whether `calls` would change `settings`: a few comparisons, no allocation, as this
+        runs on every attempt."""
+        open_s = self._settings.open_s if calls.cooldown_s is None else calls.cooldown_s
+        return (
+            settings.open_s != open_s
+            or settings.allowed_fails != calls.allowed_fails
+            or settings.allowed_fails_by_class != calls.allowed_fails_by_class
+        )
 
     def _on_transition(self, transition: Transition) -> None:
         log.warning(
@@ -112,11 +148,12 @@ class Observer:
         exception class (`spec.FAILURE_CLASSES`), `calls` the deployment's call settings. The
         breaker is `state_key`'s (`DeploymentSpec.state_key`), the observation the project's
         own deployment's."""
-        if failure not in (FailureKind.BREAKER_OPEN, FailureKind.REQUEST_REJECTED):
+        if failure not in _NOT_CHARGED:
             # A lane that sheds answered at once: it is up, just full. Counting sheds as
             # failures would open its breaker and turn "full" into "down" (UNAVAILABLE for work
             # that may only run there, instead of RESOURCE_EXHAUSTED once it has room).
-            self.breaker(state_key).record(failure is None or failure is FailureKind.SATURATED)
+            ok = failure is None or failure is FailureKind.SATURATED
+            self.breaker(state_key, calls).record(ok, None if ok else failure_class)
         self._attempts.add(
             1,
             (
@@ -130,6 +167,7 @@ class Observer:
             observation = self._current[key] = Observation(
                 deployment_id, parent, 0.0, node_id=self._node_id
             )
+            self._state_keys[key] = state_key
         observation.request_count += 1
         if failure is None:
             observation.latency.record(duration_s * 1000)
@@ -147,11 +185,12 @@ class Observer:
         if not self._current:
             return []
         now = time.time()
-        batch = list(self._current.values())
-        self._current = {}
-        for observation in batch:
+        current, state_keys = self._current, self._state_keys
+        self._current, self._state_keys = {}, {}
+        batch = list(current.values())
+        for key, observation in current.items():
             observation.end_time = now
-            breaker = self._breakers.get(observation.deployment_id)
+            breaker = self._breakers.get(state_keys[key])
             if breaker is not None:
                 observation.breaker_state = _BREAKER_STATES[breaker.state]
         self._sink(batch)

@@ -63,7 +63,10 @@ class CallInput:
     messages: tuple[Mapping[str, Any], ...]
     params: GenerationParams = GenerationParams()  # noqa: RUF009 - frozen, one shared default is safe
     first_token_timeout_s: float | None = None
+    """Over the deployment's LiteLLM `stream_timeout`/`timeout` and the data plane's default."""
     post_first_token_policy: PostFirstTokenPolicy | None = None
+    """Over the failing deployment's (`model_info`, then the project's `router:`) and the
+    data plane's default."""
     max_chunk_tokens: int | None = None
     max_chunk_delay_s: float | None = None
     budget_max_tokens: int = 0
@@ -148,7 +151,9 @@ class InferenceService:
             "Chat completions by requested model group, deployment's group and outcome.",
         )
         self._fallbacks = Tally(
-            meter, "maestro.inference.fallbacks", "Moves to another deployment, by reason."
+            meter,
+            "maestro.inference.fallbacks",
+            "Moves to another deployment, or retries of the same one, by reason.",
         )
         self._duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
@@ -264,15 +269,17 @@ class InferenceService:
             trace_.end()
 
     def _options(self, call: CallInput, received: float) -> CallOptions:
+        """The data plane's defaults and the request's own settings; the relay puts each
+        deployment's config between them per attempt."""
         config = self._config
-        first_token = call.first_token_timeout_s or config.first_token_timeout_s
-        if call.deadline_s is not None:
-            first_token = min(first_token, call.deadline_s)
-        policy = call.post_first_token_policy or config.post_first_token_failure_policy
         return CallOptions(
-            first_token_timeout_s=first_token,
+            first_token_timeout_s=config.first_token_timeout_s,
             stall_timeout_s=config.stall_timeout_s,
-            continue_after_failure=policy == "continue_on_fallback",
+            requested_first_token_timeout_s=call.first_token_timeout_s,
+            first_token_cap_s=call.deadline_s,
+            post_first_token_policy=call.post_first_token_policy,
+            default_post_first_token_policy=config.post_first_token_failure_policy,
+            num_retries=config.num_retries,
             max_chunk_tokens=call.max_chunk_tokens or config.max_chunk_tokens,
             max_chunk_delay_s=(
                 call.max_chunk_delay_s

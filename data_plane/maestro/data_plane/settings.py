@@ -33,17 +33,34 @@ class DataPlaneConfig(Section):
         "(HTTP 429) at once rather than queueing into latency collapse.",
     )
     first_token_timeout_s: float = Field(
-        10.0, gt=0, le=600, description="Default wait for a deployment's first token."
+        10.0,
+        gt=0,
+        le=600,
+        description="Default wait for a deployment's first token; a deployment's LiteLLM "
+        "`stream_timeout` (else `timeout`) and a request's own first_token_timeout override it.",
     )
     stall_timeout_s: float = Field(
         30.0,
         gt=0,
         le=600,
-        description="Longest gap between tokens before the stream counts "
-        "as stalled and the call moves on.",
+        description="Longest gap between tokens before the stream counts as stalled and the "
+        "call moves on; a deployment's LiteLLM `stream_timeout` (else `timeout`) overrides it.",
+    )
+    num_retries: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Default retries of a failed attempt on the same deployment, before any "
+        "output, before the call moves on; a deployment's LiteLLM `num_retries` and "
+        "`retry_policy` override it. Never for a shed, an open breaker, a reached rpm/tpm/"
+        "parallel limit, or a 4xx unless `retry_policy` names its class.",
     )
     post_first_token_failure_policy: Literal["fail", "continue_on_fallback"] = Field(
-        "fail", description="Default for a failure after output reached the caller."
+        "continue_on_fallback",
+        description="Default for a failure after output reached the caller: the next "
+        "deployment continues from the output so far (flagged `continued_after_failure`), or "
+        "`fail` with the partial output. A deployment's `model_info`, the project's `router:` "
+        "and the request override it.",
     )
     max_chunk_tokens: int = Field(16, ge=1, le=1024, description="Default coalescing size.")
     max_chunk_delay_ms: float = Field(

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from maestro.routing.engine import BoolArray, PolicyView
-from maestro.routing.spec import GLOBAL_OWNER, OWNER_KEY, SHARED_STATE_KEYS
+from maestro.routing.spec import GLOBAL_OWNER, OWNER_KEY, SHARED_KEY, SHARED_STATE_KEYS
 
 GLOBAL_PROJECT = "projects/global"
 
@@ -76,26 +76,27 @@ def _owner_of(entry: Any) -> Any:
 
 
 def _shared_state_defaults(global_raw: dict[str, Any]) -> dict[str, Any]:
-    """The global layer's `router_settings` values for state all projects share, under the
-    `litellm_params` key each becomes (`spec.SHARED_STATE_KEYS`)."""
+    """The global layer's `router_settings` values for state all projects share
+    (`spec.SHARED_STATE_KEYS`)."""
     settings = global_raw.get("router_settings")
     if not isinstance(settings, dict):
         return {}
-    return {param: settings[key] for key, param in SHARED_STATE_KEYS.items() if key in settings}
+    return {key: settings[key] for key in SHARED_STATE_KEYS if key in settings}
 
 
 def _stamped(entry: Any, owner: str | None, shared: dict[str, Any] | None = None) -> Any:
-    """A copy of a model_list entry owned by `owner` (None: the mark removed); `shared`
-    fills the entry's `litellm_params` where it does not say."""
+    """A copy of a model_list entry owned by `owner` (None: the marks removed), carrying the
+    operator's `shared` router settings when given."""
     if not isinstance(entry, dict):
         return entry  # invalid; validation reports it with its path
-    if shared and isinstance(entry.get("litellm_params"), dict):
-        entry = {**entry, "litellm_params": {**shared, **entry["litellm_params"]}}
     info = entry.get("model_info")
     info = dict(info) if isinstance(info, dict) else {}
     info.pop(OWNER_KEY, None)
+    info.pop(SHARED_KEY, None)
     if owner is not None:
         info[OWNER_KEY] = owner
+    if shared:
+        info[SHARED_KEY] = shared
     if not info and "model_info" not in entry:
         return dict(entry)
     return {**entry, "model_info": info}

@@ -220,4 +220,6 @@ _ERROR_KEYS: Mapping[str, str] = {
     "stream_stalled": "stream_stalled",
     "saturated": "saturated",
     "request_rejected": "http_4xx",
+    "attempt_timeout": "attempt_timeout",
+    "deployment_limit": "deployment_limit",
 }

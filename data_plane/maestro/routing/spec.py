@@ -2,8 +2,10 @@
 
 `parse_route_config` turns YAML text into a validated `RouteConfigSpec` or raises
 `InvalidArgument` whose field violations point into the YAML (`model_list[2].litellm_params.model`).
-LiteLLM's own keys that Maestro does not use (`litellm_settings`, `general_settings`, extra
-`litellm_params`) are accepted and kept, so a LiteLLM proxy config loads unchanged.
+Every LiteLLM key is honoured, refused by name, or ignored with one warning (`litellm_keys`
+holds that table; the README shows it), so a LiteLLM proxy config loads as it is. The keys that
+shape calls (timeouts, retries, allowed fails, cooldown, rpm/tpm/parallel) resolve into each
+deployment's `CallSettings`.
 
 Deployment facts the objectives need live in LiteLLM's per-deployment `model_info`:
 `quality` (0-1, default 0.5), `jurisdiction`, `in_house`, `input_cost_per_token` /
@@ -318,7 +320,8 @@ def load_yaml(text: str, field: str = "config_yaml") -> dict[str, Any]:
 
 def resolve_route_config(raw: dict[str, Any], field: str = "config_yaml") -> RouteConfigSpec:
     """Validate parsed config data and resolve every deployment's facts."""
-    refused = litellm_keys.refusals(raw, field)
+    placed = litellm_keys.classify(raw)
+    refused = litellm_keys.refusals(raw, field, placed)
     try:
         document = RouteConfigDocument.model_validate(raw)
     except ValidationError as error:
@@ -328,7 +331,7 @@ def resolve_route_config(raw: dict[str, Any], field: str = "config_yaml") -> Rou
         ) from error
     if refused:
         raise InvalidArgument(refused)
-    litellm_keys.note_ignored(raw)
+    litellm_keys.note_ignored(raw, placed)
     return _resolve(document, field)
 
 
@@ -432,16 +435,18 @@ project id. Callers may not write it (`routing.tenancy`)."""
 GLOBAL_OWNER = "global"
 
 
-SHARED_STATE_KEYS = {
-    "allowed_fails": "allowed_fails",
-    "allowed_fails_policy": "allowed_fails_policy",
-    "cooldown_time": "cooldown_time",
-    "default_max_parallel_requests": "max_parallel_requests",
-}
-"""`router_settings` keys (and the `litellm_params` key each becomes) that shape state every
-project shares: an operator deployment's breaker and admission. On the operator's entries they
-are read from the entry alone: the layer merge copies the global layer's values there
+SHARED_STATE_KEYS = (
+    "allowed_fails",
+    "allowed_fails_policy",
+    "cooldown_time",
+    "default_max_parallel_requests",
+)
+"""`router_settings` keys that shape state every project shares: an operator deployment's
+breaker and admission. On the operator's entries they come from the global layer alone: the
+layer merge copies its values into the entry's `model_info` under SHARED_KEY
 (`layers.merge_layers`), and a project's `router_settings` never reach them."""
+SHARED_KEY = "maestro_shared_router_settings"
+"""`model_info` key the layer merge writes on the operator's entries. Callers may not write it."""
 
 
 def _call_settings(entry: ModelEntry, document: RouteConfigDocument) -> CallSettings:
@@ -450,8 +455,12 @@ def _call_settings(entry: ModelEntry, document: RouteConfigDocument) -> CallSett
         document.router_settings,
         document.litellm_settings,
     )
-    operators = (entry.model_info.model_extra or {}).get(OWNER_KEY) == GLOBAL_OWNER
-    shared = RouterSettings() if operators else router
+    extra = entry.model_info.model_extra or {}
+    shared = (
+        RouterSettings.model_validate(extra.get(SHARED_KEY) or {})
+        if extra.get(OWNER_KEY) == GLOBAL_OWNER
+        else router
+    )
     first = _first(
         params.stream_timeout,
         router.stream_timeout,
@@ -501,8 +510,17 @@ def _price(declared: float | None, listed: float | None, in_house: bool) -> floa
     return 0.0 if in_house else None
 
 
+_KNOBS_SINCE_IDS = frozenset({*_CallKnobs.model_fields, "rpm", "tpm", "max_parallel_requests"})
+"""Typed `litellm_params` fields added after derived ids were first issued: left out of the hash
+while unset, so an entry keeps the id it had."""
+
+
 def _derived_id(entry: ModelEntry) -> str:
-    return derived_deployment_id(entry.model_name, entry.litellm_params.model_dump(mode="json"))
+    params = entry.litellm_params.model_dump(mode="json")
+    for name in _KNOBS_SINCE_IDS:
+        if params.get(name) is None:
+            params.pop(name, None)
+    return derived_deployment_id(entry.model_name, params)
 
 
 def derived_deployment_id(model_name: str, litellm_params: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ import yaml
 
 from maestro.core.errors import FieldViolation
 from maestro.routing import catalog
-from maestro.routing.spec import OWNER_KEY, load_yaml
+from maestro.routing.spec import OWNER_KEY, SHARED_KEY, load_yaml
 
 SECRET_PREFIX = "os.environ/"
 ANY_PROJECT = "*"
@@ -74,8 +74,9 @@ def _entry_violations(
 ) -> list[FieldViolation]:
     found: list[FieldViolation] = []
     params, info = _params(entry), _info(entry)
-    if OWNER_KEY in info:
-        found.append(FieldViolation(f"{where}.model_info.{OWNER_KEY}", "reserved for Maestro"))
+    for reserved in (OWNER_KEY, SHARED_KEY):
+        if reserved in info:
+            found.append(FieldViolation(f"{where}.model_info.{reserved}", "reserved for Maestro"))
     if entry.get("model_name") in operator_groups:
         found.append(
             FieldViolation(

@@ -125,6 +125,14 @@ class _ChatCompletionFallbackReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeW
     """The provider refused the request itself (HTTP 4xx other than 408 and 429); the
     deployment's circuit breaker is not charged for it.
     """
+    CHAT_COMPLETION_FALLBACK_REASON_ATTEMPT_TIMEOUT: _ChatCompletionFallbackReason.ValueType  # 8
+    """The attempt ran past the deployment's `timeout` (LiteLLM: the most the complete response
+    may take), whether or not output had started.
+    """
+    CHAT_COMPLETION_FALLBACK_REASON_DEPLOYMENT_LIMIT: _ChatCompletionFallbackReason.ValueType  # 9
+    """The deployment was not tried: it is at its `rpm`, `tpm` or `max_parallel_requests` limit.
+    Its circuit breaker is not charged for it.
+    """
 
 class ChatCompletionFallbackReason(_ChatCompletionFallbackReason, metaclass=_ChatCompletionFallbackReasonEnumTypeWrapper):
     """Why a call moved from one deployment to the next."""
@@ -146,6 +154,14 @@ CHAT_COMPLETION_FALLBACK_REASON_BREAKER_OPEN: ChatCompletionFallbackReason.Value
 CHAT_COMPLETION_FALLBACK_REASON_REQUEST_REJECTED: ChatCompletionFallbackReason.ValueType  # 7
 """The provider refused the request itself (HTTP 4xx other than 408 and 429); the
 deployment's circuit breaker is not charged for it.
+"""
+CHAT_COMPLETION_FALLBACK_REASON_ATTEMPT_TIMEOUT: ChatCompletionFallbackReason.ValueType  # 8
+"""The attempt ran past the deployment's `timeout` (LiteLLM: the most the complete response
+may take), whether or not output had started.
+"""
+CHAT_COMPLETION_FALLBACK_REASON_DEPLOYMENT_LIMIT: ChatCompletionFallbackReason.ValueType  # 9
+"""The deployment was not tried: it is at its `rpm`, `tpm` or `max_parallel_requests` limit.
+Its circuit breaker is not charged for it.
 """
 Global___ChatCompletionFallbackReason: _TypeAlias = ChatCompletionFallbackReason  # noqa: Y015
 
@@ -691,7 +707,10 @@ Global___ChatCompletionToolCallDelta: _TypeAlias = ChatCompletionToolCallDelta  
 
 @_typing.final
 class ChatCompletionFallback(_message.Message):
-    """A move from one deployment to the next during a call."""
+    """A move from one deployment to the next during a call. When `from_deployment` and
+    `to_deployment` are the same deployment, the call retried it (the config's `num_retries` or
+    `retry_policy`), before any output.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -4,6 +4,10 @@ grpcio-health-checking's servicer keeps Watch streams open until the server canc
 grace period runs out. Here `shut_down()` sets every service NOT_SERVING, each watcher sends
 that status and then ends its stream with OK, so clients see a clean end well inside the grace
 period and load balancers drain first.
+
+Nothing is SERVING until the server says so: the overall status `""` starts NOT_SERVING, and the
+server sets it (with each service's) once its first routing snapshot is applied, when
+`maestro.core.readiness.Readiness` turns ready too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ SERVICE_UNKNOWN: ServingStatus = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     def __init__(self) -> None:
-        self._status: dict[str, ServingStatus] = {"": SERVING}
+        self._status: dict[str, ServingStatus] = {"": NOT_SERVING}
         self._changed = asyncio.Condition()
         self._stopping = False
 

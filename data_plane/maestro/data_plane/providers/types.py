@@ -27,6 +27,12 @@ class FailureKind(enum.Enum):
     """The provider refused this request (HTTP 4xx but 408 and 429): the caller's doing, so the
     deployment's breaker is not charged (a tenant could otherwise open a shared breaker with
     requests made to fail)."""
+    ATTEMPT_TIMEOUT = "attempt_timeout"
+    """The attempt ran past the deployment's `timeout` (LiteLLM: the most the complete
+    response may take), output or not."""
+    DEPLOYMENT_LIMIT = "deployment_limit"
+    """The deployment is at its `rpm`, `tpm` or `max_parallel_requests` limit: not tried, and
+    its breaker is not charged (a full deployment is not a failing one)."""
 
 
 class ProviderError(Exception):
@@ -56,6 +62,33 @@ def failure_for_status(status: int, message: str, retry_after_s: float | None) -
     else:
         kind = FailureKind.PROVIDER_ERROR
     return ProviderError(message, kind=kind, status=status, retry_after_s=retry_after_s)
+
+
+_TIMEOUT_KINDS = frozenset(
+    (FailureKind.FIRST_TOKEN_TIMEOUT, FailureKind.STREAM_STALLED, FailureKind.ATTEMPT_TIMEOUT)
+)
+_CONTENT_POLICY_MARKERS = ("content_policy", "content management policy")
+"""How OpenAI (`content_policy_violation`) and Azure word a refusal for content."""
+
+
+def failure_class(kind: FailureKind, status: int = 0, message: str = "") -> str | None:
+    """The LiteLLM exception class (`routing.spec.FAILURE_CLASSES`) a failure would raise
+    there, which its `retry_policy` and `allowed_fails_policy` are keyed by; None for what
+    LiteLLM has no class for here (a shed, a skip, a 4xx other than 400, 401, 403 and 422).
+    `message` is read only on a 400, for a content-policy refusal."""
+    if kind in _TIMEOUT_KINDS or status == 408:
+        return "TimeoutError"
+    if kind is FailureKind.RATE_LIMITED:
+        return "RateLimitError"
+    if kind is FailureKind.REQUEST_REJECTED:
+        if status in (401, 403):
+            return "AuthenticationError"
+        if status == 400 and any(m in message.lower() for m in _CONTENT_POLICY_MARKERS):
+            return "ContentPolicyViolationError"
+        return "BadRequestError" if status in (400, 422) else None
+    if kind is FailureKind.PROVIDER_ERROR:
+        return "InternalServerError"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,9 @@ class CompiledFaults:
                 cut_at = _position(rng, f.cut_after, n_tokens)
             if f.stall_rate and rng.random() < f.stall_rate:
                 stall_at = _position(rng, f.stall_after, n_tokens)
+            # Drawn last, and only when asked for, so profiles without it draw as before.
+            if f.slow_first_token_rate and rng.random() < f.slow_first_token_rate:
+                ttft_s = f.slow_first_token_ms / 1000
         return RequestPlan(
             error_status=error_status,
             retry_after_s=f.retry_after_s,

@@ -112,6 +112,17 @@ class Faults(_Model):
     stall_ms: float | None = Field(
         None, ge=0, description="How long a stall lasts; null: until the client disconnects."
     )
+    slow_first_token_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of served responses whose first token comes after "
+        "`slow_first_token_ms` instead of `ttft`: a slow minority that a distribution of "
+        "`ttft` alone cannot express.",
+    )
+    slow_first_token_ms: float = Field(
+        5000.0, ge=0, description="The time to first token of a slow-first-token response."
+    )
 
     @field_validator("error_codes")
     @classmethod
