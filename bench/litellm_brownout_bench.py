@@ -114,10 +114,18 @@ TOKENS_PER_S = 100
 TTFT_MS = 50
 BROWNOUT_START = 0.15
 BROWNOUT_SHARE = 0.70
-FAULT_SHARE = 0.50
+ISSUE_FAULT_SHARE = 0.50
+FAULT_SHARE = ISSUE_FAULT_SHARE
 ERROR_RATE = 0.20  # half 500, half 429
 STREAM_FAULTS = 3  # stall, cut, slow first token: each drawn independently among the rest
-STREAM_FAULT_RATE = round(1 - ((1 - FAULT_SHARE) / (1 - ERROR_RATE)) ** (1 / STREAM_FAULTS), 4)
+
+
+def stream_fault_rate(fault_share: float) -> float:
+    """The rate of each stream fault that, with ERROR_RATE, makes `fault_share` faulty."""
+    return round(1 - float(((1 - fault_share) / (1 - ERROR_RATE)) ** (1 / STREAM_FAULTS)), 4)
+
+
+STREAM_FAULT_RATE = stream_fault_rate(FAULT_SHARE)
 SLOW_FIRST_TOKEN_MS = 5000
 RETRY_AFTER_S = 1
 WARMUP_CALLS = 32
@@ -714,6 +722,15 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated, in order: {MAESTRO}, {PROXY} (default: both)",
     )
     parser.add_argument(
+        "--fault-share",
+        type=float,
+        default=ISSUE_FAULT_SHARE,
+        help="share of the primary's requests that fail during the brownout (0.5, the "
+        "issue's; a lower one, below the breakers' failure ratio, keeps the traffic on the "
+        "primary and exercises per-call retries, timeouts and fallbacks); results other than "
+        "0.5 go to litellm_brownout_faults<percent>.*",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=None,
@@ -730,18 +747,25 @@ def main(argv: list[str] | None = None) -> int:
         Path(tempfile.gettempdir()) / "maestro-litellm-brownout-quick" if args.quick else RESULTS
     )
     results.mkdir(parents=True, exist_ok=True)
+    if not ERROR_RATE <= args.fault_share < 1:
+        parser.error(f"--fault-share: {ERROR_RATE}..1")
+    global FAULT_SHARE, STREAM_FAULT_RATE  # one run, one fault mix
+    FAULT_SHARE, STREAM_FAULT_RATE = args.fault_share, stream_fault_rate(args.fault_share)
+    stem = (
+        "litellm_brownout"
+        if FAULT_SHARE == ISSUE_FAULT_SHARE
+        else f"litellm_brownout_faults{round(FAULT_SHARE * 100)}"
+    )
     with tempfile.TemporaryDirectory(prefix="maestro-litellm-brownout-") as directory:
         report = uvloop.run(run(calls, systems, Path(directory)))
     command = ".venv/bin/python bench/litellm_brownout_bench.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
-    (results / "litellm_brownout.json").write_text(
-        json.dumps(report, indent=2, allow_nan=True) + "\n"
-    )
+    (results / f"{stem}.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     text = markdown(report, command)
-    (results / "litellm_brownout.md").write_text(text)
+    (results / f"{stem}.md").write_text(text)
     print(text)
-    progress(f"wrote {results / 'litellm_brownout.md'} and .json")
+    progress(f"wrote {results / stem}.md and .json")
     return 0
 
 

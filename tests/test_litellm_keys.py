@@ -162,6 +162,51 @@ def test_litellm_settings_defaults_apply_last() -> None:
     assert (calls.attempt_timeout_s, calls.first_token_timeout_s, calls.num_retries) == (7, 7, 4)
 
 
+def test_deployment_prices_in_litellm_params_reach_the_cost_objective() -> None:
+    spec = parse_route_config(
+        "model_list:\n"
+        "  - model_name: a\n"
+        "    litellm_params: {model: openai/gpt-4o, input_cost_per_token: 1.0e-6,\n"
+        "                     output_cost_per_token: 2.0e-6}\n"
+        "  - model_name: b\n"
+        "    litellm_params: {model: openai/gpt-4o, input_cost_per_token: 1.0e-6}\n"
+        "    model_info: {input_cost_per_token: 5.0e-6}\n"
+    )
+    listed, declared = spec.deployments
+    assert (listed.input_cost_per_token, listed.output_cost_per_token) == (1e-6, 2e-6)
+    assert declared.input_cost_per_token == 5e-6  # model_info wins
+
+
+def test_router_settings_max_fallbacks_applies_unless_the_router_block_says() -> None:
+    head = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/gpt-4o}\n"
+    assert parse_route_config(head).max_fallbacks == 3
+    assert parse_route_config(head + "router_settings: {max_fallbacks: 1}\n").max_fallbacks == 1
+    both = head + "router_settings: {max_fallbacks: 1}\nrouter: {max_fallbacks: 2}\n"
+    assert parse_route_config(both).max_fallbacks == 2
+
+
+def test_litellm_settings_fallbacks_are_fallback_chains() -> None:
+    spec = parse_route_config(
+        "model_list:\n"
+        "  - model_name: a\n"
+        "    litellm_params: {model: openai/gpt-4o}\n"
+        "  - model_name: b\n"
+        "    litellm_params: {model: openai/gpt-4o-mini}\n"
+        "litellm_settings: {fallbacks: [{a: [b]}]}\n"
+    )
+    assert spec.fallbacks == {"a": ("b",)}
+    with pytest.raises(InvalidArgument) as refused:
+        parse_route_config(
+            "model_list:\n"
+            "  - model_name: a\n"
+            "    litellm_params: {model: openai/gpt-4o}\n"
+            "litellm_settings: {fallbacks: [{a: [nowhere]}]}\n"
+        )
+    [violation] = refused.value.violations
+    assert violation.field == "config_yaml: litellm_settings.fallbacks[0]"
+    assert "nowhere" in violation.description
+
+
 @pytest.mark.parametrize(
     ("yaml_tail", "path"),
     [

@@ -182,6 +182,40 @@ def test_openai_client_streams_a_chat_completion_through_maestro_up(
     assert usage.completion_tokens == 12
 
 
+def _readme_route_choose_command() -> str:
+    """The README's `curl ... /route/choose` example, as one shell command."""
+    readme = (ROOT / "README.md").read_text()
+    [block] = re.findall(
+        r"```bash\n(curl -s -X POST http://127\.0\.0\.1:8080/route/choose.*?)```", readme, re.S
+    )
+    return block.replace("\\\n", " ").strip()
+
+
+def test_readmes_route_choose_curl_answers_the_seed_fields_and_cost_changes_the_winner(
+    maestro_up: UpProcess, tmp_path: Path
+) -> None:
+    command = _readme_route_choose_command().replace(
+        "http://127.0.0.1:8080", maestro_up.openai_base_url.removesuffix("/v1")
+    )
+    answers = {}
+    for objectives in ("quality", "cost"):
+        run = subprocess.run(
+            command.replace("X-Maestro-Objectives: quality", f"X-Maestro-Objectives: {objectives}"),
+            shell=True,
+            cwd=tmp_path,  # where `maestro up` wrote .maestro/demo-api-key
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        answers[objectives] = json.loads(run.stdout)
+    for answer in answers.values():
+        assert {"model", "provider", "rationale", "costs", "SLO_forecast"} <= set(answer)
+        assert answer["decision"]["candidates"]
+    assert answers["quality"]["model"] == "gpt-4o"
+    assert answers["cost"]["model"] == "ig-local-70b"
+
+
 def test_maestro_data_plane_follows_maestro_up_and_streams(maestro_up: UpProcess) -> None:
     env = {**os.environ, "MAESTRO_API_KEY": maestro_up.api_key}
     command = [

@@ -181,7 +181,7 @@ class RoutingSnapshot:
         self.board = board or SignalBoard()
         router = spec.document.router
         self._latency_ref = router.latency_reference_ms
-        self.max_fallbacks = router.max_fallbacks
+        self.max_fallbacks = spec.max_fallbacks
         # Deployments sorted by group (stable), so each group is one slice.
         group_order = {name: i for i, name in enumerate(spec.model_names)}
         self.deployments = tuple(sorted(spec.deployments, key=lambda d: group_order[d.model_name]))

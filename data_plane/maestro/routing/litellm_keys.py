@@ -209,6 +209,13 @@ RULES: tuple[KeyRule, ...] = (
     ),
     _rule(
         "litellm_params",
+        "input_cost_per_token output_cost_per_token",
+        "honoured",
+        "the deployment's prices for the cost objective, where `model_info` does not give "
+        "them (else the bundled price map)",
+    ),
+    _rule(
+        "litellm_params",
         "*cost* *_multiplier* tiered_pricing",
         "ignored",
         "LiteLLM's spend accounting; Maestro's cost objective reads `model_info."
@@ -366,7 +373,12 @@ RULES: tuple[KeyRule, ...] = (
         "fallback chains, merged with `router.fallbacks`",
     ),
     _rule("router_settings", "model_group_alias", "honoured", "model names that route to a group"),
-    _rule("router_settings", "max_fallbacks", "ignored", "use `router.max_fallbacks`"),
+    _rule(
+        "router_settings",
+        "max_fallbacks",
+        "honoured",
+        "fallback deployments kept per decision, unless `router.max_fallbacks` says",
+    ),
     _rule("router_settings", "provider_budget_config", "refused", _REFUSE_BUDGET),
     _rule(
         "router_settings",
@@ -453,7 +465,13 @@ RULES: tuple[KeyRule, ...] = (
     ),
     _rule(
         "litellm_settings",
-        "fallbacks default_fallbacks content_policy_fallbacks context_window_fallbacks",
+        "fallbacks",
+        "honoured",
+        "fallback chains, as under `router_settings.fallbacks`",
+    ),
+    _rule(
+        "litellm_settings",
+        "default_fallbacks content_policy_fallbacks context_window_fallbacks",
         "ignored",
         "use `router_settings.fallbacks`",
     ),

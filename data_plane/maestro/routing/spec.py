@@ -123,6 +123,8 @@ class LitellmParams(_CallKnobs):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     max_parallel_requests: int | None = Field(None, ge=1)
+    input_cost_per_token: float | None = Field(None, ge=0)
+    output_cost_per_token: float | None = Field(None, ge=0)
 
     @field_validator("api_key")
     @classmethod
@@ -205,14 +207,16 @@ class RouterSettings(_CallKnobs):
     retry_policy: RetryPolicy | None = None
     default_max_parallel_requests: int | None = Field(None, ge=1)
     fallbacks: list[Any] | None = None
+    max_fallbacks: int | None = Field(None, ge=0, le=16)
     model_group_alias: dict[str, Any] | None = None
 
 
 class LitellmSettings(_Open):
-    """LiteLLM's `litellm_settings`: process-wide defaults; only these two shape calls."""
+    """LiteLLM's `litellm_settings`: process-wide defaults; these shape calls."""
 
     request_timeout: float | None = _Seconds
     num_retries: int | None = Field(None, ge=0, le=10)
+    fallbacks: list[Any] | None = None
 
 
 class RouteConfigDocument(_Open):
@@ -292,6 +296,8 @@ class RouteConfigSpec:
     fallbacks: dict[str, tuple[str, ...]]
     content_tags: dict[str, frozenset[str]]
     aliases: dict[str, str]
+    max_fallbacks: int = 3
+    """`router.max_fallbacks`, else `router_settings.max_fallbacks`, else 3."""
 
 
 def parse_route_config(text: str, field: str = "config_yaml") -> RouteConfigSpec:
@@ -353,7 +359,7 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
         except ValueError as error:
             violations.append(FieldViolation(f"{where}.litellm_params.model", str(error)))
             continue
-        info = entry.model_info
+        info, params = entry.model_info, entry.litellm_params
         deployment_id = info.id or _derived_id(entry)
         if deployment_id in seen_ids:
             violations.append(FieldViolation(f"{where}.model_info.id", "duplicate deployment id"))
@@ -375,10 +381,14 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
                 jurisdiction=info.jurisdiction or ("internal" if in_house else "unspecified"),
                 in_house=in_house,
                 input_cost_per_token=_price(
-                    info.input_cost_per_token, facts.input_cost_per_token, in_house
+                    _first(info.input_cost_per_token, params.input_cost_per_token),
+                    facts.input_cost_per_token,
+                    in_house,
                 ),
                 output_cost_per_token=_price(
-                    info.output_cost_per_token, facts.output_cost_per_token, in_house
+                    _first(info.output_cost_per_token, params.output_cost_per_token),
+                    facts.output_cost_per_token,
+                    in_house,
                 ),
                 max_input_tokens=info.max_input_tokens or facts.max_input_tokens,
                 expected_p95_latency_ms=info.expected_p95_latency_ms,
@@ -426,6 +436,11 @@ def _resolve(document: RouteConfigDocument, field: str) -> RouteConfigSpec:
         fallbacks=fallbacks,
         content_tags=content_tags,
         aliases=aliases,
+        max_fallbacks=(
+            document.router.max_fallbacks
+            if "max_fallbacks" in document.router.model_fields_set
+            else _first(document.router_settings.max_fallbacks, document.router.max_fallbacks) or 0
+        ),
     )
 
 
@@ -510,7 +525,16 @@ def _price(declared: float | None, listed: float | None, in_house: bool) -> floa
     return 0.0 if in_house else None
 
 
-_KNOBS_SINCE_IDS = frozenset({*_CallKnobs.model_fields, "rpm", "tpm", "max_parallel_requests"})
+_KNOBS_SINCE_IDS = frozenset(
+    {
+        *_CallKnobs.model_fields,
+        "rpm",
+        "tpm",
+        "max_parallel_requests",
+        "input_cost_per_token",
+        "output_cost_per_token",
+    }
+)
 """Typed `litellm_params` fields added after derived ids were first issued: left out of the hash
 while unset, so an entry keeps the id it had."""
 
@@ -552,21 +576,25 @@ def _fallbacks(
                     FieldViolation(f"{field}: router.fallbacks[{index}]", f"unknown model {name!r}")
                 )
         chains.setdefault(chain.primary, []).extend(chain.on_error)
-    # LiteLLM's own format: router_settings.fallbacks: [{"gpt-4o": ["sonnet-3.7"]}]
-    for index, item in enumerate(document.router_settings.fallbacks or []):
+    # LiteLLM's own format: router_settings.fallbacks: [{"gpt-4o": ["sonnet-3.7"]}], also
+    # accepted under litellm_settings (its older place).
+    litellm_lists = (
+        ("router_settings.fallbacks", document.router_settings.fallbacks),
+        ("litellm_settings.fallbacks", document.litellm_settings.fallbacks),
+    )
+    for where, index, item in (
+        (where, index, item)
+        for where, items in litellm_lists
+        for index, item in enumerate(items or [])
+    ):
         if not isinstance(item, dict):
-            violations.append(
-                FieldViolation(f"{field}: router_settings.fallbacks[{index}]", "must be a mapping")
-            )
+            violations.append(FieldViolation(f"{field}: {where}[{index}]", "must be a mapping"))
             continue
         for primary, targets in item.items():
             for name in [primary, *(targets or [])]:
                 if name not in known:
                     violations.append(
-                        FieldViolation(
-                            f"{field}: router_settings.fallbacks[{index}]",
-                            f"unknown model {name!r}",
-                        )
+                        FieldViolation(f"{field}: {where}[{index}]", f"unknown model {name!r}")
                     )
             chains.setdefault(str(primary), []).extend(str(t) for t in targets or [])
     return {primary: tuple(dict.fromkeys(chain)) for primary, chain in chains.items()}
