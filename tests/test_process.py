@@ -188,7 +188,7 @@ def _readme_route_choose_command() -> str:
     [block] = re.findall(
         r"```bash\n(curl -s -X POST http://127\.0\.0\.1:8080/route/choose.*?)```", readme, re.S
     )
-    return block.replace("\\\n", " ").strip()
+    return str(block).replace("\\\n", " ").strip()
 
 
 def test_readmes_route_choose_curl_answers_the_seed_fields_and_cost_changes_the_winner(
