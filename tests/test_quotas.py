@@ -86,7 +86,9 @@ async def test_a_project_at_its_concurrency_quota_is_refused_until_a_call_ends(
         async with running.client(running.alpha_key) as alpha:
             watch = alpha.graphs.InteractRun(silent())  # a long-lived call holds the slot
             over = None
-            for _ in range(100):  # until the server has admitted the stream (bounded)
+            # Until the server has admitted the stream: bounded in count, and generous, as a
+            # loaded machine (PostgreSQL key look-ups beside a parallel suite) may take seconds.
+            for _ in range(1000):
                 try:
                     await alpha.projects.GetProject(request)
                 except MaestroRpcError as error:
@@ -96,7 +98,7 @@ async def test_a_project_at_its_concurrency_quota_is_refused_until_a_call_ends(
             hold.set()
             watch.cancel()
             after = None
-            for _ in range(100):  # until the server has seen the stream end (bounded)
+            for _ in range(1000):  # until the server has seen the stream end (bounded)
                 try:
                     after = await alpha.projects.GetProject(request)
                     break
