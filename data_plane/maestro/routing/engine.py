@@ -522,9 +522,13 @@ def _normalise(weights: Iterable[float]) -> FloatArray:
     return normalised
 
 
+@functools.lru_cache(maxsize=256)
 def parse_objectives_header(value: str) -> tuple[float, float, float, float, float]:
     """`x-maestro-objectives`: `quality,latency,cost` (listed objectives count equally, others
-    not at all) or `quality=0.6,cost=0.4` (explicit weights). Raises ValueError when malformed."""
+    not at all) or `quality=0.6,cost=0.4` (explicit weights). Raises ValueError when malformed.
+
+    Callers repeat a handful of values, so each is parsed once (a bounded cache: a caller
+    sending a new value on every request costs at most 256 entries; errors are not cached)."""
     weights = dict.fromkeys(OBJECTIVES, 0.0)
     for part in value.split(","):
         name, _, weight = part.strip().partition("=")
