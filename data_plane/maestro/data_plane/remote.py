@@ -226,8 +226,9 @@ class ObservationReporter:
     async def drain(self, timeout_s: float) -> bool:
         """Wait (bounded) until every observation handed over was answered: at shutdown, so
         the last window's traffic still reaches the control plane."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout: cancel-safe on 3.11
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
         return self.settled
 
     async def _session(self) -> None:

@@ -80,10 +80,9 @@ async def follow_run(
             while pending and pending[0][2] <= after:  # never ahead of the stored events
                 text, index, _seq, node_id, attempt = pending.pop(0)
                 yield LiveChunk(name, after, node_id, attempt, text, index)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    changed.wait(), WATCH_POLL_S if chunks is None else CHUNK_POLL_S
-                )
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: cancel-safe on 3.11
+                async with asyncio.timeout(WATCH_POLL_S if chunks is None else CHUNK_POLL_S):
+                    await changed.wait()
     finally:
         hub.unwatch(name, changed)
         if chunks is not None:

@@ -41,7 +41,8 @@ class RunHub:
         """Wait until this replica sees the run finish; False on time-out."""
         event = self.final_event(run)
         try:
-            await asyncio.wait_for(event.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # cancel-safe, unlike wait_for on 3.11
+                await event.wait()
         except TimeoutError:
             return False
         return True

@@ -216,8 +216,11 @@ class GraphRuntime:
                 for run, previous in claimed:
                     if run.name not in self._tasks:
                         self._spawn(run, previous)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set, and this loop would then outlive stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+                async with asyncio.timeout(self.settings.poll_s):
+                    await self._wake.wait()
 
     async def _renew_loop(self) -> None:
         while True:
