@@ -120,3 +120,16 @@ def text_of(stream: list[ipb.StreamChatCompletionResponse]) -> str:
 
 def kinds(stream: list[ipb.StreamChatCompletionResponse]) -> list[str]:
     return [str(e.WhichOneof("event")) for e in stream]
+
+
+async def abandon_after_two_deltas(client: AsyncMaestroClient) -> None:
+    """Start a long stream one token per chunk, read two deltas, and cancel it."""
+    call = client.inference.StreamChatCompletion(
+        stream_request(max_tokens=500, coalescing=ipb.ChatCompletionCoalescing(max_chunk_tokens=1))
+    )
+    received = 0
+    async for event in call:
+        received += event.WhichOneof("event") == "delta"
+        if received == 2:
+            break
+    call.cancel()

@@ -26,6 +26,7 @@ from maestro.routing.spec import FAILURE_CLASSES
 from maestro.v1 import inference_service_pb2 as ipb
 from tests.inference_support import (
     Stack,
+    abandon_after_two_deltas,
     events,
     openai_base_url,
     profile,
@@ -360,17 +361,7 @@ async def test_every_deployment_at_its_limit_is_resource_exhausted_with_a_retry_
 async def test_an_abandoned_call_gives_its_parallel_slot_back(tmp_path: Path) -> None:
     paced = profile(tokens_per_s=50)
     async with _stack(tmp_path, paced, primary_params={"max_parallel_requests": 1}) as s:
-        call = s.client.inference.StreamChatCompletion(
-            stream_request(
-                max_tokens=500, coalescing=ipb.ChatCompletionCoalescing(max_chunk_tokens=1)
-            )
-        )
-        received = 0
-        async for event in call:
-            received += event.WhichOneof("event") == "delta"
-            if received == 2:
-                break
-        call.cancel()
+        await abandon_after_two_deltas(s.client)
         await s.primary.wait_for_stats(lambda st: st.client_disconnects >= 1)
         stream = await events(s.client, stream_request(max_tokens=4))
     assert not _fallbacks(stream)

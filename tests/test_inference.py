@@ -35,6 +35,7 @@ from tests.conftest import LOOPBACK_TENANT_ENDPOINTS
 from tests.inference_support import (
     PARENT,
     Stack,
+    abandon_after_two_deltas,
     events,
     kinds,
     profile,
@@ -209,17 +210,7 @@ async def test_stall_mid_stream_moves_on_after_the_stall_timeout(tmp_path: Path)
 async def test_cancelling_a_stream_closes_the_provider_connection(tmp_path: Path) -> None:
     paced = profile(tokens_per_s=50)
     async with stack(tmp_path, primary=paced) as s:
-        call = s.client.inference.StreamChatCompletion(
-            stream_request(
-                max_tokens=500, coalescing=ipb.ChatCompletionCoalescing(max_chunk_tokens=1)
-            )
-        )
-        received = 0
-        async for event in call:
-            received += event.WhichOneof("event") == "delta"
-            if received == 2:
-                break
-        call.cancel()
+        await abandon_after_two_deltas(s.client)
         seen = await s.primary.wait_for_stats(lambda st: st.client_disconnects >= 1)
         assert seen.requests_completed == 0
         assert seen.open_streams == 0
