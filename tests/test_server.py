@@ -80,10 +80,14 @@ async def test_health_reports_per_service_status_without_a_key(server: RunningSe
             health_pb2.HealthCheckRequest(service="maestro.v1.GraphService")
         )
         evals = await health.Check(health_pb2.HealthCheckRequest(service="maestro.v1.EvalService"))
+        rollouts = await health.Check(
+            health_pb2.HealthCheckRequest(service="maestro.v1.RolloutService")
+        )
     assert overall.status == health_pb2.HealthCheckResponse.SERVING
     assert projects.status == health_pb2.HealthCheckResponse.SERVING
     assert graphs.status == health_pb2.HealthCheckResponse.SERVING
-    assert evals.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert evals.status == health_pb2.HealthCheckResponse.SERVING
+    assert rollouts.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_stop_ends_open_health_watch_cleanly_within_grace(server: RunningServer) -> None:

@@ -302,7 +302,7 @@ def test_grpc_health_is_not_serving_until_ready_and_serving_after(tmp_path: Path
 
         before, after = _poll_until_ready(process, ask)
         pending = health.Check(
-            health_pb2.HealthCheckRequest(service="maestro.v1.EvalService"), timeout=20
+            health_pb2.HealthCheckRequest(service="maestro.v1.RolloutService"), timeout=20
         )
         channel.close()
         process.terminate()

@@ -56,7 +56,15 @@ from tests.conftest import RunningServer, start_server
 DATA = Path(__file__).parent / "data"
 PARENT = "projects/alpha"
 PAYLOADS = {"run_state_changed", "node_started", "node_finished", "cost_update", "gate_opened"}
-APPLIED = [("graph", 1), ("graph", 2), ("graph", 3), ("projects", 1), ("projects", 2), ("route", 1)]
+APPLIED = [
+    ("evals", 1),
+    ("graph", 1),
+    ("graph", 2),
+    ("graph", 3),
+    ("projects", 1),
+    ("projects", 2),
+    ("route", 1),
+]
 
 
 async def _paused_run_reads_back(server: RunningServer) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from google.protobuf import json_format
 
+from maestro.app import eval_cli
 from maestro.app.config import ConfigError, MaestroConfig, load_config
 from maestro.clients import MaestroClient, MaestroRpcError
 from maestro.control_plane.graph.recipe import Recipe
@@ -320,6 +321,9 @@ def _client(target: str, api_key: str | None) -> MaestroClient:
         cert_file=os.environ.get("MAESTRO_TLS_CERT_FILE") or None,
         key_file=os.environ.get("MAESTRO_TLS_KEY_FILE") or None,
     )
+
+
+eval_cli.register(app, lambda target, api_key: _client(target, api_key))
 
 
 def _print(message: object) -> None:

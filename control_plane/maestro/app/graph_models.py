@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from maestro.app.completions import read_completion
 from maestro.control_plane.graph.model_calls import (
     DEFAULT_MAX_TOKENS,
     ModelResult,
@@ -21,7 +22,6 @@ from maestro.control_plane.graph.model_calls import (
 )
 from maestro.control_plane.graph.recipe import NodeSpec, ToolSpec
 from maestro.core.auth import Principal
-from maestro.data_plane.events import Delta, Done, Routed
 from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, InferenceService
 from maestro.routing.decider import ChooseInput
@@ -79,46 +79,31 @@ class DataPlaneModels:
                 seed=0,
             ),
         )
-        text: list[str] = []
-        calls: dict[int, list[str]] = {}
-        names: dict[int, str] = {}
-        deployment = ""
-        stream = self._service.stream(Principal(project, None), call)
-        async with contextlib.aclosing(stream) as events:
-            async for event in events:
-                if isinstance(event, Routed):
-                    deployment = event.deployment.deployment_id
-                elif isinstance(event, Delta):
-                    if event.text:
-                        text.append(event.text)
-                        if on_chunk is not None:
-                            on_chunk(event.text, event.index)
-                    for piece in event.tool_calls:
-                        calls.setdefault(piece.index, []).append(piece.arguments)
-                        names[piece.index] = names.get(piece.index) or piece.name
-                elif isinstance(event, Done):
-                    if event.error is not None:
-                        raise ModelStepError(event.error.message)
-                    return ModelResult(
-                        _output(node.id, "".join(text), names, calls),
-                        event.prompt_tokens,
-                        event.completion_tokens,
-                        event.cost_usd,
-                        event.deployment.deployment_id if event.deployment else deployment,
-                    )
-        raise ModelStepError("the call ended without a result")
+        completion = await read_completion(
+            self._service.stream(Principal(project, None), call), on_chunk
+        )
+        done = completion.done
+        if done is None:
+            raise ModelStepError("the call ended without a result")
+        if done.error is not None:
+            raise ModelStepError(done.error.message)
+        return ModelResult(
+            _output(node.id, completion.text, completion.tool_calls),
+            done.prompt_tokens,
+            done.completion_tokens,
+            done.cost_usd,
+            completion.deployment,
+        )
 
 
-def _output(
-    node_id: str, text: str, names: dict[int, str], calls: dict[int, list[str]]
-) -> dict[str, Any]:
-    if names:
-        first = min(names)
+def _output(node_id: str, text: str, calls: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    if calls:
+        name, raw = calls[0]
         try:
-            arguments = json.loads("".join(calls.get(first, [])) or "{}")
+            arguments = json.loads(raw or "{}")
         except json.JSONDecodeError:
-            arguments = {"input": "".join(calls.get(first, []))}
-        return {"tool": names[first], "tool_args": arguments}
+            arguments = {"input": raw}
+        return {"tool": name, "tool_args": arguments}
     with contextlib.suppress(json.JSONDecodeError):
         parsed = json.loads(text)
         if isinstance(parsed, dict):

@@ -13,6 +13,9 @@ that a signal interrupts (the flag already draining) never turns ready: the call
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import os
+import socket
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,7 +23,10 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maestro.app.config import MaestroConfig
+from maestro.app.eval_calls import DataPlaneTasks
 from maestro.app.graph_models import DataPlaneModels
+from maestro.control_plane.evals.assembly import EvalPlane, build_evals
+from maestro.control_plane.evals.runner import Embedder
 from maestro.control_plane.graph.assembly import GraphPlane, build_graph
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.servicer import ProjectServicer
@@ -62,8 +68,8 @@ PROJECT_SERVICE = project_service_pb2.DESCRIPTOR.services_by_name["ProjectServic
 ROUTE_SERVICE = route_service_pb2.DESCRIPTOR.services_by_name["RouteService"]
 # Services of the contract whose capability is not built yet, and what they are waiting for.
 GRAPH_SERVICE = graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"]
+EVAL_SERVICE = eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"]
 PENDING_SERVICES = (
-    (eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"], "the eval runner"),
     (rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"], "progressive delivery"),
 )
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"]
@@ -83,6 +89,7 @@ class ControlPlane:
     stopping: asyncio.Event
     data: DataPlane | None = None
     graph: GraphPlane | None = None
+    evals: EvalPlane | None = None
     readiness: Readiness = field(default_factory=Readiness)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,6 +114,8 @@ class ControlPlane:
         await self.server.stop(grace)
         if self.graph is not None:
             await self.graph.stop()
+        if self.evals is not None:
+            await self.evals.stop()
         if self.data is not None:
             await self.data.close()
         for task in self.background:
@@ -192,6 +201,18 @@ async def start_control_plane(
         graph.register(server)
     else:
         pending.append((GRAPH_SERVICE, "agent graphs (graph.enabled is false)"))
+    evals = None
+    if data is not None:
+        evals = build_evals(
+            store,
+            DataPlaneTasks(data.service),
+            _embedder,
+            f"{socket.gethostname()}-{os.getpid()}",
+            _maestro_version(),
+        )
+        evals.register(server, stopping)
+    else:
+        pending.append((EVAL_SERVICE, "eval runs (they need the data plane)"))
     for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     served = (
@@ -199,6 +220,7 @@ async def start_control_plane(
         ROUTE_SERVICE,
         *((INFERENCE_SERVICE,) if data else ()),
         *((GRAPH_SERVICE,) if graph else ()),
+        *((EVAL_SERVICE,) if evals else ()),
     )
     service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in pending)]
     health = HealthServicer()  # "" NOT_SERVING, and each service too until ready
@@ -212,6 +234,8 @@ async def start_control_plane(
     if port == 0:
         if graph is not None:
             await graph.stop()
+        if evals is not None:
+            await evals.stop()
         if data is not None:
             await data.close()
         await routes.stop_following()
@@ -220,7 +244,18 @@ async def start_control_plane(
         raise OSError(f"cannot bind {config.server.host}:{config.server.port}")
     await server.start()
     plane = ControlPlane(
-        config, server, health, store, projects, routes, port, stopping, data, graph, readiness
+        config,
+        server,
+        health,
+        store,
+        projects,
+        routes,
+        port,
+        stopping,
+        data,
+        graph,
+        evals,
+        readiness,
     )
     if data is not None:
         await data.start_http(http_tls)
@@ -247,6 +282,8 @@ async def start_control_plane(
     readiness.mark_ready()
     if graph is not None:
         graph.runtime.start()  # claims runs only now that models can be routed
+    if evals is not None:
+        evals.runner.start()  # resumes eval runs left by a stopped process
     log.info(
         "server.ready",
         address=plane.address,
@@ -257,3 +294,17 @@ async def start_control_plane(
         openai_base_url=data.base_url if data is not None else None,
     )
     return plane
+
+
+def _embedder() -> Embedder:
+    """The sentence-embedding model of `semantic_sim`, loaded on first use (not at start)."""
+    from maestro.control_plane.evals.embeddings import SentenceEmbedder
+
+    return SentenceEmbedder()
+
+
+def _maestro_version() -> str:
+    try:
+        return importlib.metadata.version("maestro")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

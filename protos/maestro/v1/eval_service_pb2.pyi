@@ -47,6 +47,10 @@ class _EvalMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvalMetric
     """`hallucination_rate`: fraction of answers the grader flags as unsupported by the task's
     context or references. Lower is better.
     """
+    EVAL_METRIC_TTFT: _EvalMetric.ValueType  # 6
+    """`ttft`: mean time to the first token of the task's model call, in seconds. Lower is better."""
+    EVAL_METRIC_LATENCY: _EvalMetric.ValueType  # 7
+    """`latency`: mean total time of the task's model call, in seconds. Lower is better."""
 
 class EvalMetric(_EvalMetric, metaclass=_EvalMetricEnumTypeWrapper):
     """A metric an eval suite scores. Quality metrics are ratios in 0..1, higher is better, except
@@ -71,6 +75,10 @@ EVAL_METRIC_HALLUCINATION_RATE: EvalMetric.ValueType  # 5
 """`hallucination_rate`: fraction of answers the grader flags as unsupported by the task's
 context or references. Lower is better.
 """
+EVAL_METRIC_TTFT: EvalMetric.ValueType  # 6
+"""`ttft`: mean time to the first token of the task's model call, in seconds. Lower is better."""
+EVAL_METRIC_LATENCY: EvalMetric.ValueType  # 7
+"""`latency`: mean total time of the task's model call, in seconds. Lower is better."""
 Global___EvalMetric: _TypeAlias = EvalMetric  # noqa: Y015
 
 class _EvalGateKind:
@@ -352,6 +360,7 @@ class EvalTarget(_message.Message):
 
     MODEL_GROUP_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
     model_group: _builtins.str
     """Optional. A model group (a `model_name` of the route config) every model call of a task is
     routed to. Empty: the router chooses as for production traffic.
@@ -361,19 +370,59 @@ class EvalTarget(_message.Message):
     `projects/{project}/artifacts/{artifact}/versions/{version}`. Empty: tasks are sent as
     plain chat requests to `model_group`.
     """
+    @_builtins.property
+    def prompt(self) -> Global___EvalPrompt:
+        """Optional. A prompt version given inline (a prompt file under review, before it is an
+        artifact): its system message is sent before each task's messages. At most one of
+        `prompt` and `artifact_version`.
+        """
+
     def __init__(
         self,
         *,
         model_group: _builtins.str = ...,
         artifact_version: _builtins.str = ...,
+        prompt: Global___EvalPrompt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "model_group", b"model_group"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "model_group", b"model_group", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvalTarget: _TypeAlias = EvalTarget  # noqa: Y015
+
+@_typing.final
+class EvalPrompt(_message.Message):
+    """A prompt version given inline: what `maestro eval --prompt FILE` sends."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Optional. The prompt's name, such as `support-answer`, for reports."""
+    system: _builtins.str
+    """Required. The system message sent before each task's messages; at most 32 KiB."""
+    version: _builtins.str
+    """Output only. The version: the first 16 hex digits of the SHA-256 of `system`. Identical
+    text is the same version.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        system: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "system", b"system", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvalPrompt: _TypeAlias = EvalPrompt  # noqa: Y015
 
 @_typing.final
 class EvalRun(_message.Message):
@@ -615,6 +664,10 @@ class EvalMetricScore(_message.Message):
     BASELINE_MEAN_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     DELTA_RATIO_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    SLICE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
     metric: Global___EvalMetric.ValueType
     """Output only. The metric."""
     dataset: _builtins.str
@@ -635,6 +688,23 @@ class EvalMetricScore(_message.Message):
     """Output only. `mean - baseline_mean`; unset without a baseline."""
     delta_ratio: _builtins.float
     """Output only. `delta / baseline_mean`; unset without a baseline or when it is 0."""
+    ci_low: _builtins.float
+    """Output only. Lower end of the 95% confidence interval of `mean`: a Wilson interval over the
+    tasks for the 0..1 quality metrics (a task counting with its mean over repetitions), a
+    bootstrap over the tasks for cost and times. Tasks are resampled, not executions: the
+    repetitions of one task are not independent samples.
+    """
+    ci_high: _builtins.float
+    """Output only. Upper end of the 95% confidence interval of `mean`."""
+    slice: _builtins.str
+    """Output only. The slice this score covers, `key=value` from the tasks' `slices` (such as
+    `kind=tool_use`); empty for all tasks.
+    """
+    p_value: _builtins.float
+    """Output only. Two-sided p-value of the paired difference from the baseline over the tasks
+    both have: exact McNemar on per-task pass/fail for exact match and tool success, a paired
+    sign-flip permutation test for the others; unset without a baseline.
+    """
     def __init__(
         self,
         *,
@@ -646,10 +716,14 @@ class EvalMetricScore(_message.Message):
         baseline_mean: _builtins.float | None = ...,
         delta: _builtins.float | None = ...,
         delta_ratio: _builtins.float | None = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+        slice: _builtins.str = ...,
+        p_value: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_mean", b"_baseline_mean", "_delta", b"_delta", "_delta_ratio", b"_delta_ratio", "baseline_mean", b"baseline_mean", "delta", b"delta", "delta_ratio", b"delta_ratio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_baseline_mean", b"_baseline_mean", "_delta", b"_delta", "_delta_ratio", b"_delta_ratio", "_p_value", b"_p_value", "baseline_mean", b"baseline_mean", "delta", b"delta", "delta_ratio", b"delta_ratio", "p_value", b"p_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_mean", b"_baseline_mean", "_delta", b"_delta", "_delta_ratio", b"_delta_ratio", "baseline_mean", b"baseline_mean", "dataset", b"dataset", "delta", b"delta", "delta_ratio", b"delta_ratio", "mean", b"mean", "metric", b"metric", "sample_count", b"sample_count", "stddev", b"stddev"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_baseline_mean", b"_baseline_mean", "_delta", b"_delta", "_delta_ratio", b"_delta_ratio", "_p_value", b"_p_value", "baseline_mean", b"baseline_mean", "ci_high", b"ci_high", "ci_low", b"ci_low", "dataset", b"dataset", "delta", b"delta", "delta_ratio", b"delta_ratio", "mean", b"mean", "metric", b"metric", "p_value", b"p_value", "sample_count", b"sample_count", "slice", b"slice", "stddev", b"stddev"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__baseline_mean: _TypeAlias = _typing.Literal["baseline_mean"]  # noqa: Y015
     _WhichOneofArgType__baseline_mean: _TypeAlias = _typing.Literal["_baseline_mean", b"_baseline_mean"]  # noqa: Y015
@@ -657,12 +731,16 @@ class EvalMetricScore(_message.Message):
     _WhichOneofArgType__delta: _TypeAlias = _typing.Literal["_delta", b"_delta"]  # noqa: Y015
     _WhichOneofReturnType__delta_ratio: _TypeAlias = _typing.Literal["delta_ratio"]  # noqa: Y015
     _WhichOneofArgType__delta_ratio: _TypeAlias = _typing.Literal["_delta_ratio", b"_delta_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__baseline_mean) -> _WhichOneofReturnType__baseline_mean | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delta) -> _WhichOneofReturnType__delta | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delta_ratio) -> _WhichOneofReturnType__delta_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
 
 Global___EvalMetricScore: _TypeAlias = EvalMetricScore  # noqa: Y015
 
@@ -708,11 +786,15 @@ class EvalThresholdResult(_message.Message):
         OUTCOME_UNSPECIFIED: EvalThresholdResult._Outcome.ValueType  # 0
         """Not set; never returned."""
         OUTCOME_PASSED: EvalThresholdResult._Outcome.ValueType  # 1
-        """`measured` is within `limit`."""
+        """The whole confidence interval of `measured` is within `limit` (`upper_bound <= limit`)."""
         OUTCOME_FAILED: EvalThresholdResult._Outcome.ValueType  # 2
-        """`measured` exceeds `limit`."""
+        """The whole confidence interval exceeds `limit` (`lower_bound > limit`)."""
         OUTCOME_SKIPPED: EvalThresholdResult._Outcome.ValueType  # 3
         """Not checked: the threshold needs a baseline and the run had none."""
+        OUTCOME_INCONCLUSIVE: EvalThresholdResult._Outcome.ValueType  # 4
+        """The interval straddles `limit`: the difference is within the noise of this many tasks.
+        Neither a pass nor a failure; `message` says how many tasks would settle it.
+        """
 
     class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
         """The outcome of the check."""
@@ -720,17 +802,24 @@ class EvalThresholdResult(_message.Message):
     OUTCOME_UNSPECIFIED: EvalThresholdResult.Outcome.ValueType  # 0
     """Not set; never returned."""
     OUTCOME_PASSED: EvalThresholdResult.Outcome.ValueType  # 1
-    """`measured` is within `limit`."""
+    """The whole confidence interval of `measured` is within `limit` (`upper_bound <= limit`)."""
     OUTCOME_FAILED: EvalThresholdResult.Outcome.ValueType  # 2
-    """`measured` exceeds `limit`."""
+    """The whole confidence interval exceeds `limit` (`lower_bound > limit`)."""
     OUTCOME_SKIPPED: EvalThresholdResult.Outcome.ValueType  # 3
     """Not checked: the threshold needs a baseline and the run had none."""
+    OUTCOME_INCONCLUSIVE: EvalThresholdResult.Outcome.ValueType  # 4
+    """The interval straddles `limit`: the difference is within the noise of this many tasks.
+    Neither a pass nor a failure; `message` says how many tasks would settle it.
+    """
 
     THRESHOLD_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     MEASURED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    LOWER_BOUND_FIELD_NUMBER: _builtins.int
+    UPPER_BOUND_FIELD_NUMBER: _builtins.int
+    SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
     threshold: Global___EvalThresholdResult.Threshold.ValueType
     """Output only. The threshold."""
     outcome: Global___EvalThresholdResult.Outcome.ValueType
@@ -741,6 +830,15 @@ class EvalThresholdResult(_message.Message):
     """Output only. The measured value, in the limit's unit; 0 when SKIPPED."""
     message: _builtins.str
     """Output only. A one-line explanation, such as "3 of 400 tasks regressed (0.75% > 0.5%)"."""
+    lower_bound: _builtins.float
+    """Output only. Lower end of the one-sided 95% confidence bound pair of `measured` (a
+    two-sided 90% interval): Wilson over tasks for rates, paired bootstrap over tasks for the
+    cost delta.
+    """
+    upper_bound: _builtins.float
+    """Output only. Upper end of that interval."""
+    sample_count: _builtins.int
+    """Output only. Tasks the measurement covers."""
     def __init__(
         self,
         *,
@@ -749,10 +847,13 @@ class EvalThresholdResult(_message.Message):
         limit: _builtins.float = ...,
         measured: _builtins.float = ...,
         message: _builtins.str = ...,
+        lower_bound: _builtins.float = ...,
+        upper_bound: _builtins.float = ...,
+        sample_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "measured", b"measured", "message", b"message", "outcome", b"outcome", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "lower_bound", b"lower_bound", "measured", b"measured", "message", b"message", "outcome", b"outcome", "sample_count", b"sample_count", "threshold", b"threshold", "upper_bound", b"upper_bound"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -805,6 +906,10 @@ class Scorecard(_message.Message):
         """No threshold FAILED (SKIPPED ones do not count here; gates may count them)."""
         VERDICT_FAIL: Scorecard._Verdict.ValueType  # 2
         """At least one threshold FAILED."""
+        VERDICT_INCONCLUSIVE: Scorecard._Verdict.ValueType  # 3
+        """No threshold FAILED and at least one is INCONCLUSIVE: the run cannot tell a pass from a
+        regression within its noise. Gates treat it as not passed.
+        """
 
     class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper):
         """Whether a scorecard meets its suite's thresholds."""
@@ -815,6 +920,30 @@ class Scorecard(_message.Message):
     """No threshold FAILED (SKIPPED ones do not count here; gates may count them)."""
     VERDICT_FAIL: Scorecard.Verdict.ValueType  # 2
     """At least one threshold FAILED."""
+    VERDICT_INCONCLUSIVE: Scorecard.Verdict.ValueType  # 3
+    """No threshold FAILED and at least one is INCONCLUSIVE: the run cannot tell a pass from a
+    regression within its noise. Gates treat it as not passed.
+    """
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     NAME_FIELD_NUMBER: _builtins.int
     SUITE_FIELD_NUMBER: _builtins.int
@@ -832,6 +961,11 @@ class Scorecard(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    IMPROVED_TASK_COUNT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    MAESTRO_VERSION_FIELD_NUMBER: _builtins.int
+    SUITE_DIGEST_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `projects/{project}/evalRuns/{eval_run}/scorecard`."""
     suite: _builtins.str
@@ -850,6 +984,16 @@ class Scorecard(_message.Message):
     """Output only. The seed used."""
     total_cost_usd: _builtins.float
     """Output only. US dollars the run spent."""
+    improved_task_count: _builtins.int
+    """Output only. Tasks that failed in the baseline and pass here; 0 without a baseline."""
+    maestro_version: _builtins.str
+    """Output only. The Maestro version that ran the suite."""
+    suite_digest: _builtins.str
+    """Output only. SHA-256 (hex) of the suite as run (its snapshot), so two scorecards of one
+    suite name can be told apart after the suite changed.
+    """
+    embedding_model: _builtins.str
+    """Output only. The sentence-embedding model that scored `semantic_sim`, with its version."""
     @_builtins.property
     def target(self) -> Global___EvalTarget:
         """Output only. What was measured."""
@@ -882,6 +1026,10 @@ class Scorecard(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the scorecard was written."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Output only. The run's labels (such as `git_commit`), for links to builds."""
+
     def __init__(
         self,
         *,
@@ -901,14 +1049,95 @@ class Scorecard(_message.Message):
         usage: _common_pb2.Usage | None = ...,
         provenance: _common_pb2.Provenance | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        improved_task_count: _builtins.int = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        maestro_version: _builtins.str = ...,
+        suite_digest: _builtins.str = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "provenance", b"provenance", "target", b"target", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_scorecard", b"baseline_scorecard", "create_time", b"create_time", "metrics", b"metrics", "name", b"name", "provenance", b"provenance", "regressed_task_count", b"regressed_task_count", "regressed_tasks", b"regressed_tasks", "repetitions", b"repetitions", "seed", b"seed", "suite", b"suite", "target", b"target", "task_count", b"task_count", "threshold_results", b"threshold_results", "total_cost_usd", b"total_cost_usd", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_scorecard", b"baseline_scorecard", "create_time", b"create_time", "embedding_model", b"embedding_model", "improved_task_count", b"improved_task_count", "labels", b"labels", "maestro_version", b"maestro_version", "metrics", b"metrics", "name", b"name", "provenance", b"provenance", "regressed_task_count", b"regressed_task_count", "regressed_tasks", b"regressed_tasks", "repetitions", b"repetitions", "seed", b"seed", "suite", b"suite", "suite_digest", b"suite_digest", "target", b"target", "task_count", b"task_count", "threshold_results", b"threshold_results", "total_cost_usd", b"total_cost_usd", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Scorecard: _TypeAlias = Scorecard  # noqa: Y015
+
+@_typing.final
+class EvalTaskResult(_message.Message):
+    """One task execution's result: what the target answered and how it scored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ScoresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TASK_FIELD_NUMBER: _builtins.int
+    REPETITION_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    repetition: _builtins.int
+    """Output only. The repetition, 0-based."""
+    passed: _builtins.bool
+    """Output only. Whether the execution passed every quality metric scored."""
+    output: _builtins.str
+    """Output only. The answer's text (at most 4 KiB), or the tool calls as JSON."""
+    expected: _builtins.str
+    """Output only. The expected answer, as in the dataset."""
+    deployment: _builtins.str
+    """Output only. The deployment that answered."""
+    error: _builtins.str
+    """Output only. Why the execution failed to get an answer (provider error, timeout); empty
+    when it got one.
+    """
+    @_builtins.property
+    def task(self) -> Global___EvalTaskRef:
+        """Output only. The task."""
+
+    @_builtins.property
+    def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Output only. Each metric's score for this execution, by metric name (`exact_match`, ...)."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___EvalTaskRef | None = ...,
+        repetition: _builtins.int = ...,
+        passed: _builtins.bool = ...,
+        output: _builtins.str = ...,
+        expected: _builtins.str = ...,
+        scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        deployment: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "error", b"error", "expected", b"expected", "output", b"output", "passed", b"passed", "repetition", b"repetition", "scores", b"scores", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvalTaskResult: _TypeAlias = EvalTaskResult  # noqa: Y015
 
 @_typing.final
 class EvalMetricDiff(_message.Message):
@@ -956,6 +1185,10 @@ class EvalMetricDiff(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     DELTA_RATIO_FIELD_NUMBER: _builtins.int
     CHANGE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    DELTA_CI_LOW_FIELD_NUMBER: _builtins.int
+    DELTA_CI_HIGH_FIELD_NUMBER: _builtins.int
+    HOLM_ADJUSTED_P_VALUE_FIELD_NUMBER: _builtins.int
     metric: Global___EvalMetric.ValueType
     """Output only. The metric."""
     dataset: _builtins.str
@@ -974,6 +1207,19 @@ class EvalMetricDiff(_message.Message):
     """Output only. `delta / base_mean`; unset when `base_mean` is 0."""
     change: Global___EvalMetricDiff.Change.ValueType
     """Output only. Which way it moved, beyond noise."""
+    p_value: _builtins.float
+    """Output only. Two-sided p-value of the paired difference over the tasks both scorecards
+    have (exact McNemar for pass/fail metrics, sign-flip permutation otherwise); unset when
+    the scorecards share no task results.
+    """
+    delta_ci_low: _builtins.float
+    """Output only. Lower end of the 95% paired-bootstrap interval of `delta` over shared tasks."""
+    delta_ci_high: _builtins.float
+    """Output only. Upper end of that interval."""
+    holm_adjusted_p_value: _builtins.float
+    """Output only. `p_value` after Holm's correction over every diff of the response that has
+    one (several metrics compared at once); unset where `p_value` is.
+    """
     def __init__(
         self,
         *,
@@ -986,16 +1232,73 @@ class EvalMetricDiff(_message.Message):
         delta: _builtins.float = ...,
         delta_ratio: _builtins.float | None = ...,
         change: Global___EvalMetricDiff.Change.ValueType = ...,
+        p_value: _builtins.float | None = ...,
+        delta_ci_low: _builtins.float = ...,
+        delta_ci_high: _builtins.float = ...,
+        holm_adjusted_p_value: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_delta_ratio", b"_delta_ratio", "delta_ratio", b"delta_ratio"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delta_ratio", b"_delta_ratio", "_holm_adjusted_p_value", b"_holm_adjusted_p_value", "_p_value", b"_p_value", "delta_ratio", b"delta_ratio", "holm_adjusted_p_value", b"holm_adjusted_p_value", "p_value", b"p_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_ratio", b"_delta_ratio", "base_mean", b"base_mean", "base_stddev", b"base_stddev", "candidate_mean", b"candidate_mean", "candidate_stddev", b"candidate_stddev", "change", b"change", "dataset", b"dataset", "delta", b"delta", "delta_ratio", b"delta_ratio", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delta_ratio", b"_delta_ratio", "_holm_adjusted_p_value", b"_holm_adjusted_p_value", "_p_value", b"_p_value", "base_mean", b"base_mean", "base_stddev", b"base_stddev", "candidate_mean", b"candidate_mean", "candidate_stddev", b"candidate_stddev", "change", b"change", "dataset", b"dataset", "delta", b"delta", "delta_ci_high", b"delta_ci_high", "delta_ci_low", b"delta_ci_low", "delta_ratio", b"delta_ratio", "holm_adjusted_p_value", b"holm_adjusted_p_value", "metric", b"metric", "p_value", b"p_value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__delta_ratio: _TypeAlias = _typing.Literal["delta_ratio"]  # noqa: Y015
     _WhichOneofArgType__delta_ratio: _TypeAlias = _typing.Literal["_delta_ratio", b"_delta_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__holm_adjusted_p_value: _TypeAlias = _typing.Literal["holm_adjusted_p_value"]  # noqa: Y015
+    _WhichOneofArgType__holm_adjusted_p_value: _TypeAlias = _typing.Literal["_holm_adjusted_p_value", b"_holm_adjusted_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delta_ratio) -> _WhichOneofReturnType__delta_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__holm_adjusted_p_value) -> _WhichOneofReturnType__holm_adjusted_p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
 
 Global___EvalMetricDiff: _TypeAlias = EvalMetricDiff  # noqa: Y015
+
+@_typing.final
+class EvalTaskDiff(_message.Message):
+    """One task whose pass/fail differs between two scorecards, with both answers side by side."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    BASE_PASSED_FIELD_NUMBER: _builtins.int
+    CANDIDATE_PASSED_FIELD_NUMBER: _builtins.int
+    BASE_OUTPUT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_OUTPUT_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    base_passed: _builtins.bool
+    """Output only. Whether it passed (in most repetitions) in the base scorecard."""
+    candidate_passed: _builtins.bool
+    """Output only. Whether it passed (in most repetitions) in the candidate scorecard."""
+    base_output: _builtins.str
+    """Output only. The base scorecard's answer (its first repetition)."""
+    candidate_output: _builtins.str
+    """Output only. The candidate scorecard's answer (its first repetition)."""
+    expected: _builtins.str
+    """Output only. The expected answer."""
+    @_builtins.property
+    def task(self) -> Global___EvalTaskRef:
+        """Output only. The task."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___EvalTaskRef | None = ...,
+        base_passed: _builtins.bool = ...,
+        candidate_passed: _builtins.bool = ...,
+        base_output: _builtins.str = ...,
+        candidate_output: _builtins.str = ...,
+        expected: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_output", b"base_output", "base_passed", b"base_passed", "candidate_output", b"candidate_output", "candidate_passed", b"candidate_passed", "expected", b"expected", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvalTaskDiff: _TypeAlias = EvalTaskDiff  # noqa: Y015
 
 @_typing.final
 class EvalGateSloForecast(_message.Message):
@@ -1883,6 +2186,7 @@ class WatchEvalRunResponse(_message.Message):
     EVAL_RUN_FIELD_NUMBER: _builtins.int
     PARTIAL_METRICS_FIELD_NUMBER: _builtins.int
     SCORECARD_FIELD_NUMBER: _builtins.int
+    TASK_RESULTS_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Increases with every change of the run; pass the last one seen as `after_sequence` to
     resume.
@@ -1893,13 +2197,21 @@ class WatchEvalRunResponse(_message.Message):
 
     @_builtins.property
     def partial_metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvalMetricScore]:
-        """Metrics over the task executions completed so far (aggregates only, `dataset` empty);
-        `stddev` covers completed repetitions. No baseline fields.
+        """Metrics over the task executions this stream has carried so far (aggregates only, `dataset`
+        empty): `mean` and `sample_count`, no intervals, variance or baseline fields.
         """
 
     @_builtins.property
     def scorecard(self) -> Global___Scorecard:
         """The scorecard; set only in the final message of a run that SUCCEEDED."""
+
+    @_builtins.property
+    def task_results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvalTaskResult]:
+        """The task executions finished since the previous message of this stream, at most 1,000
+        per message (the rest follow in the next ones). A stream's first message starts from the
+        run's first execution, resumed or not: a resuming reader skips those it has by `task` and
+        `repetition`.
+        """
 
     def __init__(
         self,
@@ -1908,10 +2220,11 @@ class WatchEvalRunResponse(_message.Message):
         eval_run: Global___EvalRun | None = ...,
         partial_metrics: _abc.Iterable[Global___EvalMetricScore] | None = ...,
         scorecard: Global___Scorecard | None = ...,
+        task_results: _abc.Iterable[Global___EvalTaskResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eval_run", b"eval_run", "scorecard", b"scorecard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_run", b"eval_run", "partial_metrics", b"partial_metrics", "scorecard", b"scorecard", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_run", b"eval_run", "partial_metrics", b"partial_metrics", "scorecard", b"scorecard", "sequence", b"sequence", "task_results", b"task_results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1955,6 +2268,7 @@ class CompareScorecardsResponse(_message.Message):
     IMPROVED_TASK_COUNT_FIELD_NUMBER: _builtins.int
     REGRESSED_TASKS_FIELD_NUMBER: _builtins.int
     IMPROVED_TASKS_FIELD_NUMBER: _builtins.int
+    TASK_DIFFS_FIELD_NUMBER: _builtins.int
     compared_task_count: _builtins.int
     """Tasks present in both (matched by dataset SHA-256 and task id)."""
     regressed_task_count: _builtins.int
@@ -1973,6 +2287,12 @@ class CompareScorecardsResponse(_message.Message):
     def improved_tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvalTaskRef]:
         """The improved tasks, at most the first 100 by dataset and task id."""
 
+    @_builtins.property
+    def task_diffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EvalTaskDiff]:
+        """The regressed then improved tasks with both answers side by side (the "failure diffs"),
+        at most 100 of each.
+        """
+
     def __init__(
         self,
         *,
@@ -1982,10 +2302,11 @@ class CompareScorecardsResponse(_message.Message):
         improved_task_count: _builtins.int = ...,
         regressed_tasks: _abc.Iterable[Global___EvalTaskRef] | None = ...,
         improved_tasks: _abc.Iterable[Global___EvalTaskRef] | None = ...,
+        task_diffs: _abc.Iterable[Global___EvalTaskDiff] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compared_task_count", b"compared_task_count", "diffs", b"diffs", "improved_task_count", b"improved_task_count", "improved_tasks", b"improved_tasks", "regressed_task_count", b"regressed_task_count", "regressed_tasks", b"regressed_tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compared_task_count", b"compared_task_count", "diffs", b"diffs", "improved_task_count", b"improved_task_count", "improved_tasks", b"improved_tasks", "regressed_task_count", b"regressed_task_count", "regressed_tasks", b"regressed_tasks", "task_diffs", b"task_diffs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -77,10 +77,29 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "GetKillSwitch": ANY,
         "SetKillSwitch": _ADMIN,  # the global switch also needs operator (service)
     },
-    "maestro.v1.EvalService": {},  # filled below: not built yet, admin only
+    "maestro.v1.EvalService": {
+        # Datasets and suites are what a gate measures against: changing them is an admin's
+        # act. Running a suite is what CI does with an inference key.
+        "CreateEvalSuite": _ADMIN,
+        "GetEvalSuite": _READ_RUNS,
+        "ListEvalSuites": _READ_RUNS,
+        "UpdateEvalSuite": _ADMIN,
+        "DeleteEvalSuite": _ADMIN,
+        "CreateDataset": _ADMIN,
+        "GetDataset": _READ_RUNS,
+        "ListDatasets": _READ_RUNS,
+        "CreateEvalRun": frozenset({INFERENCE, ADMIN}),
+        "GetEvalRun": _READ_RUNS,
+        "ListEvalRuns": _READ_RUNS,
+        "GetScorecard": _READ_RUNS,
+        "CancelEvalRun": frozenset({INFERENCE, ADMIN}),
+        "WatchEvalRun": _READ_RUNS,
+        "CompareScorecards": _READ_RUNS,
+        "EvaluateGate": _ADMIN,
+    },
     "maestro.v1.RolloutService": {},
 }
-for _unbuilt in ("maestro.v1.EvalService", "maestro.v1.RolloutService"):
+for _unbuilt in ("maestro.v1.RolloutService",):
     _BY_SERVICE[_unbuilt] = {"*": _ADMIN}
 
 METHOD_SCOPES: dict[str, frozenset[str]] = {

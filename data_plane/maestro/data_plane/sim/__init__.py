@@ -7,17 +7,25 @@ deterministic for a (model, messages, seed); its faults are drawn from the profi
     async with SimProvider(FaultProfile(default=Faults(error_rate=0.1))) as sim:
         client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="sim")
 
-Modules: `profile` (the schema), `faults` (per-request decisions), `text` (the deterministic
-words), `wire` (OpenAI's formats), `stats` (counters), `server` (HTTP, `SimProvider`, `run`).
+With an `answers` section in its profile it also answers eval tasks (an answer key read from
+JSONL datasets) right or wrong at per-model and per-prompt-version rates; other prompts still get
+the deterministic words.
+
+Modules: `profile` (the schema), `faults` (per-request decisions), `answers` (the answer key and
+simulated quality), `text` (the deterministic words), `wire` (OpenAI's formats), `stats`
+(counters), `server` (HTTP, `SimProvider`, `run`).
 """
 
 from maestro.data_plane.sim.profile import (
+    AnswerProfile,
     Brownout,
     FaultProfile,
     Faults,
     FixedLatency,
     LognormalLatency,
     ProfileError,
+    PromptQuality,
+    Quality,
     TokenRange,
     UniformLatency,
     load_profile,
@@ -30,12 +38,15 @@ from maestro.data_plane.sim.text import VOCABULARY, completion_text, prompt_toke
 __all__ = [
     "DEFAULT_PORT",
     "VOCABULARY",
+    "AnswerProfile",
     "Brownout",
     "FaultProfile",
     "Faults",
     "FixedLatency",
     "LognormalLatency",
     "ProfileError",
+    "PromptQuality",
+    "Quality",
     "SimProvider",
     "SimStats",
     "TokenRange",

@@ -3,13 +3,15 @@
 A profile is plain validated data (pydantic, `extra="forbid"`, frozen); turning it into per-request
 decisions lives in `faults.py`. `default` is a complete `Faults`; the sections under `per_model` and
 `brownouts[].faults` are patches: only the fields they name override the layer below, so a
-brownout of `{"error_rate": 0.5}` keeps the model's latency and token rate.
+brownout of `{"error_rate": 0.5}` keeps the model's latency and token rate. The optional `answers`
+section (simulated quality, decided in `answers.py`) works the same way: `answers.default` is a
+complete `Quality`, `answers.per_model` holds patches over it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +22,23 @@ ERROR_STATUSES = (429, 500, 503)
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Patchable(_Model):
+    """A section that is complete at the bottom layer and a patch in the layers above it."""
+
+    def patched(self, patch: Self) -> Self:
+        """These values with the fields `patch` was given explicitly taken from it."""
+        if not patch.model_fields_set:
+            return self
+        return self.model_copy(
+            update={name: getattr(patch, name) for name in patch.model_fields_set}
+        )
+
+    def patch_json(self) -> dict[str, Any]:
+        """Only the fields given explicitly, as JSON: how a patch is shown and stored."""
+        full = self.model_dump(mode="json")
+        return {name: full[name] for name in self.model_fields_set}
 
 
 class FixedLatency(_Model):
@@ -71,7 +90,7 @@ class TokenRange(_Model):
         return self
 
 
-class Faults(_Model):
+class Faults(_Patchable):
     """How one model behaves: latency, pace and the faults injected into its responses."""
 
     ttft: Latency = Field(
@@ -136,19 +155,6 @@ class Faults(_Model):
             raise ValueError("at least one status needs a positive weight")
         return codes
 
-    def patched(self, patch: Faults) -> Faults:
-        """These faults with the fields `patch` was given explicitly taken from it."""
-        if not patch.model_fields_set:
-            return self
-        return self.model_copy(
-            update={name: getattr(patch, name) for name in patch.model_fields_set}
-        )
-
-    def patch_json(self) -> dict[str, Any]:
-        """Only the fields given explicitly, as JSON: how a patch is shown and stored."""
-        full = self.model_dump(mode="json")
-        return {name: full[name] for name in self.model_fields_set}
-
 
 class Brownout(_Model):
     """A window of time during which `faults` is patched over the affected models' faults."""
@@ -163,6 +169,81 @@ class Brownout(_Model):
         if self.end_s <= self.start_s:
             raise ValueError("end_s must be after start_s")
         return self
+
+
+class Quality(_Patchable):
+    """How well one model answers the tasks of the answer key (see `answers.py`).
+
+    Each probability is checked against a draw hashed from (model, task id), so the same model
+    answers the same task the same way on every request unless `sampling_noise` says otherwise.
+    """
+
+    accuracy: float = Field(
+        1.0, ge=0, le=1, description="Probability of answering a task with its `expected` answer."
+    )
+    tool_accuracy: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Probability of calling a task's `expected_tool_calls` exactly (when the "
+        "request offers tools).",
+    )
+    hallucination_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability of appending an invented claim (a made-up source and year) "
+        "to a text answer, right or wrong.",
+    )
+    sampling_noise: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Probability that each of a request's draws is replaced by a fresh one "
+        "(from the request's `seed` when it has one, else from the request's sequence number), "
+        "so repeated runs vary; 0 answers every task the same way every time.",
+    )
+
+
+class PromptQuality(_Model):
+    """A prompt version's effect: deltas applied to the model's quality (clamped to [0, 1]) for
+    requests whose system message contains `system_contains`."""
+
+    system_contains: str = Field(
+        min_length=1, description="Matched as a substring of the request's system messages."
+    )
+    accuracy_delta: float = Field(0.0, ge=-1, le=1)
+    tool_accuracy_delta: float = Field(0.0, ge=-1, le=1)
+    hallucination_rate_delta: float = Field(0.0, ge=-1, le=1)
+
+
+class AnswerProfile(_Model):
+    """Simulated quality: tasks of the answer key are answered right, wrong or with a
+    hallucination, at per-model (and per-prompt-version) rates. Requests matching no task keep
+    the deterministic random words."""
+
+    key_files: tuple[str, ...] = Field(
+        (),
+        description="Eval task files (JSONL) forming the answer key; relative paths count from "
+        "the process's working directory. A missing file is logged and skipped.",
+    )
+    default: Quality = Field(default_factory=Quality, description="Every model's quality.")
+    per_model: dict[str, Quality] = Field(
+        default_factory=dict,
+        description="Patches over `default`, by the model name the request carries. Models "
+        "named here are not served for that alone (see `models`).",
+    )
+    prompts: tuple[PromptQuality, ...] = Field(
+        (),
+        description="Prompt versions, matched against the request's system messages; the first "
+        "matching entry applies (they do not add up).",
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON that `model_validate` reads back to an equal section; patches stay patches."""
+        data = self.model_dump(mode="json")
+        data["per_model"] = {name: quality.patch_json() for name, quality in self.per_model.items()}
+        return data
 
 
 class FaultProfile(_Model):
@@ -190,6 +271,9 @@ class FaultProfile(_Model):
         description="Brownout windows count from when this profile was applied (`profile`) "
         "or from when the server started (`server`).",
     )
+    answers: AnswerProfile | None = Field(
+        None, description="Simulated quality over an answer key; null: random words only."
+    )
 
     @property
     def served_models(self) -> tuple[str, ...]:
@@ -202,6 +286,8 @@ class FaultProfile(_Model):
         data["per_model"] = {name: faults.patch_json() for name, faults in self.per_model.items()}
         for shown, brownout in zip(data["brownouts"], self.brownouts, strict=True):
             shown["faults"] = brownout.faults.patch_json()
+        if self.answers is not None:
+            data["answers"] = self.answers.to_json()
         return data
 
 

@@ -4,9 +4,10 @@ Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /healthz`, `GET|PUT 
 `GET /admin/stats`, `POST /admin/stats/reset`. `SimProvider` runs it in-process (tests, the
 embedded default); `run` runs it in the foreground for `maestro sim-provider`.
 
-Every decision about a request (error, delays, cut, stall) is drawn when it arrives (`faults.py`)
-and every chunk is encoded before the first is sent (`wire.py`): the per-token path is a pacing
-sleep and a write; unpaced streams write their tokens in bursts (same events, fewer syscalls).
+Every decision about a request (error, delays, cut, stall: `faults.py`; with an answer key, the
+answer: `answers.py`) is drawn when it arrives and every chunk is encoded before the first is sent
+(`wire.py`): the per-token path is a pacing sleep and a write; unpaced streams write their tokens
+in bursts (same events, fewer syscalls).
 A client going away is seen either as the handler's cancellation (aiohttp's
 `handler_cancellation`, which also ends waits such as a stall) or as a `ConnectionError` from a
 write; both count one disconnect.
@@ -30,6 +31,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from maestro.data_plane.sim.answers import AnswerBook
 from maestro.data_plane.sim.faults import CompiledProfile, RequestPlan
 from maestro.data_plane.sim.profile import (
     FaultProfile,
@@ -126,6 +128,8 @@ class _Call:
     n_tokens: int
     finish_reason: str
     plan: RequestPlan
+    words: tuple[str, ...] | None = None
+    """The answer key's answer, already cut to the token limit; None: the random words."""
 
 
 class _Pacer:
@@ -202,16 +206,22 @@ class _SimApp:
         self._completion_ids = itertools.count(1)
         self.set_profile(profile)
 
-    def set_profile(self, profile: FaultProfile) -> None:
-        """Apply `profile` to requests from now on; its request sequence starts again at 0."""
+    def set_profile(self, profile: FaultProfile, answers: AnswerBook | None = None) -> None:
+        """Apply `profile` to requests from now on; its request sequence starts again at 0.
+
+        Its answer key is read from its key files here, unless `answers` brings it already read.
+        """
         origin = self.started_at if profile.brownout_clock == "server" else self.clock()
+        if answers is None and profile.answers is not None:
+            answers = AnswerBook.load(profile.answers, profile.seed)
         self.profile = profile
         self.book = CompiledProfile(profile, origin)
+        self.answers = answers
         self._sequence = itertools.count()
 
     def mark_started(self) -> None:
         self.started_at = self.clock()
-        self.set_profile(self.profile)
+        self.set_profile(self.profile, self.answers)
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -268,7 +278,30 @@ class _SimApp:
             )
         limit = body.max_completion_tokens if body.max_completion_tokens else body.max_tokens
         n_tokens = limit or self.profile.default_max_tokens
-        rng = book.request_rng(next(self._sequence))
+        # A completion as long as the caller's limit stopped at it; the default length is the
+        # completion's natural end.
+        finish_reason = "stop" if limit is None else "length"
+        sequence = next(self._sequence)
+        answer = (
+            None
+            if self.answers is None
+            else self.answers.decide(
+                body.model,
+                body.messages,
+                tools=body.tools,
+                tool_choice=body.tool_choice,
+                seed=body.seed,
+                sequence=sequence,
+            )
+        )
+        words = None
+        if answer is not None and answer.words is not None:
+            # An answer ends where it ends, unless the limit cuts it; faults are drawn over its
+            # length, so a cut or stall falls inside it.
+            words = answer.words[:n_tokens]
+            finish_reason = "length" if len(answer.words) > n_tokens else "stop"
+            n_tokens = len(words)
+        rng = book.request_rng(sequence)
         plan = book.faults_for(body.model, self.clock()).plan(rng, n_tokens)
         if plan.error_status is not None:
             return self._injected_error(plan)
@@ -277,28 +310,37 @@ class _SimApp:
             completion_id=f"chatcmpl-sim{next(self._completion_ids):012x}",
             created=int(time.time()),
             n_tokens=n_tokens,
-            # A completion as long as the caller's limit stopped at it; the default length is
-            # the completion's natural end.
-            finish_reason="stop" if limit is None else "length",
+            finish_reason=finish_reason,
             plan=plan,
+            words=words,
         )
+        if answer is not None and answer.tool_calls is not None:
+            return await self._tool_calls(request, call, answer.tool_calls)
         tool = body.forced_tool()
         if tool is not None:
-            return await self._tool_call(request, call, tool)
+            arguments = " ".join(
+                VOCABULARY[i] for i in completion_ids(body.model, body.messages, body.seed, 8)
+            )
+            return await self._tool_calls(request, call, [(tool, json.dumps({"input": arguments}))])
         if body.stream:
             return await self._stream(request, call)
         return await self._complete(request, call)
 
-    async def _tool_call(self, request: web.Request, call: _Call, tool: str) -> web.StreamResponse:
-        """The model calls `tool` with deterministic JSON arguments (the completion's words);
-        faults other than injected errors do not apply."""
+    async def _tool_calls(
+        self, request: web.Request, call: _Call, tools: Sequence[tuple[str, str]]
+    ) -> web.StreamResponse:
+        """The model calls `tools`, (function name, arguments JSON) each: the forced tool with
+        deterministic arguments (the completion's words), or the answer key's calls. Faults
+        other than injected errors and the time to first token do not apply."""
         body = call.request
-        words = " ".join(
-            VOCABULARY[i] for i in completion_ids(body.model, body.messages, body.seed, 8)
-        )
-        arguments = json.dumps({"input": words})
-        fragments = [arguments[i : i + 8] for i in range(0, len(arguments), 8)]
-        call_id = f"call_{call.completion_id[-12:]}"
+        calls = [
+            (f"call_{call.completion_id[-12:]}" + (f"_{index}" if index else ""), name, arguments)
+            for index, (name, arguments) in enumerate(tools)
+        ]
+        fragments = [
+            [arguments[i : i + 8] for i in range(0, len(arguments), 8)] for _, _, arguments in calls
+        ]
+        n_fragments = sum(len(pieces) for pieces in fragments)
         if call.plan.ttft_s > 0:
             await asyncio.sleep(call.plan.ttft_s)
         if body.stream:
@@ -307,10 +349,16 @@ class _SimApp:
             payload = b"".join(
                 [
                     encoder.role(),
-                    *encoder.tool_call(call_id, tool, fragments),
+                    *(
+                        event
+                        for index, ((call_id, name, _), pieces) in enumerate(
+                            zip(calls, fragments, strict=True)
+                        )
+                        for event in encoder.tool_call(call_id, name, pieces, index)
+                    ),
                     encoder.finish("tool_calls"),
                     *(
-                        [encoder.usage(prompt_tokens(body.messages), len(fragments))]
+                        [encoder.usage(prompt_tokens(body.messages), n_fragments)]
                         if include_usage
                         else []
                     ),
@@ -322,10 +370,13 @@ class _SimApp:
             )
         else:
             payload = tool_call_body(
-                call.completion_id, call.created, body.model, call_id, tool, arguments,
-                prompt_tokens(body.messages), len(fragments),
+                call.completion_id, call.created, body.model, calls,
+                prompt_tokens(body.messages), n_fragments,
             )  # fmt: skip
-            response = web.Response(content_type="application/json")
+            # The body goes in the Response itself: written after `prepare`, it would follow a
+            # `Content-Length: 0` header and never reach the client.
+            response = web.Response(body=payload, content_type="application/json")
+            payload = b""
         return await self._send_whole(request, response, payload)
 
     async def _send_whole(
@@ -348,7 +399,11 @@ class _SimApp:
         counters, plan, body = self.counters, call.plan, call.request
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         encoder = ChunkEncoder(call.completion_id, call.created, body.model, include_usage)
-        chunks = encoder.tokens(completion_ids(body.model, body.messages, body.seed, call.n_tokens))
+        chunks = (
+            encoder.tokens(completion_ids(body.model, body.messages, body.seed, call.n_tokens))
+            if call.words is None
+            else encoder.words(call.words)
+        )
         events = sorted(
             [(at, False) for at in (plan.stall_at,) if at is not None]
             + [(at, True) for at in (plan.cut_at,) if at is not None]
@@ -401,8 +456,12 @@ class _SimApp:
 
     async def _complete(self, request: web.Request, call: _Call) -> web.StreamResponse:
         counters, plan, body = self.counters, call.plan, call.request
-        ids = completion_ids(body.model, body.messages, body.seed, call.n_tokens)
-        delay = plan.ttft_s + _generation_s(plan, len(ids))
+        if call.words is None:
+            ids = completion_ids(body.model, body.messages, body.seed, call.n_tokens)
+            words: Sequence[str] = [VOCABULARY[i] for i in ids]
+        else:
+            words = call.words
+        delay = plan.ttft_s + _generation_s(plan, len(words))
         if plan.stall_at is not None:
             counters.streams_stalled += 1
             counters.changed()
@@ -422,10 +481,10 @@ class _SimApp:
                 call.completion_id,
                 call.created,
                 body.model,
-                " ".join(VOCABULARY[i] for i in ids),
+                " ".join(words),
                 call.finish_reason,
                 prompt_tokens(body.messages),
-                len(ids),
+                len(words),
             ),
             content_type="application/json",
             headers={"x-request-id": call.completion_id},
@@ -494,7 +553,13 @@ class _SimApp:
                 },
                 status=400,
             )
-        self.set_profile(profile)
+        # The answer key is read off the event loop; the profile applies once it is ready.
+        answers = (
+            None
+            if profile.answers is None
+            else await asyncio.to_thread(AnswerBook.load, profile.answers, profile.seed)
+        )
+        self.set_profile(profile, answers)
         return web.json_response(profile.to_json())
 
     async def get_stats(self, request: web.Request) -> web.Response:
@@ -592,7 +657,8 @@ class SimProvider:
         return self._app.profile
 
     def set_profile(self, profile: FaultProfile) -> None:
-        """Replace the fault profile, as `PUT /admin/faults` does; streams in flight keep theirs."""
+        """Replace the fault profile, as `PUT /admin/faults` does (reading its answer key files
+        here); streams in flight keep theirs."""
         self._app.set_profile(profile)
 
     @property

@@ -63,16 +63,26 @@ class ChunkEncoder:
             return [first, *(table[i] for i in ids[1:])]
         return [first, *(self._choice(f'{{"content":{_NEXT_WORDS[i]}}}') for i in ids[1:])]
 
-    def tool_call(self, call_id: str, name: str, fragments: Sequence[str]) -> list[bytes]:
-        """One streamed tool call, as OpenAI sends it: the first event carries its id and name
-        with empty arguments, the next ones the argument fragments."""
+    def words(self, words: Sequence[str]) -> list[bytes]:
+        """One event per word of an arbitrary text (an answer from the answer key); every word
+        after the first carries its leading space."""
+        return [
+            self._choice(f'{{"content":{json.dumps(word if index == 0 else " " + word)}}}')
+            for index, word in enumerate(words)
+        ]
+
+    def tool_call(
+        self, call_id: str, name: str, fragments: Sequence[str], index: int = 0
+    ) -> list[bytes]:
+        """One streamed tool call, as OpenAI sends it: the first event carries its index, id and
+        name with empty arguments, the next ones the argument fragments."""
         head = json.dumps(
-            [{"index": 0, "id": call_id, "type": "function",
+            [{"index": index, "id": call_id, "type": "function",
               "function": {"name": name, "arguments": ""}}]
         )  # fmt: skip
         events = [self._choice(f'{{"tool_calls":{head}}}')]
         for fragment in fragments:
-            piece = json.dumps([{"index": 0, "function": {"arguments": fragment}}])
+            piece = json.dumps([{"index": index, "function": {"arguments": fragment}}])
             events.append(self._choice(f'{{"tool_calls":{piece}}}'))
         return events
 
@@ -109,19 +119,19 @@ def tool_call_body(
     completion_id: str,
     created: int,
     model: str,
-    call_id: str,
-    name: str,
-    arguments: str,
+    calls: Sequence[tuple[str, str, str]],
     prompt_tokens: int,
     completion_tokens: int,
 ) -> bytes:
-    """A non-streamed `chat.completion` whose message calls one tool."""
+    """A non-streamed `chat.completion` whose message calls tools: `calls` are
+    (call id, function name, arguments JSON)."""
     message = {
         "role": "assistant",
         "content": None,
         "refusal": None,
         "tool_calls": [
             {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            for call_id, name, arguments in calls
         ],
     }
     return (

@@ -1,0 +1,55 @@
+"""Eval tasks call the in-process data plane, exactly as production traffic does: routing,
+policy (PII stays in-house), fallbacks, breakers and prices included."""
+
+from __future__ import annotations
+
+from maestro.app.completions import read_completion
+from maestro.control_plane.evals.grading import ToolCall, parse_arguments
+from maestro.control_plane.evals.runner import Answer, TaskRequest
+from maestro.core.auth import Principal
+from maestro.data_plane.relay import GenerationParams
+from maestro.data_plane.service import CallInput, InferenceService
+from maestro.routing.decider import ChooseInput
+from maestro.routing.engine import RouteRequest
+from maestro.routing.texts import wire_texts
+
+MAX_ANSWER_TOKENS = 256
+
+
+class DataPlaneTasks:
+    """A `TaskCaller` over the data plane's InferenceService."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def answer(self, project: str, request: TaskRequest) -> Answer:
+        call = CallInput(
+            choose=ChooseInput(
+                parent=f"projects/{project}",
+                route=RouteRequest(model=request.model_group),
+                texts=wire_texts(request.messages, request.tools),
+                supplied_tags=request.tags,
+            ),
+            messages=request.messages,
+            params=GenerationParams(
+                max_tokens=MAX_ANSWER_TOKENS,
+                tools=request.tools,
+                tool_choice="auto" if request.tools else None,
+                seed=request.seed,
+            ),
+        )
+        completion = await read_completion(self._service.stream(Principal(project, None), call))
+        done = completion.done
+        if done is None:
+            return Answer(error="the call ended without a result", deployment=completion.deployment)
+        return Answer(
+            text=completion.text,
+            tool_calls=tuple(ToolCall(n, parse_arguments(a)) for n, a in completion.tool_calls),
+            prompt_tokens=done.prompt_tokens,
+            completion_tokens=done.completion_tokens,
+            cost_usd=done.cost_usd,
+            deployment=completion.deployment,
+            ttft_s=done.timings.time_to_first_token_s,
+            total_s=done.timings.total_s,
+            error=done.error.message if done.error is not None else "",
+        )

@@ -1,0 +1,1 @@
+"""EvalService: suites, datasets, runs, scorecards and gates."""

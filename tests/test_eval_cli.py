@@ -1,0 +1,97 @@
+"""`maestro eval` against a real server: it uploads the suite's datasets, follows the run and
+exits by the scorecard's verdict (0 PASS, 1 FAIL, 2 INCONCLUSIVE, 64 usage)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from maestro.app.cli import app
+from maestro.data_plane.sim import FaultProfile
+from tests.eval_support import eval_stack, jsonl, task_rows
+
+runner = CliRunner()
+ROWS = task_rows(60, prefix="cli")
+
+
+async def _eval(*args: str) -> tuple[int, str]:
+    result = await asyncio.to_thread(runner.invoke, app, ["eval", *args])
+    return result.exit_code, result.stderr
+
+
+def _suite(folder: Path) -> None:
+    (folder / "tasks").mkdir()
+    (folder / "tasks" / "core.jsonl").write_bytes(jsonl(ROWS))
+    (folder / "suite.yaml").write_text(
+        "suite: cli_suite_v1\n"
+        "datasets: [tasks/core.jsonl]\n"
+        "metrics: [exact_match, tool_success, cost_per_task]\n"
+        "repetitions: 1\n"
+        "thresholds:\n  regressions_max: 0.5%\n"
+    )
+    (folder / "stable.yaml").write_text("name: answer\nsystem: Answer briefly.\n")
+    (folder / "worse.yaml").write_text("name: answer\nsystem: '[worse] Answer briefly.'\n")
+    (folder / "tiny.yaml").write_text("name: answer\nsystem: '[tiny] Answer briefly.'\n")
+
+
+def _prompts(profile: FaultProfile) -> FaultProfile:
+    data = profile.to_json()
+    data["answers"]["prompts"] = [
+        {"system_contains": "[worse]", "accuracy_delta": -0.3},
+        {"system_contains": "[tiny]", "accuracy_delta": -0.001},
+    ]
+    return FaultProfile.model_validate(data)
+
+
+async def test_eval_exits_by_verdict_pass_then_fail_then_inconclusive(tmp_path: Path) -> None:
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    _suite(suites)
+    async with eval_stack(tmp_path, ROWS, accuracy=0.9) as s:
+        s.primary.set_profile(_prompts(s.primary.profile))
+        common = (
+            "--suite",
+            "cli_suite_v1",
+            "--provider",
+            "primary",
+            "--suites-dir",
+            str(suites),
+            "--target",
+            s.server.target,
+            "--api-key",
+            s.server.alpha_key,
+            "--seed",
+            "5",
+        )
+        report = tmp_path / "out" / "scorecard.json"
+        code, err = await _eval(
+            *common, "--prompt", str(suites / "stable.yaml"), "--report", str(report)
+        )
+        assert code == 0, err  # no baseline: the regression limit is skipped, nothing fails
+        written = json.loads(report.read_text())
+        assert written["scorecard"]["verdict"] == "VERDICT_PASS"
+        assert written["eval_run"]["state"] == "STATE_SUCCEEDED"
+
+        code, err = await _eval(
+            *common, "--prompt", str(suites / "worse.yaml"), "--baseline", str(report)
+        )
+        assert code == 1, err
+        assert "FAILED" in err
+        assert "regression_rate" in err
+
+        code, err = await _eval(
+            *common, "--prompt", str(suites / "tiny.yaml"), "--baseline", str(report)
+        )
+        assert code == 2, err
+        assert "INCONCLUSIVE" in err
+
+
+async def test_eval_usage_errors_exit_64_not_an_eval_verdict(tmp_path: Path) -> None:
+    code, _ = await _eval("--suite", "x", "--no-such-option")
+    assert code == 64
+    code, err = await _eval("--suite", "nowhere", "--suites-dir", str(tmp_path))
+    assert code == 64
+    assert "nowhere" in err
