@@ -80,7 +80,9 @@ def _server(tmp_path: Path, name: str, env: dict[str, str]) -> Iterator[tuple[st
         [str(BIN / "maestro"), "up", "--insecure", "--config", str(demo_config(folder)),
          "--port", str(port), "--http-port", "0"],
         cwd=folder,
-        env={"MAESTRO_STORE__SQLITE_PATH": str(folder / "maestro.db"), **os.environ, **env},
+        # The crash recipe's L3 run needs no autonomy promotion: these tests are about resume.
+        env={"MAESTRO_STORE__SQLITE_PATH": str(folder / "maestro.db"),
+             "MAESTRO_GRAPH__AUTONOMY_GATE": "false", **os.environ, **env},
         stdout=log,
         stderr=log,
     )  # fmt: skip

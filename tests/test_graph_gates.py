@@ -65,6 +65,11 @@ async def _recipe(client: object, recipe_id: str, source: str) -> str:
     return str(created.recipe.name)
 
 
+UNGATED: dict[str, object] = {"graph.autonomy_gate": False}
+"""Runs above L2 without an autonomy promotion: promotion is EvalService's and has its own tests
+(tests/test_eval_gates.py); these are about the human-in-the-loop gates inside a run."""
+
+
 def _decide(
     gate: str, verdict: int, reason: str = "", **fields: object
 ) -> gpb.SubmitGateDecisionRequest:
@@ -72,7 +77,7 @@ def _decide(
 
 
 async def test_an_l4_gate_needs_two_distinct_approvers(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
+    async with stack(tmp_path, overrides=UNGATED) as s:
         recipe = await _recipe(s.client, "dual", GATED.format(level="L4"))
         run = await create_run(s.client, recipe)
         waiting = await wait_for(s.client, run.name, WAITING)
@@ -128,7 +133,7 @@ async def test_block_stops_the_run_with_the_reason_recorded(tmp_path: Path) -> N
 
 
 async def test_edit_patches_the_state_and_makes_earlier_approvals_stale(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
+    async with stack(tmp_path, overrides=UNGATED) as s:
         recipe = await _recipe(s.client, "dual", GATED.format(level="L4"))
         run = await create_run(s.client, recipe, {"title": "old"})
         [gate] = (await wait_for(s.client, run.name, WAITING)).open_gates
@@ -285,7 +290,7 @@ deny[reason] {
 
 
 async def test_the_before_execute_policy_blocks_a_node_before_it_starts(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
+    async with stack(tmp_path, overrides=UNGATED) as s:
         await s.client.routes.ApplyConfig(
             rpb.ApplyConfigRequest(
                 route_config=rpb.RouteConfig(

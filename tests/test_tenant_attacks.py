@@ -161,6 +161,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     config = yaml.safe_load(demo_config(folder).read_text())
     config["routing"]["tenant_endpoints"] = {"mallory": [{"api_base": "http://127.0.0.1"}]}
     config["data_plane"] |= {"breaker_min_calls": 4, "breaker_window": 4, "breaker_open_s": 600}
+    # The victim's L4 run needs no autonomy promotion here: the attacks are on its gate.
+    config["graph"] = {**config.get("graph", {}), "autonomy_gate": False}
     path = folder / "maestro.yaml"
     path.write_text(yaml.safe_dump(config))
     victim_key = _admin(["create-project", "victim", "--principal", "vic@corp"], folder, path)

@@ -39,6 +39,7 @@ from maestro.control_plane.route.watch import ConfigWatches
 from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.opening import open_store
 from maestro.control_plane.store.sql import Sql
+from maestro.core.auth import Principal
 from maestro.core.quotas import limiter_from
 from maestro.core.readiness import Readiness
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
@@ -213,6 +214,8 @@ async def start_control_plane(
         evals.register(server, stopping)
     else:
         pending.append((EVAL_SERVICE, "eval runs (they need the data plane)"))
+    if graph is not None and evals is not None and config.graph.autonomy_gate:
+        _gate_autonomy(graph, evals)
     for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     served = (
@@ -308,3 +311,20 @@ def _maestro_version() -> str:
         return importlib.metadata.version("maestro")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _gate_autonomy(graph: GraphPlane, evals: EvalPlane) -> None:
+    """Runs at L3 and above need a passing autonomy gate recorded by EvalService, and the gate
+    binds its decision to the recipe revision current when it was decided."""
+    recipes = graph.service.recipes
+    store = evals.store
+
+    async def revision_of(principal: Principal, recipe: str) -> str:
+        return (await recipes.get(principal, recipe)).revision_id
+
+    async def promotion(project: str, recipe: str, revision: str, level: int) -> str | None:
+        found = await store.aio(store.passing_promotion, project, recipe, revision, level)
+        return found.decision_id if found is not None else None
+
+    evals.service.subject_revision = revision_of
+    graph.service.autonomy_gate = promotion

@@ -134,6 +134,12 @@ class GraphConfig(Section):
         0.5, gt=0, le=60, description="How often a replica looks for claimable runs unwoken."
     )
     max_runs: int = Field(64, ge=1, description="Runs one replica drives at once.")
+    autonomy_gate: bool = Field(
+        True,
+        description="Runs at L3 and above need a passing autonomy gate (EvalService.EvaluateGate, "
+        "kind AUTONOMY_PROMOTION) recorded for their recipe revision; the built-in recipes are "
+        "exempt. Turn off only where recipes are promoted by other means.",
+    )
     max_active_runs_per_project: int = Field(
         10_000,
         ge=1,

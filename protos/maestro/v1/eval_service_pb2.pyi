@@ -1154,8 +1154,9 @@ class EvalMetricDiff(_message.Message):
         CHANGE_UNSPECIFIED: EvalMetricDiff._Change.ValueType  # 0
         """Not set; never returned."""
         CHANGE_UNCHANGED: EvalMetricDiff._Change.ValueType  # 1
-        """The difference is within noise: |delta| is at most twice the standard error of the
-        difference of the means (from the stddevs and repetitions of both).
+        """The difference is within noise: the paired test over the shared tasks (`p_value`, after
+        Holm's correction) is not significant at 5%, or the 95% interval of the paired delta
+        contains 0.
         """
         CHANGE_IMPROVED: EvalMetricDiff._Change.ValueType  # 2
         """Better beyond noise (higher, or lower for cost and hallucination rate)."""
@@ -1168,8 +1169,9 @@ class EvalMetricDiff(_message.Message):
     CHANGE_UNSPECIFIED: EvalMetricDiff.Change.ValueType  # 0
     """Not set; never returned."""
     CHANGE_UNCHANGED: EvalMetricDiff.Change.ValueType  # 1
-    """The difference is within noise: |delta| is at most twice the standard error of the
-    difference of the means (from the stddevs and repetitions of both).
+    """The difference is within noise: the paired test over the shared tasks (`p_value`, after
+    Holm's correction) is not significant at 5%, or the 95% interval of the paired delta
+    contains 0.
     """
     CHANGE_IMPROVED: EvalMetricDiff.Change.ValueType  # 2
     """Better beyond noise (higher, or lower for cost and hallucination rate)."""
@@ -2334,7 +2336,9 @@ class EvaluateGateRequest(_message.Message):
     """Required. What the gate decides."""
     subject: _builtins.str
     """Optional. The resource the decision is about (a rollout, a recipe, an agent version),
-    recorded with the decision so audit trails can link to it.
+    recorded with the decision so audit trails can link to it. Required for
+    AUTONOMY_PROMOTION: the recipe promoted, `projects/{project}/recipes/{recipe}` (its
+    current revision is what the decision promotes).
     """
     from_autonomy_level: _common_pb2.AutonomyLevel.ValueType
     """Optional. For AUTONOMY_PROMOTION (required there): the current level."""

@@ -132,7 +132,8 @@ class EvalServiceServicer:
     def CreateEvalSuite(self, request, context):
         """Creates an eval suite. With `validate_only`, checks it (datasets exist, metrics and
         thresholds valid) and returns it without creating it. Returns ALREADY_EXISTS when
-        `eval_suite_id` is taken, NOT_FOUND when a dataset does not exist.
+        `eval_suite_id` is taken, and INVALID_ARGUMENT naming the field (`eval_suite.datasets[1]`)
+        when a dataset does not exist or belongs to another project.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,8 +255,10 @@ class EvalServiceServicer:
     def EvaluateGate(self, request, context):
         """Decides a gate from a scorecard and, where the gate kind needs them, SLO burn forecasts:
         CI pass/fail, an autonomy promotion, or a rollout analysis step. Every decision is recorded
-        in the audit log. A pass does not itself promote anything: promotions above L3 still need
-        two distinct approvers.
+        with the caller and, for a promotion, the recipe revision it is about; GraphService refuses
+        runs at L3 and above of a recipe revision without a passing promotion to that level
+        (FAILED_PRECONDITION, reason AUTONOMY_GATE_REQUIRED). A pass does not itself approve
+        anything a run does: gates inside runs above L3 still need two distinct approvers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

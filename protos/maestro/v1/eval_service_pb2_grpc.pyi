@@ -41,7 +41,8 @@ class EvalServiceStub:
     CreateEvalSuite: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.CreateEvalSuiteRequest, _eval_service_pb2.CreateEvalSuiteResponse]
     """Creates an eval suite. With `validate_only`, checks it (datasets exist, metrics and
     thresholds valid) and returns it without creating it. Returns ALREADY_EXISTS when
-    `eval_suite_id` is taken, NOT_FOUND when a dataset does not exist.
+    `eval_suite_id` is taken, and INVALID_ARGUMENT naming the field (`eval_suite.datasets[1]`)
+    when a dataset does not exist or belongs to another project.
     """
     GetEvalSuite: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.GetEvalSuiteRequest, _eval_service_pb2.GetEvalSuiteResponse]
     """Returns an eval suite."""
@@ -96,8 +97,10 @@ class EvalServiceStub:
     EvaluateGate: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.EvaluateGateRequest, _eval_service_pb2.EvaluateGateResponse]
     """Decides a gate from a scorecard and, where the gate kind needs them, SLO burn forecasts:
     CI pass/fail, an autonomy promotion, or a rollout analysis step. Every decision is recorded
-    in the audit log. A pass does not itself promote anything: promotions above L3 still need
-    two distinct approvers.
+    with the caller and, for a promotion, the recipe revision it is about; GraphService refuses
+    runs at L3 and above of a recipe revision without a passing promotion to that level
+    (FAILED_PRECONDITION, reason AUTONOMY_GATE_REQUIRED). A pass does not itself approve
+    anything a run does: gates inside runs above L3 still need two distinct approvers.
     """
 
 @_typing.type_check_only
@@ -113,7 +116,8 @@ class EvalServiceAsyncStub(EvalServiceStub):
     CreateEvalSuite: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.CreateEvalSuiteRequest, _eval_service_pb2.CreateEvalSuiteResponse]  # type: ignore[assignment]
     """Creates an eval suite. With `validate_only`, checks it (datasets exist, metrics and
     thresholds valid) and returns it without creating it. Returns ALREADY_EXISTS when
-    `eval_suite_id` is taken, NOT_FOUND when a dataset does not exist.
+    `eval_suite_id` is taken, and INVALID_ARGUMENT naming the field (`eval_suite.datasets[1]`)
+    when a dataset does not exist or belongs to another project.
     """
     GetEvalSuite: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.GetEvalSuiteRequest, _eval_service_pb2.GetEvalSuiteResponse]  # type: ignore[assignment]
     """Returns an eval suite."""
@@ -168,8 +172,10 @@ class EvalServiceAsyncStub(EvalServiceStub):
     EvaluateGate: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.EvaluateGateRequest, _eval_service_pb2.EvaluateGateResponse]  # type: ignore[assignment]
     """Decides a gate from a scorecard and, where the gate kind needs them, SLO burn forecasts:
     CI pass/fail, an autonomy promotion, or a rollout analysis step. Every decision is recorded
-    in the audit log. A pass does not itself promote anything: promotions above L3 still need
-    two distinct approvers.
+    with the caller and, for a promotion, the recipe revision it is about; GraphService refuses
+    runs at L3 and above of a recipe revision without a passing promotion to that level
+    (FAILED_PRECONDITION, reason AUTONOMY_GATE_REQUIRED). A pass does not itself approve
+    anything a run does: gates inside runs above L3 still need two distinct approvers.
     """
 
 class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,7 +194,8 @@ class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_eval_service_pb2.CreateEvalSuiteResponse, _abc.Awaitable[_eval_service_pb2.CreateEvalSuiteResponse]]:
         """Creates an eval suite. With `validate_only`, checks it (datasets exist, metrics and
         thresholds valid) and returns it without creating it. Returns ALREADY_EXISTS when
-        `eval_suite_id` is taken, NOT_FOUND when a dataset does not exist.
+        `eval_suite_id` is taken, and INVALID_ARGUMENT naming the field (`eval_suite.datasets[1]`)
+        when a dataset does not exist or belongs to another project.
         """
 
     @_abc_1.abstractmethod
@@ -333,8 +340,10 @@ class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_eval_service_pb2.EvaluateGateResponse, _abc.Awaitable[_eval_service_pb2.EvaluateGateResponse]]:
         """Decides a gate from a scorecard and, where the gate kind needs them, SLO burn forecasts:
         CI pass/fail, an autonomy promotion, or a rollout analysis step. Every decision is recorded
-        in the audit log. A pass does not itself promote anything: promotions above L3 still need
-        two distinct approvers.
+        with the caller and, for a promotion, the recipe revision it is about; GraphService refuses
+        runs at L3 and above of a recipe revision without a passing promotion to that level
+        (FAILED_PRECONDITION, reason AUTONOMY_GATE_REQUIRED). A pass does not itself approve
+        anything a run does: gates inside runs above L3 still need two distinct approvers.
         """
 
 def add_EvalServiceServicer_to_server(servicer: EvalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

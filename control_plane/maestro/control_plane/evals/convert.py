@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
+from maestro.control_plane.evals import gates
 from maestro.control_plane.evals.records import (
     COST_PER_TASK,
     EXACT_MATCH,
@@ -16,6 +17,7 @@ from maestro.control_plane.evals.records import (
     TOOL_SUCCESS,
     TTFT,
     DatasetRecord,
+    GateDecision,
     MetricScore,
     RunRecord,
     Scorecard,
@@ -25,7 +27,7 @@ from maestro.control_plane.evals.records import (
     Thresholds,
 )
 from maestro.control_plane.evals.scoring import TaskSummary
-from maestro.control_plane.evals.service import Comparison, NewRun, NewSuite
+from maestro.control_plane.evals.service import Comparison, GateRequest, NewRun, NewSuite
 from maestro.control_plane.evals.stats import Interval
 from maestro.control_plane.evals.suites import SuiteThresholds
 from maestro.core.errors import FieldViolation, InvalidArgument
@@ -358,3 +360,62 @@ def comparison_message(comparison: Comparison) -> pb.CompareScorecardsResponse:
 
 def _refs(tasks: Sequence[TaskSummary]) -> list[pb.EvalTaskRef]:
     return [pb.EvalTaskRef(dataset=t.dataset, task_id=t.task_id) for t in tasks[:100]]
+
+
+_GATE_KIND = {
+    pb.EVAL_GATE_KIND_CI: gates.CI,
+    pb.EVAL_GATE_KIND_AUTONOMY_PROMOTION: gates.AUTONOMY_PROMOTION,
+    pb.EVAL_GATE_KIND_ROLLOUT_ANALYSIS: gates.ROLLOUT_ANALYSIS,
+}
+
+
+def gate_request(request: pb.EvaluateGateRequest) -> GateRequest:
+    forecasts = tuple(
+        gates.SloForecast(
+            f.slo,
+            f.forecast_burn_rate,
+            f.horizon.ToNanoseconds() / 1e9,
+            f.error_budget_remaining_ratio if f.HasField("error_budget_remaining_ratio") else None,
+        )
+        for f in request.slo_forecasts
+    )
+    max_age = (
+        request.max_scorecard_age.ToNanoseconds() / 1e9
+        if request.HasField("max_scorecard_age")
+        else None
+    )
+    return GateRequest(
+        request.scorecard,
+        _GATE_KIND.get(request.kind, ""),
+        request.subject,
+        int(request.from_autonomy_level),
+        int(request.to_autonomy_level),
+        gates.GateInputs(
+            _GATE_KIND.get(request.kind, ""),
+            forecasts,
+            request.max_burn_rate,
+            max_age,
+            request.strict,
+        ),
+        request.request_id,
+    )
+
+
+def gate_response(
+    decision: GateDecision, checks: Sequence[gates.GateCheck]
+) -> pb.EvaluateGateResponse:
+    return pb.EvaluateGateResponse(
+        passed=decision.passed,
+        checks=[
+            pb.EvalGateCheck(
+                check=c.check,
+                passed=c.passed,
+                measured=c.measured,
+                limit=c.limit,
+                message=c.message,
+            )
+            for c in checks
+        ],
+        decision_id=decision.decision_id,
+        decide_time=_time(decision.decide_time),
+    )

@@ -256,3 +256,21 @@ class Scorecard:
     @property
     def name(self) -> str:
         return f"{self.run}/scorecard"
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    """A recorded EvaluateGate outcome: the audit trail of promotions and CI gates."""
+
+    project: str
+    decision_id: str
+    scorecard: str
+    kind: str
+    subject: str
+    subject_revision: str
+    from_level: int
+    to_level: int
+    passed: bool
+    checks: tuple[Mapping[str, Any], ...]
+    principal: str
+    decide_time: float

@@ -78,4 +78,29 @@ MIGRATIONS = (
         );
         """,
     ),
+    Migration(
+        "evals",
+        2,
+        """
+        CREATE TABLE eval_gate_decisions (
+            project          TEXT NOT NULL,
+            decision_id      TEXT NOT NULL,
+            scorecard        TEXT NOT NULL,
+            kind             TEXT NOT NULL,            -- gates.KINDS
+            subject          TEXT NOT NULL DEFAULT '',
+            subject_revision TEXT NOT NULL DEFAULT '', -- a recipe subject's revision then
+            from_level       INTEGER NOT NULL DEFAULT 0,
+            to_level         INTEGER NOT NULL DEFAULT 0,
+            passed           INTEGER NOT NULL,         -- 1 or 0
+            checks           {json} NOT NULL,
+            principal        TEXT NOT NULL DEFAULT '',
+            request_id       TEXT,
+            decide_time      {real} NOT NULL,
+            PRIMARY KEY (project, decision_id)
+        );
+        CREATE INDEX eval_gate_by_subject
+            ON eval_gate_decisions(project, subject, subject_revision, kind);
+        CREATE UNIQUE INDEX eval_gate_by_request ON eval_gate_decisions(project, request_id);
+        """,
+    ),
 )

@@ -12,10 +12,10 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 
-from maestro.control_plane.evals import scoring, stats
+from maestro.control_plane.evals import gates, scoring, stats
 from maestro.control_plane.evals.datasets import DatasetRowError, parse_jsonl
 from maestro.control_plane.evals.records import (
     DEFAULT_CONCURRENCY,
@@ -24,6 +24,7 @@ from maestro.control_plane.evals.records import (
     MAX_CONCURRENCY,
     METRICS,
     DatasetRecord,
+    GateDecision,
     MetricScore,
     Progress,
     RunRecord,
@@ -113,10 +114,29 @@ class Comparison:
     flips: scoring.Flips
 
 
+SubjectRevision = Callable[[Principal, str], Awaitable[str]]
+"""The current revision of a gate's subject (a recipe), NOT_FOUND if it does not exist."""
+_RECIPE = re.compile(rf"^projects/({names.PROJECT_ID})/recipes/({names.RESOURCE_ID})$")
+
+
+@dataclass(frozen=True, slots=True)
+class GateRequest:
+    scorecard: str
+    kind: str
+    subject: str
+    from_level: int
+    to_level: int
+    inputs: gates.GateInputs
+    request_id: str
+
+
 class EvalService:
-    def __init__(self, store: EvalStore, runner: EvalRunner) -> None:
+    def __init__(
+        self, store: EvalStore, runner: EvalRunner, subject_revision: SubjectRevision | None = None
+    ) -> None:
         self.store = store
         self.runner = runner
+        self.subject_revision = subject_revision
 
     # -- datasets -------------------------------------------------------------------------------
 
@@ -586,6 +606,78 @@ class EvalService:
             principal, candidate_name, "candidate_scorecard"
         )
         return await asyncio.to_thread(_compare, base, base_results, cand, cand_results)
+
+    async def evaluate_gate(
+        self, principal: Principal, request: GateRequest
+    ) -> tuple[GateDecision, list[gates.GateCheck]]:
+        """Decide a gate and record the decision: the audit trail promotions are checked in."""
+        project, run_id = _name(
+            _SCORECARD,
+            request.scorecard,
+            "scorecard",
+            "projects/{project}/evalRuns/{eval_run}/scorecard",
+        )
+        require_project(principal, project)
+        violations: list[FieldViolation] = []
+        if request.kind not in gates.KINDS:
+            violations.append(FieldViolation("kind", f"one of {', '.join(gates.KINDS)}"))
+        inputs = request.inputs
+        if inputs.max_burn_rate < 0:
+            violations.append(FieldViolation("max_burn_rate", "must not be negative"))
+        if inputs.max_age_s is not None and inputs.max_age_s <= 0:
+            violations.append(FieldViolation("max_scorecard_age", "must be positive"))
+        for index, forecast in enumerate(inputs.forecasts):
+            if not forecast.slo:
+                violations.append(FieldViolation(f"slo_forecasts[{index}].slo", "required"))
+            if forecast.forecast_burn_rate < 0:
+                violations.append(
+                    FieldViolation(
+                        f"slo_forecasts[{index}].forecast_burn_rate", "must not be negative"
+                    )
+                )
+        revision = ""
+        if request.kind == gates.AUTONOMY_PROMOTION:
+            if not (1 <= request.from_level <= 3 and request.to_level == request.from_level + 1):
+                violations.append(
+                    FieldViolation(
+                        "to_autonomy_level", "must be exactly one above from_autonomy_level (L1-L4)"
+                    )
+                )
+            if not inputs.forecasts:
+                violations.append(
+                    FieldViolation("slo_forecasts", "an autonomy promotion needs at least one")
+                )
+            match = _RECIPE.fullmatch(request.subject)
+            if match is None or match.group(1) != project:
+                violations.append(
+                    FieldViolation(
+                        "subject", f"the recipe promoted: projects/{project}/recipes/{{recipe}}"
+                    )
+                )
+        if violations:
+            raise InvalidArgument(violations)
+        card = await self.store.aio(self.store.get_scorecard, project, run_id)
+        if request.kind == gates.AUTONOMY_PROMOTION and self.subject_revision is not None:
+            revision = await self.subject_revision(principal, request.subject)
+        passed, checks = gates.decide(card, inputs, time.time())
+        decision = GateDecision(
+            project,
+            _new_id("gate"),
+            card.name,
+            request.kind,
+            request.subject[:300],
+            revision,
+            request.from_level,
+            request.to_level,
+            passed,
+            tuple(asdict(c) for c in checks),
+            principal.who if principal.api_key else "",
+            time.time(),
+        )
+        recorded = await self.store.aio(self.store.record_decision, decision, request.request_id)
+        if recorded is not decision:  # a retried request: its recorded outcome, unchanged
+            checks = [gates.GateCheck(**c) for c in recorded.checks]
+        return recorded, checks
 
 
 def _compare(

@@ -15,7 +15,7 @@ from maestro.control_plane.evals import convert
 from maestro.control_plane.evals.service import EvalService
 from maestro.control_plane.evals.watch import EvalHub, watch_run
 from maestro.core.auth import current_principal
-from maestro.core.errors import FieldViolation, InvalidArgument, Unimplemented
+from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.v1 import eval_service_pb2 as pb
 from maestro.v1 import eval_service_pb2_grpc as pb_grpc
 
@@ -205,7 +205,7 @@ class EvalServicer(pb_grpc.EvalServiceServicer):
     async def EvaluateGate(
         self, request: pb.EvaluateGateRequest, context: Context
     ) -> pb.EvaluateGateResponse:
-        raise Unimplemented(
-            "EvaluateGate comes with the autonomy gate; read the scorecard's verdict meanwhile",
-            reason="NOT_BUILT_YET",
+        decision, checks = await self._service.evaluate_gate(
+            current_principal(), convert.gate_request(request)
         )
+        return convert.gate_response(decision, checks)

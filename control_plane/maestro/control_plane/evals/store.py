@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from maestro.control_plane.evals.records import (
     DatasetRecord,
+    GateDecision,
     MetricScore,
     Progress,
     RunRecord,
@@ -590,3 +591,64 @@ class EvalStore:
                 reason="SCORECARD_NOT_FOUND",
             )
         return scorecard_from_json(self.sql.json_out(row["body"]))
+
+    # -- gate decisions -------------------------------------------------------------------------
+
+    def _decision(self, row: Row) -> GateDecision:
+        return GateDecision(
+            row["project"],
+            row["decision_id"],
+            row["scorecard"],
+            row["kind"],
+            row["subject"],
+            row["subject_revision"],
+            int(row["from_level"]),
+            int(row["to_level"]),
+            bool(row["passed"]),
+            tuple(self.sql.json_out(row["checks"])),
+            row["principal"],
+            float(row["decide_time"]),
+        )
+
+    @once_more_on_conflict
+    def record_decision(self, decision: GateDecision, request_id: str) -> GateDecision:
+        """Store a decision; a retried request gets the one it recorded."""
+        with self.sql.write() as tx:
+            done = _earlier(tx, "eval_gate_decisions", decision.project, request_id)
+            if done is not None:
+                return self._decision(done)
+            tx.run(
+                "INSERT INTO eval_gate_decisions (project, decision_id, scorecard, kind, subject, "
+                "subject_revision, from_level, to_level, passed, checks, principal, request_id, "
+                "decide_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    decision.project,
+                    decision.decision_id,
+                    decision.scorecard,
+                    decision.kind,
+                    decision.subject,
+                    decision.subject_revision,
+                    decision.from_level,
+                    decision.to_level,
+                    int(decision.passed),
+                    self.sql.json_in(list(decision.checks)),
+                    decision.principal,
+                    request_id or None,
+                    decision.decide_time,
+                ),
+            )
+        return decision
+
+    def passing_promotion(
+        self, project: str, subject: str, revision: str, level: int
+    ) -> GateDecision | None:
+        """The latest passing autonomy promotion of `subject` at `revision` to `level` or
+        higher, if any."""
+        with self.sql.read() as tx:
+            row = tx.one(
+                "SELECT * FROM eval_gate_decisions WHERE project = ? AND subject = ? AND "
+                "subject_revision = ? AND kind = ? AND passed = 1 AND to_level >= ? "
+                "ORDER BY decide_time DESC LIMIT 1",
+                (project, subject, revision, "AUTONOMY_PROMOTION", level),
+            )
+        return self._decision(row) if row is not None else None

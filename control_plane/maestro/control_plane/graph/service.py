@@ -15,7 +15,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,7 +25,7 @@ from maestro.control_plane.graph.cost_preview import LiveSignals, Preview, estim
 from maestro.control_plane.graph.gates import Decided, Decision, check_decision, decide
 from maestro.control_plane.graph.hub import RunHub
 from maestro.control_plane.graph.recipe import START, BudgetSpec, NodeSpec, RecipeSpec
-from maestro.control_plane.graph.recipe_catalog import RecipeCatalog
+from maestro.control_plane.graph.recipe_catalog import BUILTIN, RecipeCatalog
 from maestro.control_plane.graph.records import (
     UNFINISHED,
     Budget,
@@ -35,6 +35,7 @@ from maestro.control_plane.graph.records import (
     GateStatus,
     InFlight,
     KillSwitchRecord,
+    RecipeRecord,
     RunChange,
     RunRecord,
     RunStateChanged,
@@ -63,6 +64,11 @@ _GATE = re.compile(rf"^(projects/({names.PROJECT_ID})/runs/{names.RESOURCE_ID})/
 _SWITCH = re.compile(rf"^projects/({names.PROJECT_ID})/killSwitch$")
 AUTONOMY = {"L1": 1, "L2": 2, "L3": 3, "L4": 4}
 RUN_STATES = frozenset(status.name for status in RunStatus)
+GATED_LEVEL = AUTONOMY["L3"]
+"""Runs at this autonomy level or above need a passing autonomy gate for their recipe revision
+(EvalService.EvaluateGate, kind AUTONOMY_PROMOTION); the built-in recipes ship reviewed."""
+AutonomyGate = Callable[[str, str, str, int], Awaitable[str | None]]
+"""(project, recipe, revision id, level) -> the id of a passing promotion decision, or None."""
 GATE_STATES = frozenset(status.name for status in GateStatus)
 
 
@@ -95,6 +101,8 @@ class GraphService:
         self.runtime = runtime
         self.routes = routes
         runtime.start_child = self.start_child
+        self.autonomy_gate: AutonomyGate | None = None
+        """Set by the wiring when EvalService runs beside this service."""
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -111,6 +119,23 @@ class GraphService:
             if switch.engaged:
                 return name
         return ""
+
+    async def _check_autonomy_gate(self, record: RecipeRecord, level: int) -> None:
+        """FAILED_PRECONDITION naming the gate unless a run of this recipe revision may act at
+        `level`: below L3, a built-in recipe, or a passing promotion recorded for it."""
+        if level < GATED_LEVEL or record.project == BUILTIN or self.autonomy_gate is None:
+            return
+        recipe = f"projects/{record.project}/recipes/{record.recipe_id}"
+        if await self.autonomy_gate(record.project, recipe, record.revision_id, level):
+            return
+        shown = next(name for name, value in AUTONOMY.items() if value == level)
+        raise FailedPrecondition(
+            f"a run at {shown} of {recipe} revision {record.revision_id} needs a passing "
+            f"autonomy gate: EvaluateGate kind AUTONOMY_PROMOTION, subject {recipe}, to "
+            f"{shown}, on a scorecard of this revision; or run it at a lower autonomy_level",
+            reason="AUTONOMY_GATE_REQUIRED",
+            metadata={"recipe": recipe, "revision": record.revision_id, "level": shown},
+        )
 
     async def create_run(self, principal: Principal, parent: str, new: NewRun) -> RunRecord:
         project = names.parse_project_name(parent, "parent")
@@ -154,6 +179,7 @@ class GraphService:
             raise FailedPrecondition(
                 f"kill switch {switch} is engaged", reason="KILL_SWITCH_ENGAGED"
             )
+        await self._check_autonomy_gate(record, new.autonomy or limit)
         active = await self.store.aio(self.store.active_run_count, project)
         if active >= self.max_active_runs:
             raise ResourceExhausted(
