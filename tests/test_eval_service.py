@@ -285,3 +285,29 @@ def _with_prompt(profile: FaultProfile, marker: str, delta: float) -> FaultProfi
     data = profile.to_json()
     data["answers"]["prompts"] = [{"system_contains": marker, "accuracy_delta": delta}]
     return FaultProfile.model_validate(data)
+
+
+async def test_scorecard_figures_are_exported_as_metrics(tmp_path: Path) -> None:
+    async with eval_stack(tmp_path, ROWS, accuracy=0.8) as s:
+        dataset = await create_dataset(s.client, ROWS)
+        suite = await create_suite(s.client, [dataset.name])
+        card = (await run_to_end(s.client, suite.name))[1][-1].scorecard
+        data = s.server.metrics.get_metrics_data()
+    points: dict[tuple[str, tuple[tuple[str, object], ...]], object] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name.startswith("maestro.eval."):
+                    for point in metric.data.data_points:
+                        labels = tuple(sorted((point.attributes or {}).items()))
+                        points[metric.name, labels] = getattr(point, "value", None)
+    base = (("project", "alpha"), ("suite", suite.name), ("target", "model_group:primary"))
+    exact = next(m for m in card.metrics if m.metric == epb.EVAL_METRIC_EXACT_MATCH)
+    key = ("maestro.eval.scorecard.score", tuple(sorted((*base, ("metric", "exact_match")))))
+    assert points[key] == pytest.approx(exact.mean)
+    assert points[("maestro.eval.scorecard.verdict", tuple(sorted(base)))] == 1.0
+    executions = sum(
+        float(str(v)) for (name, _), v in points.items() if name == "maestro.eval.task_executions"
+    )
+    assert executions == 60

@@ -210,6 +210,7 @@ async def start_control_plane(
             _embedder,
             f"{socket.gethostname()}-{os.getpid()}",
             _maestro_version(),
+            telemetry.meter_provider.get_meter("maestro.evals"),
         )
         evals.register(server, stopping)
     else:

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry import metrics
 
+from maestro.control_plane.evals.metrics import EvalMetrics
 from maestro.control_plane.evals.runner import Embedder, EvalRunner, TaskCaller
 from maestro.control_plane.evals.service import EvalService
 from maestro.control_plane.evals.servicer import EvalServicer
@@ -41,8 +43,11 @@ def build_evals(
     embedder: Callable[[], Embedder],
     owner: str,
     maestro_version: str,
+    meter: metrics.Meter,
 ) -> EvalPlane:
     store = EvalStore(sql)
     hub = EvalHub()
-    runner = EvalRunner(store, caller, embedder, owner, hub.changed, maestro_version)
+    runner = EvalRunner(
+        store, caller, embedder, owner, hub.changed, maestro_version, EvalMetrics(meter)
+    )
     return EvalPlane(store, hub, runner, EvalService(store, runner))

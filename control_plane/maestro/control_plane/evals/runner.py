@@ -26,6 +26,7 @@ import structlog
 
 from maestro.control_plane.evals import grading, scoring
 from maestro.control_plane.evals.datasets import EvalTask, parse_jsonl
+from maestro.control_plane.evals.metrics import EvalMetrics
 from maestro.control_plane.evals.records import (
     COST_PER_TASK,
     EXACT_MATCH,
@@ -112,6 +113,7 @@ class EvalRunner:
         owner: str,
         on_change: Callable[[str], None],
         maestro_version: str,
+        metrics: EvalMetrics | None = None,
     ) -> None:
         self.store = store
         self.caller = caller
@@ -120,6 +122,7 @@ class EvalRunner:
         self.owner = owner
         self.on_change = on_change
         self.maestro_version = maestro_version
+        self.metrics = metrics
         self._running: dict[str, asyncio.Task[None]] = {}
         self._scanner: asyncio.Task[None] | None = None
 
@@ -181,9 +184,11 @@ class EvalRunner:
             outcome = (RunState.FAILED, f"the run could not complete: {type(error).__name__}", None)
         state, message, scorecard = outcome
         if state is not RunState.RUNNING:
-            await self.store.aio(
+            ended = await self.store.aio(
                 self.store.finish, project, run_id, state, message, scorecard, self.owner
             )
+            if ended is not None and scorecard is not None and self.metrics is not None:
+                self.metrics.record(project, scorecard)
         self.on_change(name)
 
     async def _execute(self, run: RunRecord) -> tuple[RunState, str, Scorecard | None]:
@@ -313,6 +318,10 @@ class EvalRunner:
                     g.scores[SEMANTIC_SIM] = similarity
         pass_min = run.spec.suite_snapshot.semantic_pass_min
         new = [_result(g, pass_min) for g in batch]
+        if self.metrics is not None:
+            for result in new:
+                outcome = "errored" if result.error else "passed" if result.passed else "failed"
+                self.metrics.executions.add(1, (("outcome", outcome),))
         progress = _advance(progress, new, results, run.spec.repetitions)
         results += new
         state = await self.store.aio(
