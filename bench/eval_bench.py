@@ -20,8 +20,10 @@ The same 2,000 exact-match tasks (JSONL of Maestro's `maestro.eval.task.v1` sche
   with every sample) and with `log_samples=False`. It runs offline: `HTTP(S)_PROXY` points at a
   closed port and an audit hook in the script lists any socket connect (there must be none).
 
-Each measurement runs `--trials` (Maestro, 5) or `--inspect-trials` (3) times after an untimed
-warm-up; the figure is the median.
+The measurements are interleaved: `--trials` rounds (5), each one Maestro run per concurrency
+then one Inspect eval per setting (each in a fresh process), so both systems see the same load;
+each setting's figure is the median of its rounds. Warm-up: one untimed run of 100 tasks on
+Maestro's server, and 100 samples in each Inspect process before its timed eval.
 The machine is shared (other work may run beside), so the load average is recorded with each
 section.
 
@@ -68,6 +70,7 @@ PARENT = f"projects/{PROJECT}"
 ACCURACY = 0.9
 CONCURRENCY = (0, 32, 64)
 """`max_concurrent_tasks` of the timed runs; 0 is the server's default (8)."""
+DEFAULT_CONCURRENCY = 8
 SEED = 7
 RUN_TIMEOUT_S = 600.0
 INSPECT_TIMEOUT_S = 900.0
@@ -294,40 +297,6 @@ async def timed_run(plane: Any, client: Any, suite: str, concurrency: int, count
     }
 
 
-async def maestro(rows: list[dict[str, Any]], trials: int, warmup: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="eval-bench-") as scratch:
-        folder = Path(scratch)
-        key_file = folder / "tasks.jsonl"
-        key_file.write_bytes(jsonl(rows))
-        async with maestro_stack(folder, key_file) as (plane, client):
-            suite = await create_suite(client, "bench", rows)
-            if warmup:
-                progress(f"maestro: warm-up run of {warmup} tasks")
-                small = await create_suite(client, "warmup", rows[:warmup])
-                await timed_run(plane, client, small, 0, warmup)
-            out: dict[str, Any] = {}
-            for concurrency in CONCURRENCY:
-                label = f"c{concurrency or 8}"
-                load = loadavg()
-                runs = []
-                for trial in range(trials):
-                    runs.append(await timed_run(plane, client, suite, concurrency, len(rows)))
-                    progress(
-                        f"maestro {label} trial {trial + 1}/{trials}: "
-                        f"{runs[-1]['samples_per_s']:.0f} samples/s "
-                        f"(server-side {runs[-1]['server_samples_per_s']:.0f})"
-                    )
-                out[label] = {
-                    "max_concurrent_tasks": runs[0]["max_concurrent_tasks"],
-                    "default": concurrency == 0,
-                    "samples_per_s": median([r["samples_per_s"] for r in runs]),
-                    "server_samples_per_s": median([r["server_samples_per_s"] for r in runs]),
-                    "loadavg_1m_before": load,
-                    "trials": runs,
-                }
-    return out
-
-
 # -- Inspect AI -----------------------------------------------------------------------------------
 
 
@@ -352,15 +321,16 @@ def ensure_inspect_venv(path: Path = INSPECT_VENV) -> str:
     return str(python)
 
 
-def inspect_run(
-    python: str, tasks: Path, count: int, log_samples: bool, trials: int, warmup: int, folder: Path
+def inspect_trial(
+    python: str, tasks: Path, count: int, log_samples: bool, warmup: int, folder: Path
 ) -> dict[str, Any]:
-    """`_inspect_eval.py` in Inspect's venv, offline, in a scratch folder; its JSON."""
+    """One timed Inspect eval: `_inspect_eval.py` in Inspect's venv, offline, in a scratch
+    folder, a fresh process (warmed up with `warmup` samples first); its JSON."""
     logs = folder / ("logs" if log_samples else "logs-no-samples")
     logs.mkdir(parents=True, exist_ok=True)
     command = [
         *(python, str(INSPECT_SCRIPT), "--jsonl", str(tasks), "--log-dir", str(logs)),
-        *("--trials", str(trials), "--warmup", str(warmup), "--accuracy", str(ACCURACY)),
+        *("--trials", "1", "--warmup", str(warmup), "--accuracy", str(ACCURACY)),
     ]
     if not log_samples:
         command.append("--no-log-samples")
@@ -381,29 +351,75 @@ def inspect_run(
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     if result["network"]:
         raise RuntimeError(f"Inspect tried the network: {result['network'][:5]}")
-    for trial in result["trials"]:
-        assert trial["status"] == "success", trial
-        if log_samples:  # per-sample results recorded in the log
-            assert trial["samples_in_log"] == count, trial
-    result["samples_per_s"] = median([t["samples_per_s"] for t in result["trials"]])
-    result["loadavg_1m_before"] = load
-    return result
+    (trial,) = result.pop("trials")
+    assert trial["status"] == "success", trial
+    if log_samples:  # per-sample results recorded in the log
+        assert trial["samples_in_log"] == count, trial
+    return {**result, **trial, "loadavg_1m_before": load}
 
 
-def inspect(rows: list[dict[str, Any]], trials: int, warmup: int) -> dict[str, Any]:
+# -- both, interleaved ----------------------------------------------------------------------------
+
+
+async def measure(rows: list[dict[str, Any]], trials: int, warmup: int) -> dict[str, Any]:
+    """`trials` rounds, each one Maestro run per concurrency then one Inspect eval per setting,
+    so both systems see the same load on a shared machine."""
     python = ensure_inspect_venv()
-    with tempfile.TemporaryDirectory(prefix="eval-bench-inspect-") as scratch:
+    maestro: dict[str, list[dict[str, Any]]] = {f"c{c or 8}": [] for c in CONCURRENCY}
+    inspect: dict[str, list[dict[str, Any]]] = {"default": [], "log_samples_false": []}
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as scratch:
         folder = Path(scratch)
         (folder / "home").mkdir()
         tasks = folder / "tasks.jsonl"
         tasks.write_bytes(jsonl(rows))
-        out = {}
-        for label, log_samples in (("default", True), ("log_samples_false", False)):
-            progress(f"inspect: {label}, {trials} trial(s) of {len(rows)} samples")
-            out[label] = inspect_run(python, tasks, len(rows), log_samples, trials, warmup, folder)
-            per_trial = ", ".join(f"{t['samples_per_s']:.0f}" for t in out[label]["trials"])
-            progress(f"inspect {label}: {per_trial} samples/s")
-    return out
+        async with maestro_stack(folder, tasks) as (plane, client):
+            suite = await create_suite(client, "bench", rows)
+            if warmup:
+                progress(f"maestro: warm-up run of {warmup} tasks")
+                small = await create_suite(client, "warmup", rows[:warmup])
+                await timed_run(plane, client, small, 0, warmup)
+            for trial in range(trials):
+                for concurrency in CONCURRENCY:
+                    label = f"c{concurrency or 8}"
+                    load = loadavg()
+                    run = await timed_run(plane, client, suite, concurrency, len(rows))
+                    maestro[label].append({**run, "loadavg_1m_before": load})
+                    progress(
+                        f"round {trial + 1}/{trials}: maestro {label} "
+                        f"{run['samples_per_s']:.0f} samples/s "
+                        f"(the run itself {run['server_samples_per_s']:.0f})"
+                    )
+                for label, log_samples in (("default", True), ("log_samples_false", False)):
+                    figures = await asyncio.to_thread(
+                        inspect_trial, python, tasks, len(rows), log_samples, warmup, folder
+                    )
+                    inspect[label].append(figures)
+                    progress(
+                        f"round {trial + 1}/{trials}: inspect {label} "
+                        f"{figures['samples_per_s']:.0f} samples/s"
+                    )
+    return {
+        "maestro": {
+            label: {
+                "max_concurrent_tasks": runs[0]["max_concurrent_tasks"],
+                "default": label == f"c{DEFAULT_CONCURRENCY}",
+                "samples_per_s": median([r["samples_per_s"] for r in runs]),
+                "server_samples_per_s": median([r["server_samples_per_s"] for r in runs]),
+                "trials": runs,
+            }
+            for label, runs in maestro.items()
+        },
+        "inspect": {
+            label: {
+                "inspect_ai": runs[0]["inspect_ai"],
+                "max_connections": runs[0]["max_connections"],
+                "log_samples": runs[0]["log_samples"],
+                "samples_per_s": median([r["samples_per_s"] for r in runs]),
+                "trials": runs,
+            }
+            for label, runs in inspect.items()
+        },
+    }
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -419,7 +435,7 @@ def report(results: dict[str, Any]) -> str:
     default = theirs["default"]["samples_per_s"]
     quiet = theirs["log_samples_false"]["samples_per_s"]
     n = results["samples"]
-    trials = f"median of {results['trials']} (Maestro), {results['inspect_trials']} (Inspect)"
+    trials = f"median of {results['trials']}"
     rows = [
         f"| system, setting ({n} exact-match samples, {trials}) | samples/s | run's own "
         "samples/s (server create → end) | vs Inspect default | vs Inspect `log_samples=False` "
@@ -478,9 +494,10 @@ def markdown(results: dict[str, Any], table: str, command: str) -> str:
   {results["inspect"]["default"]["trials"][0]["accuracy"]:.3f} (the simulated answers are right
   for ~90%).
 - Machine: {m["nproc"]} cores ({m["cpu"]}), Python {m["python"]}, commit {m["commit"]}
-  {"(modified files)" if m["modified_files"] else ""}; both systems in the same run, one after
-  the other; the machine is shared: 1-minute load average {m["loadavg_1m_at_start"]:.2f} at the
-  start, before each section: {_loads(results)}.
+  {"(with uncommitted changes)" if m["modified_files"] else ""}; both systems in the same run,
+  interleaved: {results["trials"]} rounds of one Maestro run per concurrency then one Inspect
+  eval per setting, after warm-ups. The machine is shared: 1-minute load average
+  {m["loadavg_1m_at_start"]:.2f} at the start, {_loads(results)} before the timed runs.
 """
 
 
@@ -490,23 +507,28 @@ def _first_exact(results: dict[str, Any]) -> float:
 
 
 def _loads(results: dict[str, Any]) -> str:
-    sections = [*results["maestro"].items(), *results["inspect"].items()]
-    return ", ".join(f"{label} {figures['loadavg_1m_before']:.2f}" for label, figures in sections)
+    loads = [
+        trial["loadavg_1m_before"]
+        for section in ("maestro", "inspect")
+        for figures in results[section].values()
+        for trial in figures["trials"]
+    ]
+    return f"{min(loads):.2f} to {max(loads):.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Eval throughput, Maestro vs Inspect AI.")
     parser.add_argument("--quick", action="store_true", help="200 tasks, 1 trial: a smoke run")
     parser.add_argument("--samples", type=int, help="tasks per run (default 2000; --quick 200)")
-    parser.add_argument("--trials", type=int, help="Maestro runs per concurrency (default 5)")
-    parser.add_argument("--inspect-trials", type=int, help="Inspect runs per setting (default 3)")
+    parser.add_argument(
+        "--trials", type=int, help="rounds: timed runs per system and setting (default 5)"
+    )
     parser.add_argument(
         "--results", type=Path, help="where results go (default bench/results; --quick: temp)"
     )
     args = parser.parse_args(argv)
     samples = args.samples or (200 if args.quick else 2000)
     trials = args.trials or (1 if args.quick else 5)
-    inspect_trials = args.inspect_trials or (1 if args.quick else 3)
     warmup = 20 if args.quick else 100
     results_dir: Path = args.results or (
         Path(tempfile.mkdtemp(prefix="eval-bench-results-")) if args.quick else RESULTS
@@ -516,21 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(["grpcio", "litellm", "aiohttp"]),
         "samples": samples,
         "trials": trials,
-        "inspect_trials": inspect_trials,
         "warmup_samples": warmup,
         "accuracy": ACCURACY,
         "tasks_sha256": hashlib.sha256(jsonl(rows)).hexdigest(),
     }
-    progress(f"maestro: {samples} tasks, {trials} trial(s) per concurrency")
-    results["maestro"] = asyncio.run(maestro(rows, trials, warmup))
-    results["inspect"] = inspect(rows, inspect_trials, warmup)
+    progress(f"{samples} tasks, {trials} round(s)")
+    results |= asyncio.run(measure(rows, trials, warmup))
     table = report(results)
     print(table)
     command = ".venv/bin/python bench/eval_bench.py" + (" --quick" if args.quick else "")
     given: list[tuple[str, int | None]] = [
         ("samples", args.samples),
         ("trials", args.trials),
-        ("inspect-trials", args.inspect_trials),
     ]
     command += "".join(f" --{k} {v}" for k, v in given if v)
     results["command"] = command

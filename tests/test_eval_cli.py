@@ -14,7 +14,8 @@ from maestro.data_plane.sim import FaultProfile
 from tests.eval_support import eval_stack, jsonl, task_rows
 
 runner = CliRunner()
-ROWS = task_rows(60, prefix="cli")
+ROWS = task_rows(200, prefix="cli")
+"""200 tasks: a 0.1-point drop on them is within their noise (the acceptance's case)."""
 
 
 async def _eval(*args: str) -> tuple[int, str]:
@@ -87,6 +88,55 @@ async def test_eval_exits_by_verdict_pass_then_fail_then_inconclusive(tmp_path: 
         )
         assert code == 2, err
         assert "INCONCLUSIVE" in err
+
+
+async def test_variants_are_compared_with_holms_correction_and_exit_by_the_worst(
+    tmp_path: Path,
+) -> None:
+    suites = tmp_path / "suites"
+    suites.mkdir()
+    _suite(suites)
+    async with eval_stack(tmp_path, ROWS, accuracy=0.9) as s:
+        s.primary.set_profile(_prompts(s.primary.profile))
+        common = (
+            "--suite",
+            "cli_suite_v1",
+            "--provider",
+            "primary",
+            "--suites-dir",
+            str(suites),
+            "--target",
+            s.server.target,
+            "--api-key",
+            s.server.alpha_key,
+            "--seed",
+            "5",
+        )
+        base = tmp_path / "base.json"
+        code, err = await _eval(
+            *common, "--prompt", str(suites / "stable.yaml"), "--report", str(base)
+        )
+        assert code == 0, err
+        report = tmp_path / "variants.json"
+        variants = ",".join(str(suites / f) for f in ("stable.yaml", "worse.yaml", "tiny.yaml"))
+        code, err = await _eval(
+            *common, "--variants", variants, "--baseline", str(base), "--report", str(report)
+        )
+    assert code == 1, err  # the worst verdict: the [worse] variant fails its regression limit
+    written = json.loads(report.read_text())
+    assert [v["scorecard"]["verdict"] for v in written["variants"]] == [
+        "VERDICT_INCONCLUSIVE",
+        "VERDICT_FAIL",
+        "VERDICT_INCONCLUSIVE",
+    ]
+    exact = {
+        Path(row["variant"]).stem: row
+        for row in written["comparisons"]
+        if row["metric"] == "exact_match"
+    }
+    assert exact["worse"]["significant"]
+    assert exact["worse"]["holm_p_value"] >= exact["worse"]["p_value"]
+    assert not exact["tiny"]["significant"]
 
 
 async def test_eval_usage_errors_exit_64_not_an_eval_verdict(tmp_path: Path) -> None:

@@ -311,3 +311,28 @@ async def test_scorecard_figures_are_exported_as_metrics(tmp_path: Path) -> None
         float(str(v)) for (name, _), v in points.items() if name == "maestro.eval.task_executions"
     )
     assert executions == 60
+
+
+async def test_a_pinned_deployment_answers_every_task_and_nothing_else_does(
+    tmp_path: Path,
+) -> None:
+    async with eval_stack(tmp_path, ROWS) as s:
+        dataset = await create_dataset(s.client, ROWS)
+        suite = await create_suite(s.client, [dataset.name])
+        created = await s.client.evals.CreateEvalRun(
+            epb.CreateEvalRunRequest(
+                parent=PARENT,
+                eval_run=epb.EvalRun(
+                    suite=suite.name, target=epb.EvalTarget(deployment="backup-b"), seed=3
+                ),
+            )
+        )
+        messages = [
+            m
+            async for m in s.client.evals.WatchEvalRun(
+                epb.WatchEvalRunRequest(name=created.eval_run.name), timeout=120
+            )
+        ]
+        deployments = {r.deployment for m in messages for r in m.task_results}
+        assert deployments == {"backup-b"}
+        assert messages[-1].eval_run.state == epb.EvalRun.STATE_SUCCEEDED

@@ -3,6 +3,8 @@ policy (PII stays in-house), fallbacks, breakers and prices included."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from maestro.app.completions import read_completion
 from maestro.control_plane.evals.grading import ToolCall, parse_arguments
 from maestro.control_plane.evals.runner import Answer, TaskRequest
@@ -16,17 +18,36 @@ from maestro.routing.texts import wire_texts
 MAX_ANSWER_TOKENS = 256
 
 
+Deployments = Callable[[str], Sequence[tuple[str, str]]]
+"""(deployment id, model group) of each deployment in a project's current routing snapshot."""
+
+
 class DataPlaneTasks:
     """A `TaskCaller` over the data plane's InferenceService."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, deployments: Deployments) -> None:
         self._service = service
+        self._deployments = deployments
+
+    def _route(self, project: str, request: TaskRequest) -> RouteRequest | str:
+        """The route of a task, or why it has none (a pinned deployment not in the config)."""
+        if not request.deployment:
+            return RouteRequest(model=request.model_group)
+        known = self._deployments(project)
+        group = next((g for d, g in known if d == request.deployment), None)
+        if group is None:
+            return f"deployment {request.deployment!r} is not in the project's routing config"
+        others = frozenset(d for d, _ in known if d != request.deployment)
+        return RouteRequest(model=group, excluded_ids=others)
 
     async def answer(self, project: str, request: TaskRequest) -> Answer:
+        route = self._route(project, request)
+        if isinstance(route, str):
+            return Answer(error=route)
         call = CallInput(
             choose=ChooseInput(
                 parent=f"projects/{project}",
-                route=RouteRequest(model=request.model_group),
+                route=route,
                 texts=wire_texts(request.messages, request.tools),
                 supplied_tags=request.tags,
             ),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from maestro.clients import MaestroClient, MaestroRpcError
+from maestro.control_plane.evals import stats
 from maestro.control_plane.evals.convert import METRIC_ENUM, thresholds_message
 from maestro.control_plane.evals.datasets import DatasetError, load_dataset_file
 from maestro.control_plane.evals.suites import SuiteError, SuiteFile, find_suite, load_suite_file
@@ -231,20 +233,104 @@ def _summary(console: Console, card: pb.Scorecard) -> None:
         console.print(line)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What every run of one invocation shares."""
+
+    parent: str
+    suite: str
+    baseline: str
+    repeats: int
+    seed: int
+    concurrency: int
+    labels: dict[str, str]
+
+
+def _run_one(
+    client: MaestroClient, plan: _Plan, target: pb.EvalTarget, console: Console
+) -> tuple[pb.EvalRun, pb.Scorecard | None]:
+    """One run followed to its end: the run, and its scorecard when it succeeded."""
+    created = client.evals.CreateEvalRun(
+        pb.CreateEvalRunRequest(
+            parent=plan.parent,
+            eval_run=pb.EvalRun(
+                suite=plan.suite,
+                target=target,
+                baseline_scorecard=plan.baseline,
+                repetitions=plan.repeats,
+                seed=plan.seed,
+                max_concurrent_tasks=plan.concurrency,
+                labels=plan.labels,
+            ),
+        )
+    ).eval_run
+    final = _follow(client, created, console)
+    run = final.eval_run
+    if run.state != pb.EvalRun.STATE_SUCCEEDED:
+        state = pb.EvalRun.State.Name(run.state).removeprefix("STATE_")
+        console.print(f"run {run.name} ended {state}: {run.state_message}")
+        return run, None
+    if final.HasField("scorecard"):
+        return run, final.scorecard
+    name = f"{run.name}/scorecard"
+    return run, client.evals.GetScorecard(pb.GetScorecardRequest(name=name)).scorecard
+
+
+def _compare_variants(
+    client: MaestroClient, base: str, cards: Sequence[tuple[str, pb.Scorecard]], console: Console
+) -> list[dict[str, Any]]:
+    """Each variant against `base`, with Holm's correction over every (variant, metric) p-value
+    of the family: several variants tested at once inflate false positives otherwise."""
+    rows: list[dict[str, Any]] = []
+    for label, card in cards:
+        if card.name == base:
+            continue
+        compared = client.evals.CompareScorecards(
+            pb.CompareScorecardsRequest(base_scorecard=base, candidate_scorecard=card.name)
+        )
+        for diff in compared.diffs:
+            if diff.dataset or not diff.HasField("p_value"):
+                continue
+            rows.append(
+                {
+                    "variant": label,
+                    "metric": pb.EvalMetric.Name(diff.metric).removeprefix("EVAL_METRIC_").lower(),
+                    "base_mean": diff.base_mean,
+                    "mean": diff.candidate_mean,
+                    "delta": diff.delta,
+                    "p_value": diff.p_value,
+                }
+            )
+    adjusted = stats.holm_adjust([row["p_value"] for row in rows]) if rows else []
+    for row, holm in zip(rows, adjusted, strict=True):
+        row["holm_p_value"] = holm
+        row["significant"] = holm < 0.05
+    if rows:
+        console.print(f"variants against {base} (Holm over {len(rows)} comparisons):")
+    for row in rows:
+        mark = "*" if row["significant"] else " "
+        console.print(
+            f" {mark} {row['variant']:<24} {row['metric']:<20} {row['mean']:.4f} "
+            f"(delta {row['delta']:+.4f}, p {row['p_value']:.4g}, Holm {row['holm_p_value']:.4g})"
+        )
+    return rows
+
+
 def run_eval(
     suite_name: str,
     provider: str,
     report: Path | None,
     baseline: str | None,
     repeats: int,
-    prompt: Path | None,
+    prompts: Sequence[Path | None],
     seed: int,
     concurrency: int,
     suites_dirs: Sequence[Path],
     labels: Sequence[str],
     client: MaestroClient,
 ) -> int:
-    """The command's work; returns the exit code."""
+    """The command's work; returns the exit code. Several prompts are A/B/C variants: each is
+    run and compared with the baseline (or the first), and the exit code is the worst verdict."""
     console = Console(stderr=True, soft_wrap=True)
     try:
         suite = load_suite_file(find_suite(suite_name, suites_dirs))
@@ -258,50 +344,69 @@ def run_eval(
         label_map[key] = value
     if commit := _git_commit():
         label_map.setdefault("git_commit", commit)
-    target = pb.EvalTarget(model_group="" if provider == "router" else provider)
-    if prompt is not None:
-        target.prompt.CopyFrom(_prompt(prompt))
+    targets: list[tuple[str, pb.EvalTarget]] = []
+    for prompt in prompts:
+        if provider.startswith("deployment:"):
+            target = pb.EvalTarget(deployment=provider.removeprefix("deployment:"))
+        else:
+            target = pb.EvalTarget(model_group="" if provider == "router" else provider)
+        if prompt is not None:
+            target.prompt.CopyFrom(_prompt(prompt))
+        targets.append((str(prompt) if prompt is not None else provider, target))
+    base = _baseline(baseline) if baseline else ""
     try:
         parent = _project(client)
         datasets = _upload_datasets(client, parent, suite)
-        suite_resource = _put_suite(client, parent, suite, datasets)
-        created = client.evals.CreateEvalRun(
-            pb.CreateEvalRunRequest(
-                parent=parent,
-                eval_run=pb.EvalRun(
-                    suite=suite_resource,
-                    target=target,
-                    baseline_scorecard=_baseline(baseline) if baseline else "",
-                    repetitions=repeats,
-                    seed=seed,
-                    max_concurrent_tasks=concurrency,
-                    labels=label_map,
-                ),
-            )
-        ).eval_run
-        final = _follow(client, created, console)
-        run = final.eval_run
-        if run.state != pb.EvalRun.STATE_SUCCEEDED:
-            state = pb.EvalRun.State.Name(run.state).removeprefix("STATE_")
-            console.print(f"run {run.name} ended {state}: {run.state_message}")
-            return EXIT_RUN_ENDED
-        card = final.scorecard if final.HasField("scorecard") else None
-        if card is None:
-            card = client.evals.GetScorecard(
-                pb.GetScorecardRequest(name=f"{run.name}/scorecard")
-            ).scorecard
+        plan = _Plan(
+            parent,
+            _put_suite(client, parent, suite, datasets),
+            base,
+            repeats,
+            seed,
+            concurrency,
+            label_map,
+        )
+        results = [(label, *_run_one(client, plan, target, console)) for label, target in targets]
+        cards = [(label, card) for label, _, card in results if card is not None]
+        comparisons = (
+            _compare_variants(client, base or cards[0][1].name, cards, console)
+            if len(targets) > 1 and cards
+            else []
+        )
     except MaestroRpcError as error:
         raise _rpc(error) from None
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
-        body: dict[str, Any] = {
-            "eval_run": json_format.MessageToDict(run),
-            "scorecard": json_format.MessageToDict(card),
-        }
+        body: dict[str, Any]
+        if len(results) == 1:
+            run, card = results[0][1], results[0][2]
+            body = {"eval_run": json_format.MessageToDict(run)}
+            if card is not None:
+                body["scorecard"] = json_format.MessageToDict(card)
+        else:
+            body = {
+                "variants": [
+                    {
+                        "variant": label,
+                        "eval_run": json_format.MessageToDict(run),
+                        **({"scorecard": json_format.MessageToDict(card)} if card else {}),
+                    }
+                    for label, run, card in results
+                ],
+                "comparisons": comparisons,
+            }
         report.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
-        console.print(f"scorecard written to {report}")
-    _summary(console, card)
-    return _EXIT_BY_VERDICT.get(card.verdict, EXIT_RUN_ENDED)
+        console.print(f"report written to {report}")
+    codes = []
+    for label, _, card in results:
+        if card is None:
+            codes.append(EXIT_RUN_ENDED)
+            continue
+        if len(results) > 1:
+            console.print(f"[bold]{label}[/bold]")
+        _summary(console, card)
+        codes.append(_EXIT_BY_VERDICT.get(card.verdict, EXIT_RUN_ENDED))
+    return max(codes, key=[EXIT_PASS, EXIT_INCONCLUSIVE, EXIT_FAIL, EXIT_RUN_ENDED].index)
 
 
 def register(app: typer.Typer, client_for: Any) -> None:
@@ -314,7 +419,8 @@ def register(app: typer.Typer, client_for: Any) -> None:
             str,
             typer.Option(
                 "--provider",
-                help="`router` (production routing chooses per task) or a model group name.",
+                help="`router` (production routing chooses per task), a model group name, or "
+                "`deployment:<id>` (that deployment only, no fallback).",
             ),
         ] = "router",
         report: Annotated[
@@ -334,6 +440,15 @@ def register(app: typer.Typer, client_for: Any) -> None:
         prompt: Annotated[
             Path | None,
             typer.Option("--prompt", help="A prompt version to test: YAML {name, system}."),
+        ] = None,
+        variants: Annotated[
+            str | None,
+            typer.Option(
+                "--variants",
+                help="A/B/C test: prompt files, comma-separated; each is run, compared with "
+                "--baseline (else the first) with Holm's correction, and the worst verdict "
+                "is the exit code.",
+            ),
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="0: the server picks one.")] = 0,
         concurrency: Annotated[
@@ -359,6 +474,11 @@ def register(app: typer.Typer, client_for: Any) -> None:
             raise _usage("--repeats must be within 0..10")
         if not 0 <= concurrency <= 64:
             raise _usage("--concurrency must be within 0..64")
+        if variants and prompt is not None:
+            raise _usage("give either --prompt or --variants")
+        prompts: list[Path | None] = (
+            [Path(v.strip()) for v in variants.split(",") if v.strip()] if variants else [prompt]
+        )
         with client_for(target, api_key) as client:
             code = run_eval(
                 suite,
@@ -366,7 +486,7 @@ def register(app: typer.Typer, client_for: Any) -> None:
                 report,
                 baseline,
                 repeats,
-                prompt,
+                prompts,
                 seed,
                 concurrency,
                 suites_dir or [Path("evals")],

@@ -16,6 +16,7 @@ import asyncio
 import importlib.metadata
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -206,7 +207,7 @@ async def start_control_plane(
     if data is not None:
         evals = build_evals(
             store,
-            DataPlaneTasks(data.service),
+            DataPlaneTasks(data.service, _deployments(registry)),
             _embedder,
             f"{socket.gethostname()}-{os.getpid()}",
             _maestro_version(),
@@ -329,3 +330,15 @@ def _gate_autonomy(graph: GraphPlane, evals: EvalPlane) -> None:
 
     evals.service.subject_revision = revision_of
     graph.service.autonomy_gate = promotion
+
+
+def _deployments(registry: SnapshotRegistry) -> Callable[[str], list[tuple[str, str]]]:
+    """(deployment id, model group) of a project's current routing snapshot, for pinned evals."""
+
+    def of(project: str) -> list[tuple[str, str]]:
+        published = registry.current(f"projects/{project}")
+        if published is None:
+            return []
+        return [(d.deployment_id, d.model_name) for d in published.snapshot.deployments]
+
+    return of

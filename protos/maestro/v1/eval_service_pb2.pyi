@@ -361,6 +361,7 @@ class EvalTarget(_message.Message):
     MODEL_GROUP_FIELD_NUMBER: _builtins.int
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
     model_group: _builtins.str
     """Optional. A model group (a `model_name` of the route config) every model call of a task is
     routed to. Empty: the router chooses as for production traffic.
@@ -369,6 +370,11 @@ class EvalTarget(_message.Message):
     """Optional. The prompt, agent or recipe version under test,
     `projects/{project}/artifacts/{artifact}/versions/{version}`. Empty: tasks are sent as
     plain chat requests to `model_group`.
+    """
+    deployment: _builtins.str
+    """Optional. A deployment to pin (its `model_info.id`, as in DeploymentRef.deployment_id):
+    every call goes to it and to nothing else, with no fallback, under the same policy (a
+    task the policy keeps from it errors). At most one of `model_group` and `deployment`.
     """
     @_builtins.property
     def prompt(self) -> Global___EvalPrompt:
@@ -383,10 +389,11 @@ class EvalTarget(_message.Message):
         model_group: _builtins.str = ...,
         artifact_version: _builtins.str = ...,
         prompt: Global___EvalPrompt | None = ...,
+        deployment: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "model_group", b"model_group", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "deployment", b"deployment", "model_group", b"model_group", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,6 +111,7 @@ def new_run(message: pb.EvalRun) -> NewRun:
         Target(
             model_group=target.model_group,
             artifact_version=target.artifact_version,
+            deployment=target.deployment,
             prompt_name=target.prompt.name,
             prompt_system=target.prompt.system,
         ),
@@ -175,7 +176,9 @@ def dataset_message(dataset: DatasetRecord) -> pb.Dataset:
 
 def target_message(target: Target) -> pb.EvalTarget:
     message = pb.EvalTarget(
-        model_group=target.model_group, artifact_version=target.artifact_version
+        model_group=target.model_group,
+        artifact_version=target.artifact_version,
+        deployment=target.deployment,
     )
     if target.prompt_system:
         message.prompt.CopyFrom(

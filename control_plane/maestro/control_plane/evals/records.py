@@ -109,6 +109,7 @@ ENDED = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
 class Target:
     model_group: str = ""
     artifact_version: str = ""
+    deployment: str = ""
     prompt_name: str = ""
     prompt_system: str = ""
     prompt_version: str = ""

@@ -61,6 +61,8 @@ class TaskRequest:
     tags: tuple[str, ...]
     model_group: str
     seed: int
+    deployment: str = ""
+    """Pinned: this deployment only, no fallback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +294,7 @@ class EvalRunner:
             execution.task.tags,
             spec.target.model_group,
             spec.seed + execution.repetition,
+            spec.target.deployment,
         )
         try:
             return await self.caller.answer(run.project, request)

@@ -445,6 +445,10 @@ class EvalService:
             violations.append(
                 FieldViolation("eval_run.target", "at most one of artifact_version and prompt")
             )
+        if target.deployment and target.model_group:
+            violations.append(
+                FieldViolation("eval_run.target", "at most one of model_group and deployment")
+            )
         if len(target.prompt_system) > MAX_PROMPT_CHARS:
             violations.append(FieldViolation("eval_run.target.prompt.system", "at most 32 KiB"))
         if violations:

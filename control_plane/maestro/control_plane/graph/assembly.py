@@ -53,7 +53,7 @@ def price_lookup(registry: SnapshotRegistry) -> Callable[[str], PriceLookup]:
 
     def for_project(project: str) -> PriceLookup:
         def lookup(model: str) -> Prices | None:
-            published = registry.current(project)
+            published = registry.current(f"projects/{project}")
             if published is None:
                 return None
             candidates = [
