@@ -465,7 +465,10 @@ def report(results: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], table: str, command: str) -> str:
     m = results["machine"]
-    sections = [*results["maestro"].items(), *results["inspect"].items()]
+    sections = [
+        *((f"Maestro {label}", figures) for label, figures in results["maestro"].items()),
+        *((f"Inspect {label}", figures) for label, figures in results["inspect"].items()),
+    ]
     trials = "; ".join(
         label + " " + ", ".join(f"{t['samples_per_s']:.0f}" for t in figures["trials"])
         for label, figures in sections
