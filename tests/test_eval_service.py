@@ -336,3 +336,32 @@ async def test_a_pinned_deployment_answers_every_task_and_nothing_else_does(
         deployments = {r.deployment for m in messages for r in m.task_results}
         assert deployments == {"backup-b"}
         assert messages[-1].eval_run.state == epb.EvalRun.STATE_SUCCEEDED
+
+
+async def test_runs_list_by_suite_and_state_in_pages(tmp_path: Path) -> None:
+    async with eval_stack(tmp_path, ROWS[:10]) as s:
+        dataset = await create_dataset(s.client, ROWS[:10])
+        first = await create_suite(s.client, [dataset.name], suite_id="first")
+        second = await create_suite(s.client, [dataset.name], suite_id="second")
+        for suite in (first, second, first, second, first):
+            await run_to_end(s.client, suite.name)
+        seen: list[epb.EvalRun] = []
+        token = ""
+        while True:
+            page = await s.client.evals.ListEvalRuns(
+                epb.ListEvalRunsRequest(
+                    parent=PARENT,
+                    filter=f'suite = "{first.name}" AND state = SUCCEEDED',
+                    page_size=1,
+                    page_token=token,
+                )
+            )
+            seen += page.eval_runs
+            token = page.next_page_token
+            if not token:
+                break
+    assert len(seen) == 3
+    assert {r.suite for r in seen} == {first.name}
+    assert [r.create_time.ToNanoseconds() for r in seen] == sorted(
+        (r.create_time.ToNanoseconds() for r in seen), reverse=True
+    )

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -121,6 +122,7 @@ class EvalRunner:
         self.caller = caller
         self._embedder_factory = embedder
         self._embedder: Embedder | None = None
+        self._embedder_lock = threading.Lock()
         self.owner = owner
         self.on_change = on_change
         self.maestro_version = maestro_version
@@ -129,9 +131,11 @@ class EvalRunner:
         self._scanner: asyncio.Task[None] | None = None
 
     def embedder(self) -> Embedder:
-        if self._embedder is None:
-            self._embedder = self._embedder_factory()
-        return self._embedder
+        """The embedding model, made on first use (from a worker thread: it loads weights)."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                self._embedder = self._embedder_factory()
+            return self._embedder
 
     # -- life ------------------------------------------------------------------------------------
 
@@ -260,9 +264,7 @@ class EvalRunner:
             while True:
                 finished = all_done.done()
                 if not finished:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(FLUSH_INTERVAL_S):
-                            await asyncio.shield(_first(wake, all_done))
+                    await _first(wake, all_done, FLUSH_INTERVAL_S)
                     wake.clear()
                 batch, graded[:] = list(graded), []
                 if batch or finished:
@@ -386,10 +388,12 @@ class EvalRunner:
         return await asyncio.to_thread(compute)
 
 
-async def _first(event: asyncio.Event, done: asyncio.Future[Any]) -> None:
+async def _first(event: asyncio.Event, done: asyncio.Future[Any], timeout_s: float) -> None:
+    """Until `event` is set, `done` completes or `timeout_s` passes, whichever comes first;
+    `done` is never cancelled by it."""
     waiter = asyncio.ensure_future(event.wait())
     try:
-        await asyncio.wait({waiter, done}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, done}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
 

@@ -41,6 +41,7 @@ MIGRATIONS = (
         CREATE TABLE eval_runs (
             project       TEXT NOT NULL,
             run_id        TEXT NOT NULL,
+            suite         TEXT NOT NULL,             -- the suite's name, for filters
             spec          {json} NOT NULL,           -- records.RunSpec: fixed at creation
             state         INTEGER NOT NULL,          -- EvalRun.State
             state_message TEXT NOT NULL DEFAULT '',

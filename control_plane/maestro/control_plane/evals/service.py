@@ -551,22 +551,16 @@ class EvalService:
         ascending = order in ("create_time", "create_time asc")
         states = frozenset(s.name for s in RunState)
         where: dict[str, object] = {}
-        suite = ""
         for field, value in paging.parse_filter(
             filter_text, {"state": states, "suite": paging.STRING}
         ):
-            if field == "state":
-                where["state"] = RunState[str(value)]
-            else:
-                suite = str(value)
+            where[field] = RunState[str(value)] if field == "state" else str(value)
         limit = paging.page_size(size)
         scope = f"evalRuns:{project}:{filter_text}:{ascending}"
         after = paging.decode_token(token, scope)
         rows = await self.store.aio(
             self.store.list_runs, project, after, limit + 1, where, ascending
         )
-        if suite:
-            rows = [r for r in rows if r.spec.suite == suite]
         return paging.page_of(rows, limit, scope, lambda r: [r.create_time, r.run_id])
 
     async def cancel_run(self, principal: Principal, name: str, reason: str) -> RunRecord:

@@ -364,11 +364,13 @@ class EvalStore:
             if _taken(tx, "eval_runs", "run_id", run.project, run.run_id):
                 raise AlreadyExists(f"eval run {run.name} exists already", reason="EVAL_RUN_EXISTS")
             tx.run(
-                "INSERT INTO eval_runs (project, run_id, spec, state, state_message, progress, "
-                "sequence, request_id, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO eval_runs (project, run_id, suite, spec, state, state_message, "
+                "progress, sequence, request_id, create_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run.project,
                     run.run_id,
+                    run.spec.suite,
                     self.sql.json_in(asdict(run.spec)),
                     int(run.state),
                     run.state_message,
@@ -413,6 +415,9 @@ class EvalStore:
         if "state" in where:
             sql += " AND state = ?"
             params.append(int(where["state"]))
+        if "suite" in where:
+            sql += " AND suite = ?"
+            params.append(str(where["suite"]))
         if after is not None:
             op = ">" if ascending else "<"
             sql += f" AND (create_time {op} ? OR (create_time = ? AND run_id {op} ?))"
