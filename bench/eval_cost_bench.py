@@ -580,7 +580,9 @@ as they would for real models, whose hard tasks are hard for all. Without sampli
 repetitions repeat the same answers, so they add no information: the interval is over tasks.
 The seed suite's `regressions_max: 0.5%` counts regressed tasks without netting improvements,
 so any such model swap fails it. ttft and latency are this shared machine's timing (the
-simulated provider answers with no latency)."""
+simulated provider answers with no latency). semantic_sim means move by about 0.1-0.2 points
+between processes: the simulated provider's choice among a task's wrong answers depends on
+PYTHONHASHSEED (see eval_variance.md); both sides of a comparison run in one process."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from maestro.app.completions import read_completion
 from maestro.control_plane.evals.grading import ToolCall, parse_arguments
-from maestro.control_plane.evals.runner import Answer, TaskRequest
+from maestro.control_plane.evals.runner import Answer, TaskCaller, TaskRequest
 from maestro.core.auth import Principal
 from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.service import CallInput, InferenceService
@@ -28,6 +28,8 @@ class DataPlaneTasks:
     def __init__(self, service: InferenceService, deployments: Deployments) -> None:
         self._service = service
         self._deployments = deployments
+        self.graph: TaskCaller | None = None
+        """Runs recipe targets as agent graphs; set when GraphService runs beside."""
 
     def _route(self, project: str, request: TaskRequest) -> RouteRequest | str:
         """The route of a task, or why it has none (a pinned deployment not in the config)."""
@@ -41,6 +43,10 @@ class DataPlaneTasks:
         return RouteRequest(model=group, excluded_ids=others)
 
     async def answer(self, project: str, request: TaskRequest) -> Answer:
+        if request.recipe:
+            if self.graph is None:
+                return Answer(error="agent graphs are not served here (graph.enabled is false)")
+            return await self.graph.answer(project, request)
         route = self._route(project, request)
         if isinstance(route, str):
             return Answer(error=route)

@@ -16,7 +16,7 @@ import asyncio
 import importlib.metadata
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maestro.app.config import MaestroConfig
 from maestro.app.eval_calls import DataPlaneTasks
+from maestro.app.eval_graph_calls import GraphTasks
 from maestro.app.graph_models import DataPlaneModels
 from maestro.control_plane.evals.assembly import EvalPlane, build_evals
 from maestro.control_plane.evals.runner import Embedder
@@ -205,9 +206,12 @@ async def start_control_plane(
         pending.append((GRAPH_SERVICE, "agent graphs (graph.enabled is false)"))
     evals = None
     if data is not None:
+        tasks = DataPlaneTasks(data.service, _deployments(registry))
+        if graph is not None:
+            tasks.graph = GraphTasks(graph.service)
         evals = build_evals(
             store,
-            DataPlaneTasks(data.service, _deployments(registry)),
+            tasks,
             _embedder,
             f"{socket.gethostname()}-{os.getpid()}",
             _maestro_version(),
@@ -216,8 +220,10 @@ async def start_control_plane(
         evals.register(server, stopping)
     else:
         pending.append((EVAL_SERVICE, "eval runs (they need the data plane)"))
-    if graph is not None and evals is not None and config.graph.autonomy_gate:
-        _gate_autonomy(graph, evals)
+    if graph is not None and evals is not None:
+        evals.service.recipe_revision = _recipe_revision(graph)
+        if config.graph.autonomy_gate:
+            _gate_autonomy(graph, evals)
     for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     served = (
@@ -342,3 +348,13 @@ def _deployments(registry: SnapshotRegistry) -> Callable[[str], list[tuple[str, 
         return [(d.deployment_id, d.model_name) for d in published.snapshot.deployments]
 
     return of
+
+
+def _recipe_revision(graph: GraphPlane) -> Callable[[Principal, str], Awaitable[str]]:
+    """A recipe name pinned to its current revision (`...@revision`) for an eval run's target."""
+
+    async def pinned(principal: Principal, recipe: str) -> str:
+        record = await graph.service.recipes.get(principal, recipe)
+        return f"{recipe.split('@')[0]}@{record.revision_id}"
+
+    return pinned

@@ -362,6 +362,7 @@ class EvalTarget(_message.Message):
     ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
     model_group: _builtins.str
     """Optional. A model group (a `model_name` of the route config) every model call of a task is
     routed to. Empty: the router chooses as for production traffic.
@@ -375,6 +376,15 @@ class EvalTarget(_message.Message):
     """Optional. A deployment to pin (its `model_info.id`, as in DeploymentRef.deployment_id):
     every call goes to it and to nothing else, with no fallback, under the same policy (a
     task the policy keeps from it errors). At most one of `model_group` and `deployment`.
+    """
+    recipe: _builtins.str
+    """Optional. A recipe revision run as an agent graph, once per task execution:
+    `projects/{project}/recipes/{recipe}` (its current revision, pinned when the run is
+    created) or `...@{revision}`; a built-in recipe is `projects/builtin/recipes/{recipe}`.
+    The task's text becomes the run's `input_state.question`, its answer is the last model
+    node's text, and `tool_success` compares the tool calls the graph really made. The graph
+    runs at L2 at most (a promotion above is what its scorecard is for); a run that stops at a
+    human gate is cancelled and the task scored as errored. Not with `prompt`.
     """
     @_builtins.property
     def prompt(self) -> Global___EvalPrompt:
@@ -390,10 +400,11 @@ class EvalTarget(_message.Message):
         artifact_version: _builtins.str = ...,
         prompt: Global___EvalPrompt | None = ...,
         deployment: _builtins.str = ...,
+        recipe: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "deployment", b"deployment", "model_group", b"model_group", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "deployment", b"deployment", "model_group", b"model_group", "prompt", b"prompt", "recipe", b"recipe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

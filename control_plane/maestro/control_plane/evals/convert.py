@@ -112,6 +112,7 @@ def new_run(message: pb.EvalRun) -> NewRun:
             model_group=target.model_group,
             artifact_version=target.artifact_version,
             deployment=target.deployment,
+            recipe=target.recipe,
             prompt_name=target.prompt.name,
             prompt_system=target.prompt.system,
         ),
@@ -179,6 +180,7 @@ def target_message(target: Target) -> pb.EvalTarget:
         model_group=target.model_group,
         artifact_version=target.artifact_version,
         deployment=target.deployment,
+        recipe=target.recipe,
     )
     if target.prompt_system:
         message.prompt.CopyFrom(

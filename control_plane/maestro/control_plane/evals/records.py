@@ -110,6 +110,8 @@ class Target:
     model_group: str = ""
     artifact_version: str = ""
     deployment: str = ""
+    recipe: str = ""
+    """A recipe (`projects/p/recipes/r@revision`, pinned when the run is created)."""
     prompt_name: str = ""
     prompt_system: str = ""
     prompt_version: str = ""

@@ -64,6 +64,8 @@ class TaskRequest:
     seed: int
     deployment: str = ""
     """Pinned: this deployment only, no fallback."""
+    recipe: str = ""
+    """Run as this recipe revision's agent graph instead of one chat call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +299,7 @@ class EvalRunner:
             spec.target.model_group,
             spec.seed + execution.repetition,
             spec.target.deployment,
+            spec.target.recipe,
         )
         try:
             return await self.caller.answer(run.project, request)

@@ -117,6 +117,12 @@ class Comparison:
 SubjectRevision = Callable[[Principal, str], Awaitable[str]]
 """The current revision of a gate's subject (a recipe), NOT_FOUND if it does not exist."""
 _RECIPE = re.compile(rf"^projects/({names.PROJECT_ID})/recipes/({names.RESOURCE_ID})$")
+_RECIPE_REVISION = re.compile(
+    rf"^projects/({names.PROJECT_ID})/recipes/({names.RESOURCE_ID})(@[A-Za-z0-9_-]{{1,64}})?$"
+)
+BUILTIN_PROJECT = "builtin"
+RecipeRevision = Callable[[Principal, str], Awaitable[str]]
+"""A recipe name pinned to a revision (`...@revision`), NOT_FOUND if there is none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,8 @@ class EvalService:
         self.store = store
         self.runner = runner
         self.subject_revision = subject_revision
+        self.recipe_revision: RecipeRevision | None = None
+        """Set by the wiring when GraphService runs beside this service."""
 
     # -- datasets -------------------------------------------------------------------------------
 
@@ -449,6 +457,20 @@ class EvalService:
             violations.append(
                 FieldViolation("eval_run.target", "at most one of model_group and deployment")
             )
+        if target.recipe and (target.prompt_system or target.deployment):
+            violations.append(
+                FieldViolation("eval_run.target", "a recipe target takes no prompt or deployment")
+            )
+        if target.recipe:
+            match = _RECIPE_REVISION.fullmatch(target.recipe)
+            if match is None or match.group(1) not in (project, BUILTIN_PROJECT):
+                violations.append(
+                    FieldViolation(
+                        "eval_run.target.recipe",
+                        f"projects/{project}/recipes/{{recipe}}[@{{revision}}], or a built-in "
+                        "recipe projects/builtin/recipes/{recipe}",
+                    )
+                )
         if len(target.prompt_system) > MAX_PROMPT_CHARS:
             violations.append(FieldViolation("eval_run.target.prompt.system", "at most 32 KiB"))
         if violations:
@@ -495,6 +517,13 @@ class EvalService:
         if target.prompt_system:
             version = hashlib.sha256(target.prompt_system.encode()).hexdigest()[:16]
             target = replace(target, prompt_version=version)
+        if target.recipe:  # pinned: a later revision of the recipe is another thing to measure
+            if self.recipe_revision is None:
+                raise FailedPrecondition(
+                    "recipe targets need agent graphs, which this server does not run",
+                    reason="GRAPHS_DISABLED",
+                )
+            target = replace(target, recipe=await self.recipe_revision(principal, target.recipe))
         repetitions = new.repetitions or suite.default_repetitions
         seed = new.seed or secrets.randbelow(2**31 - 1) + 1
         spec = RunSpec(

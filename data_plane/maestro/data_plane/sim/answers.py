@@ -91,6 +91,10 @@ MAX_DISTRACTORS = 16
 _MISSING = object()
 
 
+STATE_TASK_KEYS = ("question", "task", "input")
+"""Fields of a JSON user message (a graph run's state) that may hold a task's text."""
+
+
 def _unit(*parts: str) -> float:
     """A uniform in [0, 1) hashed from `parts`."""
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
@@ -548,6 +552,21 @@ class AnswerBook:
             )
         return rates
 
+    def _task_in_state(self, text: str) -> Task | None:
+        """An agent graph's model node sends its run's state as JSON: a task whose text is the
+        state's `question`, `task` or `input` is that task."""
+        try:
+            state = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(state, dict):
+            return None
+        for key in STATE_TASK_KEYS:
+            value = state.get(key)
+            if isinstance(value, str) and (task := self.key.tasks.get(value)) is not None:
+                return task
+        return None
+
     def decide(
         self,
         model: str,
@@ -564,6 +583,8 @@ class AnswerBook:
         seed)."""
         text = last_user_text(messages)
         task = self.key.tasks.get(text) if text is not None else None
+        if task is None and text is not None and text.startswith("{"):
+            task = self._task_in_state(text)
         if task is None:
             return None
         rates = self.rates(model, messages)
