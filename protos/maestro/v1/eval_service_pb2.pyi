@@ -708,9 +708,9 @@ class EvalMetricScore(_message.Message):
     """Output only. `delta / baseline_mean`; unset without a baseline or when it is 0."""
     ci_low: _builtins.float
     """Output only. Lower end of the 95% confidence interval of `mean`: a Wilson interval over the
-    tasks for the 0..1 quality metrics (a task counting with its mean over repetitions), a
-    bootstrap over the tasks for cost and times. Tasks are resampled, not executions: the
-    repetitions of one task are not independent samples.
+    tasks for the 0..1 rate metrics (a task counting with its mean over repetitions), a normal
+    interval over the tasks' means for the others (a bootstrap over tasks below 30 tasks).
+    The unit is the task, not the execution: repetitions of one task are not independent.
     """
     ci_high: _builtins.float
     """Output only. Upper end of the 95% confidence interval of `mean`."""

@@ -236,8 +236,9 @@ class EvalServiceServicer:
         """Streams an eval run's progress, partial metrics and, at the end, its scorecard. It streams
         because a run takes minutes to hours and CI and the UI want progress and the verdict as
         they happen, without polling. Each message is a full snapshot, so a slow reader may miss
-        intermediate ones but never the latest; at most one message a second. The stream ends after
-        the message that carries a terminal state. Resume with `after_sequence`.
+        intermediate ones but never the latest; at most one message a second, except the final one,
+        which is sent at once. The stream ends after the message that carries a terminal state.
+        Resume with `after_sequence`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -86,8 +86,9 @@ class EvalServiceStub:
     """Streams an eval run's progress, partial metrics and, at the end, its scorecard. It streams
     because a run takes minutes to hours and CI and the UI want progress and the verdict as
     they happen, without polling. Each message is a full snapshot, so a slow reader may miss
-    intermediate ones but never the latest; at most one message a second. The stream ends after
-    the message that carries a terminal state. Resume with `after_sequence`.
+    intermediate ones but never the latest; at most one message a second, except the final one,
+    which is sent at once. The stream ends after the message that carries a terminal state.
+    Resume with `after_sequence`.
     """
     CompareScorecards: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.CompareScorecardsRequest, _eval_service_pb2.CompareScorecardsResponse]
     """Compares two scorecards metric by metric and task by task, for A/B/C tests and diffs
@@ -161,8 +162,9 @@ class EvalServiceAsyncStub(EvalServiceStub):
     """Streams an eval run's progress, partial metrics and, at the end, its scorecard. It streams
     because a run takes minutes to hours and CI and the UI want progress and the verdict as
     they happen, without polling. Each message is a full snapshot, so a slow reader may miss
-    intermediate ones but never the latest; at most one message a second. The stream ends after
-    the message that carries a terminal state. Resume with `after_sequence`.
+    intermediate ones but never the latest; at most one message a second, except the final one,
+    which is sent at once. The stream ends after the message that carries a terminal state.
+    Resume with `after_sequence`.
     """
     CompareScorecards: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.CompareScorecardsRequest, _eval_service_pb2.CompareScorecardsResponse]  # type: ignore[assignment]
     """Compares two scorecards metric by metric and task by task, for A/B/C tests and diffs
@@ -317,8 +319,9 @@ class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams an eval run's progress, partial metrics and, at the end, its scorecard. It streams
         because a run takes minutes to hours and CI and the UI want progress and the verdict as
         they happen, without polling. Each message is a full snapshot, so a slow reader may miss
-        intermediate ones but never the latest; at most one message a second. The stream ends after
-        the message that carries a terminal state. Resume with `after_sequence`.
+        intermediate ones but never the latest; at most one message a second, except the final one,
+        which is sent at once. The stream ends after the message that carries a terminal state.
+        Resume with `after_sequence`.
         """
 
     @_abc_1.abstractmethod

@@ -19,6 +19,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
 
@@ -45,6 +46,10 @@ BOUND_CONFIDENCE = 0.95
 """Of the one-sided bounds thresholds are decided on."""
 MAX_LISTED_TASKS = 100
 RESAMPLES = 4000
+NORMAL_MIN_TASKS = 30
+"""From this many tasks on, a continuous metric's interval is the normal one (mean +- z * sd /
+sqrt(n)); below, a bootstrap over the tasks. A scorecard has one per metric, dataset and slice,
+and thousands of bootstrap resamples each would cost more than the rest of the scoring."""
 UNBOUNDED = 1e6
 """The cost delta shown when the baseline spent nothing and the run did (JSON has no infinity)."""
 TaskKey = tuple[str, str]
@@ -117,6 +122,12 @@ def _interval(
     if len(task_means) < 2:
         value = task_means[0]
         return stats.Interval(value, value, value)
+    if len(task_means) >= NORMAL_MIN_TASKS:  # the mean of many tasks is close to normal
+        values = np.asarray(task_means)
+        mean = float(values.mean())
+        half = NormalDist().inv_cdf(0.5 + confidence / 2) * float(values.std(ddof=1))
+        half /= math.sqrt(len(values))
+        return stats.Interval(mean, mean - half, mean + half)
     zeros = np.zeros(len(task_means))
     return stats.paired_bootstrap_mean_diff(
         zeros, np.asarray(task_means), confidence=confidence, resamples=RESAMPLES, seed=seed

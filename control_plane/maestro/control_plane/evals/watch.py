@@ -2,8 +2,8 @@
 finished since the previous snapshot and running aggregates of the metrics.
 
 A watcher sleeps on a flag the runner sets after each stored batch (this replica), with a
-one-second poll as the fallback for runs another replica drives. At most one snapshot a second;
-the stream ends after the snapshot of a terminal state.
+one-second poll as the fallback for runs another replica drives. At most one snapshot a second,
+except the last: the snapshot of a terminal state goes out at once, and the stream ends.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from maestro.control_plane.evals.records import (
     TaskResult,
 )
 from maestro.control_plane.evals.service import EvalService
+from maestro.control_plane.evals.store import EvalStore
 from maestro.core.auth import Principal
 
 MAX_RESULTS_PER_MESSAGE = 1000
@@ -122,6 +123,19 @@ async def watch_run(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(MIN_INTERVAL_S):
                     await flag.wait()
-            wait = MIN_INTERVAL_S - (time.monotonic() - last_sent)
-            if wait > 0 and not stopping.is_set():
-                await asyncio.sleep(wait)
+            await _pace(store, run, flag, last_sent + MIN_INTERVAL_S, stopping)
+
+
+async def _pace(
+    store: EvalStore, run: RunRecord, flag: asyncio.Event, until: float, stopping: asyncio.Event
+) -> None:
+    """Hold the next snapshot until `until` (one a second), unless the run ends first: the
+    verdict is never held back."""
+    while (left := until - time.monotonic()) > 0 and not stopping.is_set():
+        flag.clear()
+        current = await store.aio(store.get_run, run.project, run.run_id)
+        if current.state in ENDED:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                await flag.wait()
