@@ -1,6 +1,6 @@
 """Eval cost: the golden suite through multi-objective routing vs a fixed gpt-4o baseline.
 
-    .venv/bin/python bench/eval_cost_bench.py            # about 2 min
+    .venv/bin/python bench/eval_cost_bench.py            # under a minute
     .venv/bin/python bench/eval_cost_bench.py --quick    # 1 repetition, results to *_quick
 
 Epic A's acceptance: "cost per 1k tokens reduced >= 15% vs baseline with equal/better eval

@@ -1,6 +1,6 @@
 """Eval variance: repeated runs of the seed suite, their coefficient of variation per metric.
 
-    .venv/bin/python bench/eval_variance_bench.py            # about 10 min
+    .venv/bin/python bench/eval_variance_bench.py            # about 3-5 min
     .venv/bin/python bench/eval_variance_bench.py --quick    # a smoke run, results to *_quick
 
 The acceptance item: five repeated runs of the seed suite (`evals/prompt_eval.yaml`,
@@ -242,11 +242,9 @@ def run_suite(
     if run.state != pb.EvalRun.STATE_SUCCEEDED:
         state = pb.EvalRun.State.Name(run.state)
         raise RuntimeError(f"run {run.name} ended {state}: {run.state_message}")
-    card = last.scorecard
-    if not last.HasField("scorecard"):
-        card = client.evals.GetScorecard(
-            pb.GetScorecardRequest(name=f"{run.name}/scorecard")
-        ).scorecard
+    # The stored scorecard, as `maestro eval` and CI read it (the stream's last message
+    # carries the same one).
+    card = client.evals.GetScorecard(pb.GetScorecardRequest(name=f"{run.name}/scorecard")).scorecard
     return RunOutcome(run, card, results, wall_s)
 
 
@@ -590,7 +588,8 @@ def cross_process(results: dict[str, Any]) -> list[str]:
                 + ": the simulated provider's choice among a task's wrong answers follows the "
                 "iteration order of a frozenset of words (`answers._Pool.grounded`), so it "
                 "changes with PYTHONHASHSEED; the wrong answer stays wrong (exact_match does "
-                "not move) but its similarity to the expected one does."
+                "not move) but its similarity to the expected one, and its length (so its "
+                "cost), do."
             )
     return lines
 

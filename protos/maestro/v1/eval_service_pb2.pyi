@@ -1115,6 +1115,8 @@ class EvalTaskResult(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    COST_USD_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     repetition: _builtins.int
     """Output only. The repetition, 0-based."""
     passed: _builtins.bool
@@ -1129,6 +1131,8 @@ class EvalTaskResult(_message.Message):
     """Output only. Why the execution failed to get an answer (provider error, timeout); empty
     when it got one.
     """
+    cost_usd: _builtins.float
+    """Output only. US dollars the execution spent."""
     @_builtins.property
     def task(self) -> Global___EvalTaskRef:
         """Output only. The task."""
@@ -1136,6 +1140,10 @@ class EvalTaskResult(_message.Message):
     @_builtins.property
     def scores(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Output only. Each metric's score for this execution, by metric name (`exact_match`, ...)."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """Output only. Tokens the execution used."""
 
     def __init__(
         self,
@@ -1148,10 +1156,12 @@ class EvalTaskResult(_message.Message):
         scores: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         deployment: _builtins.str = ...,
         error: _builtins.str = ...,
+        cost_usd: _builtins.float = ...,
+        usage: _common_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "error", b"error", "expected", b"expected", "output", b"output", "passed", b"passed", "repetition", b"repetition", "scores", b"scores", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd", b"cost_usd", "deployment", b"deployment", "error", b"error", "expected", b"expected", "output", b"output", "passed", b"passed", "repetition", b"repetition", "scores", b"scores", "task", b"task", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1237,8 +1247,9 @@ class EvalMetricDiff(_message.Message):
     delta_ci_high: _builtins.float
     """Output only. Upper end of that interval."""
     holm_adjusted_p_value: _builtins.float
-    """Output only. `p_value` after Holm's correction over every diff of the response that has
-    one (several metrics compared at once); unset where `p_value` is.
+    """Output only. `p_value` after Holm's correction over the diffs of the same task set (all
+    tasks, or one dataset): several metrics compared on the same tasks at once; unset where
+    `p_value` is.
     """
     def __init__(
         self,

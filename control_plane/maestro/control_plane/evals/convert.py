@@ -305,6 +305,12 @@ def task_result_message(result: TaskResult) -> pb.EvalTaskResult:
         scores=result.scores,
         deployment=result.deployment,
         error=result.error,
+        cost_usd=result.cost_usd,
+        usage=common_pb2.Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        ),
     )
 
 

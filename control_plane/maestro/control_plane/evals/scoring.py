@@ -16,6 +16,7 @@ many tasks is inconclusive, never a pass.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -106,10 +107,8 @@ def _per_repetition_means(results: Sequence[TaskResult], metric: str) -> list[fl
 
 
 def _stddev(values: Sequence[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """Sample standard deviation; exactly 0 for identical values (statistics sums exactly)."""
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def _interval(

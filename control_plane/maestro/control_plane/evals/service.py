@@ -759,8 +759,15 @@ def _compare(
         raise FailedPrecondition(
             "the scorecards share no (metric, dataset) pair", reason="NOTHING_IN_COMMON"
         )
-    present = [i for i, row in enumerate(rows) if row[2] is not None]
-    adjusted = stats.holm_adjust([rows[i][2] or 0.0 for i in present]) if present else []
-    holm: dict[int, float] = dict(zip(present, adjusted, strict=True))
+    # One family per task set (all tasks, each dataset): the metrics compared on the same tasks.
+    # Rows of different task sets re-test the same differences, so one family of all of them
+    # would correct one test as several.
+    holm: dict[int, float] = {}
+    for dataset in {row[1].dataset for row in rows}:
+        family = [
+            i for i, row in enumerate(rows) if row[2] is not None and row[1].dataset == dataset
+        ]
+        adjusted = stats.holm_adjust([rows[i][2] or 0.0 for i in family])
+        holm |= dict(zip(family, adjusted, strict=True))
     diffs = [(*row, holm.get(i)) for i, row in enumerate(rows)]
     return Comparison(diffs, scoring.flips(base_results, cand_results))

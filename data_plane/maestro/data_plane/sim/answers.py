@@ -297,9 +297,11 @@ class _Pool:
             for answer, count in hits.items()
             if count == len(self.names[answer]) and _differs(answer, expected)
         ]
-        if len(found) > MAX_DISTRACTORS:
-            found = sorted(found, key=lambda answer: _unit(row.id, answer))[:MAX_DISTRACTORS]
-        return tuple(found)
+        # A hashed order, not the set's: a set of strings iterates differently in each process
+        # (PYTHONHASHSEED), and the wrong answer must be the same in every one.
+        return tuple(
+            sorted(found, key=lambda answer: (_unit(row.id, answer), answer))[:MAX_DISTRACTORS]
+        )
 
 
 def _invented(row: _Row) -> tuple[tuple[str, ...], tuple[str, ...]]:
