@@ -218,3 +218,34 @@ async def test_the_built_in_l3_recipes_run_without_a_promotion(tmp_path: Path) -
     async with eval_stack(tmp_path, ROWS) as s:
         run = await create_run(s.client, "projects/builtin/recipes/debate")
         assert run.autonomy_level == common_pb2.AUTONOMY_LEVEL_L3
+
+
+async def test_an_operator_override_starts_an_ungated_l3_run_and_is_audited(
+    tmp_path: Path,
+) -> None:
+    async with eval_stack(tmp_path, ROWS) as s:
+        created = await s.client.graphs.CreateRecipe(
+            gpb.CreateRecipeRequest(
+                parent=PARENT, recipe_id="auto", recipe=gpb.Recipe(source_yaml=RECIPE)
+            )
+        )
+        recipe = created.recipe
+        override = gpb.CreateRunRequest(
+            parent=PARENT,
+            run=gpb.Run(recipe=recipe.name),
+            autonomy_gate_override_reason="incident 42: the gate's eval suite is down",
+        )
+        with pytest.raises(MaestroRpcError) as tenant:
+            await s.client.graphs.CreateRun(override)  # a tenant key cannot override
+        assert tenant.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        operator_key = s.server.new_key("oncall@corp", frozenset({"operator", "inference"}))
+        async with s.server.client(operator_key) as operator:
+            run = (await operator.graphs.CreateRun(override)).run
+        assert run.autonomy_level == common_pb2.AUTONOMY_LEVEL_L3
+        graph = s.server.plane.graph
+        assert graph is not None
+        entries = graph.store.audit_entries(recipe.name)
+    [entry] = [e for e in entries if e["action"] == "autonomy_gate_override"]
+    assert entry["actor"] == "oncall@corp"
+    assert entry["target"] == f"{recipe.name}@{recipe.revision_id}"
+    assert entry["reason"] == "incident 42: the gate's eval suite is down"

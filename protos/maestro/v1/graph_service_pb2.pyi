@@ -1890,6 +1890,7 @@ class CreateRunRequest(_message.Message):
     RUN_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AUTONOMY_GATE_OVERRIDE_REASON_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The project that will own the run, `projects/{project}`."""
     run_id: _builtins.str
@@ -1898,6 +1899,13 @@ class CreateRunRequest(_message.Message):
     """
     request_id: _builtins.str
     """Optional. Idempotency key; see the rule in common.proto."""
+    autonomy_gate_override_reason: _builtins.str
+    """Optional. Starts a run at L3 or above of a recipe revision that has no passing autonomy
+    promotion (EvalService.EvaluateGate), which is refused otherwise (FAILED_PRECONDITION,
+    reason AUTONOMY_GATE_REQUIRED). Needs a key with the `operator` scope (PERMISSION_DENIED
+    otherwise); the override, its caller and this reason are written to the audit log
+    (action `autonomy_gate_override`) before the run starts. At most 1,000 characters.
+    """
     @_builtins.property
     def run(self) -> Global___Run:
         """Required. The run to create; `recipe`, `input_state`, `budget`, `autonomy_level` and
@@ -1911,10 +1919,11 @@ class CreateRunRequest(_message.Message):
         run: Global___Run | None = ...,
         run_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        autonomy_gate_override_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parent", b"parent", "request_id", b"request_id", "run", b"run", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autonomy_gate_override_reason", b"autonomy_gate_override_reason", "parent", b"parent", "request_id", b"request_id", "run", b"run", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

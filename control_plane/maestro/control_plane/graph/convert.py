@@ -409,6 +409,7 @@ def new_run_from(request: pb.CreateRunRequest) -> NewRun:
         autonomy=int(run.autonomy_level),
         run_id=request.run_id,
         request_id=request.request_id,
+        gate_override_reason=request.autonomy_gate_override_reason,
     )
 
 

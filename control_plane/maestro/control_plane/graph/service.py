@@ -82,6 +82,8 @@ class NewRun:
     request_id: str
     creator: str = ""
     """Set for child runs (their parent's creator); a caller's run records its principal."""
+    gate_override_reason: str = ""
+    """An operator starting a run above L2 without an autonomy promotion: audited."""
 
 
 class GraphService:
@@ -120,15 +122,33 @@ class GraphService:
                 return name
         return ""
 
-    async def _check_autonomy_gate(self, record: RecipeRecord, level: int) -> None:
+    async def _check_autonomy_gate(
+        self, principal: Principal, record: RecipeRecord, level: int, override: str
+    ) -> None:
         """FAILED_PRECONDITION naming the gate unless a run of this recipe revision may act at
-        `level`: below L3, a built-in recipe, or a passing promotion recorded for it."""
+        `level`: below L3, a built-in recipe, a passing promotion recorded for it, or an
+        operator's override (audited before the run starts)."""
         if level < GATED_LEVEL or record.project == BUILTIN or self.autonomy_gate is None:
             return
         recipe = f"projects/{record.project}/recipes/{record.recipe_id}"
         if await self.autonomy_gate(record.project, recipe, record.revision_id, level):
             return
         shown = next(name for name, value in AUTONOMY.items() if value == level)
+        if override:
+            require_scope(principal, OPERATOR)
+            if len(override) > 1000:
+                raise InvalidArgument(
+                    [FieldViolation("autonomy_gate_override_reason", "at most 1,000 characters")]
+                )
+            await self.store.aio(
+                self.store.record_audit,
+                principal.who,
+                "autonomy_gate_override",
+                f"{recipe}@{record.revision_id}",
+                override,
+                {"level": shown},
+            )
+            return
         raise FailedPrecondition(
             f"a run at {shown} of {recipe} revision {record.revision_id} needs a passing "
             f"autonomy gate: EvaluateGate kind AUTONOMY_PROMOTION, subject {recipe}, to "
@@ -179,7 +199,9 @@ class GraphService:
             raise FailedPrecondition(
                 f"kill switch {switch} is engaged", reason="KILL_SWITCH_ENGAGED"
             )
-        await self._check_autonomy_gate(record, new.autonomy or limit)
+        await self._check_autonomy_gate(
+            principal, record, new.autonomy or limit, new.gate_override_reason
+        )
         active = await self.store.aio(self.store.active_run_count, project)
         if active >= self.max_active_runs:
             raise ResourceExhausted(

@@ -575,6 +575,13 @@ class RunStore:
         )
         return audit_id
 
+    def record_audit(
+        self, actor: str, action: str, target: str, reason: str, detail: dict[str, Any]
+    ) -> str:
+        """An audit entry of its own (not part of another change)."""
+        with self.sql.write() as tx:
+            return self.audit(tx, actor, action, target, reason, detail)
+
     def audit_entries(self, target_prefix: str) -> list[Row]:
         with self.sql.read() as tx:
             rows = tx.all(
