@@ -58,6 +58,7 @@ PARENT = "projects/alpha"
 PAYLOADS = {"run_state_changed", "node_started", "node_finished", "cost_update", "gate_opened"}
 APPLIED = [
     ("evals", 1),
+    ("evals", 2),
     ("graph", 1),
     ("graph", 2),
     ("graph", 3),

@@ -13,7 +13,6 @@ and is scored a batch at a time in a worker thread, each distinct text embedded 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import random
@@ -170,9 +169,11 @@ class EvalRunner:
 
     async def _scan_forever(self) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 for project, run_id in await self.store.aio(self.store.orphaned):
                     self.submit(project, run_id)
+            except Exception:  # the store is unreachable for now: the next scan tries again
+                log.warning("eval.scan_failed", exc_info=True)
             await asyncio.sleep(SCAN_INTERVAL_S)
 
     # -- one run --------------------------------------------------------------------------------
