@@ -97,7 +97,7 @@ async def test_no_regression_on_few_tasks_is_inconclusive_not_a_pass(tmp_path: P
         (regression,) = card.threshold_results
         assert regression.outcome == epb.EvalThresholdResult.OUTCOME_INCONCLUSIVE
         assert regression.upper_bound > 0.005
-        assert "539 tasks are needed" in regression.message
+        assert "about 539 tasks with none would certify 0.50%" in regression.message
 
 
 async def test_compare_scorecards_lists_flipped_tasks_with_both_answers(tmp_path: Path) -> None:

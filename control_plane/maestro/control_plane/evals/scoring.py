@@ -257,9 +257,9 @@ def _rate_outcome(
     elif outcome == "FAIL":
         message = f"{head}: over the limit beyond noise"
     else:
-        need = stats.tasks_needed_for_zero_events(limit, BOUND_CONFIDENCE) if limit > 0 else 0
-        settle = f"; about {need} tasks are needed to certify {_percent(limit)}" if need else ""
-        message = f"{head}: inconclusive, the interval straddles the limit{settle}"
+        message = (
+            f"{head}: inconclusive, the interval straddles the limit{_settle(measured, limit)}"
+        )
     return ThresholdResult(
         threshold,
         {"PASS": "PASSED", "FAIL": "FAILED"}.get(outcome, "INCONCLUSIVE"),
@@ -270,6 +270,33 @@ def _rate_outcome(
         interval.high,
         n,
     )
+
+
+def _settle(rate: float, limit: float) -> str:
+    """How many tasks would settle a straddling rate: certify it within the limit when it is
+    below, or show it over the limit when it is above; "" when no count would."""
+    if limit <= 0 or rate == limit:
+        return ""
+    if rate == 0:
+        need = stats.tasks_needed_for_zero_events(limit, BOUND_CONFIDENCE)
+        return f"; about {need} tasks with none would certify {_percent(limit)}"
+    confidence = stats.one_sided_bound_confidence(BOUND_CONFIDENCE)
+
+    def settles(n: int) -> bool:
+        bound = stats.wilson_interval(rate * n, n, confidence)
+        return bound.high <= limit if rate < limit else bound.low > limit
+
+    high = 1
+    while not settles(high):
+        high *= 2
+        if high > 10_000_000:
+            return ""
+    low = high // 2
+    while high - low > 1:  # the smallest n that settles it
+        middle = (low + high) // 2
+        low, high = (low, middle) if settles(middle) else (middle, high)
+    verb = "certify it within" if rate < limit else "show it over"
+    return f"; at this rate about {high} tasks would {verb} {_percent(limit)}"
 
 
 def _skipped(threshold: str, limit: float, why: str) -> ThresholdResult:
