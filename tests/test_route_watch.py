@@ -101,3 +101,19 @@ async def test_a_session_ends_when_the_server_stops() -> None:
     stopping.set()
     ended = [update async for update in session]
     assert ended == []
+
+
+async def test_the_same_revision_published_twice_newer_only_is_one_change() -> None:
+    # ApplyConfig and the replica follower its own NOTIFY woke may both compile and publish the
+    # revision just stored; a resumed data plane must not be sent it again.
+    registry = SnapshotRegistry()
+    revision = Revision(ALPHA, 1, SEED_YAML, (), "", "", "d1", datetime.now(UTC))
+    first = await registry.publish(
+        revision, compile_revision(revision, registry.board(ALPHA)), newer_only=True
+    )
+    again = await registry.publish(
+        revision, compile_revision(revision, registry.board(ALPHA)), newer_only=True
+    )
+    assert again is first
+    assert registry.generation == first.generation
+    assert registry.changed_since(first.generation, None) == []

@@ -169,16 +169,17 @@ class SnapshotRegistry:
     async def publish(
         self, revision: Revision, compiled: Compiled, *, newer_only: bool = False
     ) -> Published:
-        """Make `compiled` the project's current snapshot. With `newer_only`, a snapshot older
-        than the current one (by project revision, then global revision) is not published and
-        the current one is returned: replicas that learn of revisions out of order never go
-        back."""
+        """Make `compiled` the project's current snapshot. With `newer_only`, a snapshot that is
+        not newer than the current one (by project revision, then global revision) is not
+        published and the current one is returned: replicas that learn of revisions out of
+        order never go back, and the same revision published twice (an ApplyConfig and the
+        follower that its own NOTIFY woke, compiling at once) is one change, not two."""
         async with self._changed:
             current = self._current.get(revision.project)
             if (
                 newer_only
                 and current is not None
-                and _order(current) > _order_of(revision, compiled.global_revision)
+                and _order(current) >= _order_of(revision, compiled.global_revision)
             ):
                 return current
             self._generation += 1
