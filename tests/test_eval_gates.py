@@ -249,3 +249,59 @@ async def test_an_operator_override_starts_an_ungated_l3_run_and_is_audited(
     assert entry["actor"] == "oncall@corp"
     assert entry["target"] == f"{recipe.name}@{recipe.revision_id}"
     assert entry["reason"] == "incident 42: the gate's eval suite is down"
+
+
+async def test_nan_and_infinity_are_invalid_arguments_not_silent_passes(tmp_path: Path) -> None:
+    async with eval_stack(tmp_path, ROWS) as s:
+        card = await _passing_scorecard(s.client)
+        nan = float("nan")
+        request = _promotion(
+            card,
+            f"{PARENT}/recipes/auto",
+            (
+                epb.EvalGateSloForecast(slo="a", forecast_burn_rate=nan),
+                epb.EvalGateSloForecast(
+                    slo="b", forecast_burn_rate=0.1, error_budget_remaining_ratio=float("inf")
+                ),
+            ),
+        )
+        request.max_burn_rate = float("inf")
+        with pytest.raises(MaestroRpcError) as refused:
+            await s.client.evals.EvaluateGate(request)
+        assert {v.field for v in refused.value.field_violations} == {
+            "max_burn_rate",
+            "slo_forecasts[0].forecast_burn_rate",
+            "slo_forecasts[1].error_budget_remaining_ratio",
+        }
+        suite = await s.client.evals.ListEvalSuites(epb.ListEvalSuitesRequest(parent=PARENT))
+        with pytest.raises(MaestroRpcError) as budget:
+            await s.client.evals.CreateEvalRun(
+                epb.CreateEvalRunRequest(
+                    parent=PARENT,
+                    eval_run=epb.EvalRun(
+                        suite=suite.eval_suites[0].name,
+                        target=epb.EvalTarget(model_group="primary"),
+                        budget=common_pb2.Budget(max_cost_usd=nan),
+                    ),
+                )
+            )
+        assert [v.field for v in budget.value.field_violations] == ["eval_run.budget"]
+        with pytest.raises(MaestroRpcError) as threshold:
+            await s.client.evals.CreateEvalSuite(
+                epb.CreateEvalSuiteRequest(
+                    parent=PARENT,
+                    eval_suite_id="nan",
+                    eval_suite=epb.EvalSuite(
+                        datasets=suite.eval_suites[0].datasets,
+                        metrics=[epb.EVAL_METRIC_EXACT_MATCH],
+                        thresholds=epb.EvalThresholds(max_hallucination_rate=nan),
+                        semantic_similarity_pass_min=nan,
+                    ),
+                )
+            )
+        assert {v.field for v in threshold.value.field_violations} == {
+            "eval_suite.thresholds.max_hallucination_rate",
+            "eval_suite.semantic_similarity_pass_min",
+        }
+        runs = await s.client.evals.ListEvalRuns(epb.ListEvalRunsRequest(parent=PARENT))
+        assert len(runs.eval_runs) == 2  # the scorecard's two runs; nothing more was stored

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -70,6 +71,12 @@ def _name(pattern: re.Pattern[str], value: str, field: str, shape: str) -> tuple
         what = "required" if not value else f"{value[:80]!r} is not a valid name"
         raise InvalidArgument([FieldViolation(field, f"{what}; expected {shape}")])
     return match.group(1), match.group(2)
+
+
+def _rate(value: float, *, allow_inf: bool = False) -> bool:
+    """Not negative and not NaN (NaN compares false with everything, so it would pass any
+    limit check unseen); infinity only where it means "no limit"."""
+    return value >= 0 and (math.isfinite(value) or allow_inf)
 
 
 def _new_id(prefix: str) -> str:
@@ -436,8 +443,8 @@ class EvalService:
             violations.append(
                 FieldViolation("eval_run.max_concurrent_tasks", f"0 to {MAX_CONCURRENCY}")
             )
-        if new.max_cost_usd < 0 or new.max_tokens < 0:
-            violations.append(FieldViolation("eval_run.budget", "must not be negative"))
+        if not _rate(new.max_cost_usd, allow_inf=True) or new.max_tokens < 0:
+            violations.append(FieldViolation("eval_run.budget", "must not be negative or NaN"))
         if len(new.labels) > MAX_LABELS:
             violations.append(FieldViolation("eval_run.labels", f"at most {MAX_LABELS}"))
         for key, value in new.labels.items():
@@ -649,17 +656,25 @@ class EvalService:
         if request.kind not in gates.KINDS:
             violations.append(FieldViolation("kind", f"one of {', '.join(gates.KINDS)}"))
         inputs = request.inputs
-        if inputs.max_burn_rate < 0:
-            violations.append(FieldViolation("max_burn_rate", "must not be negative"))
+        if not _rate(inputs.max_burn_rate):
+            violations.append(FieldViolation("max_burn_rate", "a finite number, not negative"))
         if inputs.max_age_s is not None and inputs.max_age_s <= 0:
             violations.append(FieldViolation("max_scorecard_age", "must be positive"))
         for index, forecast in enumerate(inputs.forecasts):
             if not forecast.slo:
                 violations.append(FieldViolation(f"slo_forecasts[{index}].slo", "required"))
-            if forecast.forecast_burn_rate < 0:
+            if not _rate(forecast.forecast_burn_rate):
                 violations.append(
                     FieldViolation(
-                        f"slo_forecasts[{index}].forecast_burn_rate", "must not be negative"
+                        f"slo_forecasts[{index}].forecast_burn_rate",
+                        "a finite number, not negative",
+                    )
+                )
+            remaining = forecast.error_budget_remaining
+            if remaining is not None and not math.isfinite(remaining):
+                violations.append(
+                    FieldViolation(
+                        f"slo_forecasts[{index}].error_budget_remaining_ratio", "a finite number"
                     )
                 )
         revision = ""
