@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -47,26 +49,36 @@ def _prompts(profile: FaultProfile) -> FaultProfile:
     return FaultProfile.model_validate(data)
 
 
-async def test_eval_exits_by_verdict_pass_then_fail_then_inconclusive(tmp_path: Path) -> None:
+@asynccontextmanager
+async def _served_suite(tmp_path: Path) -> AsyncIterator[tuple[Path, tuple[str, ...]]]:
+    """A suite folder and a server whose simulator knows its tasks, with the `[worse]` and
+    `[tiny]` prompt versions; yields the folder and the options every call shares."""
     suites = tmp_path / "suites"
     suites.mkdir()
     _suite(suites)
     async with eval_stack(tmp_path, ROWS, accuracy=0.9) as s:
         s.primary.set_profile(_prompts(s.primary.profile))
-        common = (
-            "--suite",
-            "cli_suite_v1",
-            "--provider",
-            "primary",
-            "--suites-dir",
-            str(suites),
-            "--target",
-            s.server.target,
-            "--api-key",
-            s.server.alpha_key,
-            "--seed",
-            "5",
+        yield (
+            suites,
+            (
+                "--suite",
+                "cli_suite_v1",
+                "--provider",
+                "primary",
+                "--suites-dir",
+                str(suites),
+                "--target",
+                s.server.target,
+                "--api-key",
+                s.server.alpha_key,
+                "--seed",
+                "5",
+            ),
         )
+
+
+async def test_eval_exits_by_verdict_pass_then_fail_then_inconclusive(tmp_path: Path) -> None:
+    async with _served_suite(tmp_path) as (suites, common):
         report = tmp_path / "out" / "scorecard.json"
         code, err = await _eval(
             *common, "--prompt", str(suites / "stable.yaml"), "--report", str(report)
@@ -93,25 +105,7 @@ async def test_eval_exits_by_verdict_pass_then_fail_then_inconclusive(tmp_path: 
 async def test_variants_are_compared_with_holms_correction_and_exit_by_the_worst(
     tmp_path: Path,
 ) -> None:
-    suites = tmp_path / "suites"
-    suites.mkdir()
-    _suite(suites)
-    async with eval_stack(tmp_path, ROWS, accuracy=0.9) as s:
-        s.primary.set_profile(_prompts(s.primary.profile))
-        common = (
-            "--suite",
-            "cli_suite_v1",
-            "--provider",
-            "primary",
-            "--suites-dir",
-            str(suites),
-            "--target",
-            s.server.target,
-            "--api-key",
-            s.server.alpha_key,
-            "--seed",
-            "5",
-        )
+    async with _served_suite(tmp_path) as (suites, common):
         base = tmp_path / "base.json"
         code, err = await _eval(
             *common, "--prompt", str(suites / "stable.yaml"), "--report", str(base)

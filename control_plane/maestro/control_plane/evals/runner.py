@@ -224,10 +224,10 @@ class EvalRunner:
             ]
         total = sum(len(ts) for _, ts in tasks) * spec.repetitions
         progress = _progress_of(done, total, spec.repetitions)
-        state = await self._answer_all(run, pending, progress, list(done))
+        results = list(done)  # `_answer_all` appends each batch it stores
+        state = await self._answer_all(run, pending, progress, results)
         if state is not None:
             return state
-        results = await self.store.aio(self.store.results, run.project, run.run_id)
         return RunState.SUCCEEDED, "", await self._scorecard(run, results)
 
     async def _answer_all(

@@ -73,6 +73,37 @@ def _name(pattern: re.Pattern[str], value: str, field: str, shape: str) -> tuple
     return match.group(1), match.group(2)
 
 
+_SUITE_FIELDS = {
+    "display_name": "display_name",
+    "description": "description",
+    "datasets": "datasets",
+    "metrics": "metrics",
+    "thresholds": "thresholds",
+    "default_repetitions": "default_repetitions",
+    "semantic_similarity_pass_min": "semantic_pass_min",
+}
+"""The suite fields UpdateEvalSuite may change: API path -> record field."""
+
+
+def _suite_record(project: str, suite_id: str, suite: NewSuite) -> SuiteRecord:
+    """A suite as stored: text bounded, zeros replaced by the defaults, a fresh etag."""
+    now = time.time()
+    return SuiteRecord(
+        project,
+        suite_id,
+        suite.display_name[:200],
+        suite.description[:2000],
+        suite.datasets,
+        suite.metrics,
+        suite.thresholds,
+        suite.default_repetitions or DEFAULT_REPETITIONS,
+        suite.semantic_pass_min or DEFAULT_SEMANTIC_PASS_MIN,
+        now,
+        now,
+        secrets.token_hex(8),
+    )
+
+
 def _rate(value: float, *, allow_inf: bool = False) -> bool:
     """Not negative and not NaN (NaN compares false with everything, so it would pass any
     limit check unseen); infinity only where it means "no limit"."""
@@ -234,7 +265,7 @@ class EvalService:
 
     # -- suites ---------------------------------------------------------------------------------
 
-    async def _check_suite(self, project: str, suite: NewSuite, field: str) -> None:
+    async def _check_suite(self, project: str, suite: NewSuite | SuiteRecord, field: str) -> None:
         violations: list[FieldViolation] = []
         if not 1 <= len(suite.datasets) <= 20:
             violations.append(FieldViolation(f"{field}.datasets", "1 to 20 datasets"))
@@ -305,21 +336,7 @@ class EvalService:
         require_project(principal, project)
         _check_id(suite_id, "eval_suite_id")
         await self._check_suite(project, suite, "eval_suite")
-        now = time.time()
-        record = SuiteRecord(
-            project,
-            suite_id or _new_id("suite"),
-            suite.display_name[:200],
-            suite.description[:2000],
-            suite.datasets,
-            suite.metrics,
-            suite.thresholds,
-            suite.default_repetitions or DEFAULT_REPETITIONS,
-            suite.semantic_pass_min or DEFAULT_SEMANTIC_PASS_MIN,
-            now,
-            now,
-            secrets.token_hex(8),
-        )
+        record = _suite_record(project, suite_id or _new_id("suite"), suite)
         if validate_only:
             return record
         return await self.store.aio(self.store.create_suite, record, request_id)
@@ -356,15 +373,7 @@ class EvalService:
         validate_only: bool,
     ) -> SuiteRecord:
         project, suite_id = self._suite_name(principal, name, "eval_suite.name")
-        allowed = {
-            "display_name",
-            "description",
-            "datasets",
-            "metrics",
-            "thresholds",
-            "default_repetitions",
-            "semantic_similarity_pass_min",
-        }
+        allowed = set(_SUITE_FIELDS)
         if not paths:
             raise InvalidArgument([FieldViolation("update_mask", "required")])
         if "*" in paths:
@@ -375,46 +384,14 @@ class EvalService:
                 [FieldViolation("update_mask", f"cannot update {sorted(unknown)}")]
             )
         current = await self.store.aio(self.store.get_suite, project, suite_id)
+        incoming = _suite_record(project, suite_id, changes)
 
         def merged(base: SuiteRecord) -> SuiteRecord:
-            def pick(path: str, new: object, old: object) -> object:
-                return new if path in paths else old
-
-            return replace(
-                base,
-                display_name=str(pick("display_name", changes.display_name, base.display_name)),
-                description=str(pick("description", changes.description, base.description)),
-                datasets=tuple(pick("datasets", changes.datasets, base.datasets)),  # type: ignore[arg-type]
-                metrics=tuple(pick("metrics", changes.metrics, base.metrics)),  # type: ignore[arg-type]
-                thresholds=pick("thresholds", changes.thresholds, base.thresholds),  # type: ignore[arg-type]
-                default_repetitions=int(
-                    changes.default_repetitions or DEFAULT_REPETITIONS
-                    if "default_repetitions" in paths
-                    else base.default_repetitions
-                ),
-                semantic_pass_min=float(
-                    changes.semantic_pass_min or DEFAULT_SEMANTIC_PASS_MIN
-                    if "semantic_similarity_pass_min" in paths
-                    else base.semantic_pass_min
-                ),
-                update_time=time.time(),
-                etag=secrets.token_hex(8),
-            )
+            fields = {_SUITE_FIELDS[path]: getattr(incoming, _SUITE_FIELDS[path]) for path in paths}
+            return replace(base, **fields, update_time=incoming.update_time, etag=incoming.etag)
 
         candidate = merged(current)
-        await self._check_suite(
-            project,
-            NewSuite(
-                candidate.display_name,
-                candidate.description,
-                candidate.datasets,
-                candidate.metrics,
-                candidate.thresholds,
-                candidate.default_repetitions,
-                candidate.semantic_pass_min,
-            ),
-            "eval_suite",
-        )
+        await self._check_suite(project, candidate, "eval_suite")
         if validate_only:
             return candidate
         return await self.store.aio(self.store.replace_suite, current, etag, merged)

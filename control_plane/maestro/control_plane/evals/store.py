@@ -132,12 +132,27 @@ def _taken(tx: Tx, table: str, id_column: str, project: str, resource_id: str) -
     return found is not None
 
 
+_DATASET_COLUMNS = (
+    "project, dataset_id, display_name, description, source_uri, sha256, task_count, "
+    "size_bytes, provenance_id, create_time"
+)
+"""A dataset's metadata: every column but its content."""
+
+
 class EvalStore:
     def __init__(self, sql: Sql) -> None:
         self.sql = sql
 
     async def aio(self, call: Callable[..., T], *args: Any) -> T:
         return await call_store(self.sql, call, *args)
+
+    def _found(self, sql: str, key: tuple[str, str], what: str, reason: str) -> Row:
+        """The one row `sql` reads, or NOT_FOUND naming `what`."""
+        with self.sql.read() as tx:
+            row = tx.one(sql, key)
+        if row is None:
+            raise NotFound(f"{what} not found", reason=reason)
+        return row
 
     # -- datasets -------------------------------------------------------------------------------
 
@@ -189,41 +204,27 @@ class EvalStore:
         return record
 
     def get_dataset(self, project: str, dataset_id: str) -> DatasetRecord:
-        with self.sql.read() as tx:
-            row = tx.one(
-                "SELECT project, dataset_id, display_name, description, source_uri, sha256, "
-                "task_count, size_bytes, provenance_id, create_time FROM eval_datasets "
-                "WHERE project = ? AND dataset_id = ?",
-                (project, dataset_id),
-            )
-        if row is None:
-            raise NotFound(
-                f"dataset projects/{project}/datasets/{dataset_id} not found",
-                reason="DATASET_NOT_FOUND",
-            )
+        row = self._found(
+            f"SELECT {_DATASET_COLUMNS} FROM eval_datasets WHERE project = ? AND dataset_id = ?",
+            (project, dataset_id),
+            f"dataset projects/{project}/datasets/{dataset_id}",
+            "DATASET_NOT_FOUND",
+        )
         return self._dataset(row)
 
     def dataset_content(self, project: str, dataset_id: str) -> str:
-        with self.sql.read() as tx:
-            row = tx.one(
-                "SELECT content FROM eval_datasets WHERE project = ? AND dataset_id = ?",
-                (project, dataset_id),
-            )
-        if row is None:
-            raise NotFound(
-                f"dataset projects/{project}/datasets/{dataset_id} not found",
-                reason="DATASET_NOT_FOUND",
-            )
+        row = self._found(
+            "SELECT content FROM eval_datasets WHERE project = ? AND dataset_id = ?",
+            (project, dataset_id),
+            f"dataset projects/{project}/datasets/{dataset_id}",
+            "DATASET_NOT_FOUND",
+        )
         return str(row["content"])
 
     def list_datasets(
         self, project: str, after: list[Any] | None, limit: int, where: Mapping[str, str]
     ) -> list[DatasetRecord]:
-        sql = (
-            "SELECT project, dataset_id, display_name, description, source_uri, sha256, "
-            "task_count, size_bytes, provenance_id, create_time FROM eval_datasets "
-            "WHERE project = ?"
-        )
+        sql = f"SELECT {_DATASET_COLUMNS} FROM eval_datasets WHERE project = ?"
         params: list[Any] = [project]
         for column, value in where.items():
             sql += f" AND {column} = ?"
@@ -272,15 +273,12 @@ class EvalStore:
         return suite
 
     def get_suite(self, project: str, suite_id: str) -> SuiteRecord:
-        with self.sql.read() as tx:
-            row = tx.one(
-                "SELECT * FROM eval_suites WHERE project = ? AND suite_id = ?", (project, suite_id)
-            )
-        if row is None:
-            raise NotFound(
-                f"suite projects/{project}/evalSuites/{suite_id} not found",
-                reason="SUITE_NOT_FOUND",
-            )
+        row = self._found(
+            "SELECT * FROM eval_suites WHERE project = ? AND suite_id = ?",
+            (project, suite_id),
+            f"suite projects/{project}/evalSuites/{suite_id}",
+            "SUITE_NOT_FOUND",
+        )
         return self._suite(row)
 
     def list_suites(self, project: str, after: str | None, limit: int) -> list[SuiteRecord]:
@@ -383,15 +381,12 @@ class EvalStore:
         return run
 
     def get_run(self, project: str, run_id: str) -> RunRecord:
-        with self.sql.read() as tx:
-            row = tx.one(
-                "SELECT * FROM eval_runs WHERE project = ? AND run_id = ?", (project, run_id)
-            )
-        if row is None:
-            raise NotFound(
-                f"eval run projects/{project}/evalRuns/{run_id} not found",
-                reason="EVAL_RUN_NOT_FOUND",
-            )
+        row = self._found(
+            "SELECT * FROM eval_runs WHERE project = ? AND run_id = ?",
+            (project, run_id),
+            f"eval run projects/{project}/evalRuns/{run_id}",
+            "EVAL_RUN_NOT_FOUND",
+        )
         return self._run(row)
 
     def count_unfinished(self, project: str) -> int:
@@ -584,17 +579,12 @@ class EvalStore:
         return [result_from_json(load(row["body"]), int(row["seq"])) for row in rows]
 
     def get_scorecard(self, project: str, run_id: str) -> Scorecard:
-        with self.sql.read() as tx:
-            row = tx.one(
-                "SELECT body FROM eval_scorecards WHERE project = ? AND run_id = ?",
-                (project, run_id),
-            )
-        if row is None:
-            raise NotFound(
-                f"scorecard projects/{project}/evalRuns/{run_id}/scorecard not found: the run "
-                "has not succeeded",
-                reason="SCORECARD_NOT_FOUND",
-            )
+        row = self._found(
+            "SELECT body FROM eval_scorecards WHERE project = ? AND run_id = ?",
+            (project, run_id),
+            f"scorecard projects/{project}/evalRuns/{run_id}/scorecard (the run has not succeeded)",
+            "SCORECARD_NOT_FOUND",
+        )
         return scorecard_from_json(self.sql.json_out(row["body"]))
 
     # -- gate decisions -------------------------------------------------------------------------
