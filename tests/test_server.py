@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +14,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.metrics.export import HistogramDataPoint
 from structlog.testing import capture_logs
 
-from maestro.app.server import PENDING_SERVICES, PROJECT_SERVICE
+from maestro.app.server import PROJECT_SERVICE
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
+from maestro.v1 import rollout_service_pb2
 from tests.conftest import RunningServer, start_server
 
+ROLLOUT_SERVICE = rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"]
 PENDING_METHODS = [
-    pytest.param(service, method, id=f"{service.name}.{method.name}")
-    for service, _ in PENDING_SERVICES
-    for method in service.methods
+    pytest.param(method, id=f"{ROLLOUT_SERVICE.name}.{method.name}")
+    for method in ROLLOUT_SERVICE.methods
 ]
+"""A service turned off in the config (rollouts.enabled false) stays in the contract: its
+methods answer UNIMPLEMENTED naming the capability, as a service not built yet would."""
+
+
+@pytest.fixture
+async def without_rollouts(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    running = await start_server(tmp_path, **{"rollouts.enabled": False})
+    yield running
+    await running.plane.stop(grace_s=0)
+    running.telemetry.shutdown()
 
 
 async def _invoke(channel: grpc.aio.Channel, method: descriptor.MethodDescriptor) -> None:
@@ -46,26 +58,26 @@ async def _invoke(channel: grpc.aio.Channel, method: descriptor.MethodDescriptor
         await channel.unary_unary(path, **kwargs)(request)
 
 
-@pytest.mark.parametrize(("service", "method"), PENDING_METHODS)
-async def test_pending_method_answers_unimplemented_naming_the_capability(
-    alpha: AsyncMaestroClient,
-    service: descriptor.ServiceDescriptor,
-    method: descriptor.MethodDescriptor,
+@pytest.mark.parametrize("method", PENDING_METHODS)
+async def test_a_disabled_services_method_answers_unimplemented_naming_the_capability(
+    without_rollouts: RunningServer, method: descriptor.MethodDescriptor
 ) -> None:
-    with pytest.raises(MaestroRpcError) as caught:
-        await _invoke(alpha.channel, method)
+    async with without_rollouts.client(without_rollouts.alpha_key) as alpha:
+        with pytest.raises(MaestroRpcError) as caught:
+            await _invoke(alpha.channel, method)
     error = caught.value
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert error.reason == "CAPABILITY_NOT_AVAILABLE"
     assert error.metadata["method"] == method.name
-    assert "not built yet" in error.message
+    assert "rollouts.enabled is false" in error.message
 
 
-async def test_pending_method_still_requires_a_key(server: RunningServer) -> None:
-    service, _ = PENDING_SERVICES[0]
-    async with server.client(None) as anonymous:
+async def test_a_disabled_services_method_still_requires_a_key(
+    without_rollouts: RunningServer,
+) -> None:
+    async with without_rollouts.client(None) as anonymous:
         with pytest.raises(MaestroRpcError) as caught:
-            await _invoke(anonymous.channel, service.methods[0])
+            await _invoke(anonymous.channel, ROLLOUT_SERVICE.methods[0])
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -87,7 +99,7 @@ async def test_health_reports_per_service_status_without_a_key(server: RunningSe
     assert projects.status == health_pb2.HealthCheckResponse.SERVING
     assert graphs.status == health_pb2.HealthCheckResponse.SERVING
     assert evals.status == health_pb2.HealthCheckResponse.SERVING
-    assert rollouts.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert rollouts.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_stop_ends_open_health_watch_cleanly_within_grace(server: RunningServer) -> None:

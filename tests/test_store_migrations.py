@@ -64,6 +64,7 @@ APPLIED = [
     ("graph", 3),
     ("projects", 1),
     ("projects", 2),
+    ("rollouts", 1),
     ("route", 1),
 ]
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from google.protobuf import json_format
 
-from maestro.app import eval_cli
+from maestro.app import eval_cli, rollout_cli
 from maestro.app.config import ConfigError, MaestroConfig, load_config
 from maestro.clients import MaestroClient, MaestroRpcError
 from maestro.control_plane.graph.recipe import Recipe
@@ -324,6 +324,7 @@ def _client(target: str, api_key: str | None) -> MaestroClient:
 
 
 eval_cli.register(app, lambda target, api_key: _client(target, api_key))
+rollout_cli.register(app, lambda target, api_key: _client(target, api_key))
 
 
 def _print(message: object) -> None:

@@ -14,7 +14,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError, model_validator
 
-from maestro.control_plane.config import AuthConfig, GraphConfig, RoutingConfig, StoreConfig
+from maestro.control_plane.config import (
+    AuthConfig,
+    GraphConfig,
+    RolloutsConfig,
+    RoutingConfig,
+    StoreConfig,
+)
 from maestro.core.settings import (
     LoggingConfig,
     Section,
@@ -38,6 +44,7 @@ class MaestroConfig(Section):
     routing: RoutingConfig = RoutingConfig()
     data_plane: DataPlaneConfig = DataPlaneConfig()
     graph: GraphConfig = GraphConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
 
     @model_validator(mode="after")
     def _insecure_only_on_loopback(self) -> MaestroConfig:

@@ -18,6 +18,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import structlog
@@ -27,12 +28,15 @@ from maestro.app.config import MaestroConfig
 from maestro.app.eval_calls import DataPlaneTasks
 from maestro.app.eval_graph_calls import GraphTasks
 from maestro.app.graph_models import DataPlaneModels
+from maestro.app.rollout_http import rollout_routes
+from maestro.app.rollout_wiring import build_rollout_plane
 from maestro.control_plane.evals.assembly import EvalPlane, build_evals
 from maestro.control_plane.evals.runner import Embedder
 from maestro.control_plane.graph.assembly import GraphPlane, build_graph
 from maestro.control_plane.projects.service import ProjectService
 from maestro.control_plane.projects.servicer import ProjectServicer
 from maestro.control_plane.projects.store import ProjectStore
+from maestro.control_plane.rollouts.assembly import RolloutPlane
 from maestro.control_plane.route.files import RoutingFilesUnusable, apply_files, watch_files
 from maestro.control_plane.route.service import RouteService
 from maestro.control_plane.route.servicer import RouteServicer
@@ -69,12 +73,12 @@ log = structlog.get_logger(__name__)
 
 PROJECT_SERVICE = project_service_pb2.DESCRIPTOR.services_by_name["ProjectService"]
 ROUTE_SERVICE = route_service_pb2.DESCRIPTOR.services_by_name["RouteService"]
-# Services of the contract whose capability is not built yet, and what they are waiting for.
+# Services of the contract whose capability is not built yet, and what they are waiting for
+# (none now: every service is built; a service turned off in the config is pending the same way).
 GRAPH_SERVICE = graph_service_pb2.DESCRIPTOR.services_by_name["GraphService"]
 EVAL_SERVICE = eval_service_pb2.DESCRIPTOR.services_by_name["EvalService"]
-PENDING_SERVICES = (
-    (rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"], "progressive delivery"),
-)
+ROLLOUT_SERVICE = rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"]
+PENDING_SERVICES: tuple[tuple[Any, str], ...] = ()
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 
 
@@ -93,6 +97,7 @@ class ControlPlane:
     data: DataPlane | None = None
     graph: GraphPlane | None = None
     evals: EvalPlane | None = None
+    rollouts: RolloutPlane | None = None
     readiness: Readiness = field(default_factory=Readiness)
     background: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -119,6 +124,8 @@ class ControlPlane:
             await self.graph.stop()
         if self.evals is not None:
             await self.evals.stop()
+        if self.rollouts is not None:
+            await self.rollouts.stop()
         if self.data is not None:
             await self.data.close()
         for task in self.background:
@@ -224,6 +231,12 @@ async def start_control_plane(
         evals.service.recipe_revision = _recipe_revision(graph)
         if config.graph.autonomy_gate:
             _gate_autonomy(graph, evals)
+    rollouts = None
+    if config.rollouts.enabled:
+        rollouts = build_rollout_plane(config, store, registry, routes, graph, evals)
+        rollouts.register(server, stopping)
+    else:
+        pending.append((ROLLOUT_SERVICE, "progressive delivery (rollouts.enabled is false)"))
     for service, capability in pending:
         server.add_generic_rpc_handlers((unimplemented_handler(service, capability),))
     served = (
@@ -232,6 +245,7 @@ async def start_control_plane(
         *((INFERENCE_SERVICE,) if data else ()),
         *((GRAPH_SERVICE,) if graph else ()),
         *((EVAL_SERVICE,) if evals else ()),
+        *((ROLLOUT_SERVICE,) if rollouts else ()),
     )
     service_names = [*(s.full_name for s in served), *(s.full_name for s, _ in pending)]
     health = HealthServicer()  # "" NOT_SERVING, and each service too until ready
@@ -266,9 +280,20 @@ async def start_control_plane(
         data,
         graph,
         evals,
+        rollouts,
         readiness,
     )
     if data is not None:
+        if rollouts is not None:  # Argo's web metric provider reads verdicts here
+            data.ingress.extra_routes.extend(
+                rollout_routes(
+                    rollouts,
+                    projects.authenticate,
+                    evals=evals.store if evals is not None else None,
+                    insecure_project=insecure_project,
+                    limiter=limiter,
+                )
+            )
         await data.start_http(http_tls)
     if config.routing.config_file is not None:
         log.info("server.applying_routing_files", file=str(config.routing.config_file))
@@ -284,6 +309,8 @@ async def start_control_plane(
     if readiness.draining:  # signalled during the start: never claim to be ready
         log.info("server.started_while_stopping", address=plane.address)
         return plane
+    if rollouts is not None:
+        await rollouts.start()  # the stored splits before any call; live rollouts resume
     # Per-service health, once the routing files are applied: implemented services SERVING;
     # pending ones stay NOT_SERVING, so a probe on a service name tells whether it can do its
     # job, not just whether the process is up.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -150,4 +151,90 @@ class GraphConfig(Section):
         None,
         description="Content-addressed store of what each model and tool step was given (its "
         "digest is in the step's provenance); unset: a `blobs` folder beside store.sqlite_path.",
+    )
+
+
+class FreezeWindowConfig(Section):
+    """A time when no candidate may gain traffic."""
+
+    start: datetime = Field(description="When the freeze begins (RFC 3339, with a zone).")
+    end: datetime = Field(description="When it ends; after `start`.")
+    reason: str = Field("", max_length=500, description="Shown in refusals and the audit log.")
+    projects: list[str] = Field(
+        default_factory=lambda: ["*"], description="Project ids it covers; `*`: every project."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FreezeWindowConfig:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end need a time zone, such as 2026-12-24T00:00:00Z")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class RegistryConfig(Section):
+    """An OCI registry (Distribution, Harbor, ECR, GHCR, ...) mirroring artifact versions."""
+
+    address: str = Field("", description="`host:port` of the registry; empty: no mirroring.")
+    insecure: bool = Field(False, description="Plain HTTP (a loopback test registry).")
+    username: str = Field("", description="Basic-auth user, if the registry needs one.")
+    password_env: str = Field(
+        "",
+        description="Name of the environment variable holding the password (never the "
+        "password itself in the config).",
+    )
+
+
+class NotificationsConfig(Section):
+    """Rollout decisions and rollbacks, announced off the hot path and retried."""
+
+    slack_webhook_url: str = Field(
+        "", description="A Slack-compatible incoming webhook; empty: none."
+    )
+    ticket_project: str = Field(
+        "",
+        description="Project whose `create_ticket` tool ledger records a ticket per rollout "
+        "(updated on each decision); empty: no tickets.",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Per delivery attempt.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Deliveries tried before giving up.")
+
+
+class RolloutsConfig(Section):
+    """RolloutService: artifact versions and progressive delivery."""
+
+    enabled: bool = Field(True, description="Serve RolloutService and drive rollouts.")
+    oci_dir: Path | None = Field(
+        None,
+        description="The OCI image layout holding every artifact version; unset: an `oci` "
+        "folder beside store.sqlite_path.",
+    )
+    freeze_windows: list[FreezeWindowConfig] = Field(
+        default_factory=list,
+        description="Operator freeze windows: inside one, rollouts cannot start, resume or "
+        "promote, and a candidate with traffic is rolled back to 0%.",
+    )
+    measure_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often a step's SLO analysis measures while it waits "
+        "for enough candidate requests.",
+    )
+    max_analysis_wait_s: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="Longest a step's SLO analysis waits for enough candidate requests before "
+        "it is INCONCLUSIVE (the rollout pauses).",
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="An OCI registry every new artifact version is pushed to (off the request "
+        "path, retried); unset address: versions stay in the local OCI layout.",
+    )
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig,
+        description="Where rollout decisions and rollbacks are announced.",
     )

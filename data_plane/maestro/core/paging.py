@@ -93,7 +93,7 @@ def page_in_memory(
 STRING, BOOL = "string", "bool"
 Kind = str | frozenset[str]
 """STRING, BOOL, or the allowed enum names."""
-_COMPARISON = re.compile(r'^\s*([a-z_]+)\s*=\s*(?:"([^"]*)"|([A-Za-z_]+))\s*$')
+_COMPARISON = re.compile(r'^\s*([a-z_][a-z_.]*)\s*=\s*(?:"([^"]*)"|([A-Za-z_]+))\s*$')
 
 
 def parse_filter(text: str, fields: Mapping[str, Kind]) -> list[tuple[str, str | bool]]:

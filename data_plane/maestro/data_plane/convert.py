@@ -12,7 +12,7 @@ from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Routed, Timings
 from maestro.data_plane.providers.types import FailureKind
 from maestro.data_plane.relay import GenerationParams
-from maestro.data_plane.service import CallInput, PostFirstTokenPolicy
+from maestro.data_plane.service import CallInput, PostFirstTokenPolicy, artifact_violations
 from maestro.routing.decider import ChooseInput
 from maestro.routing.spec import DeploymentSpec
 from maestro.routing.texts import wire_texts
@@ -129,7 +129,7 @@ def call_input(
 ) -> CallInput:
     """Validate a chat completion request; every bad field is reported at once."""
     violations: list[FieldViolation] = []
-    if not request.messages:
+    if not request.messages and not request.artifact:  # an artifact's prompt may be all of it
         violations.append(FieldViolation("messages", "at least one message is required"))
     route = route_request(request, violations)
     if request.max_tokens < 0:
@@ -181,10 +181,10 @@ def call_input(
             chunk_delay = chunk_delay or None
     tools = _tools(request, violations)
     tool_choice = _tool_choice(request, {t.name for t in request.tools}, violations)
-    if request.artifact:
-        violations.append(
-            FieldViolation("artifact", "artifact traffic splits are not served by this release")
-        )
+    variables = dict(request.artifact_variables)
+    violations += artifact_violations(
+        request.parent, request.artifact, variables, request.traffic_key
+    )
     if violations:
         raise InvalidArgument(violations)
     messages = tuple(_wire_message(m) for m in request.messages)
@@ -215,6 +215,9 @@ def call_input(
         budget_max_wall_s=wall,
         idempotency_key=request.idempotency_key,
         deadline_s=deadline_s,
+        artifact=request.artifact,
+        artifact_variables=variables,
+        traffic_key=request.traffic_key,
     )
 
 
@@ -276,7 +279,8 @@ def timings_message(timings: Timings) -> pb.ChatCompletionTimings:
     return message
 
 
-def done_message(done: Done) -> pb.ChatCompletionDone:
+def done_message(done: Done, artifact_version: str = "") -> pb.ChatCompletionDone:
+    """The stream's last event; `artifact_version` the call's (`CallInput.artifact_version`)."""
     message = pb.ChatCompletionDone(
         completion_id=done.completion_id,
         finish_reason=_FINISH[done.finish_reason],
@@ -289,6 +293,7 @@ def done_message(done: Done) -> pb.ChatCompletionDone:
         deployment=deployment_ref(done.deployment) if done.deployment else None,
         continued_after_failure=done.continued_after_failure,
         timings=timings_message(done.timings),
+        artifact_version=artifact_version,
     )
     if done.error is not None:
         message.error.CopyFrom(done.error.to_status())

@@ -9,6 +9,12 @@ first-token timeout and coalescing. Streamed chunks carry `maestro.token_count`;
 chunk with no choices and a `maestro.fallback` object; a failure after output is an SSE `error`
 event, which the `openai` client raises as an APIError.
 
+A call may name a prompt or agent artifact of its project in the same object:
+`{"maestro": {"prompt": "projects/p/artifacts/support-answer", "variables": {...}, "key":
+"user-123"}}` (`agent` or `artifact` name it as well; one of the three). `key` picks the version
+stickily, OpenAI's `user` field when absent. The version served is in the response's (or the
+last chunk's) `maestro.artifact_version` and the `x-maestro-artifact-version` header.
+
 Response headers are sent with the first event, so a call that fails before producing anything
 gets a real HTTP status (429 when the data plane is full, 503 when every deployment failed).
 
@@ -36,7 +42,14 @@ from aiohttp.typedefs import Handler
 from google.rpc import code_pb2
 from opentelemetry import propagate
 from opentelemetry.context import Context
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from maestro.core.auth import Principal
 from maestro.core.errors import (
@@ -57,7 +70,12 @@ from maestro.data_plane.events import Delta, Done, Fallback, FinishReason, Route
 from maestro.data_plane.model_groups import model_groups
 from maestro.data_plane.relay import GenerationParams
 from maestro.data_plane.route_http import choice_json
-from maestro.data_plane.service import CallInput, InferenceService, collect
+from maestro.data_plane.service import (
+    CallInput,
+    InferenceService,
+    artifact_violations,
+    collect,
+)
 from maestro.routing.decider import Choice, ChooseInput, Decider
 from maestro.routing.engine import RouteRequest
 from maestro.routing.spec import OBJECTIVES
@@ -140,6 +158,25 @@ class MaestroOptions(_Strict):
     max_chunk_tokens: int | None = Field(None, ge=1, le=1024)
     max_chunk_delay_ms: float | None = Field(None, ge=0, le=1000)
     idempotency_key: str = ""
+    prompt: str = ""
+    agent: str = ""
+    artifact: str = ""
+    variables: dict[str, str] = Field(default_factory=dict)
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _one_artifact(self) -> MaestroOptions:
+        if sum(map(bool, (self.prompt, self.agent, self.artifact))) > 1:
+            raise ValueError("name the artifact once: prompt, agent or artifact")
+        return self
+
+    @property
+    def artifact_field(self) -> tuple[str, str]:
+        """(the key the body named the artifact by, the artifact)."""
+        for name in ("prompt", "agent", "artifact"):
+            if getattr(self, name):
+                return name, str(getattr(self, name))
+        return "artifact", ""
 
     @field_validator("idempotency_key")
     @classmethod
@@ -183,6 +220,7 @@ class ChatBody(BaseModel):
     tools: list[dict[str, Any]] | None = Field(None, max_length=128)
     tool_choice: str | dict[str, Any] | None = None
     n: Literal[1] | None = None
+    user: str | None = None
     maestro: MaestroOptions | None = None
 
 
@@ -274,6 +312,11 @@ def call_input(body: ChatBody, parent: str, objectives_header: str = "") -> Call
     messages = tuple(m.model_dump(exclude_none=True) for m in body.messages)
     texts = wire_texts(messages, body.tools or (), stop)  # all the provider will see
     model = "" if body.model in _AUTO_MODELS else body.model
+    name_key, artifact = options.artifact_field
+    traffic_key = options.key if options.key is not None else (body.user or "") if artifact else ""
+    violations = artifact_violations(parent, artifact, options.variables, traffic_key)
+    if violations:
+        raise _body_fields(InvalidArgument(violations), name_key)
     route = RouteRequest(
         weights=weights,
         hint=options.step_hint,
@@ -314,7 +357,29 @@ def call_input(body: ChatBody, parent: str, objectives_header: str = "") -> Call
             options.budget.max_wall_time_ms / 1000 if options.budget.max_wall_time_ms else None
         ),
         idempotency_key=options.idempotency_key,
+        artifact=artifact,
+        artifact_variables=options.variables,
+        traffic_key=traffic_key,
     )
+
+
+_ARTIFACT_FIELDS = {"artifact_variables": "maestro.variables", "traffic_key": "maestro.key"}
+
+
+def _body_fields(error: InvalidArgument, name_key: str) -> InvalidArgument:
+    """`error` with the call's artifact fields named as the body names them
+    (`artifact_variables[x]` -> `maestro.variables[x]`, `artifact` -> `maestro.prompt`)."""
+
+    def renamed(field: str) -> str:
+        if field == "artifact":
+            return f"maestro.{name_key}"
+        for ours, theirs in _ARTIFACT_FIELDS.items():
+            if field.startswith(ours):
+                return theirs + field.removeprefix(ours)
+        return field
+
+    violations = [FieldViolation(renamed(v.field), v.description) for v in error.violations]
+    return InvalidArgument(violations, reason=error.reason)
 
 
 def error_response(error: MaestroError) -> web.Response:
@@ -360,9 +425,9 @@ def _retry_after(error: MaestroError) -> str | None:
     return str(max(1, math.ceil(delay)))
 
 
-def _deployment_json(routed: Routed, done: Done) -> dict[str, Any]:
+def _deployment_json(routed: Routed, done: Done, artifact_version: str = "") -> dict[str, Any]:
     deployment = done.deployment or routed.deployment
-    return {
+    out = {
         "decision_id": routed.decision_id,
         "snapshot_version": routed.snapshot_version,
         "deployment_id": deployment.deployment_id,
@@ -372,6 +437,9 @@ def _deployment_json(routed: Routed, done: Done) -> dict[str, Any]:
         "continued_after_failure": done.continued_after_failure,
         "fallbacks": [_fallback_json(f) for f in done.fallbacks],
     }
+    if artifact_version:
+        out["artifact_version"] = artifact_version
+    return out
 
 
 def _fallback_json(fallback: Fallback) -> dict[str, Any]:
@@ -410,6 +478,9 @@ class OpenAIIngress:
         self._insecure_project = insecure_project
         self._max_body_bytes = max_body_bytes
         self._limiter = limiter
+        self.extra_routes: list[web.AbstractRouteDef] = []
+        """Routes the process adds beside the OpenAI ones (the control plane's read-only
+        rollout analysis routes), behind the same readiness gate."""
 
     def application(self) -> web.Application:
         app = web.Application(
@@ -420,6 +491,7 @@ class OpenAIIngress:
         app.router.add_post("/route/choose", self.route_choose)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_routes(self.extra_routes)
         return app
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -521,9 +593,13 @@ class OpenAIIngress:
             )
             if "traceparent" in request.headers:
                 call = replace(call, trace_parent=propagate.extract(request.headers))
+            try:
+                call = self._service.resolve(principal, call)
+            except InvalidArgument as error:
+                raise _body_fields(error, (body.maestro or _NO_OPTIONS).artifact_field[0]) from None
             if not body.stream:
                 completion = await collect(self._service.stream(principal, call))
-                return self._completion_response(body, completion)
+                return self._completion_response(body, completion, call.artifact_version)
             return await self._stream(request, body, principal, call)
         except MaestroError as error:
             return error_response(error)
@@ -572,7 +648,9 @@ class OpenAIIngress:
             for record in deferred:
                 record(parent)
 
-    def _completion_response(self, body: ChatBody, completion: Any) -> web.Response:
+    def _completion_response(
+        self, body: ChatBody, completion: Any, artifact_version: str = ""
+    ) -> web.Response:
         done: Done = completion.done
         routed: Routed = completion.routed
         message: dict[str, Any] = {"role": "assistant", "content": completion.text}
@@ -594,23 +672,26 @@ class OpenAIIngress:
                 "completion_tokens": done.completion_tokens,
                 "total_tokens": done.prompt_tokens + done.completion_tokens,
             },
-            "maestro": _deployment_json(routed, done),
+            "maestro": _deployment_json(routed, done, artifact_version),
         }
         if done.error is not None:
             payload["maestro"]["error"] = {"message": done.error.message, "code": done.error.reason}
         return web.Response(
             body=orjson.dumps(payload),
             content_type="application/json",
-            headers=self._route_headers(routed),
+            headers=self._route_headers(routed, artifact_version),
         )
 
     @staticmethod
-    def _route_headers(routed: Routed) -> dict[str, str]:
-        return {
+    def _route_headers(routed: Routed, artifact_version: str = "") -> dict[str, str]:
+        headers = {
             "x-maestro-decision-id": routed.decision_id,
             "x-maestro-deployment-id": routed.deployment.deployment_id,
             "x-maestro-snapshot-version": routed.snapshot_version,
         }
+        if artifact_version:
+            headers["x-maestro-artifact-version"] = artifact_version
+        return headers
 
     async def _stream(
         self, request: web.Request, body: ChatBody, principal: Principal, call: CallInput
@@ -650,12 +731,17 @@ class OpenAIIngress:
                             continue
                     else:
                         assert routed is not None
-                        tail = _done_chunks(head, routed, event, include_usage)
+                        tail = _done_chunks(
+                            head, routed, event, include_usage, call.artifact_version
+                        )
                         break
                     if response is None:
                         assert routed is not None
                         response = web.StreamResponse(
-                            headers={**_SSE_HEADERS, **self._route_headers(routed)}
+                            headers={
+                                **_SSE_HEADERS,
+                                **self._route_headers(routed, call.artifact_version),
+                            }
                         )
                         await response.prepare(request)
                         held.append(chunk)
@@ -674,7 +760,9 @@ class OpenAIIngress:
             tail = _error_event(internal.message, internal.reason) + _DONE
         if response is None:
             assert routed is not None
-            response = web.StreamResponse(headers={**_SSE_HEADERS, **self._route_headers(routed)})
+            response = web.StreamResponse(
+                headers={**_SSE_HEADERS, **self._route_headers(routed, call.artifact_version)}
+            )
             await response.prepare(request)
             tail = b"".join(held) + tail
         await response.write_eof(tail)
@@ -722,7 +810,9 @@ def _delta_chunk(head: bytes, delta: Delta) -> bytes:
     )
 
 
-def _done_chunks(head: bytes, routed: Routed, done: Done, include_usage: bool) -> bytes:
+def _done_chunks(
+    head: bytes, routed: Routed, done: Done, include_usage: bool, artifact_version: str = ""
+) -> bytes:
     if done.finish_reason is FinishReason.ERROR and done.error is not None:
         return _error_event(done.error.message, done.error.reason) + _DONE
     out = (
@@ -730,7 +820,7 @@ def _done_chunks(head: bytes, routed: Routed, done: Done, include_usage: bool) -
         + b'{"index":0,"delta":{},"finish_reason":'
         + orjson.dumps(_finish(done.finish_reason))
         + b'}],"maestro":'
-        + orjson.dumps(_deployment_json(routed, done))
+        + orjson.dumps(_deployment_json(routed, done, artifact_version))
         + b"}\n\n"
     )
     if include_usage:

@@ -4,11 +4,12 @@ Each attempt on a deployment ends in one `observe` call (never per token). The d
 breaker hears the outcome at once; its settings are the data plane's (`data_plane.breaker_*`)
 with the deployment's LiteLLM `allowed_fails`, `allowed_fails_policy` and `cooldown_time` over
 them where its config sets them, taken again whenever they change (a config re-applied). The
-outcome is also added to the current observation of its (project, deployment): counts, latency
-and TTFT histograms, tokens and cost. `flush` hands the observations gathered since the last
-flush to the sink, every `report_interval_s`: in the embedded default the sink is the in-process
-RouteService, which folds them into the live signals routing reads; a separate data plane would
-send them on RouteService.ReportObservations.
+outcome is also added to the current observation of its (project, deployment, artifact version):
+counts, latency and TTFT histograms, tokens and cost. The artifact version is the call's (empty
+for a call that named no artifact), so SLO burn can be computed per rollout candidate. `flush`
+hands the observations gathered since the last flush to the sink, every `report_interval_s`: in
+the embedded default the sink is the in-process RouteService, which folds them into the live
+signals routing reads; a separate data plane would send them on RouteService.ReportObservations.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import replace
 
 import structlog
@@ -39,6 +41,11 @@ log = structlog.get_logger(__name__)
 ObservationSink = Callable[[list[Observation]], object]
 BreakerListener = Callable[[str, bool], None]
 """Told (deployment id, is_open) on every breaker transition."""
+CALL_ARTIFACT_VERSION: ContextVar[str] = ContextVar("maestro_call_artifact_version", default="")
+"""The artifact version of the call whose relay is running: the relay observes attempts by
+deployment and knows nothing of artifacts, so InferenceService sets this around each step of a
+call's relay (set and reset within one step: never leaks into another call) and `observe`
+reads it when not told the version."""
 _NOT_CHARGED = frozenset(
     {FailureKind.BREAKER_OPEN, FailureKind.DEPLOYMENT_LIMIT, FailureKind.REQUEST_REJECTED}
 )
@@ -71,8 +78,9 @@ class Observer:
         self._sink = sink
         self._on_breaker = on_breaker
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._current: dict[tuple[str, str], Observation] = {}
-        self._state_keys: dict[tuple[str, str], str] = {}
+        self._current: dict[tuple[str, str, str], Observation] = {}
+        """By (project, deployment id, artifact version)."""
+        self._state_keys: dict[tuple[str, str, str], str] = {}
         """The breaker's key of each current observation's deployment."""
         self._attempts = Tally(
             meter,
@@ -143,11 +151,13 @@ class Observer:
         cost_usd: float = 0.0,
         failure_class: str | None = None,
         calls: CallSettings | None = None,
+        artifact_version: str | None = None,
     ) -> None:
         """One attempt's outcome; `failure` None for a success, `failure_class` its LiteLLM
-        exception class (`spec.FAILURE_CLASSES`), `calls` the deployment's call settings. The
-        breaker is `state_key`'s (`DeploymentSpec.state_key`), the observation the project's
-        own deployment's."""
+        exception class (`spec.FAILURE_CLASSES`), `calls` the deployment's call settings,
+        `artifact_version` the call's (None: `CALL_ARTIFACT_VERSION`). The breaker is
+        `state_key`'s (`DeploymentSpec.state_key`), the observation the project's own
+        deployment's for that artifact version."""
         if failure not in _NOT_CHARGED:
             # A lane that sheds answered at once: it is up, just full. Counting sheds as
             # failures would open its breaker and turn "full" into "down" (UNAVAILABLE for work
@@ -161,11 +171,17 @@ class Observer:
                 ("outcome", "ok" if failure is None else failure.value),
             ),
         )
-        key = (parent, deployment_id)
+        if artifact_version is None:
+            artifact_version = CALL_ARTIFACT_VERSION.get()
+        key = (parent, deployment_id, artifact_version)
         observation = self._current.get(key)
         if observation is None:
             observation = self._current[key] = Observation(
-                deployment_id, parent, 0.0, node_id=self._node_id
+                deployment_id,
+                parent,
+                0.0,
+                node_id=self._node_id,
+                artifact_version=artifact_version,
             )
             self._state_keys[key] = state_key
         observation.request_count += 1

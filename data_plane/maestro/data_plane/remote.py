@@ -3,7 +3,10 @@
 - `SnapshotFollower` follows RouteService.WatchConfig (xDS-style): it compiles each snapshot it
   receives into a local registry, ACKs it, or NACKs it with the reason while keeping the
   previous one, and resumes from its last version after a reconnect. Calls never wait on it:
-  they route with whatever snapshot is local.
+  they route with whatever snapshot is local. A snapshot's artifact traffic splits are
+  published beside its config (`SnapshotRegistry.publish_traffic`, which compiles the prompt and
+  agent versions); an empty config_yaml means "splits only": the project has no config of its
+  own and routes with the global one.
 - `ObservationReporter` sends the observations the data plane gathers on
   RouteService.ReportObservations, numbering batches and re-sending unanswered ones after a
   reconnect (the server counts a batch id once).
@@ -38,6 +41,12 @@ from maestro.routing.policy import PolicyModule
 from maestro.routing.signals import Observation
 from maestro.routing.snapshots import Compiled, Revision, SnapshotRegistry, compile_layers
 from maestro.routing.spec import load_yaml
+from maestro.routing.traffic import (
+    ProjectTraffic,
+    TrafficSplit,
+    VersionShare,
+    parse_snapshot_version,
+)
 from maestro.routing.wire import observation_message
 from maestro.v1 import project_service_pb2, project_service_pb2_grpc
 from maestro.v1 import route_service_pb2 as rpb
@@ -70,7 +79,9 @@ def _modules(messages: Any) -> tuple[PolicyModule, ...]:
 
 
 def compile_snapshot(message: rpb.RouteConfigSnapshot, registry: SnapshotRegistry) -> Compiled:
-    """Compile a RouteConfigSnapshot as received (CPU-bound: run off the event loop)."""
+    """Compile a RouteConfigSnapshot's config as received (CPU-bound: run off the event loop).
+    Its routing snapshot's version is the config's part of `snapshot_version`: decisions name
+    the config they used, as on the control plane."""
     project = message.route_config.removesuffix("/routeConfig")
     layered = bool(message.global_revision_id)
     snapshot = compile_layers(
@@ -78,7 +89,7 @@ def compile_snapshot(message: rpb.RouteConfigSnapshot, registry: SnapshotRegistr
         load_yaml(message.config_yaml),
         _modules(message.policy_modules),
         _modules(message.global_policy_modules) if layered else None,
-        message.snapshot_version,
+        parse_snapshot_version(message.snapshot_version)[0],
         registry.board(project),
     )
     global_revision = (
@@ -87,6 +98,30 @@ def compile_snapshot(message: rpb.RouteConfigSnapshot, registry: SnapshotRegistr
         else None
     )
     return Compiled(snapshot, global_revision, message.config_yaml)
+
+
+def traffic_of(message: rpb.RouteConfigSnapshot) -> ProjectTraffic | None:
+    """The traffic splits a snapshot carries, at the revision its version names; None when
+    the version names none (the project has no splits)."""
+    revision = parse_snapshot_version(message.snapshot_version)[1]
+    if revision is None:
+        return None
+    return ProjectTraffic(
+        message.route_config.removesuffix("/routeConfig"),
+        revision,
+        {
+            split.artifact: TrafficSplit(
+                split.artifact,
+                tuple(
+                    VersionShare(
+                        w.artifact_version, w.weight_percent, w.digest, w.media_type, w.content
+                    )
+                    for w in split.version_weights
+                ),
+            )
+            for split in message.traffic_splits
+        },
+    )
 
 
 def _revision(project: str, number: str, config_yaml: str, modules: Any) -> Revision:
@@ -138,7 +173,7 @@ class SnapshotFollower:
         rejected = []
         for message in response.snapshots:
             try:
-                compiled = await asyncio.to_thread(compile_snapshot, message, self._registry)
+                await self._apply_snapshot(message)
             except (MaestroError, ValueError) as error:
                 log.error(
                     "data_plane.snapshot_rejected",
@@ -155,22 +190,17 @@ class SnapshotFollower:
                         ),
                     )
                 )
-                continue
-            project = message.route_config.removesuffix("/routeConfig")
-            revision = _revision(
-                project, message.revision_id, message.config_yaml, message.policy_modules
-            )
-            await self._registry.publish(revision, compiled)
-            log.info(
-                "data_plane.snapshot_applied", project=project, version=message.snapshot_version
-            )
         kept = {m.route_config.removesuffix("/routeConfig") for m in response.snapshots}
         for name in response.removed_route_configs:
             await self._registry.remove(name.removesuffix("/routeConfig"))
+            await self._registry.remove_traffic(name.removesuffix("/routeConfig"))
         if response.full_state:
             for published in self._registry.all(None):
                 if published.project not in kept:
                     await self._registry.remove(published.project)
+            for traffic in self._registry.all_traffic(None):
+                if traffic.project not in kept:
+                    await self._registry.remove_traffic(traffic.project)
         ack = rpb.WatchConfigRequest(node_id=self._node_id, response_nonce=response.nonce)
         if rejected:
             ack.version_info = self._version  # a NACK keeps the version it had
@@ -183,6 +213,28 @@ class SnapshotFollower:
             ack.version_info = self._version
         self.synced.set()
         return ack
+
+    async def _apply_snapshot(self, message: rpb.RouteConfigSnapshot) -> None:
+        """Compile, then publish, one project's snapshot: its config (unless empty, "splits
+        only", or the one already applied) and its traffic splits. Nothing is published when
+        either part is refused."""
+        project = message.route_config.removesuffix("/routeConfig")
+        config_version = parse_snapshot_version(message.snapshot_version)[0]
+        current = self._registry.current(project)
+        compiled = None
+        if message.config_yaml and (current is None or current.snapshot_version != config_version):
+            compiled = await asyncio.to_thread(compile_snapshot, message, self._registry)
+        traffic = traffic_of(message)
+        if traffic is not None:
+            await self._registry.publish_traffic(traffic)
+        elif self._registry.traffic(project) is not None:
+            await self._registry.remove_traffic(project)
+        if compiled is not None:
+            revision = _revision(
+                project, message.revision_id, message.config_yaml, message.policy_modules
+            )
+            await self._registry.publish(revision, compiled)
+        log.info("data_plane.snapshot_applied", project=project, version=message.snapshot_version)
 
 
 # -- observations -------------------------------------------------------------------------------
@@ -243,7 +295,7 @@ class ObservationReporter:
                     request = rpb.ReportObservationsRequest(
                         node_id=self._node_id,
                         batch_id=str(next(self._ids)),
-                        observations=[observation_message(o) for o in chunk],
+                        observations=[_observation_message(o) for o in chunk],
                     )
                     self._unanswered[request.batch_id] = request
                     yield request
@@ -255,6 +307,12 @@ class ObservationReporter:
             if self.settled:
                 self._idle.set()
         raise StreamEnded
+
+
+def _observation_message(observation: Observation) -> rpb.DeploymentObservation:
+    message = observation_message(observation)
+    message.artifact_version = observation.artifact_version
+    return message
 
 
 # -- caller authentication ----------------------------------------------------------------------

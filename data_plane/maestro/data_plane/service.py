@@ -2,9 +2,13 @@
 
 Both ingresses (gRPC and OpenAI-compatible HTTP) turn their request into a `CallInput` and
 consume the same event stream, so admission, routing, idempotency, telemetry and the relay are
-written once. Admission is a counter, not a queue: past `max_inflight_calls` a call is refused
-at once (RESOURCE_EXHAUSTED), because queueing in front of a saturated relay only turns overload
-into latency for everyone.
+written once. A call that names an artifact (a prompt or agent) gets a version from the project's
+traffic split, sticky per traffic key, and that version's messages and settings (`resolve`):
+compiled when the split was published, only rendered here.
+
+Admission is a counter, not a queue: past `max_inflight_calls` a call is refused at once
+(RESOURCE_EXHAUSTED), because queueing in front of a saturated relay only turns overload into
+latency for everyone.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from opentelemetry import metrics, trace
@@ -26,16 +30,27 @@ from maestro.core.auth import Principal, require_project
 from maestro.core.errors import (
     Aborted,
     FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
     MaestroError,
+    NotFound,
     ResourceExhausted,
 )
 from maestro.core.tallies import Tally
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed
+from maestro.data_plane.observations import CALL_ARTIFACT_VERSION
 from maestro.data_plane.relay import CallOptions, CallPlan, GenerationParams, Relay
 from maestro.data_plane.settings import DataPlaneConfig
+from maestro.routing.artifacts import Rendered
 from maestro.routing.decider import ChooseInput, Decider
+from maestro.routing.snapshots import SnapshotRegistry
+from maestro.routing.texts import wire_texts
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+MAX_TRAFFIC_KEY = 256
+MAX_ARTIFACT_VARIABLES = 64
+MAX_VARIABLE_BYTES = 64 * 1024
+ARTIFACT_VERSION_ATTRIBUTE = "maestro.artifact.version"
 _INPUT = ("gen_ai.token.type", "input")
 _OUTPUT = ("gen_ai.token.type", "output")
 
@@ -77,6 +92,74 @@ class CallInput:
     """Time left before the caller's deadline; caps the first-token wait."""
     trace_parent: Context | None = None
     """The caller's trace context (HTTP `traceparent`); None: the current context."""
+    artifact: str = ""
+    """`projects/{project}/artifacts/{artifact}`, the parent's own (`artifact_violations`)."""
+    artifact_variables: Mapping[str, str] = field(default_factory=dict)
+    traffic_key: str = ""
+    artifact_version: str = ""
+    """The version picked, once `InferenceService.resolve` rendered it into the call."""
+
+
+def artifact_violations(
+    parent: str, artifact: str, variables: Mapping[str, str], traffic_key: str
+) -> list[FieldViolation]:
+    """What is wrong with a call's artifact fields, for both ingresses. The artifact must be
+    the calling project's own: a key of one project never reaches another's prompt, whatever
+    the other's splits say."""
+    violations = []
+    if artifact:
+        prefix = f"{parent}/artifacts/"
+        artifact_id = artifact.removeprefix(prefix)
+        if (
+            not artifact.startswith(prefix)
+            or not artifact_id
+            or "/" in artifact_id
+            or len(artifact_id) > 128
+        ):
+            violations.append(
+                FieldViolation("artifact", f"must be {parent[:200]}/artifacts/{{artifact}}")
+            )
+    elif variables or traffic_key:
+        field_name = "artifact_variables" if variables else "traffic_key"
+        violations.append(FieldViolation(field_name, "only with an artifact"))
+    if len(traffic_key) > MAX_TRAFFIC_KEY:
+        violations.append(FieldViolation("traffic_key", f"at most {MAX_TRAFFIC_KEY} characters"))
+    if len(variables) > MAX_ARTIFACT_VARIABLES:
+        violations.append(
+            FieldViolation("artifact_variables", f"at most {MAX_ARTIFACT_VARIABLES} variables")
+        )
+    for name, value in variables.items():
+        if len(value.encode()) > MAX_VARIABLE_BYTES:
+            violations.append(FieldViolation(f"artifact_variables[{name[:64]}]", "at most 64 KiB"))
+    return violations
+
+
+def with_artifact(call: CallInput, rendered: Rendered, version: str) -> CallInput:
+    """`call` with its artifact version's messages before its own and the version's settings
+    where the call set none: model, temperature, top_p, max_tokens, and (an agent's) tools when
+    the call brings none. Content tagging reads the rendered messages too."""
+    messages = (*({"role": r, "content": t} for r, t in rendered.messages), *call.messages)
+    if not messages:
+        raise InvalidArgument([FieldViolation("messages", "at least one message is required")])
+    params = call.params
+    params = replace(
+        params,
+        max_tokens=params.max_tokens or rendered.max_tokens,
+        temperature=params.temperature if params.temperature is not None else rendered.temperature,
+        top_p=params.top_p if params.top_p is not None else rendered.top_p,
+        tools=params.tools or rendered.tools,
+    )
+    choose = call.choose
+    route = choose.route
+    if not route.model and rendered.model:
+        route = replace(route, model=rendered.model)
+    choose = replace(
+        choose,
+        route=route,
+        texts=wire_texts(messages, params.tools, params.stop),
+        detected_tags=None,
+    )
+    return replace(call, choose=choose, messages=messages, params=params, artifact_version=version)
 
 
 class _CallTrace:
@@ -85,15 +168,29 @@ class _CallTrace:
     attached in one step cannot be detached in another), and the routing decision's deferred
     telemetry, parented to it."""
 
-    __slots__ = ("_parent", "_requested", "_span", "_started_ns", "_tracer", "deferred")
+    __slots__ = (
+        "_artifact_version",
+        "_parent",
+        "_requested",
+        "_span",
+        "_started_ns",
+        "_tracer",
+        "deferred",
+    )
 
     def __init__(
-        self, tracer: trace.Tracer, requested: str, started_ns: int, parent: Context | None
+        self,
+        tracer: trace.Tracer,
+        requested: str,
+        started_ns: int,
+        parent: Context | None,
+        artifact_version: str = "",
     ) -> None:
         self._tracer = tracer
         self._parent = parent
         self._requested = requested
         self._started_ns = started_ns
+        self._artifact_version = artifact_version
         self._span: trace.Span | None = None
         self.deferred: list[Callable[[Context | None], None]] = []
 
@@ -105,6 +202,8 @@ class _CallTrace:
                 kind=trace.SpanKind.CLIENT,
                 start_time=self._started_ns,
             )
+            if self._artifact_version:
+                self._span.set_attribute(ARTIFACT_VERSION_ATTRIBUTE, self._artifact_version)
             parent = trace.set_span_in_context(self._span)
             for telemetry in self.deferred:
                 telemetry(parent)
@@ -138,8 +237,12 @@ class InferenceService:
         *,
         tracer: trace.Tracer,
         meter: metrics.Meter,
+        registry: SnapshotRegistry | None = None,
     ) -> None:
+        """`registry`: where the projects' traffic splits are published; None: the one
+        `routes` decides from (the same registry in every composition)."""
         self._routes = routes
+        self._registry = registry if registry is not None else routes._registry
         self._relay = relay
         self._config = config
         self._tracer = tracer
@@ -200,6 +303,7 @@ class InferenceService:
                 yield Delta(replay.text, 0, replay.tokens)
                 yield replay.done
                 return
+        call = self.resolve(principal, call)
         self._inflight += 1
         try:
             async for event in self._run(principal, call, key):
@@ -218,7 +322,9 @@ class InferenceService:
         received = loop.time()
         # A label, not the caller's string: an unknown model is "other" (metric series).
         requested = self._routes.model_label(call.choose.parent, call.choose.route.model)
-        trace_ = _CallTrace(self._tracer, requested, time.time_ns(), call.trace_parent)
+        trace_ = _CallTrace(
+            self._tracer, requested, time.time_ns(), call.trace_parent, call.artifact_version
+        )
         if key is not None:  # before the first await: a retry meanwhile gets ABORTED
             self._replays[key] = (time.monotonic(), _Running())
         try:
@@ -241,7 +347,10 @@ class InferenceService:
             texts: list[str] = []
             routed: Routed | None = None
             tokens = 0
-            async with contextlib.aclosing(self._relay.run(plan)) as events:
+            relay = self._relay.run(plan)
+            if call.artifact_version:
+                relay = _in_version(relay, call.artifact_version)
+            async with contextlib.aclosing(relay) as events:
                 async for event in events:
                     if isinstance(event, Delta):
                         tokens += event.token_count
@@ -267,6 +376,40 @@ class InferenceService:
             raise
         finally:
             trace_.end()
+
+    def resolve(self, principal: Principal, call: CallInput) -> CallInput:
+        """`call` with its artifact's version picked (sticky by `traffic_key`) and rendered in;
+        `call` itself when it names no artifact or is resolved already. An ingress calls this
+        before `stream` to learn the version it reports; `stream` does it for one that did not.
+
+        NOT_FOUND when the project serves no version of the artifact; INVALID_ARGUMENT for the
+        variables (missing, undeclared, too large a result) or a recipe artifact."""
+        if not call.artifact or call.artifact_version:
+            return call
+        parent = call.choose.parent
+        require_project(principal, names.parse_project_name(parent, "parent"))
+        violations = artifact_violations(
+            parent, call.artifact, call.artifact_variables, call.traffic_key
+        )
+        if violations:
+            raise InvalidArgument(violations)
+        traffic = self._registry.traffic(parent)
+        split = traffic.split(call.artifact) if traffic is not None else None
+        if split is None:
+            raise NotFound(
+                f"artifact {call.artifact} has no serving version: start a rollout or promote a "
+                "version with RolloutService",
+                reason="ARTIFACT_NOT_SERVING",
+                metadata={"artifact": call.artifact},
+            )
+        share = split.pick(call.traffic_key)
+        compiled = self._registry.artifact(share)
+        if compiled is None:  # publish_traffic compiles every version it publishes
+            raise FailedPrecondition(
+                f"{share.version} is not compiled on this data plane",
+                reason="ARTIFACT_NOT_COMPILED",
+            )
+        return with_artifact(call, compiled.render(call.artifact_variables), share.version)
 
     def _options(self, call: CallInput, received: float) -> CallOptions:
         """The data plane's defaults and the request's own settings; the relay puts each
@@ -350,6 +493,26 @@ class InferenceService:
         self._replays.move_to_end(key)
         while len(self._replays) > size:
             self._replays.popitem(last=False)
+
+
+async def _in_version(
+    events: AsyncGenerator[Event, None], artifact_version: str
+) -> AsyncGenerator[Event, None]:
+    """`events`, with `CALL_ARTIFACT_VERSION` set while each is made: the relay's attempt
+    observations then carry the call's version. Set and reset inside one step of the consumer's
+    task, so it never outlives the step or reaches another call. Closing this closes `events`."""
+    try:
+        while True:
+            token = CALL_ARTIFACT_VERSION.set(artifact_version)
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                return
+            finally:
+                CALL_ARTIFACT_VERSION.reset(token)
+            yield event
+    finally:
+        await events.aclose()
 
 
 @dataclass(frozen=True, slots=True)

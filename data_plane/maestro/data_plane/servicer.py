@@ -31,6 +31,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.CreateChatCompletionRequest, context: Context
     ) -> pb.CreateChatCompletionResponse:
         call = convert.call_input(request, objectives_header(context), context.time_remaining())
+        call = self._service.resolve(current_principal(), call)
         completion = await collect(self._service.stream(current_principal(), call))
         done = completion.done
         message = common_pb2.ChatMessage(
@@ -53,6 +54,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             fallbacks=[convert.fallback_message(f) for f in done.fallbacks],
             continued_after_failure=done.continued_after_failure,
             timings=convert.timings_message(done.timings),
+            artifact_version=call.artifact_version,
         )
         if done.error is not None:
             response.error.CopyFrom(done.error.to_status())
@@ -62,6 +64,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.StreamChatCompletionRequest, context: Context
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         call = convert.call_input(request, objectives_header(context), context.time_remaining())
+        call = self._service.resolve(current_principal(), call)
         Response = pb.StreamChatCompletionResponse
         delta_message = convert.delta_message
         async with contextlib.aclosing(self._service.stream(current_principal(), call)) as events:
@@ -73,7 +76,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 elif isinstance(event, Fallback):
                     yield Response(fallback=convert.fallback_message(event))
                 elif isinstance(event, Done):
-                    yield Response(done=convert.done_message(event))
+                    yield Response(done=convert.done_message(event, call.artifact_version))
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context

@@ -145,6 +145,8 @@ class Decider:
             "Decisions that routed to a fallback group of the requested model.",
         )
         self._signals = SignalWindow()
+        self.observation_listeners: list[Callable[[Observation, float], None]] = []
+        """Also told of each accepted observation (RolloutService's per-version series)."""
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -336,6 +338,8 @@ class Decider:
             self._signals.add(observation, now)
             touched.add((observation.project, observation.deployment_id))
             accepted += 1
+            for listener in self.observation_listeners:
+                listener(observation, now)
         for project, deployment_id in touched:
             self._refresh_signals(project, deployment_id, now)
         return accepted, dropped

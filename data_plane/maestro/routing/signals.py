@@ -88,6 +88,9 @@ class Observation:
     cost_usd: float = 0.0
     breaker_state: int = Breaker.UNSPECIFIED
     node_id: str = ""
+    artifact_version: str = ""
+    """`projects/{p}/artifacts/{a}/versions/{v}` the window's calls ran; empty for calls that
+    named no artifact (a node reports one observation per deployment and artifact version)."""
 
     @property
     def error_count(self) -> int:

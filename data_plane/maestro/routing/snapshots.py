@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from maestro.routing.artifacts import CompiledArtifact
 from maestro.routing.engine import PolicyView, RoutingSnapshot, SignalBoard
 from maestro.routing.layers import (
     GLOBAL_PROJECT,
@@ -22,6 +23,12 @@ from maestro.routing.layers import (
 from maestro.routing.policy import ModelFacts, PolicyModule, compile_routing_policy
 from maestro.routing.spec import DeploymentSpec, load_yaml, resolve_route_config
 from maestro.routing.tagging import KINDS, PII_TAG
+from maestro.routing.traffic import (
+    ProjectTraffic,
+    VersionShare,
+    check_traffic,
+    compile_versions,
+)
 
 # Tags content tagging can produce; the policy compiler must know them as its domain.
 DETECTOR_TAGS = (PII_TAG, *(f"{PII_TAG}.{kind}" for kind in KINDS))
@@ -152,6 +159,11 @@ class SnapshotRegistry:
     def __init__(self) -> None:
         self._current: dict[str, Published] = {}
         self._boards: dict[str, SignalBoard] = {}
+        self._traffic: dict[str, tuple[ProjectTraffic, int]] = {}
+        """Each project's artifact traffic splits and the generation that published them; kept
+        apart from `_current` since a project without a config of its own has splits too."""
+        self._artifacts: dict[tuple[str, str], CompiledArtifact] = {}
+        """Compiled versions by (media type, digest), shared by the splits that list them."""
         self._generation = 0
         self._changed = asyncio.Condition()
 
@@ -161,6 +173,74 @@ class SnapshotRegistry:
 
     def current(self, project: str) -> Published | None:
         return self._current.get(project)
+
+    def traffic(self, project: str) -> ProjectTraffic | None:
+        """A project's artifact traffic splits (a dict look-up: on the request path)."""
+        entry = self._traffic.get(project)
+        return entry[0] if entry is not None else None
+
+    def artifact(self, share: VersionShare) -> CompiledArtifact | None:
+        """The compiled content of a version a published split lists (a dict look-up: calls
+        render it, they never parse it)."""
+        return self._artifacts.get((share.media_type, share.digest))
+
+    def traffic_changed_since(
+        self, generation: int, projects: frozenset[str] | None
+    ) -> list[ProjectTraffic]:
+        return [
+            t
+            for t, g in self._traffic.values()
+            if g > generation and (projects is None or t.project in projects)
+        ]
+
+    def all_traffic(self, projects: frozenset[str] | None) -> list[ProjectTraffic]:
+        return [t for t, _ in self._traffic.values() if projects is None or t.project in projects]
+
+    async def publish_traffic(self, traffic: ProjectTraffic) -> bool:
+        """Make `traffic` the project's splits unless the current ones are as new or newer (by
+        revision): replicas and followers that learn of changes out of order never go back.
+        Returns whether it was published.
+
+        Each version's content is compiled here, once per digest (off the event loop), so a
+        call only renders. Raises InvalidArgument, publishing nothing, for a split that is not
+        the project's own or a version whose content does not compile or match its digest."""
+        check_traffic(traffic)
+        if not self._newer_traffic(traffic):
+            return False
+        known = dict(self._artifacts)
+        compiled = await asyncio.to_thread(compile_versions, traffic, known)
+        async with self._changed:
+            if not self._newer_traffic(traffic):
+                return False
+            self._generation += 1
+            self._traffic[traffic.project] = (traffic, self._generation)
+            self._artifacts.update(compiled)
+            self._prune_artifacts()
+            self._changed.notify_all()
+        return True
+
+    async def remove_traffic(self, project: str) -> None:
+        """Drop a project's splits (a data plane told the project is gone)."""
+        async with self._changed:
+            if self._traffic.pop(project, None) is not None:
+                self._generation += 1
+                self._prune_artifacts()
+                self._changed.notify_all()
+
+    def _newer_traffic(self, traffic: ProjectTraffic) -> bool:
+        current = self._traffic.get(traffic.project)
+        return current is None or current[0].revision < traffic.revision
+
+    def _prune_artifacts(self) -> None:
+        """Keep the compiled versions some published split still lists."""
+        used = {
+            (share.media_type, share.digest)
+            for published, _ in self._traffic.values()
+            for split in published.splits.values()
+            for share in split.shares
+        }
+        for key in [k for k in self._artifacts if k not in used]:
+            del self._artifacts[key]
 
     def board(self, project: str) -> SignalBoard:
         """Live signals of a project's deployments, shared by its successive snapshots."""

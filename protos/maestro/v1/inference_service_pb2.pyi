@@ -201,6 +201,26 @@ class CreateChatCompletionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ArtifactVariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PARENT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
@@ -221,6 +241,8 @@ class CreateChatCompletionRequest(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     SLO_TARGET_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VARIABLES_FIELD_NUMBER: _builtins.int
+    TRAFFIC_KEY_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The project the call belongs to, `projects/{project}`."""
     model: _builtins.str
@@ -255,6 +277,11 @@ class CreateChatCompletionRequest(_message.Message):
     """Optional. The artifact (prompt, agent or recipe) the call serves,
     `projects/{project}/artifacts/{artifact}`: its version is picked by the snapshot's traffic
     split for the artifact and reported in `artifact_version`. Empty: no artifact.
+    """
+    traffic_key: _builtins.str
+    """Optional. The key the artifact's version is picked by, such as a user or session id, at
+    most 256 characters: the same key gets the same version while the traffic split stands,
+    and a key keeps the candidate as its weight grows. Empty: each call is picked at random.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
@@ -300,6 +327,13 @@ class CreateChatCompletionRequest(_message.Message):
         set target (SLO_FORECAST_MISS). Unset: no target.
         """
 
+    @_builtins.property
+    def artifact_variables(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. Values of the prompt template's variables, for an `artifact` that is a prompt.
+        A variable the template requires and this lacks, or one it does not declare, is
+        INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -323,10 +357,12 @@ class CreateChatCompletionRequest(_message.Message):
         tool_choice: _builtins.str = ...,
         slo_target: _common_pb2.SloTarget | None = ...,
         artifact: _builtins.str = ...,
+        artifact_variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        traffic_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "seed", b"seed", "slo_target", b"slo_target", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "artifact", b"artifact", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "artifact", b"artifact", "artifact_variables", b"artifact_variables", "budget", b"budget", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "traffic_key", b"traffic_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -436,6 +472,26 @@ class StreamChatCompletionRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ArtifactVariablesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PARENT_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
@@ -457,6 +513,8 @@ class StreamChatCompletionRequest(_message.Message):
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     SLO_TARGET_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_VARIABLES_FIELD_NUMBER: _builtins.int
+    TRAFFIC_KEY_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """Required. The project the call belongs to, `projects/{project}`."""
     model: _builtins.str
@@ -491,6 +549,11 @@ class StreamChatCompletionRequest(_message.Message):
     """Optional. The artifact (prompt, agent or recipe) the call serves,
     `projects/{project}/artifacts/{artifact}`: its version is picked by the snapshot's traffic
     split for the artifact and reported in `artifact_version`. Empty: no artifact.
+    """
+    traffic_key: _builtins.str
+    """Optional. The key the artifact's version is picked by, such as a user or session id, at
+    most 256 characters: the same key gets the same version while the traffic split stands,
+    and a key keeps the candidate as its weight grows. Empty: each call is picked at random.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]:
@@ -540,6 +603,13 @@ class StreamChatCompletionRequest(_message.Message):
         set target (SLO_FORECAST_MISS). Unset: no target.
         """
 
+    @_builtins.property
+    def artifact_variables(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. Values of the prompt template's variables, for an `artifact` that is a prompt.
+        A variable the template requires and this lacks, or one it does not declare, is
+        INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
@@ -564,10 +634,12 @@ class StreamChatCompletionRequest(_message.Message):
         tool_choice: _builtins.str = ...,
         slo_target: _common_pb2.SloTarget | None = ...,
         artifact: _builtins.str = ...,
+        artifact_variables: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        traffic_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "jurisdiction", b"jurisdiction", "objective_weights", b"objective_weights", "seed", b"seed", "slo_target", b"slo_target", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "artifact", b"artifact", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "artifact", b"artifact", "artifact_variables", b"artifact_variables", "budget", b"budget", "coalescing", b"coalescing", "first_token_timeout", b"first_token_timeout", "idempotency_key", b"idempotency_key", "jurisdiction", b"jurisdiction", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "objective_weights", b"objective_weights", "parent", b"parent", "post_first_token_failure_policy", b"post_first_token_failure_policy", "seed", b"seed", "slo_target", b"slo_target", "step_hint", b"step_hint", "step_tags", b"step_tags", "stop", b"stop", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_p", b"top_p", "traffic_key", b"traffic_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015

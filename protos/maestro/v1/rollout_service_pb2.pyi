@@ -273,6 +273,9 @@ class Rollout(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    AUTOMATED_FIELD_NUMBER: _builtins.int
+    REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name, `projects/{project}/rollouts/{rollout}`."""
     artifact: _builtins.str
@@ -312,6 +315,14 @@ class Rollout(_message.Message):
     """Output only. Changes with every change of the rollout; send it back in a verb method to make
     the call fail with ABORTED if the rollout changed since it was read.
     """
+    automated: _builtins.bool
+    """Optional. No person watches this rollout (such as one CI starts): every pause step needs a
+    duration (INVALID_ARGUMENT otherwise), since nobody would resume it.
+    """
+    required_approvals: _builtins.int
+    """Output only. Approvals the candidate needs before it takes 100% of the traffic: 2 (dual
+    control) for an agent or recipe version at autonomy L3 or above, else 0.
+    """
     @_builtins.property
     def strategy(self) -> Global___RolloutStrategy:
         """Required. The steps and analyses."""
@@ -338,6 +349,10 @@ class Rollout(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the rollout last changed."""
 
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutApproval]:
+        """Output only. The approvals given so far (ApproveRollout), oldest first."""
+
     def __init__(
         self,
         *,
@@ -359,14 +374,49 @@ class Rollout(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        automated: _builtins.bool = ...,
+        required_approvals: _builtins.int = ...,
+        approvals: _abc.Iterable[Global___RolloutApproval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "pause_end_time", b"pause_end_time", "rollback_window", b"rollback_window", "strategy", b"strategy", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_results", b"analysis_results", "artifact", b"artifact", "canary_weight_percent", b"canary_weight_percent", "candidate_version", b"candidate_version", "create_time", b"create_time", "current_step_index", b"current_step_index", "description", b"description", "etag", b"etag", "name", b"name", "pause_end_time", b"pause_end_time", "revision", b"revision", "rollback_window", b"rollback_window", "snapshot_version", b"snapshot_version", "stable_version", b"stable_version", "state", b"state", "state_reason", b"state_reason", "strategy", b"strategy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis_results", b"analysis_results", "approvals", b"approvals", "artifact", b"artifact", "automated", b"automated", "canary_weight_percent", b"canary_weight_percent", "candidate_version", b"candidate_version", "create_time", b"create_time", "current_step_index", b"current_step_index", "description", b"description", "etag", b"etag", "name", b"name", "pause_end_time", b"pause_end_time", "required_approvals", b"required_approvals", "revision", b"revision", "rollback_window", b"rollback_window", "snapshot_version", b"snapshot_version", "stable_version", b"stable_version", "state", b"state", "state_reason", b"state_reason", "strategy", b"strategy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Rollout: _TypeAlias = Rollout  # noqa: Y015
+
+@_typing.final
+class RolloutApproval(_message.Message):
+    """One approval of a rollout's promotion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    approver: _builtins.str
+    """Output only. Who approved: the identity of the approver's API key (or the key)."""
+    reason: _builtins.str
+    """Output only. Why, as the approver wrote it."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When."""
+
+    def __init__(
+        self,
+        *,
+        approver: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "create_time", b"create_time", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutApproval: _TypeAlias = RolloutApproval  # noqa: Y015
 
 @_typing.final
 class RolloutStrategy(_message.Message):
@@ -917,6 +967,8 @@ class RolloutAuditEvent(_message.Message):
         """The rollout was restarted by RetryRollout."""
         ACTION_FAILED: RolloutAuditEvent._Action.ValueType  # 14
         """The rollout failed."""
+        ACTION_APPROVED: RolloutAuditEvent._Action.ValueType  # 15
+        """An approver approved the promotion (ApproveRollout)."""
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper):
         """What happened."""
@@ -951,6 +1003,8 @@ class RolloutAuditEvent(_message.Message):
     """The rollout was restarted by RetryRollout."""
     ACTION_FAILED: RolloutAuditEvent.Action.ValueType  # 14
     """The rollout failed."""
+    ACTION_APPROVED: RolloutAuditEvent.Action.ValueType  # 15
+    """An approver approved the promotion (ApproveRollout)."""
 
     NAME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
@@ -973,6 +1027,8 @@ class RolloutAuditEvent(_message.Message):
     GATE_DECISION_ID_FIELD_NUMBER: _builtins.int
     MEASUREMENTS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_EVENT_HASH_FIELD_NUMBER: _builtins.int
+    EVENT_HASH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Identifier. Resource name,
     `projects/{project}/rollouts/{rollout}/auditEvents/{audit_event}`.
@@ -1019,6 +1075,13 @@ class RolloutAuditEvent(_message.Message):
     """Output only. For weight changes: version of the route config snapshot that carries the new
     weight (RouteConfig.snapshot_version).
     """
+    previous_event_hash: _builtins.str
+    """Output only. The `event_hash` of the project's previous audit event (64 zeros for the
+    first): events form one hash chain per project, so an edited, deleted or reordered event
+    breaks it.
+    """
+    event_hash: _builtins.str
+    """Output only. SHA-256 (hex) of `previous_event_hash` and the event's canonical content."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it happened."""
@@ -1051,10 +1114,12 @@ class RolloutAuditEvent(_message.Message):
         gate_decision_id: _builtins.str = ...,
         measurements: _abc.Iterable[Global___RolloutMeasurement] | None = ...,
         snapshot_version: _builtins.str = ...,
+        previous_event_hash: _builtins.str = ...,
+        event_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "analysis_template", b"analysis_template", "candidate_digest", b"candidate_digest", "candidate_version", b"candidate_version", "create_time", b"create_time", "eval_run", b"eval_run", "gate_decision_id", b"gate_decision_id", "measurements", b"measurements", "name", b"name", "reason", b"reason", "request_id", b"request_id", "revision", b"revision", "scorecard", b"scorecard", "snapshot_version", b"snapshot_version", "stable_version", b"stable_version", "state_after", b"state_after", "state_before", b"state_before", "step_index", b"step_index", "weight_after_percent", b"weight_after_percent", "weight_before_percent", b"weight_before_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "analysis_template", b"analysis_template", "candidate_digest", b"candidate_digest", "candidate_version", b"candidate_version", "create_time", b"create_time", "eval_run", b"eval_run", "event_hash", b"event_hash", "gate_decision_id", b"gate_decision_id", "measurements", b"measurements", "name", b"name", "previous_event_hash", b"previous_event_hash", "reason", b"reason", "request_id", b"request_id", "revision", b"revision", "scorecard", b"scorecard", "snapshot_version", b"snapshot_version", "stable_version", b"stable_version", "state_after", b"state_after", "state_before", b"state_before", "step_index", b"step_index", "weight_after_percent", b"weight_after_percent", "weight_before_percent", b"weight_before_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1863,6 +1928,60 @@ class RetryRolloutResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryRolloutResponse: _TypeAlias = RetryRolloutResponse  # noqa: Y015
+
+@_typing.final
+class ApproveRolloutRequest(_message.Message):
+    """Request message for RolloutService.ApproveRollout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. Name of the rollout, `projects/{project}/rollouts/{rollout}`."""
+    reason: _builtins.str
+    """Required. Why, for the audit log."""
+    request_id: _builtins.str
+    """Optional. Idempotency key; see the rule in common.proto. Recorded in the audit log."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveRolloutRequest: _TypeAlias = ApproveRolloutRequest  # noqa: Y015
+
+@_typing.final
+class ApproveRolloutResponse(_message.Message):
+    """Response message for RolloutService.ApproveRollout."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollout(self) -> Global___Rollout:
+        """The rollout with the approval."""
+
+    def __init__(
+        self,
+        *,
+        rollout: Global___Rollout | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout", b"rollout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveRolloutResponse: _TypeAlias = ApproveRolloutResponse  # noqa: Y015
 
 @_typing.final
 class WatchRolloutRequest(_message.Message):

@@ -106,6 +106,11 @@ class RolloutServiceStub:
                 request_serializer=maestro_dot_v1_dot_rollout__service__pb2.RetryRolloutRequest.SerializeToString,
                 response_deserializer=maestro_dot_v1_dot_rollout__service__pb2.RetryRolloutResponse.FromString,
                 _registered_method=True)
+        self.ApproveRollout = channel.unary_unary(
+                '/maestro.v1.RolloutService/ApproveRollout',
+                request_serializer=maestro_dot_v1_dot_rollout__service__pb2.ApproveRolloutRequest.SerializeToString,
+                response_deserializer=maestro_dot_v1_dot_rollout__service__pb2.ApproveRolloutResponse.FromString,
+                _registered_method=True)
         self.WatchRollout = channel.unary_stream(
                 '/maestro.v1.RolloutService/WatchRollout',
                 request_serializer=maestro_dot_v1_dot_rollout__service__pb2.WatchRolloutRequest.SerializeToString,
@@ -126,8 +131,8 @@ class RolloutServiceServicer:
     def CreateArtifactVersion(self, request, context):
         """Stores a new version of an artifact (creating the artifact with its first version). Returns
         ALREADY_EXISTS when a version of the artifact already has the same digest (the message
-        names it), FAILED_PRECONDITION when `kind` differs from the artifact's earlier versions,
-        INVALID_ARGUMENT when the content does not parse as its kind.
+        names it), INVALID_ARGUMENT when `kind` differs from the artifact's earlier versions (field
+        `artifact_version.kind`) or the content does not parse as its kind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +237,17 @@ class RolloutServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveRollout(self, request, context):
+        """Approves a rollout's promotion, for dual control: a candidate agent or recipe version at
+        autonomy L3 or above takes 100% of the traffic only once two distinct approvers (keys with
+        the approver scope, neither the rollout's creator) have approved; until then the rollout
+        holds, PAUSED, before its last weight change. Returns FAILED_PRECONDITION for an ended
+        rollout, for the rollout's creator, or for an approver who approved it already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRollout(self, request, context):
         """Streams a rollout's changes. It streams because a rollout changes on the controller's
         schedule (timed pauses, analysis verdicts, automatic rollback) and operators and CI must see
@@ -310,6 +326,11 @@ def add_RolloutServiceServicer_to_server(servicer, server):
                     servicer.RetryRollout,
                     request_deserializer=maestro_dot_v1_dot_rollout__service__pb2.RetryRolloutRequest.FromString,
                     response_serializer=maestro_dot_v1_dot_rollout__service__pb2.RetryRolloutResponse.SerializeToString,
+            ),
+            'ApproveRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveRollout,
+                    request_deserializer=maestro_dot_v1_dot_rollout__service__pb2.ApproveRolloutRequest.FromString,
+                    response_serializer=maestro_dot_v1_dot_rollout__service__pb2.ApproveRolloutResponse.SerializeToString,
             ),
             'WatchRollout': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRollout,
@@ -675,6 +696,33 @@ class RolloutService:
             '/maestro.v1.RolloutService/RetryRollout',
             maestro_dot_v1_dot_rollout__service__pb2.RetryRolloutRequest.SerializeToString,
             maestro_dot_v1_dot_rollout__service__pb2.RetryRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/maestro.v1.RolloutService/ApproveRollout',
+            maestro_dot_v1_dot_rollout__service__pb2.ApproveRolloutRequest.SerializeToString,
+            maestro_dot_v1_dot_rollout__service__pb2.ApproveRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,8 +45,8 @@ class RolloutServiceStub:
     CreateArtifactVersion: _grpc.UnaryUnaryMultiCallable[_rollout_service_pb2.CreateArtifactVersionRequest, _rollout_service_pb2.CreateArtifactVersionResponse]
     """Stores a new version of an artifact (creating the artifact with its first version). Returns
     ALREADY_EXISTS when a version of the artifact already has the same digest (the message
-    names it), FAILED_PRECONDITION when `kind` differs from the artifact's earlier versions,
-    INVALID_ARGUMENT when the content does not parse as its kind.
+    names it), INVALID_ARGUMENT when `kind` differs from the artifact's earlier versions (field
+    `artifact_version.kind`) or the content does not parse as its kind.
     """
     GetArtifactVersion: _grpc.UnaryUnaryMultiCallable[_rollout_service_pb2.GetArtifactVersionRequest, _rollout_service_pb2.GetArtifactVersionResponse]
     """Returns an artifact version, and its content when asked."""
@@ -94,6 +94,13 @@ class RolloutServiceStub:
     artifact has started since, or when the artifact's stable version is no longer
     `stable_version`.
     """
+    ApproveRollout: _grpc.UnaryUnaryMultiCallable[_rollout_service_pb2.ApproveRolloutRequest, _rollout_service_pb2.ApproveRolloutResponse]
+    """Approves a rollout's promotion, for dual control: a candidate agent or recipe version at
+    autonomy L3 or above takes 100% of the traffic only once two distinct approvers (keys with
+    the approver scope, neither the rollout's creator) have approved; until then the rollout
+    holds, PAUSED, before its last weight change. Returns FAILED_PRECONDITION for an ended
+    rollout, for the rollout's creator, or for an approver who approved it already.
+    """
     WatchRollout: _grpc.UnaryStreamMultiCallable[_rollout_service_pb2.WatchRolloutRequest, _rollout_service_pb2.WatchRolloutResponse]
     """Streams a rollout's changes. It streams because a rollout changes on the controller's
     schedule (timed pauses, analysis verdicts, automatic rollback) and operators and CI must see
@@ -117,8 +124,8 @@ class RolloutServiceAsyncStub(RolloutServiceStub):
     CreateArtifactVersion: _aio.UnaryUnaryMultiCallable[_rollout_service_pb2.CreateArtifactVersionRequest, _rollout_service_pb2.CreateArtifactVersionResponse]  # type: ignore[assignment]
     """Stores a new version of an artifact (creating the artifact with its first version). Returns
     ALREADY_EXISTS when a version of the artifact already has the same digest (the message
-    names it), FAILED_PRECONDITION when `kind` differs from the artifact's earlier versions,
-    INVALID_ARGUMENT when the content does not parse as its kind.
+    names it), INVALID_ARGUMENT when `kind` differs from the artifact's earlier versions (field
+    `artifact_version.kind`) or the content does not parse as its kind.
     """
     GetArtifactVersion: _aio.UnaryUnaryMultiCallable[_rollout_service_pb2.GetArtifactVersionRequest, _rollout_service_pb2.GetArtifactVersionResponse]  # type: ignore[assignment]
     """Returns an artifact version, and its content when asked."""
@@ -166,6 +173,13 @@ class RolloutServiceAsyncStub(RolloutServiceStub):
     artifact has started since, or when the artifact's stable version is no longer
     `stable_version`.
     """
+    ApproveRollout: _aio.UnaryUnaryMultiCallable[_rollout_service_pb2.ApproveRolloutRequest, _rollout_service_pb2.ApproveRolloutResponse]  # type: ignore[assignment]
+    """Approves a rollout's promotion, for dual control: a candidate agent or recipe version at
+    autonomy L3 or above takes 100% of the traffic only once two distinct approvers (keys with
+    the approver scope, neither the rollout's creator) have approved; until then the rollout
+    holds, PAUSED, before its last weight change. Returns FAILED_PRECONDITION for an ended
+    rollout, for the rollout's creator, or for an approver who approved it already.
+    """
     WatchRollout: _aio.UnaryStreamMultiCallable[_rollout_service_pb2.WatchRolloutRequest, _rollout_service_pb2.WatchRolloutResponse]  # type: ignore[assignment]
     """Streams a rollout's changes. It streams because a rollout changes on the controller's
     schedule (timed pauses, analysis verdicts, automatic rollback) and operators and CI must see
@@ -192,8 +206,8 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_rollout_service_pb2.CreateArtifactVersionResponse, _abc.Awaitable[_rollout_service_pb2.CreateArtifactVersionResponse]]:
         """Stores a new version of an artifact (creating the artifact with its first version). Returns
         ALREADY_EXISTS when a version of the artifact already has the same digest (the message
-        names it), FAILED_PRECONDITION when `kind` differs from the artifact's earlier versions,
-        INVALID_ARGUMENT when the content does not parse as its kind.
+        names it), INVALID_ARGUMENT when `kind` differs from the artifact's earlier versions (field
+        `artifact_version.kind`) or the content does not parse as its kind.
         """
 
     @_abc_1.abstractmethod
@@ -312,6 +326,19 @@ class RolloutServiceServicer(metaclass=_abc_1.ABCMeta):
         strategy. Returns FAILED_PRECONDITION in any other state, when another rollout of the
         artifact has started since, or when the artifact's stable version is no longer
         `stable_version`.
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveRollout(
+        self,
+        request: _rollout_service_pb2.ApproveRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_service_pb2.ApproveRolloutResponse, _abc.Awaitable[_rollout_service_pb2.ApproveRolloutResponse]]:
+        """Approves a rollout's promotion, for dual control: a candidate agent or recipe version at
+        autonomy L3 or above takes 100% of the traffic only once two distinct approvers (keys with
+        the approver scope, neither the rollout's creator) have approved; until then the rollout
+        holds, PAUSED, before its last weight change. Returns FAILED_PRECONDITION for an ended
+        rollout, for the rollout's creator, or for an approver who approved it already.
         """
 
     @_abc_1.abstractmethod

@@ -1359,19 +1359,35 @@ class ArtifactTrafficSplit(_message.Message):
 
         ARTIFACT_VERSION_FIELD_NUMBER: _builtins.int
         WEIGHT_PERCENT_FIELD_NUMBER: _builtins.int
+        DIGEST_FIELD_NUMBER: _builtins.int
+        MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+        CONTENT_FIELD_NUMBER: _builtins.int
         artifact_version: _builtins.str
         """Output only. The version, `projects/{project}/artifacts/{artifact}/versions/{version}`."""
         weight_percent: _builtins.int
         """Output only. The version's share of the artifact's traffic, 0 to 100."""
+        digest: _builtins.str
+        """Output only. The version's content digest, `sha256:<64 hex digits>`."""
+        media_type: _builtins.str
+        """Output only. The media type of the version's content (ArtifactVersion.media_type), which
+        names its kind.
+        """
+        content: _builtins.bytes
+        """Output only. The content of a prompt or agent version, which the data plane renders;
+        empty for a recipe (graph runs are the control plane's).
+        """
         def __init__(
             self,
             *,
             artifact_version: _builtins.str = ...,
             weight_percent: _builtins.int = ...,
+            digest: _builtins.str = ...,
+            media_type: _builtins.str = ...,
+            content: _builtins.bytes = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "weight_percent", b"weight_percent"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_version", b"artifact_version", "content", b"content", "digest", b"digest", "media_type", b"media_type", "weight_percent", b"weight_percent"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 

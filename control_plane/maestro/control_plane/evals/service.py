@@ -174,6 +174,11 @@ class GateRequest:
     request_id: str
 
 
+ArtifactPrompt = Callable[[Principal, str], Awaitable[tuple[str, str]]]
+"""(caller, artifact version name) -> (system text, content digest); NOT_FOUND or
+INVALID_ARGUMENT (on `eval_run.target.artifact_version`) when it cannot be a prompt target."""
+
+
 class EvalService:
     def __init__(
         self, store: EvalStore, runner: EvalRunner, subject_revision: SubjectRevision | None = None
@@ -183,6 +188,9 @@ class EvalService:
         self.subject_revision = subject_revision
         self.recipe_revision: RecipeRevision | None = None
         """Set by the wiring when GraphService runs beside this service."""
+        self.artifact_prompt: ArtifactPrompt | None = None
+        """Set by the wiring when RolloutService runs beside this service: an artifact
+        version's system text (rendered with its defaults) and its content digest."""
 
     # -- datasets -------------------------------------------------------------------------------
 
@@ -481,11 +489,14 @@ class EvalService:
             await self.store.aio(self.store.get_scorecard, project, base_run)
             baseline = new.baseline
         if target.artifact_version:
-            raise NotFound(
-                f"artifact version {target.artifact_version[:200]} not found: artifacts come "
-                "with RolloutService; give the prompt inline (target.prompt) meanwhile",
-                reason="ARTIFACT_VERSION_NOT_FOUND",
-            )
+            if self.artifact_prompt is None:
+                raise FailedPrecondition(
+                    "artifact version targets need RolloutService, which this server does not "
+                    "run; give the prompt inline (target.prompt)",
+                    reason="ROLLOUTS_DISABLED",
+                )
+            system, digest = await self.artifact_prompt(principal, target.artifact_version)
+            target = replace(target, prompt_system=system, prompt_version=digest)
         suite = await self.store.aio(self.store.get_suite, project, suite_id)
         datasets = []
         for dataset in suite.datasets:
@@ -498,7 +509,7 @@ class EvalService:
                 f"{MAX_UNFINISHED_RUNS}); wait for one to end or cancel one",
                 reason="EVAL_RUN_QUOTA",
             )
-        if target.prompt_system:
+        if target.prompt_system and not target.artifact_version:
             version = hashlib.sha256(target.prompt_system.encode()).hexdigest()[:16]
             target = replace(target, prompt_version=version)
         if target.recipe:  # pinned: a later revision of the recipe is another thing to measure

@@ -104,6 +104,9 @@ class GraphService:
         self.routes = routes
         runtime.start_child = self.start_child
         self.autonomy_gate: AutonomyGate | None = None
+        self.kill_switch_listeners: list[Callable[[str | None, str, str], Awaitable[object]]] = []
+        """Told (project id, or None for the global switch; actor; reason) when a switch is
+        engaged: RolloutService aborts the rollouts it covers."""
         """Set by the wiring when EvalService runs beside this service."""
 
     # -- runs -----------------------------------------------------------------------------------
@@ -563,6 +566,8 @@ class GraphService:
                 self.store.unfinished_runs, None if project == GLOBAL else project
             ):
                 paused += await self._halt(run_name, name, reason)
+            for listener in self.kill_switch_listeners:
+                await listener(None if project == GLOBAL else project, actor, reason)
         return switch, paused
 
     async def _halt(self, run_name: str, switch: str, reason: str) -> int:

@@ -27,6 +27,7 @@ from maestro.routing.signals import (
 from maestro.routing.snapshots import Published, Revision
 from maestro.routing.spec import DeploymentSpec
 from maestro.routing.texts import chat_message_texts
+from maestro.routing.traffic import ProjectTraffic, snapshot_version
 from maestro.routing.wire import route_request
 from maestro.v1 import common_pb2, route_service_pb2
 
@@ -71,18 +72,25 @@ def policy_modules(
 
 
 def route_config_message(
-    name: str, revision: Revision | None, published: Published | None = None
+    name: str,
+    revision: Revision | None,
+    published: Published | None = None,
+    traffic: ProjectTraffic | None = None,
 ) -> route_service_pb2.RouteConfig:
-    message = route_service_pb2.RouteConfig(name=name, revision_id="0", snapshot_version="0")
+    """`traffic`: the project's artifact traffic splits, whose revision the snapshot version
+    carries (`traffic.snapshot_version`)."""
+    config_version = ""
+    message = route_service_pb2.RouteConfig(name=name, revision_id="0")
     if published is not None:
-        message.snapshot_version = published.snapshot_version
+        config_version = published.snapshot_version
         if published.global_revision is not None:
             message.global_revision_id = str(published.global_revision.revision)
+    elif revision is not None:
+        config_version = str(revision.revision)
+    message.snapshot_version = snapshot_version(config_version, traffic) or "0"
     if revision is None:
         return message
     message.revision_id = str(revision.revision)
-    if published is None:
-        message.snapshot_version = str(revision.revision)
     message.config_yaml = revision.config_yaml
     message.policy_modules.extend(module_message(m) for m in revision.policy_modules)
     message.etag = revision.digest
@@ -111,14 +119,18 @@ def revision_message(revision: Revision) -> route_service_pb2.RouteConfigRevisio
     return message
 
 
-def snapshot_message(published: Published) -> route_service_pb2.RouteConfigSnapshot:
+def snapshot_message(
+    published: Published, traffic: ProjectTraffic | None = None
+) -> route_service_pb2.RouteConfigSnapshot:
+    """A project's snapshot for WatchConfig: its merged config and its traffic splits."""
     revision = published.revision
     message = route_service_pb2.RouteConfigSnapshot(
         route_config=f"{revision.project}/routeConfig",
-        snapshot_version=published.snapshot_version,
+        snapshot_version=snapshot_version(published.snapshot_version, traffic),
         revision_id=str(revision.revision),
         config_yaml=published.merged_yaml,
         policy_modules=[module_message(m) for m in revision.policy_modules],
+        traffic_splits=traffic_split_messages(traffic),
     )
     if published.global_revision is not None:
         message.global_revision_id = str(published.global_revision.revision)
@@ -126,6 +138,39 @@ def snapshot_message(published: Published) -> route_service_pb2.RouteConfigSnaps
             module_message(m) for m in published.global_revision.policy_modules
         )
     return message
+
+
+def splits_only_message(traffic: ProjectTraffic) -> route_service_pb2.RouteConfigSnapshot:
+    """The snapshot of a project with traffic splits and no config of its own: no config_yaml,
+    which a data plane reads as "splits only" (the project routes with the global config)."""
+    return route_service_pb2.RouteConfigSnapshot(
+        route_config=f"{traffic.project}/routeConfig",
+        snapshot_version=snapshot_version("", traffic),
+        traffic_splits=traffic_split_messages(traffic),
+    )
+
+
+def traffic_split_messages(
+    traffic: ProjectTraffic | None,
+) -> list[route_service_pb2.ArtifactTrafficSplit]:
+    if traffic is None:
+        return []
+    return [
+        route_service_pb2.ArtifactTrafficSplit(
+            artifact=split.artifact,
+            version_weights=[
+                route_service_pb2.ArtifactTrafficSplit.VersionWeight(
+                    artifact_version=share.version,
+                    weight_percent=share.weight_percent,
+                    digest=share.digest,
+                    media_type=share.media_type,
+                    content=share.content,
+                )
+                for share in split.shares
+            ],
+        )
+        for split in traffic.splits.values()
+    ]
 
 
 MAX_OBSERVATIONS_PER_BATCH = 1000
@@ -190,6 +235,13 @@ def observations(request: route_service_pb2.ReportObservationsRequest) -> list[O
             violations.append(FieldViolation(where, "counts must not be negative"))
         if not math.isfinite(item.cost_usd) or item.cost_usd < 0:
             violations.append(FieldViolation(f"{where}.cost_usd", "must be a finite number >= 0"))
+        if item.artifact_version and not _is_version_of(item.artifact_version, item.project):
+            violations.append(
+                FieldViolation(
+                    f"{where}.artifact_version",
+                    "must be {project}/artifacts/{artifact}/versions/{version}",
+                )
+            )
         out.append(
             Observation(
                 deployment_id=item.deployment_id,
@@ -206,11 +258,26 @@ def observations(request: route_service_pb2.ReportObservationsRequest) -> list[O
                 cost_usd=item.cost_usd,
                 breaker_state=_BREAKER_STATES.get(item.breaker_state, Breaker.UNSPECIFIED),
                 node_id=request.node_id,
+                artifact_version=item.artifact_version,
             )
         )
     if violations:
         raise InvalidArgument(violations)
     return out
+
+
+def _is_version_of(version: str, project: str) -> bool:
+    """Whether `version` names a version of one of `project`'s artifacts: an observation
+    counts toward its own project's rollouts only."""
+    parts = version.split("/")
+    return (
+        len(version) <= 512
+        and len(parts) == 6
+        and "/".join(parts[:2]) == project
+        and parts[2] == "artifacts"
+        and parts[4] == "versions"
+        and all(parts[3:6:2])
+    )
 
 
 _STATE_MESSAGES = {v: k for k, v in _BREAKER_STATES.items()}
@@ -273,6 +340,9 @@ def watch_response(update: WatchUpdate) -> route_service_pb2.WatchConfigResponse
     return route_service_pb2.WatchConfigResponse(
         version_info=update.version_info,
         nonce=update.nonce,
-        snapshots=[snapshot_message(p) for p in update.snapshots],
+        snapshots=[
+            *(snapshot_message(p, update.traffic.get(p.project)) for p in update.snapshots),
+            *(splits_only_message(t) for t in update.splits_only),
+        ],
         full_state=update.full_state,
     )

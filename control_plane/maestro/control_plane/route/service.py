@@ -52,6 +52,7 @@ from maestro.routing.tenancy import (
     tenant_violations,
     without_endpoints,
 )
+from maestro.routing.traffic import ProjectTraffic
 
 log = structlog.get_logger(__name__)
 MAX_POLICY_MODULES = 64
@@ -65,6 +66,8 @@ class ConfigView:
     name: str
     revision: Revision | None
     published: Published | None = None
+    traffic: ProjectTraffic | None = None
+    """The project's artifact traffic splits, part of its snapshot version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +217,7 @@ class RouteService(Decider):
             # ...to see the groups it may alias and weight, not where they live or what
             # secrets they use.
             revision = replace(revision, config_yaml=without_endpoints(revision.config_yaml))
-        return ConfigView(name, revision, published)
+        return ConfigView(name, revision, published, self._registry.traffic(project))
 
     async def apply_config(
         self,

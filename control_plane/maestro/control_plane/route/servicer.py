@@ -85,7 +85,9 @@ class RouteServicer(pb_grpc.RouteServiceServicer):
     ) -> pb.GetConfigResponse:
         view = await self._service.get_config(current_principal(), request.name)
         return pb.GetConfigResponse(
-            route_config=convert.route_config_message(view.name, view.revision, view.published)
+            route_config=convert.route_config_message(
+                view.name, view.revision, view.published, view.traffic
+            )
         )
 
     async def ApplyConfig(

@@ -5,6 +5,10 @@ A session answers the first request with everything changed since the version it
 a per-process epoch), then pushes each change, and reads ACKs and NACKs on the side (logged; a
 NACKed snapshot stays NACKed on that data plane, which keeps its previous one). Sessions end when
 the server stops. No gRPC here: the servicer converts messages to and from these values.
+
+A project's snapshot carries its artifact traffic splits beside its config, so a change of either
+resends the project (the config unchanged when only the splits changed: its version says so). A
+project with splits and no config of its own is sent with its splits only (empty config_yaml).
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -21,18 +25,29 @@ from maestro.control_plane.route.service import config_project
 from maestro.core.auth import Principal, require_project
 from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.routing.snapshots import Published, SnapshotRegistry
+from maestro.routing.traffic import ProjectTraffic
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class WatchUpdate:
-    """One response of a session: the snapshots that changed, or all of them (`full_state`)."""
+    """One response of a session: the snapshots that changed, or all of them (`full_state`).
+
+    `traffic` holds the current splits of each project sent: those of `snapshots` that have
+    any, and those with splits and no config of their own (sent with their splits only)."""
 
     version_info: str
     nonce: str
     snapshots: list[Published]
     full_state: bool
+    traffic: Mapping[str, ProjectTraffic] = field(default_factory=dict)
+
+    @property
+    def splits_only(self) -> list[ProjectTraffic]:
+        """The splits of projects sent without a config."""
+        configured = {p.project for p in self.snapshots}
+        return [t for project, t in self.traffic.items() if project not in configured]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +107,15 @@ class ConfigWatches:
         try:
             full_state = generation < 0
             while not self._stopping.is_set():
-                changed = (
-                    self._registry.all(projects)
-                    if full_state
-                    else self._registry.changed_since(generation, projects)
-                )
                 current = self._registry.generation
-                if changed or full_state:
+                changed, traffic = self._changes(generation, projects, full_state)
+                if changed or traffic or full_state:
                     yield WatchUpdate(
-                        f"{self._epoch}:{current}", secrets.token_hex(8), changed, full_state
+                        f"{self._epoch}:{current}",
+                        secrets.token_hex(8),
+                        changed,
+                        full_state,
+                        traffic,
                     )
                 generation, full_state = current, False
                 change = asyncio.create_task(self._registry.wait_for_change(generation))
@@ -111,6 +126,31 @@ class ConfigWatches:
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    def _changes(
+        self, generation: int, projects: frozenset[str], full_state: bool
+    ) -> tuple[list[Published], dict[str, ProjectTraffic]]:
+        """The configs to send (changed ones, and those of projects whose splits changed) and
+        the current splits of every project sent."""
+        registry = self._registry
+        if full_state:
+            configs = registry.all(projects)
+            moved = registry.all_traffic(projects)
+        else:
+            configs = registry.changed_since(generation, projects)
+            moved = registry.traffic_changed_since(generation, projects)
+        sent = {p.project for p in configs}
+        for traffic in moved:
+            published = registry.current(traffic.project)
+            if published is not None and traffic.project not in sent:
+                configs.append(published)
+                sent.add(traffic.project)
+        traffic_of = {t.project: t for t in moved}
+        for project in sent - traffic_of.keys():
+            splits = registry.traffic(project)
+            if splits is not None:
+                traffic_of[project] = splits
+        return configs, traffic_of
 
     def _resume_point(self, version_info: str) -> int:
         epoch, _, number = version_info.partition(":")

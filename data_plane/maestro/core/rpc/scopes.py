@@ -97,10 +97,26 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "CompareScorecards": _READ_RUNS,
         "EvaluateGate": _ADMIN,
     },
-    "maestro.v1.RolloutService": {},
+    "maestro.v1.RolloutService": {
+        # Versions are pushed by CI; moving traffic is an admin's act (or an approver's, where
+        # dual control asks for one), and aborting is open to any admin in an emergency.
+        "CreateArtifactVersion": _ADMIN,
+        "GetArtifactVersion": _READ_RUNS,
+        "ListArtifactVersions": _READ_RUNS,
+        "CreateRollout": _ADMIN,
+        "GetRollout": _READ_RUNS,
+        "ListRollouts": _READ_RUNS,
+        "GetRolloutAuditEvent": _READ_RUNS,
+        "ListRolloutAuditEvents": _READ_RUNS,
+        "PauseRollout": _ADMIN,
+        "ResumeRollout": _ADMIN,
+        "PromoteRollout": frozenset({ADMIN, OPERATOR, APPROVER}),
+        "AbortRollout": _ADMIN,
+        "RetryRollout": _ADMIN,
+        "ApproveRollout": _APPROVE,  # dual control: approvers, never the rollout's creator
+        "WatchRollout": _READ_RUNS,
+    },
 }
-for _unbuilt in ("maestro.v1.RolloutService",):
-    _BY_SERVICE[_unbuilt] = {"*": _ADMIN}
 
 METHOD_SCOPES: dict[str, frozenset[str]] = {
     f"/{service}/{method}": scopes

@@ -1,0 +1,82 @@
+"""RolloutService in the `maestro up` process: its content checks (the data plane's artifact
+compiler, GraphService's recipe parser), the snapshot registry its splits go to, the data
+plane's observations it judges, and the kill switch that aborts its rollouts."""
+
+from __future__ import annotations
+
+from maestro.app.config import MaestroConfig
+from maestro.app.rollout_evals import EvalGates, artifact_prompt
+from maestro.control_plane.evals.assembly import EvalPlane
+from maestro.control_plane.graph.assembly import GraphPlane
+from maestro.control_plane.graph.recipe import parse_recipe
+from maestro.control_plane.rollouts.assembly import RolloutPlane, build_rollouts
+from maestro.control_plane.rollouts.freeze import FreezeWindow
+from maestro.control_plane.rollouts.records import Kind
+from maestro.control_plane.route.service import RouteService
+from maestro.control_plane.store.sql import Sql
+from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.routing.artifacts import compile_artifact, kind_of
+from maestro.routing.snapshots import SnapshotRegistry
+
+
+def check_content(kind: Kind, media_type: str, content: bytes) -> str:
+    """INVALID_ARGUMENT unless `content` is a valid `kind` of `media_type`: what the data plane
+    will render compiles, and a recipe parses as GraphService runs it. Returns the version's
+    autonomy level (an agent's or recipe's `autonomy`; "" for a prompt)."""
+    try:
+        declared = kind_of(media_type)
+    except InvalidArgument:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "artifact_version.media_type",
+                    f"{media_type[:100]!r} is not a media type Maestro serves",
+                )
+            ]
+        ) from None
+    if declared != kind.label:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "artifact_version.media_type",
+                    f"{media_type} holds a {declared}, not a {kind.label}",
+                )
+            ]
+        )
+    compiled = compile_artifact(media_type, content)
+    if kind == Kind.RECIPE:
+        return parse_recipe(content.decode(), field="content").spec.autonomy
+    return compiled.autonomy
+
+
+def build_rollout_plane(
+    config: MaestroConfig,
+    sql: Sql,
+    registry: SnapshotRegistry,
+    routes: RouteService,
+    graph: GraphPlane | None,
+    evals: EvalPlane | None,
+) -> RolloutPlane:
+    settings = config.rollouts
+    plane = build_rollouts(
+        sql,
+        registry.publish_traffic,
+        check_content,
+        settings.oci_dir or config.store.sqlite_path.parent / "oci",
+        [
+            FreezeWindow(w.start.timestamp(), w.end.timestamp(), w.reason, tuple(w.projects))
+            for w in settings.freeze_windows
+        ],
+        measure_interval_s=settings.measure_interval_s,
+        max_analysis_wait_s=settings.max_analysis_wait_s,
+        registry=settings.registry,
+        notifications=settings.notifications,
+    )
+    plane.service.current_traffic = registry.traffic
+    routes.observation_listeners.append(plane.observe)
+    if graph is not None:
+        graph.service.kill_switch_listeners.append(plane.service.abort_all)
+    if evals is not None:
+        plane.controller.analyst.eval_gate = EvalGates(evals)
+        evals.service.artifact_prompt = artifact_prompt(plane.service)
+    return plane

@@ -1,0 +1,1 @@
+"""RolloutService: artifact versions and progressive delivery."""
