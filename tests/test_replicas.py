@@ -20,8 +20,10 @@ from maestro.control_plane.projects.store import ProjectStore
 from maestro.control_plane.schema import MIGRATIONS
 from maestro.control_plane.store.postgres import PostgresSql
 from maestro.v1 import project_service_pb2 as ppb
+from maestro.v1 import rollout_service_pb2 as rollout_pb
 from maestro.v1 import route_service_pb2 as rpb
 from tests.process_support import ROOT, maestro_process
+from tests.rollout_support import pause, push_prompt, rollout, wait_for_state, weight
 
 pytestmark = pytest.mark.slow
 CONFIG_NAME = "projects/alpha/routeConfig"
@@ -175,3 +177,50 @@ async def test_sigkill_of_one_replica_loses_nothing_it_committed(
     assert seen.route_config.revision_id == applied.route_config.revision_id
     assert seen.route_config.config_yaml.endswith("# a\n")
     assert int(next_one.route_config.revision_id) == int(applied.route_config.revision_id) + 1
+
+
+async def test_a_rollback_on_one_replica_reaches_a_data_plane_watching_the_other(
+    pair: tuple[str, str, str, object],
+) -> None:
+    address_a, address_b, admin, _ = pair
+
+    async def watch() -> AsyncIterator[rpb.WatchConfigRequest]:
+        yield rpb.WatchConfigRequest(node_id="dp-on-b", route_configs=[CONFIG_NAME])
+        await asyncio.Event().wait()  # keep the stream open
+
+    async with (
+        AsyncMaestroClient(address_a, api_key=admin) as a,
+        AsyncMaestroClient(address_b, api_key=admin, timeout_s=60) as b,
+    ):
+        v1 = await push_prompt(a, "v1")
+        v2 = await push_prompt(a, "v2")
+        created = await a.rollouts.CreateRollout(
+            rollout_pb.CreateRolloutRequest(
+                parent="projects/alpha", rollout=rollout(v1.name, v2.name, [weight(30), pause()])
+            )
+        )
+        await wait_for_state(a, created.rollout.name, rollout_pb.Rollout.STATE_PAUSED)
+        stream = b.routes.WatchConfig(watch())
+        seen: list[list[tuple[str, int]]] = []
+        async with asyncio.timeout(30):
+            async for response in stream:
+                for snapshot in response.snapshots:
+                    for split in snapshot.traffic_splits:
+                        seen.append(
+                            [(w.artifact_version, w.weight_percent) for w in split.version_weights]
+                        )
+                if seen and seen[-1] == [(v2.name, 30), (v1.name, 70)]:
+                    break
+            await a.rollouts.AbortRollout(
+                rollout_pb.AbortRolloutRequest(name=created.rollout.name, reason="bad canary")
+            )
+            async for response in stream:
+                for snapshot in response.snapshots:
+                    for split in snapshot.traffic_splits:
+                        seen.append(
+                            [(w.artifact_version, w.weight_percent) for w in split.version_weights]
+                        )
+                if seen[-1] == [(v1.name, 100)]:
+                    break
+        stream.cancel()
+    assert seen[-1] == [(v1.name, 100)]

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from maestro.control_plane.rollouts.judges import (
     BurnWindow,
-    Measurement,
     SloBurnTemplate,
     VersionSeries,
     burn_rate,
@@ -26,6 +25,7 @@ from maestro.control_plane.rollouts.judges import (
     judge_slo_burn,
     mann_whitney_binned_greater_pvalue,
 )
+from maestro.control_plane.rollouts.records import Measurement
 from maestro.routing.signals import LATENCY_BOUNDS_MS, Histogram, Observation
 
 BUCKETS = len(LATENCY_BOUNDS_MS) + 1

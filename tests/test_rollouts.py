@@ -13,6 +13,7 @@ from maestro.clients import AsyncMaestroClient
 from maestro.clients.errors import MaestroRpcError
 from maestro.data_plane.sim import FaultProfile
 from maestro.v1 import eval_service_pb2 as epb
+from maestro.v1 import route_service_pb2 as route_pb
 from maestro.v1 import rollout_service_pb2 as rpb
 from tests.conftest import RunningServer
 from tests.eval_support import create_dataset, create_suite, eval_stack, task_rows
@@ -133,6 +134,18 @@ async def test_abort_takes_traffic_off_the_candidate_before_it_returns(
     split = traffic.split(ARTIFACT)
     assert split is not None
     assert [s.version for s in split.shares] == [v1.name]
+    data = server.metrics.get_metrics_data()
+    assert data is not None
+    counted = {
+        point.attributes["action"]: point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "maestro.rollout.changes"
+        for point in metric.data.data_points
+        if point.attributes
+    }
+    assert counted["ABORTED"] == 1
 
 
 async def test_bad_strategies_are_invalid_argument_and_create_nothing(
@@ -341,6 +354,11 @@ async def test_eval_score_ok_promotes_a_good_version_and_rolls_back_a_worse_one(
         promoted = await wait_for_state(
             s.client, good.rollout.name, R.STATE_PROMOTED, timeout_s=120
         )
+        config = await s.client.routes.GetConfig(
+            route_pb.GetConfigRequest(name="projects/alpha/routeConfig")
+        )
+        assert promoted.snapshot_version == config.route_config.snapshot_version
+        assert "~t" in promoted.snapshot_version  # the config's version, then the splits'
         passed = promoted.analysis_results[0]
         assert passed.outcome == rpb.RolloutAnalysisResult.OUTCOME_PASSED
         assert passed.eval_run
@@ -372,3 +390,41 @@ async def test_eval_score_ok_promotes_a_good_version_and_rolls_back_a_worse_one(
         assert analysed
         assert analysed[0].eval_run == failed.eval_run
         assert analysed[0].scorecard == failed.scorecard
+
+
+async def test_validate_only_checks_a_rollout_and_creates_nothing(
+    alpha: AsyncMaestroClient,
+) -> None:
+    v1 = await push_prompt(alpha, "v1")
+    v2 = await push_prompt(alpha, "v2")
+    checked = await alpha.rollouts.CreateRollout(
+        rpb.CreateRolloutRequest(
+            parent="projects/alpha",
+            rollout=rollout(v1.name, v2.name, [weight(10)]),
+            validate_only=True,
+        )
+    )
+    assert checked.rollout.state == R.STATE_PROGRESSING
+    listed = await alpha.rollouts.ListRollouts(rpb.ListRolloutsRequest(parent="projects/alpha"))
+    assert list(listed.rollouts) == []
+
+
+async def test_a_retried_promotion_skips_one_step_not_two(alpha: AsyncMaestroClient) -> None:
+    v1 = await push_prompt(alpha, "v1")
+    v2 = await push_prompt(alpha, "v2")
+    created = await alpha.rollouts.CreateRollout(
+        rpb.CreateRolloutRequest(
+            parent="projects/alpha",
+            rollout=rollout(v1.name, v2.name, [weight(10), pause(), weight(20), pause(), pause()]),
+        )
+    )
+    held = await wait_for_state(alpha, created.rollout.name, R.STATE_PAUSED)
+    assert held.current_step_index == 1
+    request = rpb.PromoteRolloutRequest(name=created.rollout.name, request_id="promote-once")
+    first = await alpha.rollouts.PromoteRollout(request)
+    again = await alpha.rollouts.PromoteRollout(request)
+    assert first.rollout.current_step_index == 2
+    assert again.rollout.current_step_index >= 2
+    settled = await wait_for_state(alpha, created.rollout.name, R.STATE_PAUSED)
+    assert settled.current_step_index == 3
+    assert settled.canary_weight_percent == 20

@@ -54,14 +54,13 @@ from maestro.core.errors import (
     InvalidArgument,
     MaestroError,
     NotFound,
-    Unauthenticated,
     Unimplemented,
     internal_error,
 )
 from maestro.core.quotas import UNLIMITED, Limiter
 from maestro.core.rpc.interceptors import Authenticate
-from maestro.core.rpc.scopes import METHOD_SCOPES, check_scope
-from maestro.data_plane.http_ingress import error_response
+from maestro.core.rpc.scopes import METHOD_SCOPES
+from maestro.data_plane.http_ingress import error_response, http_caller
 
 SCOPES = METHOD_SCOPES["/maestro.v1.RolloutService/GetArtifactVersion"]
 """The HTTP face of reading a version: the same scopes (inference, approver, admin)."""
@@ -162,26 +161,10 @@ class _RolloutApi:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def _caller(self, request: web.Request) -> Principal:
-        """As the ingress authenticates: `Authorization: Bearer <key>` or `x-api-key`."""
-        header = request.headers.get("Authorization", "")
-        secret = header[7:].strip() if header.startswith("Bearer ") else ""
-        if not secret:
-            secret = request.headers.get("x-api-key", "")
-        if not secret:
-            if self._insecure_project is not None:
-                return Principal(self._insecure_project, None)
-            raise Unauthenticated(
-                "missing API key: send `Authorization: Bearer <key>`", reason="API_KEY_MISSING"
-            )
-        peer = request.remote or ""
-        self._limiter.check_peer(peer)
-        principal = await self._authenticate(secret)
-        if principal is None:
-            raise self._limiter.failed(
-                peer, Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
-            )
-        check_scope(principal, SCOPES)
-        return principal
+        """As the ingress authenticates (`http_caller`), with GetArtifactVersion's scopes."""
+        return await http_caller(
+            request, self._authenticate, self._insecure_project, self._limiter, SCOPES
+        )
 
     # -- :sloBurn -------------------------------------------------------------------------------
 

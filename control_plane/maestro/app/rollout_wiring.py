@@ -4,6 +4,8 @@ plane's observations it judges, and the kill switch that aborts its rollouts."""
 
 from __future__ import annotations
 
+from opentelemetry import metrics
+
 from maestro.app.config import MaestroConfig
 from maestro.app.rollout_evals import EvalGates, artifact_prompt
 from maestro.control_plane.evals.assembly import EvalPlane
@@ -56,6 +58,7 @@ def build_rollout_plane(
     routes: RouteService,
     graph: GraphPlane | None,
     evals: EvalPlane | None,
+    meter: metrics.Meter | None = None,
 ) -> RolloutPlane:
     settings = config.rollouts
     plane = build_rollouts(
@@ -69,10 +72,18 @@ def build_rollout_plane(
         ],
         measure_interval_s=settings.measure_interval_s,
         max_analysis_wait_s=settings.max_analysis_wait_s,
+        pause_scale=settings.pause_scale,
         registry=settings.registry,
         notifications=settings.notifications,
+        meter=meter,
     )
     plane.service.current_traffic = registry.traffic
+
+    def config_version(project: str) -> str:
+        published = registry.current(f"projects/{project}")
+        return published.snapshot_version if published is not None else ""
+
+    plane.store.config_version = config_version
     routes.observation_listeners.append(plane.observe)
     if graph is not None:
         graph.service.kill_switch_listeners.append(plane.service.abort_all)

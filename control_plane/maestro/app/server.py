@@ -233,7 +233,15 @@ async def start_control_plane(
             _gate_autonomy(graph, evals)
     rollouts = None
     if config.rollouts.enabled:
-        rollouts = build_rollout_plane(config, store, registry, routes, graph, evals)
+        rollouts = build_rollout_plane(
+            config,
+            store,
+            registry,
+            routes,
+            graph,
+            evals,
+            telemetry.meter_provider.get_meter("maestro.rollouts"),
+        )
         rollouts.register(server, stopping)
     else:
         pending.append((ROLLOUT_SERVICE, "progressive delivery (rollouts.enabled is false)"))

@@ -215,6 +215,13 @@ class RolloutsConfig(Section):
         description="Operator freeze windows: inside one, rollouts cannot start, resume or "
         "promote, and a candidate with traffic is rolled back to 0%.",
     )
+    pause_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Multiplies every timed pause step (0.01 turns the seed's 10-minute pause "
+        "into 6 s): for demos, end-to-end tests and benchmarks, never production.",
+    )
     measure_interval_s: float = Field(
         1.0,
         gt=0,

@@ -459,6 +459,36 @@ def _finish(reason: FinishReason) -> str:
 _ADMITTED = web.RequestKey("maestro_admitted_project", str)
 
 
+async def http_caller(
+    request: web.Request,
+    authenticate: Authenticate,
+    insecure_project: str | None,
+    limiter: Limiter,
+    scopes: frozenset[str],
+) -> Principal:
+    """The caller of an HTTP route: `Authorization: Bearer <key>` or `x-api-key`, checked as a
+    gRPC call's key is (failed attempts limited per peer), with one of `scopes`."""
+    header = request.headers.get("Authorization", "")
+    secret = header[7:].strip() if header.startswith("Bearer ") else ""
+    if not secret:
+        secret = request.headers.get("x-api-key", "")
+    if not secret:
+        if insecure_project is not None:
+            return Principal(insecure_project, None)
+        raise Unauthenticated(
+            "missing API key: send `Authorization: Bearer <key>`", reason="API_KEY_MISSING"
+        )
+    peer = request.remote or ""
+    limiter.check_peer(peer)
+    principal = await authenticate(secret)
+    if principal is None:
+        raise limiter.failed(
+            peer, Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
+        )
+    check_scope(principal, scopes)
+    return principal
+
+
 class OpenAIIngress:
     def __init__(
         self,
@@ -542,25 +572,9 @@ class OpenAIIngress:
         return principal
 
     async def _caller(self, request: web.Request, scopes: frozenset[str]) -> Principal:
-        header = request.headers.get("Authorization", "")
-        secret = header[7:].strip() if header.startswith("Bearer ") else ""
-        if not secret:
-            secret = request.headers.get("x-api-key", "")
-        if not secret:
-            if self._insecure_project is not None:
-                return Principal(self._insecure_project, None)
-            raise Unauthenticated(
-                "missing API key: send `Authorization: Bearer <key>`", reason="API_KEY_MISSING"
-            )
-        peer = request.remote or ""
-        self._limiter.check_peer(peer)
-        principal = await self._authenticate(secret)
-        if principal is None:
-            raise self._limiter.failed(
-                peer, Unauthenticated("API key is invalid or revoked", reason="API_KEY_INVALID")
-            )
-        check_scope(principal, scopes)
-        return principal
+        return await http_caller(
+            request, self._authenticate, self._insecure_project, self._limiter, scopes
+        )
 
     async def models(self, request: web.Request) -> web.Response:
         try:

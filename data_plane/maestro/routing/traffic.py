@@ -96,9 +96,14 @@ def snapshot_version(config_version: str, traffic: ProjectTraffic | None) -> str
     and no config of its own. Either part changing changes it. The one place that spells it."""
     if traffic is None:
         return config_version
+    return joined_version(config_version, traffic.revision)
+
+
+def joined_version(config_version: str, traffic_revision: int) -> str:
+    """`snapshot_version` from its two parts (see there)."""
     if not config_version:
-        return traffic_version(traffic.revision)
-    return f"{config_version}~{traffic_version(traffic.revision)}"
+        return traffic_version(traffic_revision)
+    return f"{config_version}~{traffic_version(traffic_revision)}"
 
 
 def parse_snapshot_version(version: str) -> tuple[str, int | None]:

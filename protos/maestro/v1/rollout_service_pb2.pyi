@@ -1038,8 +1038,9 @@ class RolloutAuditEvent(_message.Message):
     in the order they happened.
     """
     actor: _builtins.str
-    """Output only. Who: the caller's API key, `projects/{project}/apiKeys/{api_key}`, or
-    `system:rollout-controller` for the controller's own steps.
+    """Output only. Who: the identity of the caller's API key (its holder, as dual control counts
+    them), else the key, `projects/{project}/apiKeys/{api_key}`; `system:rollout-controller`
+    for the controller's own steps.
     """
     action: Global___RolloutAuditEvent.Action.ValueType
     """Output only. What happened."""

@@ -22,7 +22,6 @@ from maestro.control_plane.rollouts.judges import (
 )
 from maestro.control_plane.rollouts.records import (
     AnalysisResult,
-    Measurement,
     Outcome,
     RolloutRecord,
     SloBurnSpec,
@@ -105,7 +104,7 @@ class Analyst:
             background,
             template.name,
             _OUTCOMES[verdict.outcome],
-            tuple(Measurement(m.metric, m.value, m.limit, m.passed) for m in verdict.measurements),
+            verdict.measurements,
             verdict.message,
             start_time=start,
             end_time=self._clock(),

@@ -9,12 +9,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+from opentelemetry import metrics
 
 from maestro.control_plane.config import NotificationsConfig, RegistryConfig
 from maestro.control_plane.rollouts.analysis import Analyst, EvalGateRunner
 from maestro.control_plane.rollouts.controller import RolloutController
 from maestro.control_plane.rollouts.freeze import FreezeCalendar, FreezeWindow
 from maestro.control_plane.rollouts.judges import VersionSeries
+from maestro.control_plane.rollouts.metrics import RolloutMetrics
 from maestro.control_plane.rollouts.mirror import RegistryMirror
 from maestro.control_plane.rollouts.notify import Notifier
 from maestro.control_plane.rollouts.oci import OciLayout
@@ -95,8 +97,10 @@ def build_rollouts(
     eval_gate: EvalGateRunner | None = None,
     measure_interval_s: float = 1.0,
     max_analysis_wait_s: float = 300.0,
+    pause_scale: float = 1.0,
     registry: RegistryConfig | None = None,
     notifications: NotificationsConfig | None = None,
+    meter: metrics.Meter | None = None,
 ) -> RolloutPlane:
     store = RolloutStore(sql)
     layout = OciLayout(oci_dir)
@@ -118,7 +122,9 @@ def build_rollouts(
     analyst = Analyst(
         series, eval_gate, measure_interval_s=measure_interval_s, max_wait_s=max_analysis_wait_s
     )
-    controller = RolloutController(service, analyst)
+    controller = RolloutController(service, analyst, pause_scale)
+    if meter is not None:
+        service.listeners.append(RolloutMetrics(meter).listen)
     mirror = RegistryMirror.from_config(layout, registry) if registry is not None else None
     service.mirror = mirror
     notifier = Notifier.from_config(notifications, sql) if notifications is not None else None

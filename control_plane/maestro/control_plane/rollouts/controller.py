@@ -39,12 +39,15 @@ from maestro.core.errors import MaestroError
 log = structlog.get_logger(__name__)
 Key = tuple[str, str]
 FOREVER = math.inf
+RETRY_PAUSE_S = 0.05
 
 
 class RolloutController:
-    def __init__(self, service: RolloutService, analyst: Analyst) -> None:
+    def __init__(self, service: RolloutService, analyst: Analyst, pause_scale: float = 1.0) -> None:
+        """`pause_scale` multiplies timed pauses (`rollouts.pause_scale`: demos and tests)."""
         self.service = service
         self.analyst = analyst
+        self.pause_scale = pause_scale
         self._clock = service.clock
         self._drivers: dict[Key, asyncio.Task[None]] = {}
         self._wakes: dict[Key, asyncio.Event] = {}
@@ -97,8 +100,9 @@ class RolloutController:
                 self._keep_background(rollout)
                 try:
                     wait_s = await self._step(rollout)
-                except MaestroError as e:  # a verb won a race; read again
+                except MaestroError as e:  # a verb won a race; read again, after a breath
                     log.info("rollouts.step_lost_race", rollout=rollout.name, reason=e.reason)
+                    await asyncio.sleep(RETRY_PAUSE_S)
                     continue
                 if wait_s <= 0:
                     continue
@@ -182,7 +186,7 @@ class RolloutController:
             )
             return 0
         if step.pause_s is not None:
-            until = now + step.pause_s if step.pause_s > 0 else None
+            until = now + step.pause_s * self.pause_scale if step.pause_s > 0 else None
             reason = (
                 f"step {r.step_index}: pause {step.pause_s:g}s"
                 if until is not None

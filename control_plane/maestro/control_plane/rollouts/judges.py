@@ -63,6 +63,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from maestro.control_plane.rollouts.records import Measurement
 from maestro.routing.signals import LATENCY_BOUNDS_MS, Observation
 
 Indicator = Literal["errors", "latency"]
@@ -242,16 +243,6 @@ class SloBurnTemplate:
     @property
     def required_requests(self) -> int:
         return self.min_request_count or DEFAULT_MIN_REQUEST_COUNT
-
-
-@dataclass(frozen=True, slots=True)
-class Measurement:
-    """`RolloutMeasurement`: a measured value, the limit it was held to, whether it was within."""
-
-    metric: str
-    value: float
-    limit: float
-    passed: bool
 
 
 @dataclass(frozen=True, slots=True)

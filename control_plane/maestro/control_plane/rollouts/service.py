@@ -47,6 +47,7 @@ from maestro.core.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    NotFound,
 )
 from maestro.routing.traffic import ProjectTraffic, TrafficSplit, VersionShare
 
@@ -353,10 +354,22 @@ class RolloutService:
             created = t.event(r, r, Action.CREATED, principal.who, candidate.digest, reason=reason)
             return [replace(created, request_id=request_id)]
 
-        if validate_only:
+        if validate_only:  # the same checks as a real start, nothing written
             artifact = await self.store.aio(self.store.artifact, project, spec.artifact_id)
-            if artifact is not None:
-                await self.store.aio(self.store.get_rollout, project, "-") if False else None
+            if artifact is None:
+                raise NotFound(f"artifact {record.artifact} not found", reason="ARTIFACT_NOT_FOUND")
+            live = await self.store.aio(self.store.live_rollouts)
+            check(
+                artifact,
+                next(
+                    (
+                        r
+                        for r in live
+                        if r.project == project and r.spec.artifact_id == spec.artifact_id
+                    ),
+                    None,
+                ),
+            )
             return record
         result = await self.store.aio(self.store.create_rollout, record, request_id, events, check)
         if isinstance(result, RolloutRecord):
@@ -457,8 +470,16 @@ class RolloutService:
         rollout_id: str,
         etag: str,
         change: Callable[[RolloutRecord, ArtifactRecord, str], t.Change | None],
+        request_id: str = "",
     ) -> RolloutRecord:
+        """Apply a verb's transition. A retried call (a `request_id` already in the rollout's
+        audit log) changes nothing and returns the rollout as it stands: a retried promotion
+        never skips a second step."""
         require_project(principal, project)
+        if request_id:
+            done = await self.store.aio(self.store.events_after_revision, project, rollout_id, 0)
+            if any(e.request_id == request_id for e in done):
+                return await self.store.aio(self.store.get_rollout, project, rollout_id)
 
         def apply(current: RolloutRecord, artifact: ArtifactRecord, tx: Tx) -> t.Change | None:
             if etag and etag != current.etag:
@@ -528,7 +549,7 @@ class RolloutService:
                 request_id=request_id,
             )
 
-        return await self._change(principal, project, rollout_id, etag, change)
+        return await self._change(principal, project, rollout_id, etag, change, request_id)
 
     async def resume(
         self,
@@ -561,7 +582,7 @@ class RolloutService:
                 request_id=request_id,
             )
 
-        record = await self._change(principal, project, rollout_id, etag, change)
+        record = await self._change(principal, project, rollout_id, etag, change, request_id)
         self._wake(record)
         return record
 
@@ -580,8 +601,6 @@ class RolloutService:
 
         def change(r: RolloutRecord, _: ArtifactRecord, digest: str) -> t.Change | None:
             _not_ended(r, "promote")
-            if request_id and r.analyses is not None and _done_request(r, request_id):
-                return None
             if full or r.step_index >= len(r.spec.strategy.steps) - 1:
                 _approved(r)
                 return t.promote(
@@ -608,7 +627,7 @@ class RolloutService:
                 )
             ]
 
-        record = await self._change(principal, project, rollout_id, etag, change)
+        record = await self._change(principal, project, rollout_id, etag, change, request_id)
         if self.controller is not None:
             self.controller.cancel_analysis(project, rollout_id)
         self._wake(record)
@@ -643,7 +662,7 @@ class RolloutService:
                 request_id=request_id,
             )
 
-        record = await self._change(principal, project, rollout_id, etag, change)
+        record = await self._change(principal, project, rollout_id, etag, change, request_id)
         if self.controller is not None:
             self.controller.cancel_analysis(project, rollout_id)
         self._wake(record)
@@ -727,7 +746,7 @@ class RolloutService:
                 )
             ]
 
-        record = await self._change(principal, project, rollout_id, etag, change)
+        record = await self._change(principal, project, rollout_id, etag, change, request_id)
         self._wake(record)
         return record
 
@@ -765,7 +784,7 @@ class RolloutService:
                 )
             ]
 
-        record = await self._change(principal, project, rollout_id, "", change)
+        record = await self._change(principal, project, rollout_id, "", change, request_id)
         self._wake(record)
         return record
 
@@ -867,10 +886,6 @@ def _approved(r: RolloutRecord) -> None:
             f"takes all traffic (dual control); it has {len(r.approvals)}",
             reason="APPROVALS_REQUIRED",
         )
-
-
-def _done_request(r: RolloutRecord, request_id: str) -> bool:
-    return False
 
 
 def _reason(given: str, default: str) -> str:

@@ -42,6 +42,7 @@ from maestro.control_plane.rollouts.records import (
 from maestro.control_plane.store.errors import once_more_on_conflict
 from maestro.control_plane.store.sql import Row, Sql, Tx
 from maestro.core.errors import Aborted, AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from maestro.routing.traffic import joined_version
 
 T = TypeVar("T")
 CHANGES_CHANNEL = "maestro_traffic"
@@ -122,8 +123,11 @@ def event_from_json(body: Mapping[str, Any]) -> AuditEvent:
 
 
 class RolloutStore:
-    def __init__(self, sql: Sql) -> None:
+    def __init__(self, sql: Sql, config_version: Callable[[str], str] = lambda _: "") -> None:
+        """`config_version(project id)`: the version of the project's routing config snapshot
+        now, the first part of the snapshot version a weight change is published in."""
         self.sql = sql
+        self.config_version = config_version
 
     async def aio(self, call: Callable[..., T], *args: Any) -> T:
         return await call_store(self.sql, call, *args)
@@ -431,7 +435,9 @@ class RolloutStore:
             revision = self._write_traffic_and_events(
                 tx, record, list(events(record, artifact)), new=True, request_id=request_id
             )
-        return replace(record, snapshot_version=f"t{revision}"), revision
+        return replace(
+            record, snapshot_version=joined_version(self.config_version(record.project), revision)
+        ), revision
 
     def _live_of(self, tx: Tx, project: str, artifact_id: str) -> RolloutRecord | None:
         marks = ", ".join("?" for _ in _LIVE)
@@ -511,7 +517,10 @@ class RolloutStore:
                 (revision, self.sql.json_in(splits), record.project),
             )
             self.sql.notify(tx, CHANGES_CHANNEL, f"projects/{record.project}")
-            record = replace(record, snapshot_version=f"t{revision}")
+            record = replace(
+                record,
+                snapshot_version=joined_version(self.config_version(record.project), revision),
+            )
         body = (
             self.sql.json_in(self._spec_json(record)),
             int(record.state),
