@@ -13,8 +13,8 @@ from maestro.clients import AsyncMaestroClient
 from maestro.clients.errors import MaestroRpcError
 from maestro.data_plane.sim import FaultProfile
 from maestro.v1 import eval_service_pb2 as epb
-from maestro.v1 import route_service_pb2 as route_pb
 from maestro.v1 import rollout_service_pb2 as rpb
+from maestro.v1 import route_service_pb2 as route_pb
 from tests.conftest import RunningServer
 from tests.eval_support import create_dataset, create_suite, eval_stack, task_rows
 from tests.rollout_support import (
