@@ -137,7 +137,7 @@ async def test_abort_takes_traffic_off_the_candidate_before_it_returns(
     data = server.metrics.get_metrics_data()
     assert data is not None
     counted = {
-        point.attributes["action"]: point.value
+        point.attributes["action"]: getattr(point, "value", None)
         for resource in data.resource_metrics
         for scope in resource.scope_metrics
         for metric in scope.metrics
