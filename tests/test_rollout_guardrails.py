@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from maestro.clients import AsyncMaestroClient
@@ -16,6 +17,8 @@ from maestro.core.auth import ADMIN, APPROVER, INFERENCE
 from maestro.v1 import graph_service_pb2 as gpb
 from maestro.v1 import rollout_service_pb2 as rpb
 from tests.conftest import RunningServer, start_server
+from tests.graph_support import FINAL, struct, wait_for
+from tests.inference_support import stack
 from tests.rollout_support import ARTIFACT, pause, push_prompt, rollout, wait_for_state, weight
 
 R = rpb.Rollout
@@ -224,3 +227,51 @@ async def test_the_kill_switch_aborts_every_rollout_of_the_project(
     assert traffic is not None
     assert all(len(split.shares) == 1 for split in traffic.splits.values())
     _ = ARTIFACT
+
+
+async def test_a_run_of_a_recipe_artifact_keeps_the_version_its_split_picked(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path) as s:
+        v1 = await _push_recipe(s.client, "L2", "one")
+        v2 = await _push_recipe(s.client, "L2", "two")
+        created = await s.client.rollouts.CreateRollout(
+            rpb.CreateRolloutRequest(
+                parent="projects/alpha",
+                rollout=rollout(v1, v2, [weight(50), pause()], artifact=RECIPE_ARTIFACT),
+            )
+        )
+        await wait_for_state(s.client, created.rollout.name, R.STATE_PAUSED)
+        picked: dict[str, str] = {}
+        for key in ("k1", "k2", "k3", "k4", "k5", "k6"):
+            run = (
+                await s.client.graphs.CreateRun(
+                    gpb.CreateRunRequest(
+                        parent="projects/alpha",
+                        request_id=key,
+                        run=gpb.Run(
+                            artifact=RECIPE_ARTIFACT,
+                            input_state=struct({"task": "Explain leases."}),
+                        ),
+                    )
+                )
+            ).run
+            assert run.artifact == RECIPE_ARTIFACT
+            assert run.artifact_version in (v1, v2)
+            picked[run.name] = run.artifact_version
+        assert set(picked.values()) == {v1, v2}  # 6 keys at 50%: both versions serve
+        await s.client.rollouts.AbortRollout(
+            rpb.AbortRolloutRequest(name=created.rollout.name, reason="enough")
+        )
+        for name, version in picked.items():
+            done = await wait_for(s.client, name, FINAL)
+            assert done.state == gpb.Run.STATE_SUCCEEDED, done.state_reason
+            assert done.artifact_version == version  # the run kept the version it started with
+        with pytest.raises(MaestroRpcError) as other:
+            await s.client.graphs.CreateRun(
+                gpb.CreateRunRequest(
+                    parent="projects/alpha",
+                    run=gpb.Run(artifact="projects/beta/artifacts/theirs"),
+                )
+            )
+        assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT

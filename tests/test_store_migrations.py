@@ -62,6 +62,7 @@ APPLIED = [
     ("graph", 1),
     ("graph", 2),
     ("graph", 3),
+    ("graph", 4),
     ("projects", 1),
     ("projects", 2),
     ("rollouts", 1),
@@ -300,7 +301,7 @@ def _open(backend: str, where: Path | str, migrations: tuple[Migration, ...]) ->
 
 def _insert_old_run(sql: Sql, run: RunRecord) -> None:
     """A run row as graph/1 had it: today's columns less those later migrations added."""
-    later = {"creator"}
+    later = {"creator", "artifact_version"}
     columns = [c.strip() for c in _RUN_COLUMNS.split(",") if c.strip() not in later]
     store = RunStore(sql)
     values = [store._value(c, getattr(run, c)) for c in columns]

@@ -11,12 +11,16 @@ from maestro.app.rollout_evals import EvalGates, artifact_prompt
 from maestro.control_plane.evals.assembly import EvalPlane
 from maestro.control_plane.graph.assembly import GraphPlane
 from maestro.control_plane.graph.recipe import parse_recipe
+from maestro.control_plane.graph.records import RecipeRecord
+from maestro.control_plane.graph.service import ArtifactRecipe
 from maestro.control_plane.rollouts.assembly import RolloutPlane, build_rollouts
+from maestro.control_plane.rollouts.convert import parse_version
 from maestro.control_plane.rollouts.freeze import FreezeWindow
 from maestro.control_plane.rollouts.records import Kind
 from maestro.control_plane.route.service import RouteService
 from maestro.control_plane.store.sql import Sql
-from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.core.auth import Principal
+from maestro.core.errors import FieldViolation, InvalidArgument, NotFound
 from maestro.routing.artifacts import compile_artifact, kind_of
 from maestro.routing.snapshots import SnapshotRegistry
 
@@ -87,7 +91,49 @@ def build_rollout_plane(
     routes.observation_listeners.append(plane.observe)
     if graph is not None:
         graph.service.kill_switch_listeners.append(plane.service.abort_all)
+        graph.service.artifact_recipe = artifact_recipes(plane, registry)
     if evals is not None:
         plane.controller.analyst.eval_gate = EvalGates(evals)
         evals.service.artifact_prompt = artifact_prompt(plane.service)
     return plane
+
+
+def artifact_recipes(plane: RolloutPlane, registry: SnapshotRegistry) -> ArtifactRecipe:
+    """GraphService's hook for `run.artifact`: the recipe version the artifact's traffic split
+    picks for the run's key, as a recipe revision the run pins (its revision id derived from the
+    content digest, so each version compiles once and never collides with a recipe's)."""
+    store = plane.store
+
+    async def recipe(principal: Principal, artifact: str, key: str) -> RecipeRecord:
+        traffic = registry.traffic(f"projects/{principal.project_id}")
+        split = traffic.split(artifact) if traffic is not None else None
+        if split is None:
+            raise NotFound(
+                f"artifact {artifact[:200]} serves no version: start a rollout of it",
+                reason="ARTIFACT_NOT_SERVING",
+            )
+        project, artifact_id, version_id = parse_version(split.pick(key).version, "run.artifact")
+        version = await store.aio(store.get_version, project, artifact_id, version_id)
+        if version.kind != Kind.RECIPE:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "run.artifact",
+                        f"{artifact} holds {version.kind.label} versions; a run needs a recipe "
+                        "artifact",
+                    )
+                ]
+            )
+        source = await store.aio(store.version_content, project, artifact_id, version_id)
+        return RecipeRecord(
+            project,
+            artifact_id,
+            "sha256-" + version.digest.removeprefix("sha256:")[:24],
+            version.description,
+            source,
+            version.create_time,
+            version.create_time,
+            artifact_version=version.name,
+        )
+
+    return recipe

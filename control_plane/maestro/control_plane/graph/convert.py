@@ -241,6 +241,8 @@ def run_message(run: RunRecord) -> pb.Run:
         create_time=timestamp(run.create_time),
         update_time=timestamp(run.update_time),
         end_time=timestamp(run.end_time),
+        artifact=run.recipe if run.artifact_version else "",
+        artifact_version=run.artifact_version,
     )
     if run.owner:
         message.lease_expire_time.FromDatetime(datetime.fromtimestamp(run.lease_expire, UTC))
@@ -410,6 +412,7 @@ def new_run_from(request: pb.CreateRunRequest) -> NewRun:
         run_id=request.run_id,
         request_id=request.request_id,
         gate_override_reason=request.autonomy_gate_override_reason,
+        artifact=run.artifact,
     )
 
 

@@ -168,6 +168,9 @@ class RunRecord:
     """Names of the run's open gates, kept in its row by every change that opens or closes one."""
     creator: str = ""
     """The identity that started the run (`Principal.who`): it may not approve its gates."""
+    artifact_version: str = ""
+    """The recipe artifact's version the run serves (`recipe` is then the artifact's name),
+    picked from the traffic split when the run was created."""
 
 
 # -- gates ----------------------------------------------------------------------------------------
@@ -374,9 +377,14 @@ class RecipeRecord:
     source_yaml: str
     create_time: float
     update_time: float
+    artifact_version: str = ""
+    """Set for a recipe artifact's version (RolloutService): `recipe_id` is then the artifact's
+    id, and the revision id is derived from the version's content digest."""
 
     @property
     def name(self) -> str:
+        if self.artifact_version:
+            return self.artifact_version.partition("/versions/")[0]
         return f"projects/{self.project}/recipes/{self.recipe_id}"
 
 

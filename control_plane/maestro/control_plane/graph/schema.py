@@ -383,4 +383,8 @@ MIGRATIONS = (
     Migration("graph", 2, GRAPH_OWN_NAMES_SQLITE, postgres_sql=GRAPH_OWN_NAMES_POSTGRES),
     # Who started each run, for dual control; runs from before it have none (anyone may approve).
     Migration("graph", 3, "ALTER TABLE agent_runs ADD COLUMN creator TEXT NOT NULL DEFAULT '';"),
+    # The artifact version a run serves (RolloutService's recipe artifacts); '' for the others.
+    Migration(
+        "graph", 4, "ALTER TABLE agent_runs ADD COLUMN artifact_version TEXT NOT NULL DEFAULT '';"
+    ),
 )

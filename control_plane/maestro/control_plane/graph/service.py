@@ -84,6 +84,15 @@ class NewRun:
     """Set for child runs (their parent's creator); a caller's run records its principal."""
     gate_override_reason: str = ""
     """An operator starting a run above L2 without an autonomy promotion: audited."""
+    artifact: str = ""
+    """A recipe artifact (`projects/{p}/artifacts/{a}`) instead of `recipe`: its version is
+    picked from the traffic split (`GraphService.artifact_recipe`) and the run keeps it."""
+
+
+ArtifactRecipe = Callable[[Principal, str, str], Awaitable[RecipeRecord]]
+"""(caller, artifact name, traffic key) -> the recipe of the version the artifact's traffic
+split picks for that key (`RecipeRecord.artifact_version` set); NOT_FOUND when it serves no
+version, INVALID_ARGUMENT when it is not a recipe artifact."""
 
 
 class GraphService:
@@ -104,10 +113,12 @@ class GraphService:
         self.routes = routes
         runtime.start_child = self.start_child
         self.autonomy_gate: AutonomyGate | None = None
+        """Set by the wiring when EvalService runs beside this service."""
+        self.artifact_recipe: ArtifactRecipe | None = None
+        """Set by the wiring when RolloutService runs beside this service."""
         self.kill_switch_listeners: list[Callable[[str | None, str, str], Awaitable[object]]] = []
         """Told (project id, or None for the global switch; actor; reason) when a switch is
         engaged: RolloutService aborts the rollouts it covers."""
-        """Set by the wiring when EvalService runs beside this service."""
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -133,8 +144,10 @@ class GraphService:
         operator's override (audited before the run starts)."""
         if level < GATED_LEVEL or record.project == BUILTIN or self.autonomy_gate is None:
             return
-        recipe = f"projects/{record.project}/recipes/{record.recipe_id}"
-        if await self.autonomy_gate(record.project, recipe, record.revision_id, level):
+        recipe = record.name
+        if not record.artifact_version and await self.autonomy_gate(
+            record.project, recipe, record.revision_id, level
+        ):
             return
         shown = next(name for name, value in AUTONOMY.items() if value == level)
         if override:
@@ -147,11 +160,19 @@ class GraphService:
                 self.store.record_audit,
                 principal.who,
                 "autonomy_gate_override",
-                f"{recipe}@{record.revision_id}",
+                record.artifact_version or f"{recipe}@{record.revision_id}",
                 override,
                 {"level": shown},
             )
             return
+        if record.artifact_version:
+            raise FailedPrecondition(
+                f"a run at {shown} of recipe artifact version {record.artifact_version} needs an "
+                "operator's override (autonomy promotions are recorded for recipes, not artifact "
+                "versions); or run it at a lower autonomy_level",
+                reason="AUTONOMY_GATE_REQUIRED",
+                metadata={"artifact_version": record.artifact_version, "level": shown},
+            )
         raise FailedPrecondition(
             f"a run at {shown} of {recipe} revision {record.revision_id} needs a passing "
             f"autonomy gate: EvaluateGate kind AUTONOMY_PROMOTION, subject {recipe}, to "
@@ -160,13 +181,37 @@ class GraphService:
             metadata={"recipe": recipe, "revision": record.revision_id, "level": shown},
         )
 
+    async def _recipe_of(self, principal: Principal, project: str, new: NewRun) -> RecipeRecord:
+        """The recipe revision a new run pins: `run.recipe`'s, or the version of `run.artifact`
+        its traffic split picks (keyed by the request id, else the run id, else at random)."""
+        if new.recipe and new.artifact:
+            raise InvalidArgument(
+                [FieldViolation("run.artifact", "give a recipe or an artifact, not both")]
+            )
+        if new.artifact:
+            if not new.artifact.startswith(f"projects/{project}/artifacts/"):
+                raise InvalidArgument(
+                    [
+                        FieldViolation(
+                            "run.artifact", f"must be projects/{project}/artifacts/{{artifact}}"
+                        )
+                    ]
+                )
+            if self.artifact_recipe is None:
+                raise FailedPrecondition(
+                    "recipe artifacts need RolloutService, which this server does not run",
+                    reason="ROLLOUTS_DISABLED",
+                )
+            return await self.artifact_recipe(principal, new.artifact, new.request_id or new.run_id)
+        if not new.recipe:
+            raise InvalidArgument([FieldViolation("run.recipe", "required (or run.artifact)")])
+        self.recipes.name_parts(new.recipe, "run.recipe")
+        return await self.recipes.get(principal, new.recipe)
+
     async def create_run(self, principal: Principal, parent: str, new: NewRun) -> RunRecord:
         project = names.parse_project_name(parent, "parent")
         require_project(principal, project)
-        if not new.recipe:
-            raise InvalidArgument([FieldViolation("run.recipe", "required")])
-        self.recipes.name_parts(new.recipe, "run.recipe")
-        record = await self.recipes.get(principal, new.recipe)
+        record = await self._recipe_of(principal, project, new)
         recipe = self.recipes.parsed(record)
         spec = recipe.spec
         violations = []
@@ -187,7 +232,7 @@ class GraphService:
             raise InvalidArgument(violations)
         for node in spec.nodes:  # the child recipes exist and are readable by the caller
             if node.kind == "subgraph":
-                if node.recipe.split("@")[0] == new.recipe.split("@")[0]:
+                if node.recipe.split("@")[0] == record.name:
                     raise FailedPrecondition(
                         f"node {node.id!r} runs the recipe it belongs to", reason="RECIPE_CYCLE"
                     )
@@ -220,7 +265,8 @@ class GraphService:
         run = RunRecord(
             name=f"{parent}/runs/{run_id}",
             project=project,
-            recipe=new.recipe.split("@")[0],
+            recipe=record.name if record.artifact_version else new.recipe.split("@")[0],
+            artifact_version=record.artifact_version,
             recipe_revision_id=record.revision_id,
             recipe_source=record.source_yaml,
             input_state=new.input_state,

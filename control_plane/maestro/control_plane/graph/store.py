@@ -60,7 +60,7 @@ _RUN_COLUMNS = (
     "name, project, recipe, recipe_revision_id, recipe_source, input_state, state, status, "
     "state_reason, next_node, in_flight, visits, prompt_tokens, completion_tokens, cost_usd, "
     "budget, autonomy, error, kill_switch, open_gates, last_seq, owner, lease_expire, trace_id, "
-    "request_id, create_time, update_time, end_time, creator"
+    "request_id, create_time, update_time, end_time, creator, artifact_version"
 )
 
 T = TypeVar("T")
@@ -123,6 +123,7 @@ class RunStore:
             update_time=float(row["update_time"]),
             end_time=float(row["end_time"]) if row["end_time"] is not None else None,
             creator=row["creator"],
+            artifact_version=row["artifact_version"],
         )
 
     def _value(self, column: str, value: Any) -> Any:
