@@ -382,6 +382,11 @@ async def test_eval_score_ok_promotes_a_good_version_and_rolls_back_a_worse_one(
         events = await s.client.rollouts.ListRolloutAuditEvents(
             rpb.ListRolloutAuditEventsRequest(parent=bad.rollout.name, page_size=100)
         )
+        got = await s.client.rollouts.GetArtifactVersion(
+            rpb.GetArtifactVersionRequest(name=versions[2])
+        )
+        assert failed.eval_run in got.artifact_version.provenance.eval_runs
+        assert got.artifact_version.provenance.record.input_digests == [got.artifact_version.digest]
         analysed = [
             e
             for e in events.rollout_audit_events

@@ -95,6 +95,12 @@ def build_rollout_plane(
     if evals is not None:
         plane.controller.analyst.eval_gate = EvalGates(evals)
         evals.service.artifact_prompt = artifact_prompt(plane.service)
+        eval_store = evals.store
+
+        async def eval_runs_of(project: str, version: str) -> tuple[str, ...]:
+            return await eval_store.aio(eval_store.runs_targeting, project, version)
+
+        plane.service.eval_runs_of = eval_runs_of
     return plane
 
 

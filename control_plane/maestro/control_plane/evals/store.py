@@ -397,6 +397,24 @@ class EvalStore:
             )
         return int(row["n"]) if row else 0
 
+    def runs_targeting(
+        self, project: str, artifact_version: str, limit: int = 50, scan: int = 2000
+    ) -> tuple[str, ...]:
+        """Names of the newest runs (of the newest `scan`) whose target is `artifact_version`,
+        at most `limit`: an artifact version's provenance."""
+        with self.sql.read() as tx:
+            rows = tx.all(
+                "SELECT run_id, spec FROM eval_runs WHERE project = ? "
+                "ORDER BY create_time DESC, run_id DESC LIMIT ?",
+                (project, scan),
+            )
+        found = [
+            f"projects/{project}/evalRuns/{row['run_id']}"
+            for row in rows
+            if self.sql.json_out(row["spec"])["target"].get("artifact_version") == artifact_version
+        ]
+        return tuple(found[:limit])
+
     def list_runs(
         self,
         project: str,

@@ -27,6 +27,7 @@ from maestro.control_plane.rollouts.records import (
 )
 from maestro.control_plane.rollouts.service import VersionView
 from maestro.core.errors import FieldViolation, InvalidArgument
+from maestro.v1 import common_pb2
 from maestro.v1 import rollout_service_pb2 as pb
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -176,6 +177,10 @@ def version_message(view: VersionView) -> pb.ArtifactVersion:
             source_path=r.provenance.source_path,
             builder=r.provenance.builder,
             creator=r.provenance.creator,
+            eval_runs=view.eval_runs,
+            record=common_pb2.Provenance(
+                id=r.provenance.provenance_id, producer=r.name, input_digests=[r.digest]
+            ),
         ),
         stable=view.stable,
         traffic_weight_percent=view.weight,

@@ -80,6 +80,8 @@ class VersionView:
     stable: bool
     weight: int
     content: bytes = b""
+    eval_runs: tuple[str, ...] = ()
+    """Eval runs whose target is this version, newest first (GetArtifactVersion only)."""
 
 
 class RolloutService:
@@ -106,6 +108,9 @@ class RolloutService:
         self.listeners: list[Callable[[RolloutRecord, list[AuditEvent]], None]] = []
         """Told of each committed change and its events, after the traffic is published; they
         must not block (notifications queue and deliver elsewhere)."""
+        self.eval_runs_of: Callable[[str, str], Awaitable[tuple[str, ...]]] | None = None
+        """(project id, version name) -> eval runs whose target is the version, newest first, at
+        most 50; set by the wiring when EvalService runs beside."""
         self.current_traffic: Callable[[str], ProjectTraffic | None] = lambda _: None
         """The splits the data plane serves now (the registry's), for versions' weights."""
         self.changes = asyncio.Condition()
@@ -203,7 +208,10 @@ class RolloutService:
                 self.store.version_content, project, artifact_id, version_id
             )
             body = text.encode()
-        return await self._view(record, body)
+        view = await self._view(record, body)
+        if self.eval_runs_of is not None:
+            view = replace(view, eval_runs=await self.eval_runs_of(project, record.name))
+        return view
 
     async def _view(self, record: VersionRecord, content: bytes = b"") -> VersionView:
         artifact = await self.store.aio(self.store.artifact, record.project, record.artifact_id)
