@@ -1,7 +1,7 @@
 """Rollout rollback latency under load (issue 18's acceptance benchmark, RolloutService).
 
-    .venv/bin/python bench/rollout_rollback_bench.py                  # 20 rollbacks, ~90 s
-    .venv/bin/python bench/rollout_rollback_bench.py --quick          # 3 rollbacks, temp dir
+    .venv/bin/python bench/rollout_rollback_bench.py                  # 20 + 3 rollbacks, ~2 min
+    .venv/bin/python bench/rollout_rollback_bench.py --quick          # 3 + 1 rollbacks, temp dir
 
 End to end on `maestro up` plus one remote `maestro data-plane`, each its own process, both
 serving the same prompt artifact under open-loop load; the question is how long a bad prompt
@@ -10,7 +10,12 @@ version keeps being served after the control plane decides to roll it back.
 Processes (all on loopback):
 
 - `maestro sim-provider` with a profile serving two models at a fixed 20 ms time to first
-  token: `good` (no faults) and `flaky` (`error_rate` 0.2, HTTP 500 only).
+  token: `good` (no faults) and `flaky` (`error_rate` 0.2, HTTP 500 only). Its answer key is the
+  eval task file (`--eval-tasks`, `evals/tasks/golden.jsonl`): a request whose last user message
+  is a task gets the task's `expected` answer at accuracy 0.9 (no sampling noise, so the same
+  tasks every run), 0.8 when its system message contains `accuracy-minus-10` (the answer key's
+  `prompts` entry: exactly the tasks whose draw lies in [0.8, 0.9) flip to wrong). The load's
+  "hi" is no task: it gets the usual random words.
 - `maestro up --config <tmp>/control-plane.yaml`: control plane + in-process data plane, SQLite
   in a temp dir, API keys on (the demo bootstrap's key), a routing file with two model groups,
   `good` and `flaky`, one deployment each on the sim, no fallbacks, `num_retries` 0;
@@ -30,15 +35,29 @@ Processes (all on loopback):
   the `artifact_version` returned, ok or error. In flight at most `--max-inflight`; a request
   over it is counted as skipped, never queued.
 
-Versions of `projects/demo/artifacts/bench-answer` (a YAML prompt: system message, one
-variable): v1 (`model: good`) is the stable version. First a good candidate (same text, another
-marker, `model: good`) walks the seed's Argo sketch (setWeight 10, pause 10m, analysis
-`error-budget-ok`, setWeight 50, pause 30m; the sketch's `eval-score-ok` template needs an
-eval suite, so only `error-budget-ok` runs here) to PROMOTED, pauses scaled by `pause_scale`.
+Eval data: the task file is uploaded with EvalService.CreateDataset and made a suite
+(CreateEvalSuite: metric exact_match, threshold `max_regression_rate` 0.05, one repetition).
+
+Versions of `projects/demo/artifacts/bench-answer` (a YAML prompt: one system message, one
+variable with a default, so a version can be an eval target): v1 (`model: good`) is the stable
+version. First a good candidate (same text, another marker, `model: good`) walks the seed's Argo
+sketch (setWeight 10, pause 10m, analysis with both of its templates, `eval-score-ok` and
+`error-budget-ok`, setWeight 50, pause 30m) to PROMOTED, pauses scaled by `pause_scale`.
+`eval-score-ok` is an eval gate: the candidate is scored on the suite in model group `good`
+against the stable version's scorecard there (the stable version is scored first when it has
+none; the analysis runs both templates at once and decides when both are done).
 Then `--iterations` bad candidates, one at a time, each the stable text with a unique marker
 and `model: flaky` (so 20% of its calls fail), each rolled out with [setWeight 20, analysis
 `error-budget-ok`]. `error-budget-ok` everywhere: indicator ERRORS, objective 0.99, one window
 pair 60 s / 10 s at max burn rate 5, `min_request_count` 50.
+Then `--accuracy-iterations` (3) bad candidates of the other kind: simulated accuracy 10 points
+lower (the stable text with a unique marker plus `accuracy-minus-10`, `model: good`, so none of
+their calls fail), each rolled out with [setWeight 20, the seed's analysis (`eval-score-ok`,
+`error-budget-ok`)]: `error-budget-ok` passes, `eval-score-ok` fails (the scorecard's
+regression rate is about 10%, its lower 95% bound past the 5% limit), and the rollout rolls
+back. The stable version (the promoted good candidate) was scored in the walk, so each of these
+costs one eval run. Reported separately: setWeight -> decision (about one eval run), the eval
+run, its scorecard's verdict, and the rollback latency as below.
 
 Per rollback: the decision time is the `create_time` of the rollout's ROLLED_BACK audit event
 (the analysis verdict's commit: the candidate goes to 0% in that transaction, and its traffic
@@ -52,10 +71,10 @@ Also per rollback: setWeight 20 -> decision (how long the analysis took to gathe
 requests and fail them), and the bad version's request count and error rate.
 
 Writes `results/rollout_rollback.json` and `results/rollout_rollback.md` next to this file:
-p50 and max over the rollbacks, overall and per data plane, the achieved request rate, error
-rate, the good version's walk (time to PROMOTED and the weights seen by the load), CPU of every
-process, and the machine. Goal (issue 18): rollback latency max at most 5 s (the seed: under 2
-minutes).
+p50 and max over the rollbacks (each kind on its own), overall and per data plane, the achieved
+request rate, error rate, the good version's walk (its analyses, time to PROMOTED and the
+weights seen by the load), CPU of every process, and the machine. Goal (issue 18): rollback
+latency max at most 5 s (the seed: under 2 minutes).
 """
 
 from __future__ import annotations
@@ -88,11 +107,13 @@ sys.path.insert(0, str(BENCH.parent))
 from bench._measure import machine, progress  # noqa: E402
 from maestro.clients import AsyncMaestroClient  # noqa: E402
 from maestro.v1 import common_pb2  # noqa: E402
+from maestro.v1 import eval_service_pb2 as epb  # noqa: E402
 from maestro.v1 import inference_service_pb2 as ipb  # noqa: E402
 from maestro.v1 import inference_service_pb2_grpc as igrpc  # noqa: E402
 from maestro.v1 import rollout_service_pb2 as rpb  # noqa: E402
 
 RESULTS = BENCH / "results"
+REPO = BENCH.parent
 BIN = Path(sys.executable).parent
 PROJECT = "demo"
 PARENT = f"projects/{PROJECT}"
@@ -101,27 +122,45 @@ GOAL_S = 5.0
 SEED_GOAL_S = 120.0
 TTFT_MS = 20.0
 ERROR_RATE = 0.2
-SEED_STEPS = "setWeight 10, pause 10m, analysis error-budget-ok, setWeight 50, pause 30m"
+SEED_STEPS = (
+    "setWeight 10, pause 10m, analysis (eval-score-ok, error-budget-ok), setWeight 50, pause 30m"
+)
 FLAKY_DEPLOYMENT = "flaky-a:"
-ROLLOUT_TIMEOUT_S = 120.0
+ROLLOUT_TIMEOUT_S = 300.0
+SIM_ACCURACY = 0.9
+ACCURACY_MARKER = "accuracy-minus-10"
+ACCURACY_DELTA = -0.10
+MAX_REGRESSION_RATE = 0.05
+EVAL_TASKS = REPO / "evals" / "tasks" / "golden.jsonl"
+SUITE_ID = "bench-gate"
+EVAL_GROUP = "good"
 START_TIMEOUT_S = 60.0
 
 PROMPT = """messages:
   - role: system
     content: "You answer questions about {{{{ product }}}} in one line. [{marker}]"
 variables:
-  product: {{description: The product asked about}}
+  product: {{description: The product asked about, default: kettles}}
 model: {model}
 """
 
-SIM_PROFILE = f"""strict_models: false
+
+def sim_profile(key_file: Path) -> str:
+    """Two models (`flaky` fails 20% of calls) that answer the eval tasks of `key_file`."""
+    return f"""strict_models: false
 default_max_tokens: 8
 default:
   ttft: {{kind: fixed, ms: {TTFT_MS}}}
 per_model:
   flaky: {{error_rate: {ERROR_RATE}, error_codes: {{500: 1.0}}}}
   openai/flaky: {{error_rate: {ERROR_RATE}, error_codes: {{500: 1.0}}}}
+answers:
+  key_files: [{json.dumps(str(key_file))}]
+  default: {{accuracy: {SIM_ACCURACY}, tool_accuracy: 0.95, hallucination_rate: 0.0}}
+  prompts:
+    - {{system_contains: "{ACCURACY_MARKER}", accuracy_delta: {ACCURACY_DELTA}}}
 """
+
 
 ROUTING = """model_list:
   - model_name: good
@@ -339,34 +378,66 @@ def pause(seconds: float) -> rpb.RolloutStep:
     return rpb.RolloutStep(pause=rpb.RolloutStep.Pause(duration=duration(seconds)))
 
 
-def error_budget_ok() -> rpb.RolloutStep:
+def error_budget_ok() -> rpb.RolloutAnalysisTemplate:
     burn = rpb.RolloutAnalysisTemplate.SloBurn
-    return rpb.RolloutStep(
-        analysis=rpb.RolloutStep.Analysis(
-            templates=[
-                rpb.RolloutAnalysisTemplate(
-                    name="error-budget-ok",
-                    slo_burn=burn(
-                        indicator=burn.INDICATOR_ERRORS,
-                        objective_ratio=0.99,
-                        windows=[
-                            burn.Window(
-                                long_window=duration(60),
-                                short_window=duration(10),
-                                max_burn_rate=5.0,
-                            )
-                        ],
-                        min_request_count=50,
-                    ),
-                )
-            ]
-        )
+    return rpb.RolloutAnalysisTemplate(
+        name="error-budget-ok",
+        slo_burn=burn(
+            indicator=burn.INDICATOR_ERRORS,
+            objective_ratio=0.99,
+            windows=[
+                burn.Window(long_window=duration(60), short_window=duration(10), max_burn_rate=5.0)
+            ],
+            min_request_count=50,
+        ),
     )
 
 
-def seed_steps() -> list[rpb.RolloutStep]:
-    """The seed's Argo sketch (its `eval-score-ok` needs an eval suite: not run here)."""
-    return [set_weight(10), pause(600), error_budget_ok(), set_weight(50), pause(1800)]
+def eval_score_ok(suite: str) -> rpb.RolloutAnalysisTemplate:
+    """The eval gate: the candidate scored on `suite` in group `good` against the stable
+    version's scorecard (suite default repetitions, a new run for every candidate)."""
+    return rpb.RolloutAnalysisTemplate(
+        name="eval-score-ok",
+        eval_gate=rpb.RolloutAnalysisTemplate.EvalGate(suite=suite, model_group=EVAL_GROUP),
+    )
+
+
+def analysis(*templates: rpb.RolloutAnalysisTemplate) -> rpb.RolloutStep:
+    return rpb.RolloutStep(analysis=rpb.RolloutStep.Analysis(templates=templates))
+
+
+def seed_steps(suite: str) -> list[rpb.RolloutStep]:
+    """The seed's Argo sketch, its analysis with both templates."""
+    return [
+        set_weight(10),
+        pause(600),
+        analysis(eval_score_ok(suite), error_budget_ok()),
+        set_weight(50),
+        pause(1800),
+    ]
+
+
+async def create_suite(client: AsyncMaestroClient, tasks: bytes) -> tuple[str, int]:
+    """The eval suite the gate scores on (exact match, `max_regression_rate`, one repetition)
+    over `tasks` (JSONL) uploaded as a dataset; its name and the dataset's task count."""
+    dataset = await client.evals.CreateDataset(
+        epb.CreateDatasetRequest(
+            parent=PARENT, dataset_id="bench-tasks", dataset=epb.Dataset(), jsonl=tasks
+        )
+    )
+    suite = await client.evals.CreateEvalSuite(
+        epb.CreateEvalSuiteRequest(
+            parent=PARENT,
+            eval_suite_id=SUITE_ID,
+            eval_suite=epb.EvalSuite(
+                datasets=[dataset.dataset.name],
+                metrics=[epb.EVAL_METRIC_EXACT_MATCH],
+                thresholds=epb.EvalThresholds(max_regression_rate=MAX_REGRESSION_RATE),
+                default_repetitions=1,
+            ),
+        )
+    )
+    return suite.eval_suite.name, dataset.dataset.manifest.task_count
 
 
 async def push_version(client: AsyncMaestroClient, marker: str, model: str) -> str:
@@ -398,8 +469,12 @@ async def start_rollout(
     return response.rollout
 
 
-async def watch_to_end(client: AsyncMaestroClient, name: str) -> tuple[rpb.Rollout, list[float]]:
-    """The rollout once it ends (WatchRollout, bounded), and when each message arrived."""
+async def watch_to_end(
+    client: AsyncMaestroClient, name: str, paused_ends: bool = False
+) -> tuple[rpb.Rollout, list[float]]:
+    """The rollout once it ends (WatchRollout, bounded), and when each message arrived.
+    `paused_ends`: PAUSED counts as an end too (a rollout with no pause step pauses only on an
+    inconclusive analysis)."""
     seen: list[float] = []
     last: rpb.Rollout | None = None
     async with asyncio.timeout(ROLLOUT_TIMEOUT_S):
@@ -413,7 +488,7 @@ async def watch_to_end(client: AsyncMaestroClient, name: str) -> tuple[rpb.Rollo
                 rpb.Rollout.STATE_ROLLED_BACK,
                 rpb.Rollout.STATE_ABORTED,
                 rpb.Rollout.STATE_FAILED,
-            ):
+            ) or (paused_ends and last.state == rpb.Rollout.STATE_PAUSED):
                 break
     assert last is not None
     return last, seen
@@ -533,6 +608,170 @@ def rollback_figures(
     )
 
 
+def ts(stamp: Any) -> float | None:
+    """A protobuf Timestamp in seconds; None when unset."""
+    return stamp.seconds + stamp.nanos / 1e9 if stamp.seconds or stamp.nanos else None
+
+
+@dataclass
+class EvalFigures:
+    """One `eval-score-ok` analysis: its eval run and the scorecard the gate decided on."""
+
+    outcome: str
+    message: str
+    analysis_s: float | None
+    """The template's own start -> end (baseline run, when there was one, included)."""
+    eval_run: str
+    eval_run_state: str
+    eval_run_s: float | None
+    """The candidate's eval run, start -> end."""
+    eval_run_queued_s: float | None
+    """The candidate's eval run, create -> start."""
+    baseline_scorecard: str
+    baseline_run_s: float | None
+    """The stable version's run, start -> end, when this analysis scored it first (else None:
+    an earlier scorecard was reused)."""
+    scorecard: str
+    verdict: str
+    task_count: int
+    regressed_task_count: int
+    improved_task_count: int
+    regression_rate: float | None
+    regression_rate_bounds: list[float] | None
+    regression_limit: float | None
+    regression_message: str
+    exact_match: float | None
+    exact_match_baseline: float | None
+    gate_checks: list[str]
+
+
+async def eval_figures(
+    client: AsyncMaestroClient, result: rpb.RolloutAnalysisResult, baseline_started_after: float
+) -> EvalFigures:
+    """`baseline_started_after`: a baseline run created after this was scored by this analysis."""
+    run: epb.EvalRun | None = None
+    card: epb.Scorecard | None = None
+    baseline: epb.EvalRun | None = None
+    if result.eval_run:
+        run = (await client.evals.GetEvalRun(epb.GetEvalRunRequest(name=result.eval_run))).eval_run
+    if result.scorecard:
+        got = await client.evals.GetScorecard(epb.GetScorecardRequest(name=result.scorecard))
+        card = got.scorecard
+    if result.baseline_scorecard:
+        name = result.baseline_scorecard.removesuffix("/scorecard")
+        base = (await client.evals.GetEvalRun(epb.GetEvalRunRequest(name=name))).eval_run
+        created = ts(base.create_time)
+        baseline = base if created is not None and created >= baseline_started_after else None
+
+    def span(a: Any, b: Any) -> float | None:
+        x, y = ts(a), ts(b)
+        return round(y - x, 3) if x is not None and y is not None else None
+
+    regression = next(
+        (
+            t
+            for t in (card.threshold_results if card else [])
+            if t.threshold == epb.EvalThresholdResult.THRESHOLD_REGRESSION_RATE
+        ),
+        None,
+    )
+    exact = next(
+        (
+            m
+            for m in (card.metrics if card else [])
+            if m.metric == epb.EVAL_METRIC_EXACT_MATCH and not m.slice and not m.dataset
+        ),
+        None,
+    )
+    return EvalFigures(
+        outcome=rpb.RolloutAnalysisResult.Outcome.Name(result.outcome),
+        message=result.message[:400],
+        analysis_s=span(result.start_time, result.end_time),
+        eval_run=result.eval_run,
+        eval_run_state=epb.EvalRun.State.Name(run.state) if run else "",
+        eval_run_s=span(run.start_time, run.end_time) if run else None,
+        eval_run_queued_s=span(run.create_time, run.start_time) if run else None,
+        baseline_scorecard=result.baseline_scorecard,
+        baseline_run_s=span(baseline.start_time, baseline.end_time) if baseline else None,
+        scorecard=result.scorecard,
+        verdict=epb.Scorecard.Verdict.Name(card.verdict) if card else "",
+        task_count=card.task_count if card else 0,
+        regressed_task_count=card.regressed_task_count if card else 0,
+        improved_task_count=card.improved_task_count if card else 0,
+        regression_rate=round(regression.measured, 4) if regression else None,
+        regression_rate_bounds=(
+            [round(regression.lower_bound, 4), round(regression.upper_bound, 4)]
+            if regression
+            else None
+        ),
+        regression_limit=regression.limit if regression else None,
+        regression_message=regression.message if regression else "",
+        exact_match=round(exact.mean, 4) if exact else None,
+        exact_match_baseline=(
+            round(exact.baseline_mean, 4) if exact and exact.HasField("baseline_mean") else None
+        ),
+        gate_checks=[
+            f"{m.metric} {m.value:.4g} (limit {m.limit:.4g}) {'passed' if m.passed else 'FAILED'}"
+            for m in result.measurements
+        ],
+    )
+
+
+def analyses_of(rollout: rpb.Rollout) -> list[dict[str, Any]]:
+    """Every analysis result of a rollout: template, outcome, duration, message."""
+    return [
+        {
+            "template": a.template,
+            "step": a.step_index,
+            "outcome": rpb.RolloutAnalysisResult.Outcome.Name(a.outcome),
+            "duration_s": (
+                round(end - start, 3)
+                if (start := ts(a.start_time)) is not None and (end := ts(a.end_time)) is not None
+                else None
+            ),
+            "message": a.message[:300],
+        }
+        for a in rollout.analysis_results
+    ]
+
+
+def eval_result(rollout: rpb.Rollout) -> rpb.RolloutAnalysisResult | None:
+    return next((a for a in rollout.analysis_results if a.template == "eval-score-ok"), None)
+
+
+@dataclass
+class AccuracyRollback:
+    rollback: Rollback
+    gate: EvalFigures | None
+    analyses: list[dict[str, Any]]
+
+
+def accuracy_summary(runs: list[AccuracyRollback]) -> dict[str, Any]:
+    rolled = sum(a.rollback.state == "STATE_ROLLED_BACK" for a in runs)
+    latencies = [x for a in runs if (x := a.rollback.latency_s) is not None]
+    overall = stats(latencies)
+    return {
+        "rolled_back": rolled,
+        "iterations": len(runs),
+        "verdicts": [a.gate.verdict if a.gate else "" for a in runs],
+        "latency_s": overall,
+        "latency_in_process_plane_s": stats(
+            [x for a in runs if (x := a.rollback.latency_by_plane_s[0]) is not None]
+        ),
+        "latency_remote_plane_s": stats(
+            [x for a in runs if (x := a.rollback.latency_by_plane_s[1]) is not None]
+        ),
+        "latency_last_end_s": stats(
+            [x for a in runs if (x := a.rollback.latency_end_s) is not None]
+        ),
+        "weight_to_decision_s": stats([a.rollback.analysis_s for a in runs]),
+        "eval_run_s": stats([x for a in runs if a.gate and (x := a.gate.eval_run_s) is not None]),
+        "bad_requests_after_decision_total": sum(a.rollback.bad_after_decision for a in runs),
+        "bad_requests_total": sum(a.rollback.bad_requests for a in runs),
+        "goal_met": bool(runs) and rolled == len(runs) and overall["max"] <= GOAL_S,
+    }
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -551,7 +790,7 @@ async def stack(args: argparse.Namespace) -> AsyncIterator[Stack]:
     procs: list[Proc] = []
     try:
         sim_port, cp_port, dp_port = free_port(), free_port(), free_port()
-        (work / "sim.yaml").write_text(SIM_PROFILE)
+        (work / "sim.yaml").write_text(sim_profile(args.eval_tasks.resolve()))
         sim_url = f"http://127.0.0.1:{sim_port}/v1"
         (work / "routing.yaml").write_text(ROUTING.format(sim=sim_url))
         (work / "control-plane.yaml").write_text(
@@ -622,6 +861,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with stack(args) as s:
         progress(f"stack up: control plane {s.control_target}, data plane {s.data_target}")
         async with AsyncMaestroClient(s.control_target, api_key=s.api_key, timeout_s=20) as cp:
+            suite, suite_tasks = await create_suite(cp, args.eval_tasks.read_bytes())
             stable = await push_version(cp, "stable", "good")
             good = await push_version(cp, "good-candidate", "good")
             load = Load(
@@ -631,7 +871,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.max_tokens,
                 args.max_inflight,
             )
-            walk = await start_rollout(cp, stable, good, seed_steps())
+            walk = await start_rollout(cp, stable, good, seed_steps(suite))
             cpu_before = {p.name: p.cpu_s() for p in s.procs}
             own_before = time.process_time()
             load_task = asyncio.create_task(load.run(args.max_load_s))
@@ -641,9 +881,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 walked, _ = await watch_to_end(cp, walk.name)
                 walk_end = time.time()
                 walk_events = await audit_events(cp, walk.name)
+                walk_eval = eval_result(walked)
+                walk_gate = await eval_figures(cp, walk_eval, walk_start - 1) if walk_eval else None
                 progress(
                     f"good candidate {rpb.Rollout.State.Name(walked.state)} after "
-                    f"{walk_end - walk_start:.1f} s"
+                    f"{walk_end - walk_start:.1f} s; analyses "
+                    + ", ".join(f"{a['template']} {a['outcome']}" for a in analyses_of(walked))
+                    + (
+                        f"; eval runs {walk_gate.baseline_run_s} s (stable) and "
+                        f"{walk_gate.eval_run_s} s (candidate), scorecard {walk_gate.verdict}"
+                        if walk_gate
+                        else ""
+                    )
                 )
                 if walked.state != rpb.Rollout.STATE_PROMOTED:
                     raise RuntimeError(f"the good candidate did not promote: {walked}")
@@ -653,7 +902,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     bad = await push_version(cp, f"bad-{i}", "flaky")
                     load.flaky_version = bad.rsplit("/", 1)[-1]
                     created = await start_rollout(
-                        cp, stable, bad, [set_weight(20), error_budget_ok()]
+                        cp, stable, bad, [set_weight(20), analysis(error_budget_ok())]
                     )
                     ended, _ = await watch_to_end(cp, created.name)
                     await asyncio.sleep(args.settle_s)  # requests in flight finish
@@ -666,6 +915,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"(planes {', '.join(fmt(x) for x in figures.latency_by_plane_s)}), "
                         f"bad requests {figures.bad_requests} ({figures.bad_errors} errors)"
                     )
+                load.flaky_version = ""
+                accuracy: list[AccuracyRollback] = []
+                for i in range(args.accuracy_iterations):
+                    worse = await push_version(cp, f"worse-{i} {ACCURACY_MARKER}", "good")
+                    created = await start_rollout(
+                        cp,
+                        stable,
+                        worse,
+                        [set_weight(20), analysis(eval_score_ok(suite), error_budget_ok())],
+                    )
+                    ended, _ = await watch_to_end(cp, created.name, paused_ends=True)
+                    if ended.state == rpb.Rollout.STATE_PAUSED:  # inconclusive: end it here
+                        await cp.rollouts.AbortRollout(rpb.AbortRolloutRequest(name=created.name))
+                    await asyncio.sleep(args.settle_s)
+                    events = await audit_events(cp, created.name)
+                    figures = rollback_figures(i, ended, events, load.samples)
+                    found = eval_result(ended)
+                    gate = await eval_figures(cp, found, when(events[0])) if found else None
+                    accuracy.append(AccuracyRollback(figures, gate, analyses_of(ended)))
+                    progress(
+                        f"accuracy rollback {i + 1}/{args.accuracy_iterations}: {figures.state}, "
+                        f"setWeight -> decision {figures.analysis_s:.2f} s, latency "
+                        f"{fmt(figures.latency_s)}, scorecard {gate.verdict if gate else '-'} "
+                        f"(regressed {gate.regressed_task_count if gate else '-'} of "
+                        f"{gate.task_count if gate else '-'}; eval run "
+                        f"{gate.eval_run_s if gate else '-'} s)"
+                    )
             finally:
                 load.stop()
                 await load_task
@@ -673,7 +949,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu = {p.name: p.cpu_s() - cpu_before[p.name] for p in s.procs}
             cpu["load-generator (this process)"] = own_cpu
         wall = load.stopped_at - load.started_at
-        return report(args, load, wall, cpu, walked, walk_events, walk_start, walk_end, rollbacks)
+        result = report(args, load, wall, cpu, walked, walk_events, walk_start, walk_end, rollbacks)
+        result["good_walk"]["analyses"] = analyses_of(walked)
+        result["good_walk"]["eval_gate"] = asdict(walk_gate) if walk_gate else None
+        result["settings"]["eval"] = {
+            "suite": suite,
+            "tasks_file": str(args.eval_tasks.resolve().relative_to(REPO))
+            if args.eval_tasks.resolve().is_relative_to(REPO)
+            else str(args.eval_tasks),
+            "dataset_task_count": suite_tasks,
+            "metric": "exact_match",
+            "max_regression_rate": MAX_REGRESSION_RATE,
+            "repetitions": 1,
+            "model_group": EVAL_GROUP,
+            "sim_accuracy": SIM_ACCURACY,
+            "accuracy_delta": ACCURACY_DELTA,
+            "accuracy_marker": ACCURACY_MARKER,
+            "accuracy_steps": "setWeight 20, analysis (eval-score-ok, error-budget-ok)",
+        }
+        result["accuracy_rollbacks"] = [
+            {
+                **asdict(a.rollback),
+                "analyses": a.analyses,
+                "eval_gate": asdict(a.gate) if a.gate else None,
+            }
+            for a in accuracy
+        ]
+        result["summary"]["accuracy"] = accuracy_summary(accuracy)
+        return result
 
 
 def fmt(value: float | None) -> str:
@@ -808,10 +1111,25 @@ def report(
 
 def markdown(result: dict[str, Any]) -> str:
     m, s, load, walk = result["machine"], result["summary"], result["load"], result["good_walk"]
-    st = result["settings"]
+    st, ev, acc = result["settings"], result["settings"]["eval"], result["summary"]["accuracy"]
+    gate = walk["eval_gate"] or {}
 
     def ms(x: float | None) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x * 1000:+.0f}"
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    def gate_cells(g: dict[str, Any] | None) -> str:
+        if not g:
+            return "- | - | - | - | "
+        low, high = g["regression_rate_bounds"] or (None, None)
+        return (
+            f"{g['eval_run_s']} | {g['verdict'].removeprefix('VERDICT_')} | "
+            f"{g['regressed_task_count']} of {g['task_count']} "
+            f"({pct(g['regression_rate'])}; {pct(low)}..{pct(high)}) | "
+            f"{pct(g['exact_match'])} ({pct(g['exact_match_baseline'])}) | "
+        )
 
     def row(label: str, v: dict[str, float]) -> str:
         return f"| {label} | {v['n']} | {ms(v['p50'])} | {ms(v['max'])} | {ms(v['min'])} |"
@@ -819,7 +1137,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Rollout rollback latency under load (issue 18)",
         "",
-        f"`.venv/bin/python bench/rollout_rollback_bench.py --iterations {st['iterations']}` on "
+        f"`.venv/bin/python bench/rollout_rollback_bench.py --iterations {st['iterations']} "
+        f"--accuracy-iterations {acc['iterations']}` on "
         f"{m['nproc']} cores ({m['cpu']}), commit {m['commit']}"
         + (f" with modified files {', '.join(m['modified_files'])}" if m["modified_files"] else "")
         + f", {m['date']}; load average {m['loadavg_1m_at_start']:.2f} at start.",
@@ -830,11 +1149,33 @@ def markdown(result: dict[str, Any]) -> str:
         f"Open-loop load at {st['rate_per_s']:g} requests/s, half to each data plane, gRPC "
         "CreateChatCompletion naming the prompt artifact, a distinct traffic key per request. "
         f"`rollouts.pause_scale` {st['pause_scale']}, `measure_interval_s` "
-        f"{st['measure_interval_s']}.",
+        f"{st['measure_interval_s']}. The sim's answer key is `{ev['tasks_file']}`: its tasks "
+        f"are answered right at accuracy {ev['sim_accuracy']:g}, "
+        f"{ev['sim_accuracy'] + ev['accuracy_delta']:g} when the system message contains "
+        f"`{ev['accuracy_marker']}`; the same file is dataset and eval suite `{ev['suite']}` "
+        f"({ev['dataset_task_count']} tasks, {ev['metric']}, `max_regression_rate` "
+        f"{ev['max_regression_rate']:g}, {ev['repetitions']} repetition), which "
+        f"`eval-score-ok` scores in model group `{ev['model_group']}`.",
         "",
         "Rollback latency = start of the last request answered by the bad version - "
         "`create_time` of the ROLLED_BACK audit event (the failing analysis decision). Negative: "
         "the bad version's last request started before the decision was committed.",
+        "",
+        f"**Error-rate candidates: rolled back {s['rolled_back']} of {s['iterations']} by "
+        f"`error-budget-ok`. Accuracy-drop candidates: rolled back {acc['rolled_back']} of "
+        f"{acc['iterations']} by `eval-score-ok` (scorecards "
+        f"{', '.join(v.removeprefix('VERDICT_') for v in acc['verdicts']) or '-'}), setWeight -> "
+        f"decision p50 {acc['weight_to_decision_s']['p50']:.2f} s, rollback latency max "
+        f"{ms(acc['latency_s']['max'])} ms; goal at most {s['goal_s']:g} s: "
+        f"{'met' if acc['goal_met'] else 'NOT met'}. The good candidate: both analyses "
+        + (
+            "PASSED"
+            if [a["outcome"] for a in walk["analyses"]] == ["OUTCOME_PASSED"] * 2
+            else ", ".join(f"{a['template']} {a['outcome']}" for a in walk["analyses"])
+        )
+        + f", {walk['state'].removeprefix('STATE_')} after {walk['to_promoted_s']} s.**",
+        "",
+        "## Error-rate candidates (`error-budget-ok`)",
         "",
         f"**Rolled back {s['rolled_back']} of {s['iterations']}. Rollback latency p50 "
         f"{ms(s['latency_s']['p50'])} ms, max {ms(s['latency_s']['max'])} ms; goal at most "
@@ -856,6 +1197,43 @@ def markdown(result: dict[str, Any]) -> str:
         f"Analysis (setWeight 20 -> decision): p50 {s['analysis_s']['p50']:.2f} s, max "
         f"{s['analysis_s']['max']:.2f} s (50 candidate requests at ~20% of the load, the data "
         "planes' 1 s observation reports, 0.25 s measure interval).",
+        "",
+        "## Accuracy-drop candidates (`eval-score-ok`)",
+        "",
+        f"{acc['iterations']} candidates whose simulated accuracy is "
+        f"{-ev['accuracy_delta'] * 100:g} points lower (`model: good`, marker "
+        f"`{ev['accuracy_marker']}`: none of their calls fail), each rolled out with "
+        f"[{ev['accuracy_steps']}]. The stable version's scorecard from the walk is the baseline, "
+        "so each costs one eval run; `error-budget-ok` passes and the decision waits for the "
+        "eval gate.",
+        "",
+        "| rollback latency (ms) | n | p50 | max | min |",
+        "| --- | --- | --- | --- | --- |",
+        row("either data plane (last bad start)", acc["latency_s"]),
+        row("`maestro up`'s in-process data plane", acc["latency_in_process_plane_s"]),
+        row("remote `maestro data-plane`", acc["latency_remote_plane_s"]),
+        row("either data plane (last bad request's end)", acc["latency_last_end_s"]),
+        "",
+        f"setWeight 20 -> ROLLED_BACK decision: p50 {acc['weight_to_decision_s']['p50']:.2f} s, "
+        f"max {acc['weight_to_decision_s']['max']:.2f} s; the candidate's eval run: p50 "
+        f"{acc['eval_run_s']['p50']:.2f} s, max {acc['eval_run_s']['max']:.2f} s. Bad-version "
+        f"requests after the decision: {acc['bad_requests_after_decision_total']} (of "
+        f"{acc['bad_requests_total']} served).",
+        "",
+        "| # | state | setWeight -> decision (s) | eval run (s) | scorecard | regressed "
+        "(95% bounds) | exact match (stable) | bad requests (errors) | latency either (ms) | "
+        "in-process (ms) | remote (ms) | bad after decision |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {r['iteration']} | {r['state'].removeprefix('STATE_')} | {r['analysis_s']:.2f} | "
+            + gate_cells(r["eval_gate"])
+            + f"{r['bad_requests']} ({r['bad_errors']}) | {ms(r['latency_s'])} | "
+            f"{ms(r['latency_by_plane_s'][0])} | {ms(r['latency_by_plane_s'][1])} | "
+            f"{r['bad_after_decision']} |"
+            for r in result["accuracy_rollbacks"]
+        ),
+        "",
+        *(f"- {r['iteration']}: {r['state_reason'][:400]}" for r in result["accuracy_rollbacks"]),
         "",
         "## Load",
         "",
@@ -882,6 +1260,27 @@ def markdown(result: dict[str, Any]) -> str:
         f"{st['seed_steps']}, pauses scaled by {st['pause_scale']}: {walk['state']} after "
         f"{walk['to_promoted_s']} s; weights {walk['weights_seen']}.",
         "",
+        "| analysis | outcome | duration (s) | message |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {a['template']} | {a['outcome'].removeprefix('OUTCOME_')} | {a['duration_s']} | "
+            f"{a['message']} |"
+            for a in walk["analyses"]
+        ),
+        "",
+        (
+            f"`eval-score-ok` scored the stable version first (it had no scorecard; eval run "
+            f"{gate.get('baseline_run_s')} s), then the candidate (eval run "
+            f"{gate.get('eval_run_s')} s): scorecard "
+            f"{str(gate.get('verdict', '-')).removeprefix('VERDICT_')}, "
+            f"{gate.get('regressed_task_count')} of {gate.get('task_count')} tasks regressed "
+            f"(95% upper bound {pct((gate.get('regression_rate_bounds') or [None, None])[1])}), "
+            f"exact match {pct(gate.get('exact_match'))} vs "
+            f"{pct(gate.get('exact_match_baseline'))} (stable)."
+            if gate
+            else "No `eval-score-ok` result."
+        ),
+        "",
         "| at (s) | event | weight |",
         "| --- | --- | --- |",
         *(f"| {e['at_s']} | {e['action']} | {e['weight']} |" for e in walk["events"]),
@@ -892,7 +1291,7 @@ def markdown(result: dict[str, Any]) -> str:
             for o in walk["observed_candidate_share_per_second"]
         ),
         "",
-        "## Rollbacks",
+        "## Error-rate rollbacks, one by one",
         "",
         "`counted`: the candidate requests the failing analysis counted; `sent before`: the "
         "bad version's requests started before the decision on the in-process / remote plane "
@@ -918,6 +1317,15 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=20, help="Bad versions rolled back.")
+    parser.add_argument(
+        "--accuracy-iterations",
+        type=int,
+        default=3,
+        help="Versions 10 points less accurate rolled back (an eval run each).",
+    )
+    parser.add_argument(
+        "--eval-tasks", type=Path, default=EVAL_TASKS, help="Eval tasks (JSONL): suite and key."
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="Requests/s, both planes.")
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--max-inflight", type=int, default=2000)
@@ -933,6 +1341,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.iterations = min(args.iterations, 3)
+        args.accuracy_iterations = min(args.accuracy_iterations, 1)
     out: Path = args.out or (Path(tempfile.mkdtemp()) if args.quick else RESULTS)
     args.machine = machine(["grpcio", "protobuf", "uvloop"])  # the load average at start
     result = uvloop.run(run(args))
@@ -940,10 +1349,13 @@ def main() -> None:
     (out / "rollout_rollback.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "rollout_rollback.md").write_text(markdown(result))
     s = result["summary"]
+    a = s["accuracy"]
     progress(
         f"rollback latency p50 {fmt(s['latency_s']['p50'])}, max {fmt(s['latency_s']['max'])} "
-        f"over {s['iterations']} ({s['rolled_back']} rolled back); goal <= {GOAL_S:g} s: "
-        f"{'met' if s['goal_met'] else 'NOT met'}; results in {out}"
+        f"over {s['iterations']} ({s['rolled_back']} rolled back); accuracy drops: max "
+        f"{fmt(a['latency_s']['max'])} over {a['iterations']} ({a['rolled_back']} rolled back, "
+        f"scorecards {', '.join(a['verdicts'])}); goal <= {GOAL_S:g} s: "
+        f"{'met' if s['goal_met'] and a['goal_met'] else 'NOT met'}; results in {out}"
     )
 
 
