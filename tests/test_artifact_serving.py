@@ -456,3 +456,30 @@ async def test_watch_config_sends_splits_and_a_follower_serves_them() -> None:
     current = follower_registry.traffic(ALPHA)
     assert current is not None
     assert current.splits[ARTIFACT].share_of(V2) == 50
+
+
+async def test_a_rollback_reaches_a_follower_that_cannot_compile_the_config() -> None:
+    """The config part of a snapshot is refused (NACKed per snapshot) yet its traffic splits
+    apply, and every later traffic-only update (a rollback) too."""
+    control = SnapshotRegistry()
+    await control.publish_traffic(prompt_traffic(candidate_weight=50, revision=3))
+    update = await anext(
+        ConfigWatches(control, asyncio.Event()).session("dp", frozenset({ALPHA}), "", _acks())
+    )
+    follower_registry = SnapshotRegistry()
+    follower = SnapshotFollower(None, follower_registry, "dp")  # type: ignore[arg-type]
+    for revision, weight in ((3, 50), (4, 0)):  # the canary at 50%, then rolled back
+        response = watch_response(update)
+        (message,) = response.snapshots
+        message.config_yaml = "model_list: [unclosed"  # this data plane cannot compile it
+        message.snapshot_version = f"7~t{revision}"
+        message.traffic_splits[0].version_weights[0].weight_percent = weight
+        message.traffic_splits[0].version_weights[1].weight_percent = 100 - weight
+        ack = await follower._apply(response)
+        (rejected,) = ack.rejected_route_configs
+        assert rejected.snapshot_version == f"7~t{revision}"
+        assert follower_registry.current(ALPHA) is None  # the config was not published
+        traffic = follower_registry.traffic(ALPHA)
+        assert traffic is not None
+        assert traffic.revision == revision
+        assert traffic.splits[ARTIFACT].share_of(V2) == weight

@@ -141,3 +141,26 @@ async def test_stopping_a_data_plane_delivers_its_last_observations(tmp_path: Pa
             rpb.GetDeploymentSignalsRequest(name=f"{PARENT}/deploymentSignals/primary-a")
         )
     assert got.deployment_signals.sample_count == 1
+
+
+async def test_a_failing_observation_listener_costs_the_batch_nothing(tmp_path: Path) -> None:
+    (tmp_path / "control").mkdir()
+    heard: list[str] = []
+
+    def broken(observation: object, now: float) -> None:
+        raise RuntimeError("listener bug")
+
+    async with remote(tmp_path) as r:
+        listeners = r.control.server.plane.routes.observation_listeners
+        listeners.insert(0, broken)
+        listeners.append(lambda observation, now: heard.append(observation.deployment_id))
+        for _ in range(3):
+            await events(r.client, stream_request())
+        r.data.data.observer.flush()
+        assert await r.data.reporter.drain(10)
+        assert r.data.reporter.accepted == 1  # one observation: the deployment's window
+        got = await r.control.client.routes.GetDeploymentSignals(
+            rpb.GetDeploymentSignalsRequest(name=f"{PARENT}/deploymentSignals/primary-a")
+        )
+    assert got.deployment_signals.sample_count == 3
+    assert heard == ["primary-a"]

@@ -19,7 +19,15 @@ from maestro.v1 import rollout_service_pb2 as rpb
 from tests.conftest import RunningServer, start_server
 from tests.graph_support import FINAL, struct, wait_for
 from tests.inference_support import stack
-from tests.rollout_support import ARTIFACT, pause, push_prompt, rollout, wait_for_state, weight
+from tests.rollout_support import (
+    ARTIFACT,
+    error_budget,
+    pause,
+    push_prompt,
+    rollout,
+    wait_for_state,
+    weight,
+)
 
 R = rpb.Rollout
 RECIPE_ARTIFACT = "projects/alpha/artifacts/exec-agent"
@@ -275,3 +283,64 @@ async def test_a_run_of_a_recipe_artifact_keeps_the_version_its_split_picked(
                 )
             )
         assert other.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_retried_rollout_starts_again_from_step_zero(
+    server: RunningServer, alpha: AsyncMaestroClient
+) -> None:
+    v1 = await push_prompt(alpha, "v1")
+    v2 = await push_prompt(alpha, "v2")
+    created = await alpha.rollouts.CreateRollout(
+        rpb.CreateRolloutRequest(
+            parent="projects/alpha", rollout=rollout(v1.name, v2.name, [weight(30), pause()])
+        )
+    )
+    await wait_for_state(alpha, created.rollout.name, R.STATE_PAUSED)
+    await alpha.rollouts.AbortRollout(
+        rpb.AbortRolloutRequest(name=created.rollout.name, reason="try again")
+    )
+    retried = await alpha.rollouts.RetryRollout(rpb.RetryRolloutRequest(name=created.rollout.name))
+    assert retried.rollout.state == R.STATE_PROGRESSING
+    assert retried.rollout.current_step_index == 0
+    again = await wait_for_state(alpha, created.rollout.name, R.STATE_PAUSED)
+    assert again.canary_weight_percent == 30
+
+
+async def test_an_engaged_kill_switch_refuses_new_rollouts(
+    server: RunningServer, alpha: AsyncMaestroClient
+) -> None:
+    v1 = await push_prompt(alpha, "v1")
+    v2 = await push_prompt(alpha, "v2")
+    await alpha.graphs.SetKillSwitch(
+        gpb.SetKillSwitchRequest(name="projects/alpha/killSwitch", engaged=True, reason="inc 9")
+    )
+    with pytest.raises(MaestroRpcError) as refused:
+        await alpha.rollouts.CreateRollout(
+            rpb.CreateRolloutRequest(
+                parent="projects/alpha", rollout=rollout(v1.name, v2.name, [weight(10)])
+            )
+        )
+    assert refused.value.reason == "KILL_SWITCH_ENGAGED"
+
+
+async def test_an_automated_rollout_rolls_back_when_its_analysis_is_inconclusive(
+    tmp_path: Path,
+) -> None:
+    async for server in _serve(tmp_path, **{"rollouts.max_analysis_wait_s": 0.5}):
+        async with server.client(server.alpha_key) as alpha:
+            v1 = await push_prompt(alpha, "v1")
+            v2 = await push_prompt(alpha, "v2")
+            created = await alpha.rollouts.CreateRollout(
+                rpb.CreateRolloutRequest(
+                    parent="projects/alpha",
+                    rollout=rollout(
+                        v1.name,
+                        v2.name,
+                        [weight(10), error_budget(min_requests=1000)],
+                        automated=True,
+                    ),
+                )
+            )
+            done = await wait_for_state(alpha, created.rollout.name, R.STATE_ROLLED_BACK)
+    assert "automated" in done.state_reason
+    assert done.analysis_results[-1].outcome == rpb.RolloutAnalysisResult.OUTCOME_INCONCLUSIVE

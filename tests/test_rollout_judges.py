@@ -392,3 +392,45 @@ def test_the_comparison_uses_the_same_buckets_for_both_versions_with_coarse_buck
     template = SloBurnTemplate("errors", 0.999, (BurnWindow(6 * HOUR, HOUR, 14.4),))
     verdict = judge_slo_burn(series, "v2", "v1", template, T0 + 3 * HOUR - 1)
     assert verdict.outcome == "inconclusive", verdict.message
+
+
+def test_expiry_touches_only_the_buckets_that_expire() -> None:
+    series = VersionSeries(horizon_s=60)
+    for version in range(20_000):
+        series.ingest(f"v{version}", observation(1), T0)
+    assert series.bucket_count() == 20_000
+    # A batch of observations in the same second walks no version: expiry runs once a bucket.
+    for _ in range(1000):
+        series.ingest("v0", observation(1), T0 + 30)
+    assert series.bucket_count() == 20_001
+    # Past the horizon every version of T0 goes, the one still reporting stays.
+    series.ingest("v0", observation(1), T0 + 61)
+    assert series.bucket_count() == 2
+    assert series.window("v0", 60, T0 + 61).requests == 1001
+    assert series.window("v1", 60, T0 + 61).requests == 0
+    # An observation from before the horizon is not kept.
+    series.ingest("v1", observation(1), T0)
+    assert series.bucket_count("v1") == 0
+
+
+def test_forged_counts_past_int64_are_clamped_not_raised() -> None:
+    huge = 2**70
+    histogram = Histogram()
+    histogram.counts = [huge] * BUCKETS
+    forged = Observation(
+        deployment_id="d1",
+        project="projects/p",
+        end_time=0.0,
+        request_count=huge,
+        latency=histogram,
+        error_counts={"http_5xx": huge, "timeout": huge},
+    )
+    series = VersionSeries(horizon_s=HOUR)
+    for second in range(100):
+        for _ in range(3):  # the same bucket, summed past 2**63 without the clamp
+            series.ingest("v2", forged, T0 + second)
+    stats = series.window("v2", HOUR, T0 + 99)
+    assert 0 < stats.requests < 2**63
+    assert stats.errors <= stats.requests
+    assert all(0 < count < 2**63 for count in stats.latency_counts)
+    assert series.window("v2", 1, T0 + 99).requests == 2**53

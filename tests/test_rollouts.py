@@ -433,3 +433,59 @@ async def test_a_retried_promotion_skips_one_step_not_two(alpha: AsyncMaestroCli
     settled = await wait_for_state(alpha, created.rollout.name, R.STATE_PAUSED)
     assert settled.current_step_index == 3
     assert settled.canary_weight_percent == 20
+
+
+async def test_deleting_the_newest_audit_events_makes_verification_fail(
+    server: RunningServer, alpha: AsyncMaestroClient
+) -> None:
+    v1 = await push_prompt(alpha, "v1")
+    v2 = await push_prompt(alpha, "v2")
+    created = await alpha.rollouts.CreateRollout(
+        rpb.CreateRolloutRequest(
+            parent="projects/alpha", rollout=rollout(v1.name, v2.name, [weight(10), pause(0.1)])
+        )
+    )
+    await wait_for_state(alpha, created.rollout.name, R.STATE_PROMOTED)
+    plane = server.plane.rollouts
+    assert plane is not None
+    with server.plane.store.write() as tx:
+        last = tx.one("SELECT MAX(seq) AS m FROM rollout_audit WHERE project = ?", ("alpha",))
+        assert last is not None
+        tx.run("DELETE FROM rollout_audit WHERE project = ? AND seq = ?", ("alpha", last["m"]))
+    problems = await plane.service.verify("alpha")
+    assert [p.problem for p in problems if "head" in p.event]
+
+
+async def test_rollouts_filter_by_candidate_version_across_pages(
+    alpha: AsyncMaestroClient,
+) -> None:
+    v1 = await push_prompt(alpha, "v1")
+    v2 = await push_prompt(alpha, "v2")
+    v3 = await push_prompt(alpha, "v3")
+    names = []
+    for candidate in (v2, v3, v2):
+        created = await alpha.rollouts.CreateRollout(
+            rpb.CreateRolloutRequest(
+                parent="projects/alpha", rollout=rollout(v1.name, candidate.name, [pause()])
+            )
+        )
+        await alpha.rollouts.AbortRollout(
+            rpb.AbortRolloutRequest(name=created.rollout.name, reason="next")
+        )
+        names.append(created.rollout.name)
+    found: list[str] = []
+    token = ""
+    while True:
+        page = await alpha.rollouts.ListRollouts(
+            rpb.ListRolloutsRequest(
+                parent="projects/alpha",
+                page_size=1,
+                page_token=token,
+                filter=f'candidate_version = "{v2.name}"',
+            )
+        )
+        found += [r.name for r in page.rollouts]
+        token = page.next_page_token
+        if not token:
+            break
+    assert found == [names[2], names[0]]

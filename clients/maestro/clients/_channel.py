@@ -29,6 +29,10 @@ API_FILES = (
 DEFAULT_TIMEOUT_S = 30.0
 
 
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+"""What a client accepts in one message (gRPC's default is 4 MiB)."""
+
+
 def channel_credentials(
     ca_file: str | Path | None = None,
     cert_file: str | Path | None = None,
@@ -89,4 +93,6 @@ class ChannelSettings:
             ("grpc.service_config", service_config(API_FILES)),
             ("grpc.enable_retries", 1),
             ("grpc.primary_user_agent", _user_agent()),
+            # A data plane's WatchConfig responses carry every prompt version it serves.
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ]

@@ -620,7 +620,7 @@ def verify_store(sqlite: Path | None, store_dsn: str | None, project: str | None
         broken = False
         for project_id in sorted(projects):
             events = store.chain(project_id)
-            problems = verify_chain(events)
+            problems = verify_chain(events, store.chain_head(project_id))
             if problems:
                 broken = True
                 for problem in problems:

@@ -81,7 +81,7 @@ class EvalGates:
                     )
                 baseline = f"{run.name}/scorecard"
             scorecard = await self._reusable(
-                rollout.project, gate, candidate, gate.max_scorecard_age_s or None
+                rollout.project, gate, candidate, gate.max_scorecard_age_s
             )
             eval_run = scorecard.removesuffix("/scorecard") if scorecard else ""
             if scorecard is None:
@@ -133,8 +133,9 @@ class EvalGates:
     async def _reusable(
         self, project: str, gate: EvalGateSpec, version: str, max_age_s: float | None
     ) -> str | None:
-        """The newest SUCCEEDED scorecard of `version` on the gate's suite and model group
-        (no older than `max_age_s` when given; None: any age)."""
+        """The newest SUCCEEDED scorecard of `version` on the gate's suite and model group,
+        no older than `max_age_s` (None: any age; 0, the template's default: none, so a new
+        run is started)."""
         if max_age_s is not None and max_age_s <= 0:
             return None
         store = self._evals.store

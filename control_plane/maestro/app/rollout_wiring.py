@@ -82,6 +82,7 @@ def build_rollout_plane(
         meter=meter,
     )
     plane.service.current_traffic = registry.traffic
+    plane.drive = settings.drive
 
     def config_version(project: str) -> str:
         published = registry.current(f"projects/{project}")
@@ -92,6 +93,7 @@ def build_rollout_plane(
     if graph is not None:
         graph.service.kill_switch_listeners.append(plane.service.abort_all)
         graph.service.artifact_recipe = artifact_recipes(plane, registry)
+        plane.service.kill_switch = graph.service.switch_in_effect
     if evals is not None:
         plane.controller.analyst.eval_gate = EvalGates(evals)
         evals.service.artifact_prompt = artifact_prompt(plane.service)

@@ -205,6 +205,12 @@ class RolloutsConfig(Section):
     """RolloutService: artifact versions and progressive delivery."""
 
     enabled: bool = Field(True, description="Serve RolloutService and drive rollouts.")
+    drive: bool = Field(
+        True,
+        description="Run the rollout controller here. With several replicas on one "
+        "PostgreSQL, let one replica drive (the others serve the API and publish the splits): "
+        "a controller judges SLO burn from the observations that reach its own replica.",
+    )
     oci_dir: Path | None = Field(
         None,
         description="The OCI image layout holding every artifact version; unset: an `oci` "

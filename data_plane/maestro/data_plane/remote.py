@@ -2,11 +2,12 @@
 
 - `SnapshotFollower` follows RouteService.WatchConfig (xDS-style): it compiles each snapshot it
   receives into a local registry, ACKs it, or NACKs it with the reason while keeping the
-  previous one, and resumes from its last version after a reconnect. Calls never wait on it:
-  they route with whatever snapshot is local. A snapshot's artifact traffic splits are
-  published beside its config (`SnapshotRegistry.publish_traffic`, which compiles the prompt and
-  agent versions); an empty config_yaml means "splits only": the project has no config of its
-  own and routes with the global one.
+  previous one (its traffic splits still apply, on their own: a rollback reaches a data plane
+  that cannot compile the project's config), and resumes from its last version after a
+  reconnect. Calls never wait on it: they route with whatever snapshot is local. A snapshot's
+  artifact traffic splits are published beside its config (`SnapshotRegistry.publish_traffic`,
+  which compiles the prompt and agent versions); an empty config_yaml means "splits only": the
+  project has no config of its own and routes with the global one.
 - `ObservationReporter` sends the observations the data plane gathers on
   RouteService.ReportObservations, numbering batches and re-sending unanswered ones after a
   reconnect (the server counts a batch id once).
@@ -215,25 +216,37 @@ class SnapshotFollower:
         return ack
 
     async def _apply_snapshot(self, message: rpb.RouteConfigSnapshot) -> None:
-        """Compile, then publish, one project's snapshot: its config (unless empty, "splits
-        only", or the one already applied) and its traffic splits. Nothing is published when
-        either part is refused."""
+        """Publish one project's snapshot: its traffic splits and its config (unless empty,
+        "splits only", or the one already applied), each on its own. A config this data plane
+        cannot compile must not hold back the splits (a rollback among them), nor splits it
+        refuses the config: the part that applies is published, and the snapshot is still
+        reported rejected (raised) when either part was refused."""
         project = message.route_config.removesuffix("/routeConfig")
         config_version = parse_snapshot_version(message.snapshot_version)[0]
         current = self._registry.current(project)
-        compiled = None
+        refused: list[Exception] = []
+        try:
+            traffic = traffic_of(message)
+            if traffic is not None:
+                await self._registry.publish_traffic(traffic)
+            elif self._registry.traffic(project) is not None:
+                await self._registry.remove_traffic(project)
+        except (MaestroError, ValueError) as error:
+            refused.append(error)
         if message.config_yaml and (current is None or current.snapshot_version != config_version):
-            compiled = await asyncio.to_thread(compile_snapshot, message, self._registry)
-        traffic = traffic_of(message)
-        if traffic is not None:
-            await self._registry.publish_traffic(traffic)
-        elif self._registry.traffic(project) is not None:
-            await self._registry.remove_traffic(project)
-        if compiled is not None:
-            revision = _revision(
-                project, message.revision_id, message.config_yaml, message.policy_modules
-            )
-            await self._registry.publish(revision, compiled)
+            try:
+                compiled = await asyncio.to_thread(compile_snapshot, message, self._registry)
+            except (MaestroError, ValueError) as error:
+                refused.append(error)
+            else:
+                revision = _revision(
+                    project, message.revision_id, message.config_yaml, message.policy_modules
+                )
+                await self._registry.publish(revision, compiled)
+        if refused:
+            if len(refused) == 1:
+                raise refused[0]
+            raise ValueError("; ".join(str(error) for error in refused))
         log.info("data_plane.snapshot_applied", project=project, version=message.snapshot_version)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
@@ -67,6 +68,8 @@ _TAGGING_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maestro-ta
 """One thread for the whole process (its thread starts on first use). The scan is Python and
 `re` under the GIL, so more threads would add no throughput, only contention with the loop;
 large scans queue here instead, and a flood of huge prompts delays only huge prompts."""
+
+_log = structlog.get_logger(__name__)
 
 
 OTHER_MODEL = "other"
@@ -327,6 +330,7 @@ class Decider:
         observation of a deployment its project's snapshot lacks is dropped."""
         accepted = dropped = 0
         touched: set[tuple[str, str]] = set()
+        failures: dict[int, tuple[Callable[[Observation, float], None], Exception, int]] = {}
         now = time.time()
         for observation in observations:
             published = self._registry.current(observation.project) or self._registry.current(
@@ -339,9 +343,25 @@ class Decider:
             touched.add((observation.project, observation.deployment_id))
             accepted += 1
             for listener in self.observation_listeners:
-                listener(observation, now)
+                try:
+                    listener(observation, now)
+                except Exception as failure:  # a listener must not cost the batch its signals
+                    first = failures.get(id(listener))
+                    failures[id(listener)] = (
+                        listener,
+                        first[1] if first else failure,
+                        (first[2] if first else 0) + 1,
+                    )
         for project, deployment_id in touched:
             self._refresh_signals(project, deployment_id, now)
+        for listener, error, count in failures.values():
+            _log.error(
+                "route.observation_listener_failed",
+                listener=getattr(listener, "__qualname__", repr(listener)),
+                failures=count,
+                error=repr(error),
+                exc_info=error,
+            )
         return accepted, dropped
 
     def _refresh_signals(self, project: str, deployment_id: str, now: float) -> None:

@@ -129,6 +129,10 @@ class GraphService:
         require_project(principal, match.group(1))
         return name
 
+    async def switch_in_effect(self, project: str) -> str:
+        """The kill switch that stops the project (its own, else the global one), or ""."""
+        return await self._switch_in_effect(project)
+
     async def _switch_in_effect(self, project: str) -> str:
         for name in (f"projects/{project}/killSwitch", f"projects/{GLOBAL}/killSwitch"):
             switch = await self.store.aio(self.store.get_switch, name)

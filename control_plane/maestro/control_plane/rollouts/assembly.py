@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -19,7 +19,7 @@ from maestro.control_plane.rollouts.judges import VersionSeries
 from maestro.control_plane.rollouts.metrics import RolloutMetrics
 from maestro.control_plane.rollouts.mirror import RegistryMirror
 from maestro.control_plane.rollouts.notify import Notifier
-from maestro.control_plane.rollouts.oci import OciLayout
+from maestro.control_plane.rollouts.oci import OciLayout, build_manifest, content_digest
 from maestro.control_plane.rollouts.records import Kind, VersionRecord
 from maestro.control_plane.rollouts.service import ContentCheck, RolloutService
 from maestro.control_plane.rollouts.servicer import RolloutServicer
@@ -38,6 +38,8 @@ class RolloutPlane:
     controller: RolloutController
     mirror: RegistryMirror | None = None
     notifier: Notifier | None = None
+    drive: bool = True
+    """Whether this replica runs the controller (`rollouts.drive`)."""
 
     def register(self, server: grpc.aio.Server, stopping: asyncio.Event) -> None:
         rollout_service_pb2_grpc.add_RolloutServiceServicer_to_server(
@@ -78,7 +80,10 @@ class RolloutPlane:
                 self._track(loop.create_task(self.service.publish_all()))
 
             sql.listen(CHANGES_CHANNEL, heard, reconnected)
-        await self.controller.start()
+        if self.drive:
+            await self.controller.start()
+        else:
+            self.service.controller = None  # another replica drives; verbs only change state
 
     async def stop(self) -> None:
         await self.controller.stop()
@@ -105,19 +110,9 @@ def build_rollouts(
     store = RolloutStore(sql)
     layout = OciLayout(oci_dir)
 
-    def store_blob(record: VersionRecord, content: bytes) -> VersionRecord:
-        stored = layout.put(
-            content,
-            record.media_type,
-            record.kind.label,
-            _annotations(record),
-            f"{record.project}/{record.artifact_id}:{record.version_id}",
-        )
-        return replace(record, manifest_digest=stored.manifest_digest)
-
     series = VersionSeries()
     service = RolloutService(
-        store, publish, check_content, FreezeCalendar(freeze_windows), store_blob
+        store, publish, check_content, FreezeCalendar(freeze_windows), LayoutBlobs(layout)
     )
     analyst = Analyst(
         series, eval_gate, measure_interval_s=measure_interval_s, max_wait_s=max_analysis_wait_s
@@ -131,6 +126,29 @@ def build_rollouts(
     if notifier is not None:
         service.listeners.append(notifier.listen)
     return RolloutPlane(store, series, service, controller, mirror, notifier)
+
+
+class LayoutBlobs:
+    """Versions in the OCI image layout: the manifest digest computed in the create
+    transaction (pure), the files written after it commits, off the event loop."""
+
+    def __init__(self, layout: OciLayout) -> None:
+        self._layout = layout
+
+    def manifest_digest(self, record: VersionRecord, content: bytes) -> str:
+        manifest = build_manifest(
+            content, record.media_type, record.kind.label, _annotations(record)
+        )
+        return content_digest(manifest)
+
+    def write(self, record: VersionRecord, content: bytes) -> None:
+        self._layout.put(
+            content,
+            record.media_type,
+            record.kind.label,
+            _annotations(record),
+            f"{record.project}/{record.artifact_id}:{record.version_id}",
+        )
 
 
 def _annotations(record: VersionRecord) -> dict[str, str]:

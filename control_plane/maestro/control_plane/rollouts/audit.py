@@ -40,8 +40,12 @@ class ChainProblem:
     problem: str
 
 
-def verify_chain(events: Iterable[AuditEvent]) -> list[ChainProblem]:
-    """Every break in one project's chain, given its events in `seq` order (empty: intact)."""
+def verify_chain(
+    events: Iterable[AuditEvent], head: tuple[int, str] | None = None
+) -> list[ChainProblem]:
+    """Every break in one project's chain, given its events in `seq` order (empty: intact).
+    `head`: the (seq, hash) the project's traffic row holds for its last event, so deleting
+    the newest events (or all of them) shows too."""
     problems: list[ChainProblem] = []
     previous_hash = GENESIS
     expected_seq = 1
@@ -73,4 +77,13 @@ def verify_chain(events: Iterable[AuditEvent]) -> list[ChainProblem]:
             )
         previous_hash = event.event_hash
         expected_seq = event.seq + 1
+    if head is not None and (expected_seq - 1, previous_hash) != (head[0], head[1] or GENESIS):
+        problems.append(
+            ChainProblem(
+                head[0],
+                f"the chain's head (seq {head[0]})",
+                f"the stored events end at seq {expected_seq - 1}, the head says seq {head[0]}: "
+                "the newest events were deleted or edited",
+            )
+        )
     return problems

@@ -119,6 +119,7 @@ class RolloutController:
             self._stop_background(key)
             if self._drivers.get(key) is asyncio.current_task():
                 self._drivers.pop(key, None)
+                self._wakes.pop(key, None)
 
     async def _step(self, r: RolloutRecord) -> float:
         """Make the rollout's next transition; how long to wait before the next pass (0: at
@@ -272,6 +273,7 @@ class RolloutController:
 
     def _start_analysis(self, r: RolloutRecord) -> None:
         key = (r.project, r.rollout_id)
+        self.cancel_analysis(*key)  # one attempt in flight per rollout
         self._analyses[key] = asyncio.create_task(
             self._analyse(r), name=f"rollout-analysis:{r.rollout_id}"
         )
@@ -287,11 +289,12 @@ class RolloutController:
             )
 
             def change(current: RolloutRecord, _: ArtifactRecord, digest: str) -> t.Change | None:
-                if current.step_index != r.step_index or current.state not in (
-                    State.ANALYZING,
-                    State.PAUSED,
+                if (
+                    current.analysis_attempt != r.analysis_attempt
+                    or current.step_index != r.step_index
+                    or current.state not in (State.ANALYZING, State.PAUSED)
                 ):
-                    return None  # skipped, aborted or rolled back meanwhile
+                    return None  # another attempt, or skipped, aborted, rolled back meanwhile
                 return t.analysed(current, self._clock(), digest, results)
 
             after = await self.service.apply(r.project, r.rollout_id, change)
@@ -314,7 +317,8 @@ class RolloutController:
 
     def _keep_background(self, r: RolloutRecord) -> None:
         key = (r.project, r.rollout_id)
-        if r.spec.strategy.background and key not in self._background:
+        running = self._background.get(key)
+        if r.spec.strategy.background and (running is None or running.done()):
             self._background[key] = asyncio.create_task(
                 self._background_loop(key), name=f"rollout-background:{r.rollout_id}"
             )
@@ -335,14 +339,18 @@ class RolloutController:
                 return
             if rollout.weight <= 0:
                 continue
-            results = tuple(
-                await asyncio.gather(
-                    *(
-                        self.analyst.run(rollout, tpl, rollout.step_index, True)
-                        for tpl in rollout.spec.strategy.background
+            try:
+                results = tuple(
+                    await asyncio.gather(
+                        *(
+                            self.analyst.run(rollout, tpl, rollout.step_index, True)
+                            for tpl in rollout.spec.strategy.background
+                        )
                     )
                 )
-            )
+            except Exception:  # this round measured nothing; the next one tries again
+                log.exception("rollouts.background_analysis_failed", rollout=rollout.name)
+                continue
             failed = tuple(res for res in results if res.outcome == Outcome.FAILED)
             if failed:
                 await self._roll_back(rollout, failed)

@@ -11,9 +11,12 @@ statsmodels (test-only dependencies; the tests cross-check the statistics agains
 short window (a few seconds) ending at its report; the whole of it is attributed to the bucket of
 the `now` given to `VersionSeries.ingest` (its arrival), not spread over the seconds it covers: a
 window edge is then off by at most one report interval, far below the minutes-to-hours windows
-judged. Buckets older than `horizon_s` are dropped on every ingest (for every version, and a
-version with no bucket left is forgotten), so memory is bounded by versions x buckets with
-traffic in the horizon. A window of `s` seconds at `now` is the `ceil(s / bucket_s)` buckets
+judged. Buckets older than `horizon_s` are dropped as time moves on (at most once per bucket
+period, and only the buckets that expire are touched, through a heap of bucket indexes: ingest
+stays cheap with thousands of versions; a version with no bucket left is forgotten), so memory is
+bounded by versions x buckets with traffic in the horizon. Counts are clamped to [0, 2**53] per
+observation and per bucket (window sums saturate at 2**62), so a forged observation cannot
+overflow the int64 rows. A window of `s` seconds at `now` is the `ceil(s / bucket_s)` buckets
 ending with the bucket of `now`. A long window longer than `horizon_s` is refused (ValueError),
 never silently cut short: size the horizon from the longest window the templates may name.
 
@@ -55,6 +58,7 @@ normal approximation with tie and continuity correction (`latency_vs_stable_p`).
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -79,6 +83,15 @@ _REQUESTS, _ERRORS, _LATENCY = 0, 1, 2
 _ROW = _LATENCY + _BUCKETS
 
 IntArray = npt.NDArray[np.int64]
+
+MAX_COUNT = 2**53
+"""The largest count an observation or a bucket holds; larger ones are clamped to it."""
+_MAX_TOTAL = 2**62
+"""Window sums saturate here: adding a bucket (at most MAX_COUNT) stays under 2**63."""
+
+
+def _clamp(count: int) -> int:
+    return min(max(int(count), 0), MAX_COUNT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,11 @@ class VersionSeries:
         self.bucket_s = bucket_s
         self._horizon_buckets = math.ceil(horizon_s / bucket_s)
         self._versions: dict[str, _Buckets] = {}
+        # One (bucket index, version) entry per bucket held, oldest first: expiry pops exactly
+        # the buckets that expire, never walking the versions that keep theirs.
+        self._heap: list[tuple[int, str]] = []
+        self._oldest: int | None = None
+        """The oldest bucket index kept, as of the latest expiry; None before the first."""
 
     def ingest(self, version: str, observation: Observation, now: float) -> None:
         """Adds one observation of `version`'s traffic, all of it to the bucket of `now`."""
@@ -126,11 +144,13 @@ class VersionSeries:
             raise ValueError(f"latency histogram has {len(counts)} buckets, expected {_BUCKETS}")
         index = self._index(now)
         self._expire(index)
-        requests = max(observation.request_count, 0)
+        if self._oldest is not None and index < self._oldest:
+            return  # already past the horizon: it would be expired at once
+        requests = _clamp(observation.request_count)
         row = np.zeros(_ROW, dtype=np.int64)
         row[_REQUESTS] = requests
-        row[_ERRORS] = min(max(observation.error_count, 0), requests)
-        row[_LATENCY:] = counts
+        row[_ERRORS] = min(_clamp(observation.error_count), requests)
+        row[_LATENCY:] = [_clamp(count) for count in counts]
         buckets = self._versions.get(version)
         if buckets is None:
             buckets = self._versions[version] = _Buckets()
@@ -138,16 +158,18 @@ class VersionSeries:
         if not indexes or index > indexes[-1]:
             indexes.append(index)
             rows.append(row)
+            heapq.heappush(self._heap, (index, version))
         elif index == indexes[-1]:
-            rows[-1] += row
+            rows[-1] = _saturating_add(rows[-1], row, MAX_COUNT)
         elif index > indexes[-1] - self._horizon_buckets:
             # Arrived out of order (an earlier `now` than the last one), within the horizon.
             at = bisect.bisect_left(indexes, index)
             if indexes[at] == index:
-                rows[at] += row
+                rows[at] = _saturating_add(rows[at], row, MAX_COUNT)
             else:
                 indexes.insert(at, index)
                 rows.insert(at, row)
+                heapq.heappush(self._heap, (index, version))
 
     def window(self, version: str, seconds: float, now: float) -> WindowStats:
         """`version`'s traffic in the `ceil(seconds / bucket_s)` buckets ending with `now`'s."""
@@ -175,7 +197,7 @@ class VersionSeries:
                 continue
             if index < first:
                 break
-            total += row
+            total = _saturating_add(total, row, _MAX_TOTAL)
             since = index
         return WindowStats(
             requests=int(total[_REQUESTS]),
@@ -185,14 +207,29 @@ class VersionSeries:
         )
 
     def _expire(self, index: int) -> None:
+        """Drops the buckets older than the horizon ending with bucket `index`: at most once per
+        bucket period (the oldest index kept only moves forward), O(expired buckets x log)."""
         oldest = index - self._horizon_buckets + 1
-        for version in list(self._versions):
-            buckets = self._versions[version]
+        if self._oldest is not None and oldest <= self._oldest:
+            return
+        self._oldest = oldest
+        heap = self._heap
+        while heap and heap[0][0] < oldest:
+            _, version = heapq.heappop(heap)
+            buckets = self._versions.get(version)
+            if buckets is None:
+                continue
             while buckets.indexes and buckets.indexes[0] < oldest:
                 buckets.indexes.popleft()
                 buckets.rows.popleft()
             if not buckets.indexes:
                 del self._versions[version]
+
+
+def _saturating_add(a: IntArray, b: IntArray, limit: int) -> IntArray:
+    """`a + b`, each element capped at `limit` (both hold at most 2**62: no int64 overflow)."""
+    total: IntArray = np.minimum(a + b, limit)
+    return total
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,6 +234,9 @@ class RolloutRecord:
     update_time: float
     approvals: tuple[Approval, ...] = ()
     hold: Hold = Hold.NONE
+    analysis_attempt: int = 0
+    """The revision at which the step's analysis in flight started (0: none): its result is
+    applied only to that attempt, never to a later one of the same step."""
 
     @property
     def name(self) -> str:

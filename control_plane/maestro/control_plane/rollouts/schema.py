@@ -58,6 +58,9 @@ MIGRATIONS = (
             state           INTEGER NOT NULL,          -- records.State
             state_reason    TEXT NOT NULL DEFAULT '',
             hold            TEXT NOT NULL DEFAULT '',  -- why PAUSED: records.Hold
+            analysis_attempt BIGINT NOT NULL DEFAULT 0,
+            stable_version  TEXT NOT NULL,             -- version ids, for filters
+            candidate_version TEXT NOT NULL,
             step_index      INTEGER NOT NULL DEFAULT 0,
             weight          INTEGER NOT NULL DEFAULT 0,
             pause_end       {real},

@@ -9,7 +9,6 @@ The controller (controller.py) drives the steps; the verbs wake it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 import uuid
@@ -47,6 +46,7 @@ from maestro.core.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    MaestroError,
     NotFound,
 )
 from maestro.routing.traffic import ProjectTraffic, TrafficSplit, VersionShare
@@ -62,6 +62,14 @@ class ContentCheck(Protocol):
     def __call__(self, kind: Kind, media_type: str, content: bytes) -> str:
         """Raise InvalidArgument (field `content`) unless `content` parses as `kind`; return
         its autonomy level (`L1`..`L4`, or "" where the kind has none)."""
+
+
+class VersionBlobs(Protocol):
+    def manifest_digest(self, version: VersionRecord, content: bytes) -> str:
+        """The digest the version's OCI manifest will have (pure: no I/O)."""
+
+    def write(self, version: VersionRecord, content: bytes) -> None:
+        """Write the version's blobs and index entry (blocking I/O)."""
 
 
 class VersionMirror(Protocol):
@@ -91,16 +99,16 @@ class RolloutService:
         publish: Callable[[ProjectTraffic], Awaitable[object]],
         check_content: ContentCheck,
         freeze: FreezeCalendar,
-        store_blob: Callable[[VersionRecord, bytes], VersionRecord] | None = None,
+        blobs: VersionBlobs | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`publish` puts a project's splits in the snapshot registry; `store_blob` writes a
-        version's OCI layout and returns the record with its manifest digest."""
+        """`publish` puts a project's splits in the snapshot registry; `blobs` keeps each
+        version's OCI layout."""
         self.store = store
         self._publish = publish
         self._check_content = check_content
         self.freeze = freeze
-        self._store_blob = store_blob
+        self._blobs = blobs
         self.clock = clock
         self.controller: Controller | None = None
         self.mirror: VersionMirror | None = None
@@ -111,6 +119,9 @@ class RolloutService:
         self.eval_runs_of: Callable[[str, str], Awaitable[tuple[str, ...]]] | None = None
         """(project id, version name) -> eval runs whose target is the version, newest first, at
         most 50; set by the wiring when EvalService runs beside."""
+        self.kill_switch: Callable[[str], Awaitable[str]] | None = None
+        """The kill switch in effect for a project id ("" when none): an engaged one refuses
+        starting, resuming, retrying and promoting (GraphService's, set by the wiring)."""
         self.current_traffic: Callable[[str], ProjectTraffic | None] = lambda _: None
         """The splits the data plane serves now (the registry's), for versions' weights."""
         self.changes = asyncio.Condition()
@@ -169,7 +180,7 @@ class RolloutService:
             raise InvalidArgument(
                 [FieldViolation("content", "exactly one of content_bytes and content_text")]
             )
-        self._check_content(version.kind, version.media_type, content)
+        await asyncio.to_thread(self._check_content, version.kind, version.media_type, content)
         try:
             text = content.decode()
         except UnicodeDecodeError:
@@ -188,10 +199,21 @@ class RolloutService:
                 provenance_id=f"prov-{digest[7:23]}",
             ),
         )
-        store_blob = self._store_blob or (lambda r, _: r)
+        blobs = self._blobs
+
+        def with_manifest(r: VersionRecord) -> VersionRecord:
+            if blobs is None:
+                return r
+            return replace(r, manifest_digest=blobs.manifest_digest(r, content))
+
         stored = await self.store.aio(
-            self.store.create_version, record, text, request_id, lambda r: store_blob(r, content)
+            self.store.create_version, record, text, request_id, with_manifest
         )
+        if blobs is not None:
+            try:
+                await asyncio.to_thread(blobs.write, stored, content)
+            except OSError:  # the version stands (the database is the record); say so loudly
+                log.exception("rollouts.layout_write_failed", version=stored.name)
         if self.mirror is not None:
             self.mirror.submit(stored)
         log.info("rollouts.version_created", version=stored.name, digest=stored.digest)
@@ -313,8 +335,10 @@ class RolloutService:
         content = await self.store.aio(
             self.store.version_content, project, spec.artifact_id, spec.candidate_version
         )
-        self.freeze.refuse_inside(project, self.clock(), "start a rollout")
-        level = self._check_content(candidate.kind, candidate.media_type, content.encode())
+        await self._refuse_when_stopped(project, self.clock(), "start a rollout")
+        level = await asyncio.to_thread(
+            self._check_content, candidate.kind, candidate.media_type, content.encode()
+        )
         now = self.clock()
         spec = replace(
             spec,
@@ -447,10 +471,12 @@ class RolloutService:
             if field == "artifact":
                 where["artifact_id"] = str(value).rpartition("/")[2]
             elif field in ("stable_version", "candidate_version"):
-                where[f"__{field}"] = str(value)
+                # `projects/{p}/artifacts/{a}/versions/{v}`: the artifact and the version id
+                artifact, _, version = str(value).partition("/versions/")
+                where[field] = version
+                where["artifact_id"] = artifact.rpartition("/")[2]
             else:
                 where["state"] = int(State[str(value)])
-        wanted = {k: where.pop(k) for k in list(where) if k.startswith("__")}
         limit = paging.page_size(size)
         scope = f"rollouts:{project}:{filter_text}:{order}"
         after = paging.decode_token(token, scope)
@@ -458,15 +484,6 @@ class RolloutService:
         rows = await self.store.aio(
             self.store.list_rollouts, project, after, limit + 1, where, order
         )
-        if wanted:
-            rows = [
-                r
-                for r in rows
-                if all(
-                    r.version_name(getattr(r.spec, k.removeprefix("__"))) == v
-                    for k, v in wanted.items()
-                )
-            ]
         return paging.page_of(rows, limit, scope, lambda r: [getattr(r, column), r.rollout_id])
 
     # -- verbs ----------------------------------------------------------------------------------
@@ -479,17 +496,24 @@ class RolloutService:
         etag: str,
         change: Callable[[RolloutRecord, ArtifactRecord, str], t.Change | None],
         request_id: str = "",
+        *,
+        exclusive: bool = False,
     ) -> RolloutRecord:
         """Apply a verb's transition. A retried call (a `request_id` already in the rollout's
         audit log) changes nothing and returns the rollout as it stands: a retried promotion
         never skips a second step."""
         require_project(principal, project)
-        if request_id:
-            done = await self.store.aio(self.store.events_after_revision, project, rollout_id, 0)
-            if any(e.request_id == request_id for e in done):
-                return await self.store.aio(self.store.get_rollout, project, rollout_id)
 
         def apply(current: RolloutRecord, artifact: ArtifactRecord, tx: Tx) -> t.Change | None:
+            if request_id and self.store.request_seen(tx, current, request_id):
+                return None  # a retried call: done already, checked in the same transaction
+            if exclusive:  # the rollout goes live again: no other of its artifact may be
+                other = self.store.other_rollout(tx, current)
+                if other is not None:
+                    raise FailedPrecondition(
+                        f"rollout {other} of {current.artifact} started since",
+                        reason="NEWER_ROLLOUT",
+                    )
             if etag and etag != current.etag:
                 raise Aborted(
                     f"rollout {current.name} changed since it was read (etag {current.etag})",
@@ -568,7 +592,7 @@ class RolloutService:
         reason: str,
         request_id: str,
     ) -> RolloutRecord:
-        self.freeze.refuse_inside(project, self.clock(), "resume a rollout")
+        await self._refuse_when_stopped(project, self.clock(), "resume a rollout")
 
         def change(r: RolloutRecord, _: ArtifactRecord, digest: str) -> t.Change | None:
             if r.state != State.PAUSED:
@@ -604,7 +628,7 @@ class RolloutService:
         reason: str,
         request_id: str,
     ) -> RolloutRecord:
-        self.freeze.refuse_inside(project, self.clock(), "promote")
+        await self._refuse_when_stopped(project, self.clock(), "promote")
         why = _reason(reason, "promoted by PromoteRollout")
 
         def change(r: RolloutRecord, _: ArtifactRecord, digest: str) -> t.Change | None:
@@ -678,22 +702,21 @@ class RolloutService:
 
     async def abort_all(self, project: str | None, actor: str, reason: str) -> list[RolloutRecord]:
         """Abort every live rollout of a project, or of every project (None): the kill
-        switch."""
+        switch. One that cannot be aborted is logged and the others still are."""
         aborted = []
         for live in await self.store.aio(self.store.live_rollouts):
             if project is not None and live.project != project:
                 continue
-            with contextlib.suppress(FailedPrecondition):  # it ended meanwhile
+            principal = Principal(live.project, None, identity=actor)
+            why = f"kill switch: {reason}"
+            try:
                 aborted.append(
-                    await self.abort(
-                        Principal(live.project, None, identity=actor),
-                        live.project,
-                        live.rollout_id,
-                        "",
-                        f"kill switch: {reason}",
-                        "",
-                    )
+                    await self.abort(principal, live.project, live.rollout_id, "", why, "")
                 )
+            except FailedPrecondition:  # it ended meanwhile
+                continue
+            except MaestroError:
+                log.exception("rollouts.kill_switch_abort_failed", rollout=live.name)
         return aborted
 
     async def retry(
@@ -705,7 +728,7 @@ class RolloutService:
         reason: str,
         request_id: str,
     ) -> RolloutRecord:
-        self.freeze.refuse_inside(project, self.clock(), "retry a rollout")
+        await self._refuse_when_stopped(project, self.clock(), "retry a rollout")
 
         def change(r: RolloutRecord, artifact: ArtifactRecord, digest: str) -> t.Change | None:
             if r.state not in RETRYABLE:
@@ -719,17 +742,6 @@ class RolloutService:
                     f"the stable version of {r.artifact} is now "
                     f"{r.version_name(artifact.stable_version)}; start a new rollout",
                     reason="STABLE_VERSION_MISMATCH",
-                )
-            newer = [
-                x
-                for x in self.store.list_rollouts(
-                    r.project, None, 1, {"artifact_id": r.spec.artifact_id}, "create_time desc"
-                )
-                if x.rollout_id != r.rollout_id and x.create_time > r.create_time
-            ]
-            if newer:
-                raise FailedPrecondition(
-                    f"rollout {newer[0].name} of {r.artifact} started since", reason="NEWER_ROLLOUT"
                 )
             after = t.bump(
                 r,
@@ -754,7 +766,9 @@ class RolloutService:
                 )
             ]
 
-        record = await self._change(principal, project, rollout_id, etag, change, request_id)
+        record = await self._change(
+            principal, project, rollout_id, etag, change, request_id, exclusive=True
+        )
         self._wake(record)
         return record
 
@@ -796,8 +810,19 @@ class RolloutService:
         self._wake(record)
         return record
 
+    async def _refuse_when_stopped(self, project: str, now: float, what: str) -> None:
+        """FAILED_PRECONDITION inside a freeze window or while a kill switch is engaged."""
+        self.freeze.refuse_inside(project, now, what)
+        switch = await self.kill_switch(project) if self.kill_switch is not None else ""
+        if switch:
+            raise FailedPrecondition(
+                f"cannot {what}: kill switch {switch} is engaged", reason="KILL_SWITCH_ENGAGED"
+            )
+
     def _wake(self, record: RolloutRecord) -> None:
-        if self.controller is not None and not record.ended:
+        """Wake the rollout's driver; an ended rollout's driver then exits (with its background
+        analyses) instead of waiting on a timer that no longer matters."""
+        if self.controller is not None:
             self.controller.wake(record.project, record.rollout_id)
 
     # -- audit ----------------------------------------------------------------------------------
@@ -858,7 +883,8 @@ class RolloutService:
         return paging.page_of(rows, limit, scope, lambda e: [e.seq])
 
     async def verify(self, project: str) -> list[ChainProblem]:
-        return verify_chain(await self.store.aio(self.store.chain, project))
+        events = await self.store.aio(self.store.chain, project)
+        return verify_chain(events, await self.store.aio(self.store.chain_head, project))
 
 
 def _share(

@@ -159,8 +159,8 @@ class RolloutStore:
         store_blob: Callable[[VersionRecord], VersionRecord],
     ) -> VersionRecord:
         """Insert a version (and its artifact with the first one). `record.version_id` empty:
-        `v<N>`. `store_blob` writes the OCI layout once the checks pass, before the insert, and
-        returns the record with its manifest digest."""
+        `v<N>`. `store_blob` gives the record its manifest digest once the checks pass, before
+        the insert (it must not do I/O: the transaction is open)."""
         with self.sql.write() as tx:
             if request_id:
                 done = tx.one(
@@ -345,6 +345,7 @@ class RolloutStore:
             float(row["update_time"]),
             tuple(Approval(**a) for a in self.sql.json_out(row["approvals"])),
             Hold(row["hold"]),
+            int(row["analysis_attempt"]),
         )
 
     def get_rollout(self, project: str, rollout_id: str) -> RolloutRecord:
@@ -439,6 +440,31 @@ class RolloutStore:
             record, snapshot_version=joined_version(self.config_version(record.project), revision)
         ), revision
 
+    def request_seen(self, tx: Tx, rollout: RolloutRecord, request_id: str) -> bool:
+        """Whether a call with `request_id` changed `rollout` already (its audit log says so)."""
+        rows = tx.all(
+            "SELECT body FROM rollout_audit WHERE project = ? AND rollout_id = ?",
+            (rollout.project, rollout.rollout_id),
+        )
+        return any(self.sql.json_out(r["body"]).get("request_id") == request_id for r in rows)
+
+    def other_rollout(self, tx: Tx, rollout: RolloutRecord) -> str | None:
+        """The name of another rollout of `rollout`'s artifact that is live or was created
+        after it (read in the caller's transaction), if any."""
+        marks = ", ".join("?" for _ in _LIVE)
+        row = tx.one(
+            "SELECT rollout_id FROM rollouts WHERE project = ? AND artifact_id = ? "
+            f"AND rollout_id <> ? AND (create_time > ? OR state IN ({marks}))",
+            (
+                rollout.project,
+                rollout.spec.artifact_id,
+                rollout.rollout_id,
+                rollout.create_time,
+                *_LIVE,
+            ),
+        )
+        return f"projects/{rollout.project}/rollouts/{row['rollout_id']}" if row else None
+
     def _live_of(self, tx: Tx, project: str, artifact_id: str) -> RolloutRecord | None:
         marks = ", ".join("?" for _ in _LIVE)
         row = tx.one(
@@ -526,6 +552,7 @@ class RolloutStore:
             int(record.state),
             record.state_reason,
             str(record.hold),
+            record.analysis_attempt,
             record.step_index,
             record.weight,
             record.pause_end,
@@ -537,16 +564,18 @@ class RolloutStore:
         )
         if new:
             tx.run(
-                "INSERT INTO rollouts (spec, state, state_reason, hold, step_index, weight, "
-                "pause_end, "
-                "analyses, approvals, snapshot_version, revision, update_time, project, "
-                "rollout_id, artifact_id, request_id, create_time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rollouts (spec, state, state_reason, hold, analysis_attempt, "
+                "step_index, weight, pause_end, analyses, approvals, snapshot_version, revision, "
+                "update_time, project, rollout_id, artifact_id, stable_version, "
+                "candidate_version, request_id, create_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     *body,
                     record.project,
                     record.rollout_id,
                     record.spec.artifact_id,
+                    record.spec.stable_version,
+                    record.spec.candidate_version,
                     request_id or None,
                     record.create_time,
                 ),
@@ -554,7 +583,7 @@ class RolloutStore:
         else:
             tx.run(
                 "UPDATE rollouts SET spec = ?, state = ?, state_reason = ?, hold = ?, "
-                "step_index = ?, "
+                "analysis_attempt = ?, step_index = ?, "
                 "weight = ?, pause_end = ?, analyses = ?, approvals = ?, snapshot_version = ?, "
                 "revision = ?, "
                 "update_time = ? WHERE project = ? AND rollout_id = ?",
@@ -777,9 +806,23 @@ class RolloutStore:
             for row in rows
         ]
 
-    def audit_projects(self) -> list[str]:
+    def chain_head(self, project: str) -> tuple[int, str]:
+        """(seq, hash) of the project's last audit event as its traffic row records it."""
         with self.sql.read() as tx:
-            return [r["project"] for r in tx.all("SELECT DISTINCT project FROM rollout_audit")]
+            row = tx.one(
+                "SELECT audit_seq, audit_hash FROM artifact_traffic WHERE project = ?", (project,)
+            )
+        return (int(row["audit_seq"]), str(row["audit_hash"])) if row else (0, GENESIS)
+
+    def audit_projects(self) -> list[str]:
+        """Projects with an audit chain (by their heads too: a chain whose events were all
+        deleted still has one)."""
+        with self.sql.read() as tx:
+            rows = tx.all(
+                "SELECT project FROM artifact_traffic WHERE audit_seq > 0 "
+                "UNION SELECT DISTINCT project FROM rollout_audit"
+            )
+        return sorted({r["project"] for r in rows})
 
     def now(self) -> float:
         return time.time()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from maestro.control_plane.rollouts.judges import DEFAULT_HORIZON_S
 from maestro.control_plane.rollouts.records import (
     MAX_STEPS,
     MAX_TEMPLATES,
@@ -21,7 +22,10 @@ from maestro.control_plane.rollouts.records import (
 from maestro.core.errors import FieldViolation
 
 MAX_WINDOWS = 4
-MAX_WINDOW_S = 30 * 24 * 3600.0
+MAX_WINDOW_S = DEFAULT_HORIZON_S
+"""The longest SLO window: what the per-version series keeps of live traffic."""
+MAX_DURATION_S = 30 * 24 * 3600.0
+"""The longest pause, interval, latency threshold or scorecard age (30 days)."""
 
 
 def strategy_violations(
@@ -61,8 +65,8 @@ def strategy_violations(
             else:
                 last_weight, last_weight_index = weight, i
         elif step.pause_s is not None:
-            if not math.isfinite(step.pause_s) or step.pause_s < 0:
-                found.append(FieldViolation(f"{at}.pause.duration", "must not be negative"))
+            if not math.isfinite(step.pause_s) or not 0 <= step.pause_s <= MAX_DURATION_S:
+                found.append(FieldViolation(f"{at}.pause.duration", "0 to 30 days"))
             elif step.pause_s == 0 and automated:
                 found.append(
                     FieldViolation(
@@ -84,10 +88,11 @@ def strategy_violations(
                     )
                 )
     interval = strategy.background_interval_s
-    if not math.isfinite(interval) or interval < MIN_BACKGROUND_INTERVAL_S:
+    if not math.isfinite(interval) or not MIN_BACKGROUND_INTERVAL_S <= interval <= MAX_DURATION_S:
         found.append(
             FieldViolation(
-                f"{field}.background_interval", f"at least {MIN_BACKGROUND_INTERVAL_S:g} seconds"
+                f"{field}.background_interval",
+                f"{MIN_BACKGROUND_INTERVAL_S:g} seconds to 30 days",
             )
         )
     return found
@@ -131,10 +136,12 @@ def _templates(
                 ("max_scorecard_age", gate.max_scorecard_age_s),
                 ("budget.max_cost_usd", gate.max_cost_usd),
             ):
-                if not math.isfinite(value) or value < 0:
+                if not math.isfinite(value) or not 0 <= value <= MAX_DURATION_S:
                     found.append(
-                        FieldViolation(f"{at}.eval_gate.{name}", "a finite, non-negative value")
+                        FieldViolation(f"{at}.eval_gate.{name}", "a finite value, 0 to 2,592,000")
                     )
+            if gate.max_tokens < 0:
+                found.append(FieldViolation(f"{at}.eval_gate.budget.max_tokens", "not negative"))
         elif template.slo_burn is not None:
             found += _slo_burn(template.slo_burn, f"{at}.slo_burn")
     return found
@@ -150,6 +157,12 @@ def _slo_burn(burn: SloBurnSpec, at: str) -> list[FieldViolation]:
         math.isfinite(burn.latency_threshold_ms) and burn.latency_threshold_ms > 0
     ):
         found.append(FieldViolation(f"{at}.latency_threshold", "required (above 0) for LATENCY"))
+    if not math.isfinite(burn.latency_threshold_ms) or not (
+        0 <= burn.latency_threshold_ms <= MAX_DURATION_S * 1000
+    ):
+        found.append(FieldViolation(f"{at}.latency_threshold", "0 to 30 days"))
+    if burn.min_request_count > 10**12:
+        found.append(FieldViolation(f"{at}.min_request_count", "at most 10^12"))
     if burn.min_request_count < 0:
         found.append(FieldViolation(f"{at}.min_request_count", "must not be negative"))
     if not 1 <= len(burn.windows) <= MAX_WINDOWS:
@@ -157,7 +170,13 @@ def _slo_burn(burn: SloBurnSpec, at: str) -> list[FieldViolation]:
     for w, window in enumerate(burn.windows):
         where = f"{at}.windows[{w}]"
         if not (0 < window.long_s <= MAX_WINDOW_S):
-            found.append(FieldViolation(f"{where}.long_window", "above 0 and at most 30 days"))
+            found.append(
+                FieldViolation(
+                    f"{where}.long_window",
+                    f"above 0 and at most {MAX_WINDOW_S / 3600:g} hours (the live traffic kept "
+                    "per version)",
+                )
+            )
         if not (0 < window.short_s < window.long_s):
             found.append(
                 FieldViolation(f"{where}.short_window", "above 0 and shorter than long_window")

@@ -106,7 +106,7 @@ def resume(
 
 
 def start_analysis(r: RolloutRecord, now: float, digest: str, names: list[str]) -> Change:
-    after = bump(r, now, state=State.ANALYZING, state_reason="")
+    after = bump(r, now, state=State.ANALYZING, state_reason="", analysis_attempt=r.revision + 1)
     return after, [
         event(r, after, Action.ANALYSIS_STARTED, "system:rollout-controller", digest, reason=name)
         for name in names
@@ -137,10 +137,14 @@ def to_zero(
         state_reason=reason,
         analyses=(*r.analyses, *results),
     )
+    said = {
+        Outcome.FAILED: Action.ANALYSIS_FAILED,
+        Outcome.INCONCLUSIVE: Action.ANALYSIS_INCONCLUSIVE,
+    }
     events = [
-        event(r, after, Action.ANALYSIS_FAILED, actor, digest, reason=a.message, analysis=a)
+        event(r, after, said[a.outcome], actor, digest, reason=a.message, analysis=a)
         for a in results
-        if a.outcome == Outcome.FAILED
+        if a.outcome in said
     ]
     events.append(event(r, after, action, actor, digest, reason=reason, request_id=request_id))
     if r.weight != 0:
@@ -197,8 +201,26 @@ def analysed(
     analyses = (*r.analyses, *results)
     if inconclusive:
         reason = "; ".join(f"analysis {a.template} inconclusive: {a.message}" for a in inconclusive)
+        if r.spec.automated:  # nobody would resume it: no verdict is not a pass
+            return to_zero(
+                r,
+                now,
+                actor,
+                digest,
+                state=State.ROLLED_BACK,
+                action=Action.ROLLED_BACK,
+                reason=f"{reason} (an automated rollout does not wait for a person)",
+                results=results,
+            )
         after = bump(
-            r, now, state=State.PAUSED, hold=Hold.STEP, analyses=analyses, state_reason=reason
+            r,
+            now,
+            state=State.PAUSED,
+            hold=Hold.STEP,
+            pause_end=None,
+            analyses=analyses,
+            state_reason=reason,
+            analysis_attempt=0,
         )
         events = [
             event(
@@ -218,6 +240,7 @@ def analysed(
         r,
         now,
         analyses=analyses,
+        analysis_attempt=0,
         step_index=r.step_index + 1,
         state=State.PAUSED if manual else State.PROGRESSING,
         state_reason=r.state_reason if manual else "",

@@ -110,7 +110,7 @@ _BY_SERVICE: dict[str, dict[str, frozenset[str]]] = {
         "ListRolloutAuditEvents": _READ_RUNS,
         "PauseRollout": _ADMIN,
         "ResumeRollout": _ADMIN,
-        "PromoteRollout": frozenset({ADMIN, OPERATOR, APPROVER}),
+        "PromoteRollout": _ADMIN,  # skips analyses: not an approver's (ApproveRollout is)
         "AbortRollout": _ADMIN,
         "RetryRollout": _ADMIN,
         "ApproveRollout": _APPROVE,  # dual control: approvers, never the rollout's creator

@@ -15,6 +15,8 @@ from maestro.core.rpc.interceptors import Authenticate, GuardInterceptor
 from maestro.core.settings import ServerConfig
 from maestro.core.telemetry import Telemetry
 
+MAX_SEND_BYTES = 64 * 1024 * 1024
+
 
 def build_grpc_server(
     config: ServerConfig,
@@ -37,7 +39,9 @@ def build_grpc_server(
         ],
         options=[
             ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
+            # Requests stay bounded; a response may be larger (WatchConfig's snapshots carry
+            # prompt versions), up to what clients accept.
+            ("grpc.max_send_message_length", max(limit, MAX_SEND_BYTES)),
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
