@@ -123,9 +123,9 @@ def test_sandbox_blocks_attribute_access_like_dunder_class() -> None:
 
 
 def test_rendered_output_past_the_bound_is_refused() -> None:
-    compiled = compile_artifact(PROMPT_TEXT, b"{% for i in range(10000) %}{{ v }}{% endfor %}")
+    compiled = compile_artifact(PROMPT_TEXT, b"{% for i in range(1000) %}{{ v }}{% endfor %}")
     with pytest.raises(InvalidArgument) as error:
-        compiled.render({"v": "x" * 1000})
+        compiled.render({"v": "x" * 2000})
     assert f"{MAX_RENDERED_CHARS:,}" in _violations(error)[0][1]
     repeat = compile_artifact(PROMPT_TEXT, b"{{ v * 1000000000 }}")
     with pytest.raises(InvalidArgument):
@@ -243,3 +243,131 @@ def test_render_raises_nothing_but_invalid_argument_for_any_variables(
     except InvalidArgument:
         return
     assert rendered.messages[0][0] == "system"
+
+
+def test_replace_whose_result_passes_the_bound_is_refused_before_it_is_built() -> None:
+    compiled = compile_artifact(PROMPT_TEXT, b"{{ ('x'*10000)|replace('x','y'*20000) }}")
+    with pytest.raises(InvalidArgument) as error:
+        compiled.render({})
+    assert _violations(error) == [
+        ("artifact_variables", f"the rendered prompt passes {MAX_RENDERED_CHARS:,} characters")
+    ]
+
+
+def test_str_methods_that_grow_text_are_bounded_by_their_result() -> None:
+    for source in (
+        b"{{ ('x'*10000).replace('x', 'y'*20000) }}",
+        b"{{ 'a'.center(1000000000) }}",
+        b"{{ ''.join([v]*1000) }}",
+    ):
+        compiled = compile_artifact(PROMPT_TEXT, source)
+        with pytest.raises(InvalidArgument) as error:
+            compiled.render({name: "x" * 100_000 for name in compiled.variables})
+        assert f"{MAX_RENDERED_CHARS:,}" in _violations(error)[0][1], source
+
+
+def test_concatenation_whose_result_passes_the_bound_is_refused() -> None:
+    for operator in (b"~", b"+"):
+        source = b"{% set a = 'x'*1000000 %}{% set b = a " + operator + b" a %}"
+        with pytest.raises(InvalidArgument) as error:
+            compile_artifact(PROMPT_TEXT, source).render({})
+        assert f"{MAX_RENDERED_CHARS:,}" in _violations(error)[0][1], operator
+
+
+def test_printing_a_list_of_long_strings_is_refused_before_it_is_turned_into_text() -> None:
+    with pytest.raises(InvalidArgument) as error:
+        compile_artifact(PROMPT_TEXT, b"{{ [v] * 1000 }}").render({"v": "x" * 100_000})
+    assert f"{MAX_RENDERED_CHARS:,}" in _violations(error)[0][1]
+
+
+def test_namespace_is_refused_at_compile_time_with_its_line() -> None:
+    content = b"""\
+messages:
+  - role: system
+    content: |
+      Hello.
+      {% set ns = namespace(a='') %}
+      {% for i in range(300) %}{% set ns.a = ns.a ~ ('x'*1000000) %}{% endfor %}
+"""
+    with pytest.raises(InvalidArgument) as error:
+        compile_artifact(PROMPT_YAML, content)
+    assert _violations(error) == [
+        ("content", "line 5: messages[0].content: `namespace` is not available in templates"),
+        (
+            "content",
+            "line 6: messages[0].content: `{% set ns.a %}`: setting an attribute is not available",
+        ),
+    ]
+
+
+def test_a_loop_inside_a_loop_is_refused_at_compile_time_with_its_line() -> None:
+    source = b"{% for i in range(1000) %}\n{% for j in range(1000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(InvalidArgument) as error:
+        compile_artifact(PROMPT_TEXT, source)
+    assert _violations(error) == [
+        ("content", "line 2: a loop inside a loop is not available in templates")
+    ]
+
+
+def test_range_stops_at_a_thousand() -> None:
+    assert len(compile_artifact(PROMPT_TEXT, b"{% for i in range(1000) %}.{% endfor %}")
+               .render({}).messages[0][1]) == 1000  # fmt: skip
+    with pytest.raises(InvalidArgument) as error:
+        compile_artifact(PROMPT_TEXT, b"{% for i in range(1001) %}{% endfor %}").render({})
+    assert "range of more than 1,000 items" in _violations(error)[0][1]
+
+
+def test_a_loop_with_no_output_is_cut_off_by_the_step_bound() -> None:
+    compiled = compile_artifact(
+        PROMPT_TEXT, b"{% for w in v %}{% if w == 'a' %}{% endif %}{% endfor %}"
+    )
+    with pytest.raises(InvalidArgument) as error:
+        compiled.render({"v": "x" * 1_000_000})
+    assert _violations(error) == [
+        ("artifact_variables", "the artifact's templates take more than 100,000 steps")
+    ]
+
+
+def test_macros_formatting_and_unlisted_filters_are_refused() -> None:
+    for source, problem in (
+        (b"{% macro f() %}{% endmacro %}", "line 1: `{% macro %}` is not available in templates"),
+        (b"{{ v | tojson }}", "line 1: the filter `tojson` is not available in templates"),
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            compile_artifact(PROMPT_TEXT, source)
+        assert _violations(error) == [("content", problem)]
+    for source in (b"{{ '{:>1000000000}'.format(1) }}", b"{{ '%*d' % (100000000, 1) }}"):
+        with pytest.raises(InvalidArgument) as error:
+            compile_artifact(PROMPT_TEXT, source).render({})
+        assert _violations(error)[0][0] == "artifact", source
+
+
+def test_a_prompt_with_a_loop_over_a_split_variable_and_filters_renders() -> None:
+    content = b"""\
+messages:
+  - role: system
+    content: |
+      {{ name | default('friend') | trim | title }}: {{ topic | upper }}, {{ topic | lower }}
+      {% for w in words.split() %}{{ loop.index }}.{{ w | capitalize }} {% endfor %}
+      {{ words.split() | length }} {{ words.split() | first }} {{ words.split() | last }}
+      {{ words.split() | join('-') }} {{ long | truncate(9) }} {{ 'a' ~ topic ~ 'b' }}
+      {% if words %}{{ words | replace('a', 'A') }}{% endif %}
+variables:
+  name: {default: ''}
+  topic: {}
+  words: {}
+  long: {default: "a long sentence here"}
+"""
+    rendered = compile_artifact(PROMPT_YAML, content).render(
+        {"name": "  ada lovelace ", "topic": "Maths", "words": "alpha beta gamma"}
+    )
+    assert rendered.messages == (
+        (
+            "system",
+            "Ada Lovelace: MATHS, maths\n"
+            "1.Alpha 2.Beta 3.Gamma \n"
+            "3 alpha gamma\n"
+            "alpha-beta-gamma a... aMathsb\n"
+            "AlphA betA gAmmA\n",
+        ),
+    )

@@ -38,22 +38,51 @@ Every problem with content is INVALID_ARGUMENT on `content`, "line N: ..." first
 with a call's variables is INVALID_ARGUMENT on `artifact_variables[<name>]`.
 
 Bounds: content at most 4 MiB, 64 variables, 64 messages, 128 tools, and 1 MiB of rendered text
-per call (a template is tenant code run on a shared data plane: its loops are cut off at that
-size, `range` stops at 10,000 and string or list repetition past the bound is refused).
+per call. A template is tenant code run on a shared data plane's event loop, so what it may do is
+cut down at compile time and bounded while it runs:
+
+- refused at compile time (on `content`, with the line): a loop inside a loop, `recursive` loops,
+  `namespace` and `{% set x.attr = ... %}` (no state carried from one loop pass to the next),
+  macros, call blocks, blocks, `extends`, `include` and `import`, and filters other than
+  abs, attr, capitalize, count, d, default, first, float, int, items, join, last, length, list,
+  lower, map, max, min, reject, rejectattr, replace, reverse, round, select, selectattr, sort,
+  string, title, trim, truncate, unique, upper and wordcount;
+- `range` stops at 1,000 items; string methods other than the plain ones (case, strip, split,
+  find, replace, join, padding...) are refused, as are `format`, `format_map`, `translate`,
+  `encode` and `%` string formatting;
+- no single value a template builds (`*`, `+`, `~`, `replace`, `join`, padding, a value printed
+  or converted to text) may pass 1 MiB: its size is worked out before it is built, and passing
+  it fails the call as the output bound does;
+- a call does at most 100,000 steps of work (each template node run, each loop pass counting its
+  body's nodes, each call, filter and operator) and builds at most 16 MiB of intermediate text.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_eval_context
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.filters import do_replace, make_attrgetter, sync_do_join
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import Namespace
 
 from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.core.yaml_input import reject_aliases
@@ -92,7 +121,12 @@ MAX_VARIABLES: Final = 64
 MAX_MESSAGES: Final = 64
 MAX_TOOLS: Final = 128
 MAX_RENDERED_CHARS: Final = 1024 * 1024
-MAX_RANGE: Final = 10_000
+MAX_RANGE: Final = 1_000
+MAX_STEPS: Final = 100_000
+"""Steps of work one call's templates may do (see the module docstring's Bounds)."""
+MAX_WORK_CHARS: Final = 16 * MAX_RENDERED_CHARS
+"""Characters of intermediate text one call's templates may build, all values together."""
+MAX_INT_BITS: Final = 4096
 MAX_MODEL_CHARS: Final = 256
 _ROLES: Final = frozenset({"system", "user", "assistant"})
 _VARIABLE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -187,10 +221,14 @@ class CompiledArtifact:
         values = self._values(variables)
         budget = MAX_RENDERED_CHARS
         messages = []
-        for index, (role, generate) in enumerate(self.templates):
-            text = _bounded(generate, values, budget, index)
-            budget -= len(text)
-            messages.append((role, text))
+        token = _WORK.set(_Work())
+        try:
+            for index, (role, generate) in enumerate(self.templates):
+                text = _bounded(generate, values, budget, index)
+                budget -= len(text)
+                messages.append((role, text))
+        finally:
+            _WORK.reset(token)
         settings = self.settings
         return Rendered(
             tuple(messages),
@@ -251,15 +289,8 @@ def _bounded(
             if size > budget:
                 raise _TooLarge
             parts.append(part)
-    except _TooLarge:
-        raise InvalidArgument(
-            [
-                FieldViolation(
-                    "artifact_variables",
-                    f"the rendered prompt passes {MAX_RENDERED_CHARS:,} characters",
-                )
-            ]
-        ) from None
+    except _TooLarge as error:
+        raise InvalidArgument([FieldViolation("artifact_variables", error.description)]) from None
     except Exception as error:  # the sandbox's boundary: see the docstring
         raise InvalidArgument(
             [
@@ -273,11 +304,87 @@ def _bounded(
     return "".join(parts)
 
 
+_TOO_LARGE: Final = f"the rendered prompt passes {MAX_RENDERED_CHARS:,} characters"
+
+
 class _TooLarge(Exception):
-    pass
+    """A template outgrew a bound: its output, one value it builds, or the call's work."""
+
+    def __init__(self, description: str = _TOO_LARGE) -> None:
+        super().__init__(description)
+        self.description = description
 
 
 # -- the sandbox ----------------------------------------------------------------------------------
+
+
+class _Work:
+    """What one call's templates may still do: steps and characters of intermediate text."""
+
+    __slots__ = ("chars", "steps")
+
+    def __init__(self) -> None:
+        self.steps = MAX_STEPS
+        self.chars = MAX_WORK_CHARS
+
+
+_WORK: Final[ContextVar[_Work | None]] = ContextVar("maestro_artifact_work", default=None)
+"""Set by `CompiledArtifact.render` around its templates (they run synchronously inside it)."""
+
+
+def _charge(steps: int = 1, chars: int = 0) -> None:
+    work = _WORK.get()
+    if work is None:
+        return
+    work.steps -= steps
+    work.chars -= chars
+    if work.steps < 0:
+        raise _TooLarge(f"the artifact's templates take more than {MAX_STEPS:,} steps")
+    if work.chars < 0:
+        raise _TooLarge(
+            f"the artifact's templates build more than {MAX_WORK_CHARS:,} characters of text"
+        )
+
+
+def _check(size: int) -> None:
+    """Refuse a value of `size` characters (or items) before it is built."""
+    if size > MAX_RENDERED_CHARS:
+        raise _TooLarge
+
+
+def _text_size(value: Any, limit: int = MAX_RENDERED_CHARS) -> int:
+    """The length of `str(value)`, or some number past `limit` once it is known to pass it:
+    worked out without building the text (a list of a million references to one long string
+    is cheap to hold and a terabyte to print)."""
+    if isinstance(value, str):
+        return len(value)
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            # repr inside a container: quotes, and escapes of up to 10 characters a character
+            total += len(item) + 2 if len(item) + 2 > limit - total else len(repr(item))
+        elif isinstance(item, list | tuple | set | frozenset | KeysView | ValuesView | ItemsView):
+            total += 16 + 2 * len(item)
+            if total <= limit:
+                stack.extend(item)
+        elif isinstance(item, dict):
+            total += 2 + 4 * len(item)
+            if total <= limit:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 2
+        else:
+            total += len(repr(item))
+    return total
+
+
+def _text(value: Any) -> str:
+    """`str(value)`, refused before it is built if it would pass the bound."""
+    _check(_text_size(value))
+    return str(value)
 
 
 def _bounded_range(*args: int) -> range:
@@ -287,36 +394,241 @@ def _bounded_range(*args: int) -> range:
     return numbers
 
 
+def _loop_items(iterable: Iterable[Any], cost: int = 1) -> Iterator[Any]:
+    """Wraps every loop's iterable (put there at compile time): each pass costs its body."""
+    for item in iterable:
+        _charge(cost)
+        yield item
+
+
+def _bounded_join(parts: Iterable[Any]) -> str:
+    """`~` and the environment's `concat` (`{% set x %}...{% endset %}`): refused before the
+    joined text is built if it would pass the bound."""
+    items = list(parts)
+    size = 0
+    for item in items:
+        size += _text_size(item, MAX_RENDERED_CHARS - size)
+        _check(size)
+    _charge(1, size)
+    return "".join(map(str, items))
+
+
+@pass_eval_context
+def _replace_filter(
+    eval_ctx: EvalContext, s: Any, old: Any, new: Any, count: int | None = None
+) -> str:
+    text, old_text, new_text = _text(s), _text(old), _text(new)
+    times = text.count(old_text) if old_text else len(text) + 1
+    if count is not None and count >= 0:
+        times = min(times, count)
+    size = len(text) + times * max(0, len(new_text) - len(old_text))
+    _check(size)
+    _charge(1, size)
+    return str(do_replace(eval_ctx, text, old_text, new_text, count))
+
+
+@pass_eval_context
+def _join_filter(
+    eval_ctx: EvalContext, value: Iterable[Any], d: Any = "", attribute: Any = None
+) -> str:
+    if attribute is not None:
+        value = map(make_attrgetter(eval_ctx.environment, attribute), value)
+    items = list(value)
+    separator = _text(d)
+    size = len(separator) * max(0, len(items) - 1)
+    _check(size)
+    for item in items:
+        size += _text_size(item, MAX_RENDERED_CHARS - size)
+        _check(size)
+    _charge(1, size)
+    return sync_do_join(eval_ctx, items, separator)
+
+
+def _string_filter(value: Any) -> str:
+    text = _text(value)
+    _charge(1, len(text))
+    return text
+
+
+def _charged(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A filter that cannot grow its input, charged a step and the text it returns."""
+
+    @functools.wraps(function)  # keeps Jinja's pass_context / pass_environment marks
+    def charged(*args: Any, **kwargs: Any) -> Any:
+        _charge()
+        result = function(*args, **kwargs)
+        if isinstance(result, str):
+            _charge(0, len(result))
+        return result
+
+    return charged
+
+
+_FILTERS: Final = frozenset(
+    {
+        "abs", "attr", "capitalize", "count", "d", "default", "first", "float", "int", "items",
+        "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr",
+        "replace", "reverse", "round", "select", "selectattr", "sort", "string", "title", "trim",
+        "truncate", "unique", "upper", "wordcount",
+    }
+)  # fmt: skip
+"""The filters a template may use; the others pad, format or serialise without bound."""
+
+_METHODS: Final = frozenset(
+    {
+        # str
+        "capitalize", "casefold", "center", "count", "endswith", "expandtabs", "find", "index",
+        "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower",
+        "isnumeric", "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower",
+        "lstrip", "partition", "removeprefix", "removesuffix", "replace", "rfind", "rindex",
+        "rjust", "rpartition", "rsplit", "rstrip", "split", "splitlines", "startswith", "strip",
+        "swapcase", "title", "upper", "zfill",
+        # dict (list and tuple: count, index)
+        "get", "items", "keys", "values",
+    }
+)  # fmt: skip
+"""Methods of built-in values a template may call; `format`, `translate`, `encode`,
+`int.to_bytes` and the like build text of a size no one checks, so they are refused."""
+
+_VALUE_TYPES: Final = (str, bytes, int, float, complex, list, tuple, dict, set, frozenset)
+
+
+def _projected_size(text: str, method: str, args: tuple[Any, ...]) -> int:
+    """How long `text.<method>(*args)` will be, for the str methods that can grow it."""
+    if method == "replace" and len(args) >= 2:
+        old, new = args[0], args[1]
+        if isinstance(old, str) and isinstance(new, str):
+            times = text.count(old) if old else len(text) + 1
+            if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+                times = min(times, args[2])
+            return len(text) + times * max(0, len(new) - len(old))
+    elif method in ("center", "ljust", "rjust", "zfill") and args:
+        if isinstance(args[0], int):
+            return max(len(text), args[0])
+    elif method == "expandtabs":
+        tab = args[0] if args and isinstance(args[0], int) else 8
+        return len(text) + text.count("\t") * max(tab, 0)
+    return len(text)
+
+
+class _CodeGenerator(CodeGenerator):
+    """Jinja's code generator with `~` joined by `environment.bounded_concat`, which refuses a
+    result past the bound before building it (Jinja's own `str_join` cannot be intercepted)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox (no attribute starting with `_`, no mutating methods), with
-    repetition and powers bounded: `{{ x * 100000 }}` would otherwise build its whole result
-    before the output bound could stop it."""
+    every operation that can build a large value bounded by the size of its result before it
+    is built (`{{ x * 100000 }}` would otherwise build its whole result before the output bound
+    could stop it), only plain methods of built-in values callable, and each call, operator and
+    loop pass charged to the call's work (`_charge`)."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    code_generator_class = _CodeGenerator
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    concat = staticmethod(_bounded_join)  # `{% set %}` blocks
+    bounded_concat = staticmethod(_bounded_join)  # `~`, see _CodeGenerator
 
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _charge()
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                repeated = isinstance(seq, str | list | tuple) and isinstance(times, int)
-                if repeated and len(seq) * max(times, 0) > MAX_RENDERED_CHARS:
-                    raise OverflowError("repetition past the rendered-size bound")
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    _check(len(seq) * max(times, 0))
+                    _charge(0, len(seq) * max(times, 0))
+            if (
+                _is_int(left)
+                and _is_int(right)
+                and left.bit_length() + right.bit_length() > MAX_INT_BITS
+            ):
+                raise OverflowError(f"product past {MAX_INT_BITS} bits")
             return left * right
+        if operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                _check(len(left) + len(right))
+                _charge(0, len(left) + len(right))
+            return left + right
+        if operator == "%":
+            if isinstance(left, str | bytes):
+                raise TypeError("string formatting with % is not available; use {{ }}")
+            return left % right
         if (
             isinstance(left, int)
             and isinstance(right, int)
             and abs(left) > 1
-            and right * math.log2(abs(left)) > 4096
+            and right * math.log2(abs(left)) > MAX_INT_BITS
         ):
-            raise OverflowError("power past 4096 bits")
+            raise OverflowError(f"power past {MAX_INT_BITS} bits")
         return left**right
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        _charge()
+        owner = getattr(obj, "__self__", None)
+        if isinstance(owner, str):
+            method = getattr(obj, "__name__", "")
+            if method == "join" and args:
+                items = list(args[0])  # may be a generator: look at it once
+                size = len(owner) * max(0, len(items) - 1)
+                _check(size)
+                for item in items:
+                    size += len(item) if isinstance(item, str) else 0
+                    _check(size)
+                args = (items, *args[1:])
+            else:
+                _check(_projected_size(owner, method, args))
+        result = super().call(context, obj, *args, **kwargs)
+        if isinstance(result, str | list | tuple):
+            _charge(0, len(result))
+        return result
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if not super().is_safe_attribute(obj, attr, value):
+            return False
+        return not (isinstance(obj, _VALUE_TYPES) and callable(value) and attr not in _METHODS)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        return None  # `format` and `format_map` are refused (is_safe_attribute), never wrapped
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _charge()
+        result = super().getitem(obj, argument)
+        if isinstance(argument, slice) and isinstance(result, str | list | tuple):
+            _charge(0, len(result))
+        return result
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finalize(value: Any) -> Any:
+    """Every `{{ value }}` printed: refused before a large value is turned into text."""
+    if not isinstance(value, str):
+        _check(_text_size(value))
+    return value
 
 
 def _environment() -> _Sandbox:
-    env = _Sandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env = _Sandbox(
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=_finalize,
+        optimized=False,  # nothing of a template runs at compile time, outside the bounds
+    )
     env.globals.clear()
-    env.globals.update(range=_bounded_range, dict=dict, namespace=Namespace)
-    for name in ("center", "indent", "wordwrap", "format", "filesizeformat", "urlize"):
-        env.filters.pop(name, None)  # widths and formats that pad without bound
+    env.globals.update(range=_bounded_range, dict=dict)
+    filters = {name: _charged(env.filters[name]) for name in _FILTERS}
+    filters.update(replace=_replace_filter, join=_join_filter, string=_string_filter)
+    filters["_loop_items"] = _loop_items
+    env.filters.clear()
+    env.filters.update(filters)
     return env
 
 
@@ -625,7 +937,7 @@ def _compile(
         problems.add(path, f"template syntax: {error.message}", first + (error.lineno or 1) - 1)
         return None
     ok = True
-    for name in sorted(meta.find_undeclared_variables(tree) - set(variables)):
+    for name in sorted(_undeclared(tree) - set(variables) - _REFUSED_NAMES):
         line = next(
             (n.lineno for n in tree.find_all(nodes.Name) if n.name == name and n.ctx == "load"),
             1,
@@ -635,10 +947,16 @@ def _compile(
     for attr, line in _private_attributes(tree):
         problems.add(path, f"`{attr}`: names starting with _ are not accessible", first + line - 1)
         ok = False
+    for problem, line in _refusals(tree):
+        problems.add(path, problem, first + line - 1)
+        ok = False
     if not ok:
         return None
-    template = _ENV.from_string(tree)
-    return template.generate
+    try:
+        return _runnable(tree)
+    except TemplateSyntaxError as error:
+        problems.add(path, f"template: {error.message}", first + (error.lineno or 1) - 1)
+        return None
 
 
 def _private_attributes(tree: nodes.Template) -> Iterator[tuple[str, int]]:
@@ -663,7 +981,7 @@ def _text_prompt(text: str) -> CompiledArtifact:
         tree = _ENV.parse(text)
     except TemplateSyntaxError as error:
         raise _content_error(f"line {error.lineno}: template syntax: {error.message}") from None
-    names = sorted(meta.find_undeclared_variables(tree))
+    names = sorted(_undeclared(tree))
     if len(names) > MAX_VARIABLES:
         raise _content_error(f"line 1: at most {MAX_VARIABLES} variables")
     problems = _Problems(None)
@@ -672,7 +990,104 @@ def _text_prompt(text: str) -> CompiledArtifact:
             problems.add((), f"`{name}`: a variable name is a letter, then letters, digits or _")
     for attr, line in _private_attributes(tree):
         problems.add((), f"`{attr}`: names starting with _ are not accessible", line)
+    for problem, line in _refusals(tree):
+        problems.add((), problem, line)
     problems.raise_any()
-    variables = {name: Variable(name) for name in names}
+    variables = {name: Variable(name) for name in names if name not in _REFUSED_NAMES}
+    try:
+        generate = _runnable(tree)
+    except TemplateSyntaxError as error:
+        raise _content_error(f"line {error.lineno}: template: {error.message}") from None
+    return CompiledArtifact(PROMPT_TEXT, "prompt", variables, (("system", generate),))
+
+
+def _undeclared(tree: nodes.Template) -> set[str]:
+    """The names a template uses without setting them; none where Jinja cannot work them out
+    (a filter that does not exist: `_refusals` reports it, and `_runnable` anything else)."""
+    try:
+        return meta.find_undeclared_variables(tree)
+    except TemplateSyntaxError:
+        return set()
+
+
+_REFUSED_NAMES: Final = frozenset({"namespace"})
+"""Jinja globals the sandbox leaves out, refused by name rather than taken for variables."""
+
+_REFUSED_STATEMENTS: Final[Mapping[type[nodes.Node], str]] = {
+    nodes.Macro: "macro",
+    nodes.CallBlock: "call",
+    nodes.Block: "block",
+    nodes.Extends: "extends",
+    nodes.Include: "include",
+    nodes.Import: "import",
+    nodes.FromImport: "from ... import",
+}
+
+
+def _refusals(tree: nodes.Template) -> Iterator[tuple[str, int]]:
+    """(problem, line) for each construct refused at compile time: those that keep state from
+    one loop pass to the next, loop inside a loop or recurse (see the module's Bounds)."""
+    for name in tree.find_all(nodes.Name):
+        if name.name in _REFUSED_NAMES:
+            yield f"`{name.name}` is not available in templates", name.lineno
+    for ref in tree.find_all(nodes.NSRef):
+        yield (
+            f"`{{% set {ref.name}.{ref.attr} %}}`: setting an attribute is not available",
+            (ref.lineno),
+        )
+    for kind, word in _REFUSED_STATEMENTS.items():
+        for node in tree.find_all(kind):
+            yield f"`{{% {word} %}}` is not available in templates", node.lineno
+    nested: dict[int, nodes.For] = {}
+    for loop in tree.find_all(nodes.For):
+        if loop.recursive:
+            yield "a recursive loop is not available in templates", loop.lineno
+        for part in _loop_body(loop):
+            inner = [part] if isinstance(part, nodes.For) else []
+            nested.update((id(n), n) for n in (*inner, *part.find_all(nodes.For)))
+    for loop in nested.values():
+        yield "a loop inside a loop is not available in templates", loop.lineno
+    for used in tree.find_all(nodes.Filter):
+        if used.name not in _FILTERS:
+            yield f"the filter `{used.name}` is not available in templates", used.lineno
+    cost = _cost(tree)
+    if cost > MAX_STEPS:
+        yield f"more than {MAX_STEPS:,} template steps", 1
+
+
+def _loop_body(loop: nodes.For) -> Iterator[nodes.Node]:
+    yield from loop.body
+    yield from loop.else_
+    if loop.test is not None:
+        yield loop.test
+
+
+def _cost(node: nodes.Node) -> int:
+    """Steps to run `node` once, loops counted once: the nodes it holds, text aside."""
+    return sum(1 for n in node.find_all(nodes.Node) if not isinstance(n, nodes.TemplateData))
+
+
+def _runnable(tree: nodes.Template) -> Callable[[Mapping[str, str]], Iterator[str]]:
+    """Compile a checked tree: each loop's iterable wrapped to charge a pass its body's steps,
+    the whole template charged its own steps when it starts."""
+    for loop in tree.find_all(nodes.For):
+        body_cost = 1 + sum(_cost(n) for n in loop.body)
+        loop.iter = nodes.Filter(
+            loop.iter,
+            "_loop_items",
+            [nodes.Const(body_cost, lineno=loop.lineno)],
+            [],
+            None,
+            None,
+            lineno=loop.lineno,
+        )
+    tree.set_environment(_ENV)
     template = _ENV.from_string(tree)
-    return CompiledArtifact(PROMPT_TEXT, "prompt", variables, (("system", template.generate),))
+    return functools.partial(_charged_run, template.generate, _cost(tree))
+
+
+def _charged_run(
+    generate: Callable[[Mapping[str, str]], Iterator[str]], cost: int, values: Mapping[str, str]
+) -> Iterator[str]:
+    _charge(cost)
+    yield from generate(values)

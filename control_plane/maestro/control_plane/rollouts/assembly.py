@@ -54,12 +54,15 @@ class RolloutPlane:
         task.add_done_callback(self._pending.discard)
 
     def observe(self, observation: Observation, now: float) -> None:
-        """Feed a data-plane observation to the per-version series (only versions of the
-        observation's own project: a tenant's reports never reach another's rollout)."""
-        version = getattr(observation, "artifact_version", "")
-        if version and version.startswith(
-            f"projects/{observation.project.removeprefix('projects/')}/"
-        ):
+        """Feed a data-plane observation to the per-version series: only versions that the
+        observation's own project's split serves, so a tenant's reports never reach another's
+        rollout and a forged version name makes no series."""
+        version = observation.artifact_version
+        if not version:
+            return
+        traffic = self.service.current_traffic(observation.project)
+        split = traffic.split(version.partition("/versions/")[0]) if traffic is not None else None
+        if split is not None and any(share.version == version for share in split.shares):
             self.series.ingest(version, observation, now)
 
     async def start(self) -> None:

@@ -321,6 +321,21 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
+FISHER_EXACT_MAX_BAD = 10**6
+"""Past this many bad requests the exact sum (about sqrt(bad) terms) gives way to the normal
+approximation, which is then within a hair of it, and a forged count cannot stall the judge."""
+
+
+def _two_proportion_greater(bad_a: int, total_a: int, bad_b: int, total_b: int) -> float:
+    """One-sided pooled two-proportion z-test that A's bad rate is greater than B's."""
+    pooled = (bad_a + bad_b) / (total_a + total_b)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / total_a + 1 / total_b))
+    if spread == 0:
+        return 1.0
+    z = (bad_a / total_a - bad_b / total_b) / spread
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def fisher_greater_pvalue(bad_a: int, total_a: int, bad_b: int, total_b: int) -> float:
     """One-sided Fisher exact p-value that A's bad rate is greater than B's.
 
@@ -335,6 +350,8 @@ def fisher_greater_pvalue(bad_a: int, total_a: int, bad_b: int, total_b: int) ->
     if min(bad_a, bad_b, total_a, total_b) < 0:
         raise ValueError("counts must be >= 0")
     population, bad, draws = total_a + total_b, bad_a + bad_b, total_a
+    if bad > FISHER_EXACT_MAX_BAD and total_a and total_b:
+        return _two_proportion_greater(bad_a, total_a, bad_b, total_b)
     good = population - bad
     low, high = max(0, draws - good), min(draws, bad)
     if bad_a <= low or total_b == 0:
