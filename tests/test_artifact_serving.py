@@ -377,6 +377,23 @@ async def test_the_openai_ingress_serves_the_maestro_prompt_object(tmp_path: Pat
     assert missing.json()["error"]["param"] == "maestro.variables[product]"
 
 
+async def test_the_openai_ingress_takes_an_artifact_call_without_messages(
+    tmp_path: Path,
+) -> None:
+    async with stack(tmp_path) as s:
+        headers = {"authorization": f"Bearer {s.server.alpha_key}"}
+        async with httpx.AsyncClient(base_url=s.http_base, headers=headers) as http:
+            served = await http.post(
+                "/chat/completions",
+                json={"maestro": {"prompt": ARTIFACT, "variables": {"product": "Maestro"}}},
+            )
+            empty = await http.post("/chat/completions", json={"messages": []})
+    assert served.status_code == 200, served.text
+    assert served.json()["maestro"]["artifact_version"] in (V1, V2)
+    assert empty.status_code == 400
+    assert empty.json()["error"]["param"] == "messages"
+
+
 async def test_observations_carry_the_artifact_version(tmp_path: Path) -> None:
     async with stack(tmp_path) as s:
         data = s.server.plane.data

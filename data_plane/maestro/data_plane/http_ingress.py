@@ -208,7 +208,8 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = ""
-    messages: list[_Message] = Field(min_length=1)
+    messages: list[_Message] = Field(default_factory=list)
+    """At least one, unless `maestro` names an artifact whose messages lead the call."""
     stream: bool = False
     stream_options: _StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -313,6 +314,8 @@ def call_input(body: ChatBody, parent: str, objectives_header: str = "") -> Call
     texts = wire_texts(messages, body.tools or (), stop)  # all the provider will see
     model = "" if body.model in _AUTO_MODELS else body.model
     name_key, artifact = options.artifact_field
+    if not messages and not artifact:
+        raise InvalidArgument([FieldViolation("messages", "at least one message is required")])
     traffic_key = options.key if options.key is not None else (body.user or "") if artifact else ""
     violations = artifact_violations(parent, artifact, options.variables, traffic_key)
     if violations:

@@ -32,6 +32,7 @@ from maestro.control_plane.rollouts.records import (
     Outcome,
     RolloutRecord,
     State,
+    finite,
 )
 from maestro.control_plane.rollouts.service import RolloutService
 from maestro.core.errors import MaestroError
@@ -283,7 +284,8 @@ class RolloutController:
         step = r.spec.strategy.steps[r.step_index]
         try:
             results = tuple(
-                await asyncio.gather(
+                finite(result)
+                for result in await asyncio.gather(
                     *(self.analyst.run(r, tpl, r.step_index, False) for tpl in step.analysis)
                 )
             )
@@ -341,7 +343,8 @@ class RolloutController:
                 continue
             try:
                 results = tuple(
-                    await asyncio.gather(
+                    finite(result)
+                    for result in await asyncio.gather(
                         *(
                             self.analyst.run(rollout, tpl, rollout.step_index, True)
                             for tpl in rollout.spec.strategy.background

@@ -31,9 +31,12 @@ from maestro.v1 import common_pb2
 from maestro.v1 import rollout_service_pb2 as pb
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_ARTIFACT = re.compile(r"^projects/([a-z][a-z0-9-]{0,62})/artifacts/([a-z0-9][a-z0-9-]{0,62})$")
+_ARTIFACT_ID = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+"""An artifact id ends with a letter or digit: it is a path component of the version's OCI
+repository name, which allows no trailing hyphen."""
+_ARTIFACT = re.compile(rf"^projects/([a-z][a-z0-9-]{{0,62}})/artifacts/({_ARTIFACT_ID})$")
 _VERSION = re.compile(
-    r"^projects/([a-z][a-z0-9-]{0,62})/artifacts/([a-z0-9][a-z0-9-]{0,62})/versions/"
+    rf"^projects/([a-z][a-z0-9-]{{0,62}})/artifacts/({_ARTIFACT_ID})/versions/"
     r"([a-z0-9][a-z0-9-]{0,62})$"
 )
 _ROLLOUT = re.compile(r"^projects/([a-z][a-z0-9-]{0,62})/rollouts/([a-z0-9][a-z0-9-]{0,62})$")

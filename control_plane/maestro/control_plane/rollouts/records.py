@@ -7,7 +7,8 @@ messages and `store.py` to and from rows. Weights are whole percents; times are 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 CONTROLLER = "system:rollout-controller"
 """The actor of the controller's own steps in the audit log."""
@@ -294,3 +295,20 @@ class AuditEvent:
     @property
     def name(self) -> str:
         return f"projects/{self.project}/rollouts/{self.rollout_id}/auditEvents/{self.event_id}"
+
+
+def finite(result: AnalysisResult) -> AnalysisResult:
+    """`result` with every measured value finite (NaN as 0, infinities as +-1e308): what is
+    stored and hashed must read back as it was written, and JSON has no NaN or Infinity."""
+
+    def clean(x: float) -> float:
+        if math.isnan(x):
+            return 0.0
+        return max(min(x, 1e308), -1e308)
+
+    return replace(
+        result,
+        measurements=tuple(
+            replace(m, value=clean(m.value), limit=clean(m.limit)) for m in result.measurements
+        ),
+    )

@@ -159,8 +159,13 @@ class RolloutService:
         return traffic
 
     async def publish_all(self) -> None:
+        """Publish every project's splits (at start): one project's that cannot be published
+        (a stored version its data plane refuses) is logged, and the others still are."""
         for project in await self.store.aio(self.store.projects_with_traffic):
-            await self.publish_traffic(project)
+            try:
+                await self.publish_traffic(project)
+            except MaestroError:
+                log.exception("rollouts.publish_failed", project=project)
 
     # -- versions -------------------------------------------------------------------------------
 
