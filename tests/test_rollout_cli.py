@@ -252,7 +252,7 @@ async def test_rollback_to_the_previous_stable_version_promotes_at_once_by_rollb
     assert [v["name"] for v in stable] == [v1]
     code, out, _ = await _cli(server, "rollout", "audit", "--project", "alpha")
     assert code == 0
-    created = [line for line in out.splitlines() if "CREATED" in line]
+    created = [line for line in out.splitlines() if " CREATED " in line]
     assert len(created) == 2
     assert "rollbackWindow" in created[1]
 
@@ -297,13 +297,20 @@ async def test_verify_exits_0_on_an_intact_chain_and_1_naming_an_edited_event(
     assert code == 0, out + err
     assert out.startswith("audit chain of projects/alpha intact: ")
     with server.plane.store.write() as tx:
+        second = tx.one(
+            "SELECT seq FROM rollout_audit WHERE project = ? AND rollout_id = ? "
+            "ORDER BY seq LIMIT 1 OFFSET 1",
+            ("alpha", name.rpartition("/")[2]),
+        )
+        assert second is not None
         tx.run(
             "UPDATE rollout_audit SET actor = ? WHERE project = ? AND seq = ?",
-            ("projects/alpha/apiKeys/someone-else", "alpha", 2),
+            ("projects/alpha/apiKeys/someone-else", "alpha", second["seq"]),
         )
     code, out, _ = await _cli(server, *verify)
+    seq = second["seq"]
     assert code == 1
-    assert f"event {name}/auditEvents/0000000002 (seq 2): content does not match" in out
+    assert f"event {name}/auditEvents/{seq:010d} (seq {seq}): content does not match" in out
     assert "audit chain of projects/alpha is broken" in out
 
 

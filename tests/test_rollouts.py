@@ -282,15 +282,23 @@ async def test_editing_one_audit_row_makes_verification_name_the_event(
     plane = server.plane.rollouts
     assert plane is not None
     assert await plane.service.verify("alpha") == []
+    rollout_id = created.rollout.name.rpartition("/")[2]
     with server.plane.store.write() as tx:
+        second = tx.one(
+            "SELECT seq FROM rollout_audit WHERE project = ? AND rollout_id = ? "
+            "ORDER BY seq LIMIT 1 OFFSET 1",
+            ("alpha", rollout_id),
+        )
+        assert second is not None
         tx.run(
             "UPDATE rollout_audit SET actor = ? WHERE project = ? AND seq = ?",
-            ("projects/alpha/apiKeys/someone-else", "alpha", 2),
+            ("projects/alpha/apiKeys/someone-else", "alpha", second["seq"]),
         )
     problems = await plane.service.verify("alpha")
     assert problems
-    assert problems[0].seq == 2
-    assert problems[0].event.startswith(created.rollout.name + "/auditEvents/")
+    assert problems[0].seq == second["seq"]
+    assert problems[0].event == f"{created.rollout.name}/auditEvents/{second['seq']:010d}"
+    assert "edited" in problems[0].problem
 
 
 def _worse(profile: FaultProfile, marker: str, delta: float) -> FaultProfile:
@@ -489,3 +497,19 @@ async def test_rollouts_filter_by_candidate_version_across_pages(
         if not token:
             break
     assert found == [names[2], names[0]]
+
+
+async def test_a_new_version_is_an_event_of_the_audit_chain(alpha: AsyncMaestroClient) -> None:
+    v1 = await push_prompt(alpha, "v1", description="first cut")
+    events = await alpha.rollouts.ListRolloutAuditEvents(
+        rpb.ListRolloutAuditEventsRequest(parent="projects/alpha/rollouts/-")
+    )
+    [created] = events.rollout_audit_events
+    assert created.action == rpb.RolloutAuditEvent.ACTION_VERSION_CREATED
+    assert created.candidate_version == v1.name
+    assert created.candidate_digest == v1.digest
+    assert created.name.startswith("projects/alpha/rollouts/-/auditEvents/")
+    got = await alpha.rollouts.GetRolloutAuditEvent(
+        rpb.GetRolloutAuditEventRequest(name=created.name)
+    )
+    assert got.rollout_audit_event.event_hash == created.event_hash

@@ -969,6 +969,11 @@ class RolloutAuditEvent(_message.Message):
         """The rollout failed."""
         ACTION_APPROVED: RolloutAuditEvent._Action.ValueType  # 15
         """An approver approved the promotion (ApproveRollout)."""
+        ACTION_VERSION_CREATED: RolloutAuditEvent._Action.ValueType  # 16
+        """An artifact version was created (CreateArtifactVersion). Not part of a rollout: its name
+        is `projects/{project}/rollouts/-/auditEvents/{audit_event}`, and `candidate_version` and
+        `candidate_digest` name the version.
+        """
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper):
         """What happened."""
@@ -1005,6 +1010,11 @@ class RolloutAuditEvent(_message.Message):
     """The rollout failed."""
     ACTION_APPROVED: RolloutAuditEvent.Action.ValueType  # 15
     """An approver approved the promotion (ApproveRollout)."""
+    ACTION_VERSION_CREATED: RolloutAuditEvent.Action.ValueType  # 16
+    """An artifact version was created (CreateArtifactVersion). Not part of a rollout: its name
+    is `projects/{project}/rollouts/-/auditEvents/{audit_event}`, and `candidate_version` and
+    `candidate_digest` name the version.
+    """
 
     NAME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int

@@ -41,7 +41,7 @@ _VERSION = re.compile(
 )
 _ROLLOUT = re.compile(r"^projects/([a-z][a-z0-9-]{0,62})/rollouts/([a-z0-9][a-z0-9-]{0,62})$")
 _EVENT = re.compile(
-    r"^projects/([a-z][a-z0-9-]{0,62})/rollouts/([a-z0-9][a-z0-9-]{0,62})/auditEvents/"
+    r"^projects/([a-z][a-z0-9-]{0,62})/rollouts/([a-z0-9][a-z0-9-]{0,62}|-)/auditEvents/"
     r"([a-z0-9][a-z0-9-]{0,62})$"
 )
 _KINDS = {

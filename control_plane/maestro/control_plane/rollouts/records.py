@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 CONTROLLER = "system:rollout-controller"
+NO_ROLLOUT = "-"
+"""The rollout of an audit event that belongs to none (a version created)."""
 """The actor of the controller's own steps in the audit log."""
 MAX_STEPS = 50
 MAX_TEMPLATES = 10
@@ -30,6 +32,7 @@ class Kind(enum.IntEnum):
 
 
 class State(enum.IntEnum):
+    UNSPECIFIED = 0  # an audit event outside a rollout (a version created)
     PROGRESSING = 1
     PAUSED = 2
     ANALYZING = 3
@@ -76,6 +79,7 @@ class Action(enum.IntEnum):
     RETRIED = 13
     FAILED = 14
     APPROVED = 15
+    VERSION_CREATED = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from maestro.control_plane.graph.store import call_store
 from maestro.control_plane.rollouts.audit import GENESIS, chain_hash
 from maestro.control_plane.rollouts.records import (
     ENDED,
+    NO_ROLLOUT,
     Action,
     AnalysisResult,
     Approval,
@@ -122,6 +123,27 @@ def event_from_json(body: Mapping[str, Any]) -> AuditEvent:
     )
 
 
+def _version_created(version: VersionRecord, request_id: str) -> AuditEvent:
+    return AuditEvent(
+        project=version.project,
+        rollout_id=NO_ROLLOUT,
+        action=Action.VERSION_CREATED,
+        actor=version.provenance.creator,
+        revision=0,
+        state_before=State.UNSPECIFIED,
+        state_after=State.UNSPECIFIED,
+        step_index=0,
+        weight_before=0,
+        weight_after=0,
+        stable_version="",
+        candidate_version=version.name,
+        candidate_digest=version.digest,
+        reason=version.description,
+        request_id=request_id,
+        create_time=version.create_time,
+    )
+
+
 class RolloutStore:
     def __init__(self, sql: Sql, config_version: Callable[[str], str] = lambda _: "") -> None:
         """`config_version(project id)`: the version of the project's routing config snapshot
@@ -162,6 +184,7 @@ class RolloutStore:
         `v<N>`. `store_blob` gives the record its manifest digest once the checks pass, before
         the insert (it must not do I/O: the transaction is open)."""
         with self.sql.write() as tx:
+            head = self._chain_head(tx, record.project)  # first, as every change locks it
             if request_id:
                 done = tx.one(
                     "SELECT * FROM artifact_versions WHERE project = ? AND request_id = ?",
@@ -246,6 +269,7 @@ class RolloutStore:
                 "UPDATE artifacts SET version_count = ? WHERE project = ? AND artifact_id = ?",
                 (count + 1, stored.project, stored.artifact_id),
             )
+            self._append_events(tx, head, [_version_created(stored, request_id)], "")
         return stored
 
     def get_version(self, project: str, artifact_id: str, version_id: str) -> VersionRecord:
