@@ -19,6 +19,7 @@ from tests.conftest import RunningServer
 from tests.eval_support import create_dataset, create_suite, eval_stack, task_rows
 from tests.rollout_support import (
     ARTIFACT,
+    error_budget,
     pause,
     push_prompt,
     rollout,
@@ -148,6 +149,14 @@ async def test_abort_takes_traffic_off_the_candidate_before_it_returns(
     assert counted["ABORTED"] == 1
 
 
+def _burn_over(long_s: float) -> rpb.RolloutStep:
+    step = error_budget()
+    window = step.analysis.templates[0].slo_burn.windows[0]
+    window.long_window.FromSeconds(int(long_s))
+    window.short_window.FromSeconds(300)
+    return step
+
+
 async def test_bad_strategies_are_invalid_argument_and_create_nothing(
     alpha: AsyncMaestroClient,
 ) -> None:
@@ -162,6 +171,15 @@ async def test_bad_strategies_are_invalid_argument_and_create_nothing(
                     templates=[rpb.RolloutAnalysisTemplate(name="nothing-in-it")]
                 )
             )
+        ],
+        "rollout.strategy.steps[1].pause.duration": [weight(10), pause(31 * 24 * 3600)],
+        "rollout.strategy.steps[1].analysis.templates[0].slo_burn.windows[0].long_window": [
+            weight(10),
+            _burn_over(6 * 3600),
+        ],
+        "rollout.strategy.steps[1].analysis.templates[0].slo_burn.objective_ratio": [
+            weight(10),
+            error_budget(objective=float("nan")),
         ],
     }
     for field, steps in bad.items():
