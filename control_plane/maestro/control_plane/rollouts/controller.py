@@ -121,6 +121,8 @@ class RolloutController:
             if self._drivers.get(key) is asyncio.current_task():
                 self._drivers.pop(key, None)
                 self._wakes.pop(key, None)
+                if wake.is_set():  # woken while ending (a retry): the rollout may be live again
+                    self.wake(project, rollout_id)
 
     async def _step(self, r: RolloutRecord) -> float:
         """Make the rollout's next transition; how long to wait before the next pass (0: at
