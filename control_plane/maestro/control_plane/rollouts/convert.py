@@ -194,7 +194,7 @@ def version_message(view: VersionView) -> pb.ArtifactVersion:
 # -- rollouts -----------------------------------------------------------------------------------
 
 
-def _template(message: pb.RolloutAnalysisTemplate, field: str) -> TemplateSpec:
+def _template(message: pb.RolloutAnalysisTemplate) -> TemplateSpec:
     which = message.WhichOneof("template")
     if which == "eval_gate":
         gate = message.eval_gate
@@ -247,21 +247,14 @@ def new_rollout(message: pb.Rollout, project: str) -> RolloutSpec:
     if violations:
         raise InvalidArgument(violations)
     steps = []
-    for i, step in enumerate(message.strategy.steps):
+    for step in message.strategy.steps:
         which = step.WhichOneof("step")
         if which == "set_weight":
             steps.append(Step(set_weight=step.set_weight.weight_percent))
         elif which == "pause":
             steps.append(Step(pause_s=_seconds(step.pause.duration)))
         elif which == "analysis":
-            steps.append(
-                Step(
-                    analysis=tuple(
-                        _template(tpl, f"rollout.strategy.steps[{i}].analysis.templates[{k}]")
-                        for k, tpl in enumerate(step.analysis.templates)
-                    )
-                )
-            )
+            steps.append(Step(analysis=tuple(_template(tpl) for tpl in step.analysis.templates)))
         else:
             steps.append(Step())
     interval = message.strategy.background_interval
@@ -271,10 +264,7 @@ def new_rollout(message: pb.Rollout, project: str) -> RolloutSpec:
         versions["candidate_version"],
         Strategy(
             tuple(steps),
-            tuple(
-                _template(tpl, f"rollout.strategy.background_analysis[{k}]")
-                for k, tpl in enumerate(message.strategy.background_analysis)
-            ),
+            tuple(_template(tpl) for tpl in message.strategy.background_analysis),
             _seconds(interval)
             if message.strategy.HasField("background_interval")
             else DEFAULT_BACKGROUND_INTERVAL_S,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 CONTROLLER = "system:rollout-controller"
 NO_ROLLOUT = "-"
@@ -294,7 +294,6 @@ class AuditEvent:
     seq: int = 0
     previous_hash: str = ""
     event_hash: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -85,6 +85,7 @@ MIGRATIONS = (
             actor           TEXT NOT NULL,
             candidate_version TEXT NOT NULL,
             eval_run        TEXT NOT NULL DEFAULT '',
+            request_id      TEXT NOT NULL DEFAULT '',  -- the caller's, for retried verbs
             body            {json} NOT NULL,           -- records.AuditEvent
             previous_hash   TEXT NOT NULL,
             event_hash      TEXT NOT NULL,
@@ -93,6 +94,7 @@ MIGRATIONS = (
         );
         CREATE UNIQUE INDEX rollout_audit_by_event ON rollout_audit(project, rollout_id, event_id);
         CREATE INDEX rollout_audit_by_rollout ON rollout_audit(project, rollout_id, seq);
+        CREATE INDEX rollout_audit_by_request ON rollout_audit(project, rollout_id, request_id);
         """,
     ),
 )

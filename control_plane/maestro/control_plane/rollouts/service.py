@@ -30,7 +30,6 @@ from maestro.control_plane.rollouts.records import (
     AuditEvent,
     Hold,
     Kind,
-    Provenance,
     RolloutRecord,
     RolloutSpec,
     State,
@@ -240,8 +239,20 @@ class RolloutService:
             view = replace(view, eval_runs=await self.eval_runs_of(project, record.name))
         return view
 
-    async def _view(self, record: VersionRecord, content: bytes = b"") -> VersionView:
-        artifact = await self.store.aio(self.store.artifact, record.project, record.artifact_id)
+    async def _view(
+        self,
+        record: VersionRecord,
+        content: bytes = b"",
+        artifacts: dict[str, ArtifactRecord | None] | None = None,
+    ) -> VersionView:
+        """A version with its stable flag and weight; `artifacts` caches the artifacts read,
+        so a page of versions reads each artifact once."""
+        known = {} if artifacts is None else artifacts
+        if record.artifact_id not in known:
+            known[record.artifact_id] = await self.store.aio(
+                self.store.artifact, record.project, record.artifact_id
+            )
+        artifact = known[record.artifact_id]
         stable = artifact is not None and artifact.stable_version == record.version_id
         return VersionView(record, stable, self._weight_of(record), content)
 
@@ -287,13 +298,14 @@ class RolloutService:
         scope = f"versions:{project}:{artifact_id}:{filter_text}"
         after = paging.decode_token(token, scope)
         views: list[VersionView] = []
+        artifacts: dict[str, ArtifactRecord | None] = {}
         cursor = after
         while len(views) <= limit:
             rows = await self.store.aio(
                 self.store.list_versions, project, artifact_id, cursor, limit + 1, where
             )
             for row in rows:
-                view = await self._view(row)
+                view = await self._view(row, artifacts=artifacts)
                 if stable_filter is not None and view.stable != stable_filter:
                     continue
                 if commit is not None and row.provenance.source_commit != commit:
@@ -395,18 +407,7 @@ class RolloutService:
             artifact = await self.store.aio(self.store.artifact, project, spec.artifact_id)
             if artifact is None:
                 raise NotFound(f"artifact {record.artifact} not found", reason="ARTIFACT_NOT_FOUND")
-            live = await self.store.aio(self.store.live_rollouts)
-            check(
-                artifact,
-                next(
-                    (
-                        r
-                        for r in live
-                        if r.project == project and r.spec.artifact_id == spec.artifact_id
-                    ),
-                    None,
-                ),
-            )
+            check(artifact, await self.store.aio(self.store.live_of, project, spec.artifact_id))
             return record
         result = await self.store.aio(self.store.create_rollout, record, request_id, events, check)
         if isinstance(result, RolloutRecord):
@@ -945,6 +946,3 @@ def _time_of(text: str) -> float:
 def _needs_dual_control(autonomy: str) -> bool:
     """An agent or recipe version at autonomy L3 or above."""
     return autonomy in ("L3", "L4")
-
-
-__all__ = ["Kind", "Provenance", "RolloutService", "VersionView"]

@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 import grpc
 
 from maestro.control_plane.rollouts import convert
+from maestro.control_plane.rollouts.records import RolloutRecord
 from maestro.control_plane.rollouts.service import RolloutService
 from maestro.control_plane.rollouts.watch import watch_rollout
-from maestro.core.auth import current_principal, require_project
+from maestro.core.auth import Principal, current_principal, require_project
 from maestro.core.errors import FieldViolation, InvalidArgument
 from maestro.core.names import parse_project_name
 from maestro.v1 import rollout_service_pb2 as pb
 from maestro.v1 import rollout_service_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+Verb = Callable[[Principal, str, str, str, str, str], Awaitable[RolloutRecord]]
+"""(caller, project, rollout id, etag, reason, request id) -> the rollout after the verb."""
+VerbRequest = (
+    pb.PauseRolloutRequest
+    | pb.ResumeRolloutRequest
+    | pb.AbortRolloutRequest
+    | pb.RetryRolloutRequest
+)
 
 
 class RolloutServicer(pb_grpc.RolloutServiceServicer):
@@ -146,11 +155,10 @@ class RolloutServicer(pb_grpc.RolloutServiceServicer):
             next_page_token=page.next_page_token,
         )
 
-    async def PauseRollout(
-        self, request: pb.PauseRolloutRequest, context: Context
-    ) -> pb.PauseRolloutResponse:
+    async def _verb(self, verb: Verb, request: VerbRequest) -> RolloutRecord:
+        """Pause, resume, abort or retry: the same fields, the same call."""
         project, rollout_id = convert.parse_rollout(request.name)
-        rollout = await self._service.pause(
+        return await verb(
             current_principal(),
             project,
             rollout_id,
@@ -158,20 +166,17 @@ class RolloutServicer(pb_grpc.RolloutServiceServicer):
             request.reason,
             request.request_id,
         )
+
+    async def PauseRollout(
+        self, request: pb.PauseRolloutRequest, context: Context
+    ) -> pb.PauseRolloutResponse:
+        rollout = await self._verb(self._service.pause, request)
         return pb.PauseRolloutResponse(rollout=convert.rollout_message(rollout))
 
     async def ResumeRollout(
         self, request: pb.ResumeRolloutRequest, context: Context
     ) -> pb.ResumeRolloutResponse:
-        project, rollout_id = convert.parse_rollout(request.name)
-        rollout = await self._service.resume(
-            current_principal(),
-            project,
-            rollout_id,
-            request.etag,
-            request.reason,
-            request.request_id,
-        )
+        rollout = await self._verb(self._service.resume, request)
         return pb.ResumeRolloutResponse(rollout=convert.rollout_message(rollout))
 
     async def PromoteRollout(
@@ -192,29 +197,13 @@ class RolloutServicer(pb_grpc.RolloutServiceServicer):
     async def AbortRollout(
         self, request: pb.AbortRolloutRequest, context: Context
     ) -> pb.AbortRolloutResponse:
-        project, rollout_id = convert.parse_rollout(request.name)
-        rollout = await self._service.abort(
-            current_principal(),
-            project,
-            rollout_id,
-            request.etag,
-            request.reason,
-            request.request_id,
-        )
+        rollout = await self._verb(self._service.abort, request)
         return pb.AbortRolloutResponse(rollout=convert.rollout_message(rollout))
 
     async def RetryRollout(
         self, request: pb.RetryRolloutRequest, context: Context
     ) -> pb.RetryRolloutResponse:
-        project, rollout_id = convert.parse_rollout(request.name)
-        rollout = await self._service.retry(
-            current_principal(),
-            project,
-            rollout_id,
-            request.etag,
-            request.reason,
-            request.request_id,
-        )
+        rollout = await self._verb(self._service.retry, request)
         return pb.RetryRolloutResponse(rollout=convert.rollout_message(rollout))
 
     async def ApproveRollout(

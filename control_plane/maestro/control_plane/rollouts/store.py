@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from maestro.control_plane.graph.store import call_store
 from maestro.control_plane.rollouts.audit import GENESIS, chain_hash
 from maestro.control_plane.rollouts.records import (
-    ENDED,
     NO_ROLLOUT,
     Action,
     AnalysisResult,
@@ -48,7 +47,9 @@ from maestro.routing.traffic import joined_version
 T = TypeVar("T")
 CHANGES_CHANNEL = "maestro_traffic"
 """Replicas hear `projects/{id}` here when a project's traffic splits change."""
-_LIVE = tuple(int(s) for s in State if s not in ENDED)
+_LIVE = (int(State.PROGRESSING), int(State.PAUSED), int(State.ANALYZING))
+_LIVE_SQL = f"state IN ({', '.join(str(s) for s in _LIVE)})"
+"""The states of a rollout that has not ended, as a WHERE condition (constants, no input)."""
 
 Splits = dict[str, list[tuple[str, int]]]
 """{artifact id: [(version id, weight), ...]}, candidate first; weights sum to 100."""
@@ -415,9 +416,8 @@ class RolloutStore:
 
     def live_rollouts(self) -> list[RolloutRecord]:
         """Every rollout that has not ended, of every project (for the controller)."""
-        marks = ", ".join("?" for _ in _LIVE)
         with self.sql.read() as tx:
-            rows = tx.all(f"SELECT * FROM rollouts WHERE state IN ({marks})", _LIVE)
+            rows = tx.all(f"SELECT * FROM rollouts WHERE {_LIVE_SQL}")
         return [self._rollout(row) for row in rows]
 
     @once_more_on_conflict
@@ -466,34 +466,32 @@ class RolloutStore:
 
     def request_seen(self, tx: Tx, rollout: RolloutRecord, request_id: str) -> bool:
         """Whether a call with `request_id` changed `rollout` already (its audit log says so)."""
-        rows = tx.all(
-            "SELECT body FROM rollout_audit WHERE project = ? AND rollout_id = ?",
-            (rollout.project, rollout.rollout_id),
+        row = tx.one(
+            "SELECT 1 AS x FROM rollout_audit "
+            "WHERE project = ? AND rollout_id = ? AND request_id = ?",
+            (rollout.project, rollout.rollout_id, request_id),
         )
-        return any(self.sql.json_out(r["body"]).get("request_id") == request_id for r in rows)
+        return row is not None
 
     def other_rollout(self, tx: Tx, rollout: RolloutRecord) -> str | None:
         """The name of another rollout of `rollout`'s artifact that is live or was created
         after it (read in the caller's transaction), if any."""
-        marks = ", ".join("?" for _ in _LIVE)
         row = tx.one(
             "SELECT rollout_id FROM rollouts WHERE project = ? AND artifact_id = ? "
-            f"AND rollout_id <> ? AND (create_time > ? OR state IN ({marks}))",
-            (
-                rollout.project,
-                rollout.spec.artifact_id,
-                rollout.rollout_id,
-                rollout.create_time,
-                *_LIVE,
-            ),
+            f"AND rollout_id <> ? AND (create_time > ? OR {_LIVE_SQL})",
+            (rollout.project, rollout.spec.artifact_id, rollout.rollout_id, rollout.create_time),
         )
         return f"projects/{rollout.project}/rollouts/{row['rollout_id']}" if row else None
 
+    def live_of(self, project: str, artifact_id: str) -> RolloutRecord | None:
+        """The artifact's rollout that has not ended, if any."""
+        with self.sql.read() as tx:
+            return self._live_of(tx, project, artifact_id)
+
     def _live_of(self, tx: Tx, project: str, artifact_id: str) -> RolloutRecord | None:
-        marks = ", ".join("?" for _ in _LIVE)
         row = tx.one(
-            f"SELECT * FROM rollouts WHERE project = ? AND artifact_id = ? AND state IN ({marks})",
-            (project, artifact_id, *_LIVE),
+            f"SELECT * FROM rollouts WHERE project = ? AND artifact_id = ? AND {_LIVE_SQL}",
+            (project, artifact_id),
         )
         return self._rollout(row) if row is not None else None
 
@@ -572,7 +570,7 @@ class RolloutStore:
                 snapshot_version=joined_version(self.config_version(record.project), revision),
             )
         body = (
-            self.sql.json_in(self._spec_json(record)),
+            self.sql.json_in(asdict(record.spec)),
             int(record.state),
             record.state_reason,
             str(record.hold),
@@ -615,9 +613,6 @@ class RolloutStore:
             )
         self._append_events(tx, head, events, record.snapshot_version if traffic else "")
         return revision
-
-    def _spec_json(self, record: RolloutRecord) -> dict[str, Any]:
-        return asdict(record.spec)
 
     def _chain_head(self, tx: Tx, project: str) -> Row:
         """The project's traffic row (the chain's head), locked; created on first use."""
@@ -666,10 +661,7 @@ class RolloutStore:
         return splits
 
     def _live_rollouts_of(self, tx: Tx, project: str) -> list[RolloutRecord]:
-        marks = ", ".join("?" for _ in _LIVE)
-        rows = tx.all(
-            f"SELECT * FROM rollouts WHERE project = ? AND state IN ({marks})", (project, *_LIVE)
-        )
+        rows = tx.all(f"SELECT * FROM rollouts WHERE project = ? AND {_LIVE_SQL}", (project,))
         return [self._rollout(row) for row in rows]
 
     def _append_events(
@@ -696,8 +688,8 @@ class RolloutStore:
             previous = linked.event_hash
             tx.run(
                 "INSERT INTO rollout_audit (project, seq, rollout_id, event_id, action, actor, "
-                "candidate_version, eval_run, body, previous_hash, event_hash, create_time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "candidate_version, eval_run, request_id, body, previous_hash, event_hash, "
+                "create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     project,
                     seq,
@@ -707,6 +699,7 @@ class RolloutStore:
                     linked.actor,
                     linked.candidate_version,
                     linked.eval_run,
+                    linked.request_id,
                     self.sql.json_in(asdict(linked)),
                     linked.previous_hash,
                     linked.event_hash,
@@ -823,6 +816,7 @@ class RolloutStore:
                 actor=row["actor"],
                 candidate_version=row["candidate_version"],
                 eval_run=row["eval_run"],
+                request_id=row["request_id"],
                 previous_hash=row["previous_hash"],
                 event_hash=row["event_hash"],
                 create_time=float(row["create_time"]),
@@ -847,6 +841,3 @@ class RolloutStore:
                 "UNION SELECT DISTINCT project FROM rollout_audit"
             )
         return sorted({r["project"] for r in rows})
-
-    def now(self) -> float:
-        return time.time()
