@@ -86,9 +86,13 @@ def run(config_path: Path, address: str | None, metrics_port: int | None) -> int
     config = load_config(config_path)
     reload = threading.Event()
     stop = threading.Event()
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def on_signals() -> None:
+        signal.signal(signal.SIGHUP, lambda *_: reload.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    on_signals()
     if config.ingress == "haproxy":
         # Read by Ray Serve when it starts (here, and in the Ray processes it spawns).
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
@@ -115,6 +119,9 @@ def run(config_path: Path, address: str | None, metrics_port: int | None) -> int
         if metrics_port is not None:
             init["_metrics_export_port"] = metrics_port
     ray.init(**init)
+    # A Ray driver's SIGTERM handler exits at once (status 15): ours again, so SIGTERM shuts
+    # Serve and Ray down below and the lane's batched spans are exported.
+    on_signals()
     serve.start(http_options={"host": config.http.host, "port": config.http.port})
     deployed = _apply(config)
     _event("lane.ready", port=config.http.port, lanes=sorted(deployed))

@@ -158,8 +158,11 @@ class VllmGateway:
             kind=trace.SpanKind.SERVER,
             attributes={
                 "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "vllm",
                 "gen_ai.request.model": chat.model,
+                "gen_ai.response.model": self._lane.model_name,
                 "gen_ai.system": "vllm",
+                "server.address": request.url.hostname or "",
                 "gen_ai.usage.input_tokens": len(prompt_ids),
                 "maestro.lane": self._lane.name,
                 "maestro.lane.version": self._lane.version,
@@ -242,6 +245,7 @@ class VllmGateway:
                     reason = piece.finish_reason or reason
         finally:
             span.set_attribute("gen_ai.usage.output_tokens", tokens)
+            span.set_attribute("gen_ai.response.finish_reasons", (reason,))
             span.end()
         return JSONResponse(
             completion_body(completion_id, model, "".join(texts), reason, len(prompt_ids), tokens),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -103,11 +103,20 @@ test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a te
 
 
 async def start_server(tmp_path: Path, **overrides: object) -> RunningServer:
+    return await start_server_reading(tmp_path, (), overrides)
+
+
+async def start_server_reading(
+    tmp_path: Path, metric_readers: tuple[MetricReader, ...], overrides: dict[str, object]
+) -> RunningServer:
+    """A test server whose metrics `metric_readers` read too (a Prometheus exposition, say)."""
     spans = InMemorySpanExporter()
     metrics = InMemoryMetricReader()
     config = test_config(tmp_path, **overrides)
     telemetry = build_telemetry(
-        config.telemetry, span_processors=(SimpleSpanProcessor(spans),), metric_readers=(metrics,)
+        config.telemetry,
+        span_processors=(SimpleSpanProcessor(spans),),
+        metric_readers=(metrics, *metric_readers),
     )
     plane = await start_control_plane(config, telemetry)
     keys = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,11 @@ def demo_config(tmp_path: Path) -> Path:
     demo = (ROOT / "control_plane/maestro/control_plane/demo.yaml").read_text()
     for relative in ("deploy/router/litellm.yaml", "deploy/router/policies/routing.rego"):
         demo = demo.replace(relative, str(ROOT / relative))
+    # Metrics on a free port, not the demo's 9464: a `maestro up` running beside the tests
+    # (or another test's) would hold that one.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        demo = demo.replace("metrics_port: 9464", f"metrics_port: {probe.getsockname()[1]}")
     path = tmp_path / "maestro.yaml"
     path.write_text(demo)
     return path

@@ -6,34 +6,27 @@ queries those routes accept.
 The CRDs' `openAPIV3Schema` is checked with jsonschema, strictly: an object schema that names its
 properties takes no others (unless it says `x-kubernetes-preserve-unknown-fields`), because the
 API server prunes such fields silently. Plain JSON Schema would let a misplaced field through.
+The check is tests/k8s_schema_support.py's, shared with tests/test_deploy_helm.py, which also
+validates the Rollout and templates the chart renders for stage and prod.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import jsonschema  # type: ignore[import-untyped]  # via litellm and oras; no stubs locked
 import pytest
 import yaml
 from multidict import MultiDict
 
 from maestro.app.rollout_http import EVAL_VERDICT_PATH, SLO_BURN_PATH, slo_burn_template
+from tests.k8s_schema_support import DEPLOY, SCHEMAS, VENDORED_CRDS, crd_errors
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-SCHEMAS = DEPLOY / "schemas" / "argo-rollouts"
 MANIFEST = DEPLOY / "rollouts" / "agent-exec.yaml"
-VENDORED = {
-    "rollout-crd.yaml": "d79c0dab9bb386b1c9329fb69cf0d843fff2152b3f7916839755c1aabc7387f5",
-    "analysis-template-crd.yaml": (
-        "96a871705477bb8876f91630789ce753c8291f0ff5457a8cbc781ff150522369"
-    ),
-}
+VENDORED = sorted(name for name in VENDORED_CRDS if name.startswith("argo-rollouts/"))
 SEED_STEPS = [
     {"setWeight": 10},
     {"pause": {"duration": "10m"}},
@@ -48,38 +41,6 @@ SEED_STEPS = [
 _ARG = re.compile(r"\{\{\s*args\.([A-Za-z0-9_-]+)\s*\}\}")
 
 
-def _strict(schema: Any) -> Any:
-    """`schema` with `additionalProperties: false` on every object schema that lists its
-    properties and neither preserves unknown fields nor says what else it takes."""
-    if isinstance(schema, list):
-        return [_strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: _strict(value) for key, value in schema.items()}
-    if (
-        "properties" in schema
-        and "additionalProperties" not in schema
-        and not schema.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
-
-
-@functools.cache
-def _validator(kind: str) -> jsonschema.Draft4Validator:
-    """A validator for `kind` from the vendored CRD's served version (OpenAPI v3.0's schema
-    language is Draft 4's, for the keywords CRDs may use)."""
-    for name in VENDORED:
-        crd = yaml.safe_load((SCHEMAS / name).read_text())
-        if crd["spec"]["names"]["kind"] == kind:
-            [version] = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
-            assert version["name"] == "v1alpha1"
-            schema = _strict(version["schema"]["openAPIV3Schema"])
-            jsonschema.Draft4Validator.check_schema(schema)
-            return jsonschema.Draft4Validator(schema)
-    raise AssertionError(f"no vendored CRD for {kind}")
-
-
 def _documents() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
 
@@ -90,17 +51,14 @@ def _one(kind: str, name: str) -> dict[str, Any]:
 
 
 def _errors(document: dict[str, Any]) -> list[str]:
-    return [
-        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in _validator(document["kind"]).iter_errors(document)
-    ]
+    return crd_errors(document)
 
 
-@pytest.mark.parametrize("name", sorted(VENDORED))
+@pytest.mark.parametrize("name", VENDORED)
 def test_vendored_crds_are_the_release_files(name: str) -> None:
     digest = hashlib.sha256((SCHEMAS / name).read_bytes()).hexdigest()
-    assert digest == VENDORED[name]
-    assert digest in (SCHEMAS / "README.md").read_text()
+    assert digest == VENDORED_CRDS[name]
+    assert digest in (SCHEMAS / "argo-rollouts" / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

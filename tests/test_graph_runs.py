@@ -442,7 +442,12 @@ async def test_node_attempts_and_finished_runs_are_counted(tmp_path: Path) -> No
     assert (
         points[("maestro.graph.node.attempts", (("kind", "tool"), ("outcome", "succeeded")))] == 1
     )
-    assert points[("maestro.graph.runs.finished", (("state", "succeeded"),))] == 1
+    finished = (
+        ("maestro.project", "alpha"),
+        ("recipe", "projects/builtin/recipes/toolformer"),
+        ("state", "succeeded"),
+    )
+    assert points[("maestro.graph.runs.finished", finished)] == 1
 
 
 async def test_cancelling_a_parent_cancels_the_child_run_it_waits_for(tmp_path: Path) -> None:

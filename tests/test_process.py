@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -82,6 +83,30 @@ def test_maestro_up_refuses_to_start_on_a_routing_file_that_does_not_load(
     assert ended.returncode == 2
     assert f"the routing config {routing} does not load" in ended.stderr
     assert "model_list[0].litellm_params.api_key" in ended.stderr
+
+
+def test_maestro_up_says_which_setting_to_change_when_its_metrics_port_is_taken(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = demo_config(tmp_path)
+        args = ["up", "--config", str(config), "--port", "0", "--http-port", "0"]
+        env = {**os.environ, "MAESTRO_TELEMETRY__METRICS_PORT": str(port)}
+        ended = subprocess.run(
+            [str(BIN / "maestro"), *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert ended.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in ended.stderr
+    assert "MAESTRO_TELEMETRY__METRICS_PORT" in ended.stderr
+    assert "Traceback" not in ended.stderr
 
 
 def test_reflection_lists_every_service(maestro_up: UpProcess) -> None:

@@ -16,6 +16,7 @@ import pytest
 from maestro.app.data_plane_server import DataPlaneServer, start_data_plane_server
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.core.telemetry import build_telemetry
+from maestro.data_plane.remote import RemoteKeyVerifier
 from maestro.v1 import inference_service_pb2 as ipb
 from maestro.v1 import route_service_pb2 as rpb
 from tests.conftest import test_config
@@ -130,6 +131,28 @@ async def test_data_plane_checks_caller_keys_with_the_control_plane(tmp_path: Pa
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert answer.usage is not None
     assert answer.usage.completion_tokens == 5
+
+
+async def test_concurrent_checks_of_one_key_share_one_round_trip(tmp_path: Path) -> None:
+    async with stack(tmp_path) as control:
+        verifier = RemoteKeyVerifier(control.server.target, 60.0)
+        try:
+            principals = await asyncio.gather(
+                *(verifier.authenticate(control.server.alpha_key) for _ in range(20))
+            )
+            again = await verifier.authenticate(control.server.alpha_key)
+        finally:
+            await verifier.close()
+        checks = [
+            s
+            for s in control.server.spans.get_finished_spans()
+            if s.name == "/maestro.v1.ProjectService/ListProjects"
+        ]
+    assert principals[0] is not None
+    assert f"projects/{principals[0].project_id}" == PARENT
+    assert all(p == principals[0] for p in principals)
+    assert again == principals[0]
+    assert len(checks) == 1
 
 
 async def test_stopping_a_data_plane_delivers_its_last_observations(tmp_path: Path) -> None:

@@ -152,7 +152,21 @@ async def test_generated_and_openai_clients_stream_from_the_lane_through_the_dat
     assert usage is not None
     assert usage.completion_tokens == 30
     span = await asyncio.to_thread(lane.sink.wait_for, "serve.vllm.request", trace_id)
-    assert span.parent_span_id == caller_span
+    # The lane's span is a child of the data plane's attempt span, under the call's `chat`
+    # span, under the ingress span the caller's `traceparent` parented.
+    ours = {
+        s.context.span_id: s
+        for s in s.server.spans.get_finished_spans()
+        if s.context.trace_id == int.from_bytes(trace_id, "big")
+    }
+    attempt = ours[int.from_bytes(span.parent_span_id, "big")]
+    assert attempt.name == "provider.attempt"
+    chain = [attempt]
+    while chain[-1].parent is not None and chain[-1].parent.span_id in ours:
+        chain.append(ours[chain[-1].parent.span_id])
+    assert [c.name for c in chain[1:]][:1] == ["chat free"]
+    assert chain[-1].parent is not None
+    assert chain[-1].parent.span_id == int.from_bytes(caller_span, "big")
     attributes = {a.key: a.value for a in span.attributes}
     assert attributes["maestro.lane"].string_value == "beta"
     assert attributes["gen_ai.usage.output_tokens"].int_value == 30

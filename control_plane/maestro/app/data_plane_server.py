@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from maestro.app.config import MaestroConfig
 from maestro.clients import AsyncMaestroClient, channel_credentials
+from maestro.core.errors import MaestroError
 from maestro.core.quotas import limiter_from
 from maestro.core.readiness import Readiness
 from maestro.core.rpc.health import NOT_SERVING, SERVING, HealthServicer
@@ -29,6 +30,7 @@ from maestro.core.telemetry import Telemetry
 from maestro.core.tls import bind, server_ssl_context
 from maestro.data_plane.assembly import DataPlane, build_data_plane
 from maestro.data_plane.remote import ObservationReporter, RemoteKeyVerifier, SnapshotFollower
+from maestro.data_plane.settings import DataPlaneConfig
 from maestro.routing.decider import Decider
 from maestro.routing.snapshots import SnapshotRegistry
 from maestro.routing.tagging import ContentTagger
@@ -36,6 +38,9 @@ from maestro.v1 import inference_service_pb2
 
 log = structlog.get_logger(__name__)
 INFERENCE_SERVICE = inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+KEY_PROJECT_TIMEOUT_S = 5.0
+"""How long a starting data plane waits to learn its key's project (its telemetry's
+`maestro.project`) from the control plane."""
 
 
 @dataclass
@@ -90,6 +95,43 @@ async def _serving_once_synced(
     log.info("server.serving", reason="first snapshot synced")
 
 
+def _control_plane_credentials(settings: DataPlaneConfig) -> grpc.ChannelCredentials | None:
+    tls = settings.control_plane_tls
+    if not tls.enabled:
+        return None
+    return channel_credentials(tls.ca_file, tls.cert_file, tls.key_file)
+
+
+async def key_project(
+    config: MaestroConfig, timeout_s: float = KEY_PROJECT_TIMEOUT_S
+) -> str | None:
+    """The project of the data plane's key, the one it follows and serves (its telemetry's
+    `maestro.project`), asked of the control plane. None when no key is set or the control
+    plane does not say within `timeout_s`: the start goes on without it."""
+    settings = config.data_plane
+    target, api_key = settings.control_plane_target, settings.control_plane_api_key
+    if not target or not api_key:
+        return None
+    verifier = RemoteKeyVerifier(target, 0.0, _control_plane_credentials(settings))
+    try:
+        async with asyncio.timeout(timeout_s):
+            principal = await verifier.authenticate(api_key)
+    except (TimeoutError, MaestroError):
+        principal = None
+    finally:
+        await verifier.close()
+    if principal is None:
+        log.warning(
+            "telemetry.project_unknown",
+            control_plane=target,
+            hint="the control plane did not name the project of data_plane.control_plane_api_key "
+            f"within {timeout_s:g} s (unreachable, or the key refused): this process's traces, "
+            "metrics and logs carry no maestro.project",
+        )
+        return None
+    return principal.project_id
+
+
 async def start_data_plane_server(
     config: MaestroConfig, telemetry: Telemetry, readiness: Readiness | None = None
 ) -> DataPlaneServer:
@@ -113,17 +155,16 @@ async def start_data_plane_server(
         tracer=telemetry.tracer_provider.get_tracer("maestro.route"),
         meter=telemetry.meter_provider.get_meter("maestro.route"),
     )
-    tls = settings.control_plane_tls
-    credentials = (
-        channel_credentials(tls.ca_file, tls.cert_file, tls.key_file) if tls.enabled else None
-    )
+    credentials = _control_plane_credentials(settings)
     client = AsyncMaestroClient(
         target,
         api_key=api_key,
         credentials=credentials,
         tracer_provider=telemetry.tracer_provider,
     )
-    verifier = RemoteKeyVerifier(target, config.auth.key_cache_ttl_s, credentials)
+    verifier = RemoteKeyVerifier(
+        target, config.auth.key_cache_ttl_s, credentials, telemetry.tracer_provider
+    )
     follower = SnapshotFollower(client, registry, node_id)
     reporter = ObservationReporter(client, node_id)
     limiter = limiter_from(config.server.limits)

@@ -22,7 +22,7 @@ from maestro.app.config import MaestroConfig
 from maestro.control_plane.route.files import RoutingFilesUnusable
 from maestro.core.errors import MaestroError
 from maestro.core.heap import settle_heap
-from maestro.core.logs import configure_logging
+from maestro.core.logs import configure_logging, export_logs
 from maestro.core.readiness import Readiness
 from maestro.core.telemetry import Telemetry, build_telemetry
 from maestro.routing.spec import load_yaml
@@ -77,6 +77,19 @@ def with_otlp_endpoint(config: MaestroConfig) -> MaestroConfig:
     return config.model_copy(update={"telemetry": telemetry})
 
 
+async def process_telemetry(config: MaestroConfig, role: Role) -> Telemetry:
+    """The process's telemetry (`config` with its OTLP endpoint resolved: `with_otlp_endpoint`).
+    A data plane serves its key's project, named in every signal's resource (`maestro.project`)
+    and asked of the control plane first (bounded: unnamed when it does not answer in time); a
+    control plane serves many projects and names none."""
+    project = None
+    if role == "data_plane":
+        from maestro.app.data_plane_server import key_project
+
+        project = await key_project(config)
+    return build_telemetry(config.telemetry, project=project)
+
+
 async def _start(
     config: MaestroConfig, telemetry: Telemetry, role: Role, readiness: Readiness
 ) -> _Stoppable:
@@ -104,8 +117,20 @@ async def _serve(config: MaestroConfig, role: Role) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         config = with_otlp_endpoint(config)
-        telemetry = build_telemetry(config.telemetry)
+        try:
+            telemetry = await process_telemetry(config, role)
+        except OSError as error:  # the one port it binds: the metrics endpoint
+            settings = config.telemetry
+            print(
+                f"maestro: cannot serve metrics on {settings.metrics_host}:"
+                f"{settings.metrics_port}: {error.strerror or error}. Set "
+                "telemetry.metrics_port (MAESTRO_TELEMETRY__METRICS_PORT) to a free port, or "
+                "unset it to serve none.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
         telemetry.install_global()
+        export_logs(telemetry.logger_provider)
         try:
             try:
                 running = await _start(config, telemetry, role, readiness)
@@ -119,6 +144,7 @@ async def _serve(config: MaestroConfig, role: Role) -> None:
             await signalled.wait()
             await running.stop()
         finally:
+            export_logs(None)
             telemetry.shutdown()
     finally:
         for signum in SIGNALS:

@@ -199,6 +199,29 @@ class TelemetryConfig(Section):
         description="Share of new traces recorded (parent-based: a sampled caller's trace is "
         "always continued). Every RPC is still instrumented; unsampled spans cost little.",
     )
+    jurisdiction: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Where this process runs, e.g. `eu`: the `jurisdiction` resource attribute "
+        "of its traces, metrics and logs (a serving lane takes it from MAESTRO_JURISDICTION). "
+        "Unset: no such attribute.",
+    )
+    otlp_logs: bool = Field(
+        False,
+        description="Also export every log line over OTLP/gRPC to `otlp_endpoint` (redacted as "
+        "on stderr, with the trace and span it was written in); stderr keeps them either way. "
+        "Off, or with no endpoint: no OTLP log work at all.",
+    )
+    otlp_metrics: bool = Field(
+        False,
+        description="Also push metrics over OTLP/gRPC to `otlp_endpoint` every "
+        "`otlp_metrics_interval_s` (the collector's metrics pipeline), histograms with exemplars "
+        "naming the trace of a sampled call; the Prometheus endpoint serves them either way.",
+    )
+    otlp_metrics_interval_s: float = Field(
+        15.0, ge=1, le=3600, description="How often metrics are pushed with `otlp_metrics`."
+    )
 
     @model_validator(mode="after")
     def _metrics_protected(self) -> TelemetryConfig:
@@ -214,7 +237,8 @@ class TelemetryConfig(Section):
 
 
 class LoggingConfig(Section):
-    """Structured logs on stderr."""
+    """Structured logs on stderr (and over OTLP with `telemetry.otlp_logs`). A line written
+    inside a span carries its `trace_id` and `span_id` (W3C hex)."""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"

@@ -189,6 +189,7 @@ async def build_data_plane(
         RetryBudget(config.retry_budget_ratio, config.retry_budget_min),
         lanes,
         Admission(clock),
+        tracer=telemetry.tracer_provider.get_tracer("maestro.data_plane"),
     )
     service = InferenceService(
         routes,
@@ -196,6 +197,7 @@ async def build_data_plane(
         config,
         tracer=telemetry.tracer_provider.get_tracer("maestro.data_plane"),
         meter=meter,
+        deployment_series=observer.series,
     )
     ingress = OpenAIIngress(
         service,
@@ -205,6 +207,7 @@ async def build_data_plane(
         max_body_bytes=config.http_max_body_bytes,
         limiter=limiter,
         readiness=readiness,
+        tracer=telemetry.tracer_provider.get_tracer("maestro.ingress"),
     )
     plane = DataPlane(config, service, observer, native, translating, ingress, simulator)
     plane.flusher = asyncio.create_task(observer.report_forever(config.report_interval_s))

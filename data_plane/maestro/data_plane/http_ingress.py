@@ -24,6 +24,11 @@ Decider parses both, and weights in the body (`objective_weights`) win over the 
 request's weights win over the metadata on gRPC. Until the process is ready (`Readiness`: its
 first routing snapshot applied; not draining) every route but the probes answers 503
 `NOT_READY` with `Retry-After`, before authentication or reading the body.
+
+Every request but the probes is one SERVER span (`POST /v1/chat/completions`), in the caller's
+trace when it sends W3C `traceparent`, else the root of a new one; the call's `chat` and
+`maestro.route.choose` spans are its descendants, and the provider or lane request carries the
+trace on (`traceparent`).
 """
 
 from __future__ import annotations
@@ -33,14 +38,13 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from google.rpc import code_pb2
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from pydantic import (
     BaseModel,
@@ -503,6 +507,7 @@ class OpenAIIngress:
         max_body_bytes: int = 8 * 1024 * 1024,
         limiter: Limiter = UNLIMITED,
         readiness: Readiness = ALWAYS_READY,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._service = service
         self._readiness = readiness
@@ -511,13 +516,16 @@ class OpenAIIngress:
         self._insecure_project = insecure_project
         self._max_body_bytes = max_body_bytes
         self._limiter = limiter
+        self._tracer = tracer or trace.get_tracer("maestro.ingress")
+        """Makes each request's SERVER span."""
         self.extra_routes: list[web.AbstractRouteDef] = []
         """Routes the process adds beside the OpenAI ones (the control plane's read-only
         rollout analysis routes), behind the same readiness gate."""
 
     def application(self) -> web.Application:
         app = web.Application(
-            client_max_size=self._max_body_bytes, middlewares=[self._gate, self._release]
+            client_max_size=self._max_body_bytes,
+            middlewares=[self._traced, self._gate, self._release],
         )
         app.router.add_post("/v1/chat/completions", self.chat_completions)
         app.router.add_get("/v1/models", self.models)
@@ -546,6 +554,41 @@ class OpenAIIngress:
 
     def _not_ready(self) -> web.Response:
         return error_response(_DRAINING if self._readiness.draining else _NOT_READY)
+
+    @web.middleware
+    async def _traced(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The request's SERVER span, current while it is handled (a streamed answer to its
+        end): a child of the caller's span when it sent `traceparent`, else a new trace."""
+        if request.path in _PROBES:
+            return await handler(request)
+        parent = propagate.extract(request.headers) if "traceparent" in request.headers else None
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else ""
+        span = self._tracer.start_span(
+            f"{request.method} {route}" if route else request.method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route,
+                "url.path": request.path,
+                "url.scheme": request.scheme,
+            },
+        )
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
+            try:
+                response = await handler(request)
+            except web.HTTPException as error:
+                _answered(span, error.status)
+                raise
+            except BaseException as error:
+                span.record_exception(error)
+                span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+                raise
+            _answered(span, response.status)
+            return response
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -608,8 +651,6 @@ class OpenAIIngress:
                 f"projects/{principal.project_id}",
                 request.headers.get(OBJECTIVES_HEADER, ""),
             )
-            if "traceparent" in request.headers:
-                call = replace(call, trace_parent=propagate.extract(request.headers))
             try:
                 call = self._service.resolve(principal, call)
             except InvalidArgument as error:
@@ -637,7 +678,7 @@ class OpenAIIngress:
             choose = await self._routes.detect_off_loop(
                 choose_input(body, principal.project_id, request.headers.get(OBJECTIVES_HEADER, ""))
             )
-            answer = choice_json(self._choose(request, principal, choose))
+            answer = choice_json(self._choose(principal, choose))
             return web.Response(
                 body=orjson.dumps(answer),
                 content_type="application/json",
@@ -652,18 +693,15 @@ class OpenAIIngress:
         except Exception:  # an answer without internals, and a log line to find it by
             return error_response(internal_error("ingress.unhandled_error"))
 
-    def _choose(self, request: web.Request, principal: Principal, choose: ChooseInput) -> Choice:
-        """Decide; the decision's span joins the caller's trace when it sent `traceparent`
-        (recorded whether or not a deployment was eligible)."""
+    def _choose(self, principal: Principal, choose: ChooseInput) -> Choice:
+        """Decide; the decision's span is a child of the request's (recorded whether or not a
+        deployment was eligible), made after the decision."""
         deferred: list[Callable[[Context | None], None]] = []
         try:
             return self._routes.choose(principal, choose, deferred=deferred)
         finally:
-            parent = (
-                propagate.extract(request.headers) if "traceparent" in request.headers else None
-            )
             for record in deferred:
-                record(parent)
+                record(None)  # the current context: the request's span
 
     def _completion_response(
         self, body: ChatBody, completion: Any, artifact_version: str = ""
@@ -784,6 +822,12 @@ class OpenAIIngress:
             tail = b"".join(held) + tail
         await response.write_eof(tail)
         return response
+
+
+def _answered(span: trace.Span, status: int) -> None:
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_status(trace.StatusCode.ERROR)
 
 
 def _chunk_head(routed: Routed) -> bytes:

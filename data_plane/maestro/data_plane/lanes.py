@@ -89,6 +89,7 @@ class LaneMonitor:
 
     async def poll(self) -> None:
         lanes = self._routes.lane_deployments()
+        self._routes.keep_lanes(lanes)  # the gauges of lanes no longer routed to stop
         if not lanes:
             return
         by_status: dict[str, list[tuple[str, str]]] = {}

@@ -17,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import replace
 
 import structlog
 from opentelemetry import metrics
 
-from maestro.core.tallies import Tally
+from maestro.core.tallies import (
+    DEPLOYMENT_SERIES_PER_PROJECT,
+    LabelCap,
+    Tally,
+    deployment_group,
+)
 from maestro.data_plane.breaker import (
     BreakerSettings,
     BreakerState,
@@ -78,6 +83,8 @@ class Observer:
         self._sink = sink
         self._on_breaker = on_breaker
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.series = LabelCap(DEPLOYMENT_SERIES_PER_PROJECT)
+        """The deployments with series of their own (shared with the inference service's)."""
         self._current: dict[tuple[str, str, str], Observation] = {}
         """By (project, deployment id, artifact version)."""
         self._state_keys: dict[tuple[str, str, str], str] = {}
@@ -85,11 +92,17 @@ class Observer:
         self._attempts = Tally(
             meter,
             "maestro.inference.attempts",
-            "Attempts on deployments, by deployment and outcome.",
+            "Attempts on deployments, by deployment (state key) and outcome.",
         )
         self._transitions = meter.create_counter(
             "maestro.inference.breaker_transitions",
             description="Circuit breaker state changes, by deployment and new state.",
+        )
+        meter.create_observable_gauge(
+            "maestro.inference.breaker_state",
+            callbacks=[self._observe_breakers],
+            description="Each circuit breaker's state: 1 for its current state (closed, open, "
+            "half_open), 0 for the others.",
         )
 
     def breaker(self, state_key: str, calls: CallSettings | None = None) -> CircuitBreaker:
@@ -124,6 +137,18 @@ class Observer:
             or settings.allowed_fails_by_class != calls.allowed_fails_by_class
         )
 
+    def _observe_breakers(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        """At collection, off the request path: one series per (breaker, state)."""
+        return [
+            metrics.Observation(
+                1 if breaker.state is state else 0,
+                {"maestro.deployment_id": state_key, "state": state.value},
+            )
+            for state_key, breaker in list(self._breakers.items())
+            if self.series.admits(deployment_group(state_key), state_key)
+            for state in BreakerState
+        ]
+
     def _on_transition(self, transition: Transition) -> None:
         log.warning(
             "inference.breaker_transition",
@@ -131,9 +156,13 @@ class Observer:
             from_state=transition.from_state.value,
             to_state=transition.to_state.value,
         )
+        key = transition.deployment_id  # the breaker's state key
         self._transitions.add(
             1,
-            {"maestro.deployment_id": transition.deployment_id, "state": transition.to_state.value},
+            {
+                "maestro.deployment_id": self.series(deployment_group(key), key),
+                "state": transition.to_state.value,
+            },
         )
         self._on_breaker(transition.deployment_id, transition.to_state is BreakerState.OPEN)
 
@@ -167,7 +196,10 @@ class Observer:
         self._attempts.add(
             1,
             (
-                ("maestro.deployment_id", deployment_id),
+                # The state key, as breakers, in-flight counts and lanes are labelled: one series
+                # per deployment however many projects route to it, and two tenants' deployments
+                # of the same id never merge (capped per project: `deployment_series`).
+                ("maestro.deployment_id", self.series(deployment_group(state_key), state_key)),
                 ("outcome", "ok" if failure is None else failure.value),
             ),
         )

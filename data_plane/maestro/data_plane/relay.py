@@ -24,8 +24,10 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
@@ -43,7 +45,7 @@ from maestro.data_plane.providers.types import (
     failure_class,
 )
 from maestro.data_plane.retry_budget import RetryBudget
-from maestro.data_plane.targets import TargetResolver
+from maestro.data_plane.targets import Target, TargetResolver
 from maestro.routing.decider import Choice
 from maestro.routing.spec import DeploymentSpec, PostFirstTokenPolicy
 
@@ -216,8 +218,11 @@ class Relay:
         budget: RetryBudget,
         lanes: LaneSheds | None = None,
         admission: Admission | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
-        """`admission`: the deployments' rpm/tpm/parallel limits; None: a fresh one."""
+        """`admission`: the deployments' rpm/tpm/parallel limits; None: a fresh one.
+        `tracer`: makes each attempt's `provider.attempt` span; None: the global tracer."""
+        self._tracer = tracer if tracer is not None else trace.get_tracer("maestro.data_plane")
         self._targets = targets
         self._observer = observer
         self._budget = budget
@@ -280,15 +285,31 @@ class Relay:
                     started = loop.time()
                     attempt_ttft: list[float] = []
                     state.attempt_usage = (0, 0, 0.0)
+                    span = self._tracer.start_span(
+                        _ATTEMPT_SPAN, plan.trace_parent, trace.SpanKind.CLIENT
+                    )
                     try:
                         try:
                             async with contextlib.aclosing(
-                                self._attempt(state, deployment, limits, attempt_ttft)
+                                self._attempt(state, deployment, limits, attempt_ttft, span)
                             ) as deltas:
                                 async for delta in deltas:
                                     yield delta
+                        except _Failed as failure:
+                            _attempt_failed(span, failure)
+                            raise
+                        except (asyncio.CancelledError, GeneratorExit):
+                            span.set_attribute("error.type", "cancelled")
+                            raise
+                        except _BudgetReached:
+                            raise
+                        except BaseException as error:
+                            span.set_status(trace.Status(trace.StatusCode.ERROR, "INTERNAL"))
+                            span.set_attribute("error.type", type(error).__qualname__)
+                            raise
                         finally:
                             ticket.release(state.attempt_usage[0] + state.attempt_usage[1])
+                            span.end()
                     except _Failed as failure:
                         self._observe(state, deployment, failure, started, attempt_ttft)
                         last = deployment
@@ -418,11 +439,15 @@ class Relay:
         deployment: DeploymentSpec,
         limits: _Limits,
         ttft_out: list[float],
+        span: trace.Span,
     ) -> AsyncGenerator[Delta, None]:
-        """Stream one deployment's output as deltas; raises _Failed or _BudgetReached."""
+        """Stream one deployment's output as deltas; raises _Failed or _BudgetReached.
+        `span` is the attempt's; its context travels with the request of a traced target."""
         loop = asyncio.get_running_loop()
         plan, options = state.plan, state.plan.options
         target = self._targets.target(deployment)
+        if span.is_recording():
+            span.set_attributes(_attempt_attributes(deployment, target))
         messages = plan.messages
         if state.delivered:
             messages = (*messages, {"role": "assistant", "content": "".join(state.texts)})
@@ -439,7 +464,7 @@ class Relay:
             seed=params.seed,
             tools=params.tools,
             tool_choice=params.tool_choice,
-            extra_headers=_trace_headers(plan) if target.lane else _NO_HEADERS,
+            extra_headers=_trace_headers(span) if target.traced else _NO_HEADERS,
         )
         limit = self._token_limit(state, deployment)
         started = loop.time()
@@ -717,12 +742,40 @@ def _limit_detail(deployment: DeploymentSpec) -> str:
     return f"at its limit ({', '.join(limits) or 'none configured'}); not tried"
 
 
-def _trace_headers(plan: CallPlan) -> dict[str, str]:
-    """W3C trace context for a lane call (its `serve.vllm.request` span joins the caller's
-    trace); built per lane attempt only."""
+def _trace_headers(span: trace.Span) -> dict[str, str]:
+    """W3C trace context for an OpenAI-compatible call, naming the attempt's span, so the
+    server's spans (a lane's `serve.vllm.request`) join the call's tree under it. Built per
+    attempt, for traced targets only."""
     carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=plan.trace_parent)
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
+
+
+_ATTEMPT_SPAN = "provider.attempt"
+"""One attempt on one deployment, a child of the call's `chat` span: a call that falls back
+or retries has one per try, each with its deployment, endpoint and failure."""
+
+
+def _attempt_attributes(deployment: DeploymentSpec, target: Target) -> dict[str, str | int | bool]:
+    attributes: dict[str, str | int | bool] = {
+        "maestro.deployment_id": deployment.deployment_id,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": target.model,
+    }
+    if target.api_base:
+        endpoint = urlsplit(target.api_base)
+        if endpoint.hostname:
+            attributes["server.address"] = endpoint.hostname
+        if endpoint.port:
+            attributes["server.port"] = endpoint.port
+    if target.lane:
+        attributes["maestro.lane"] = True
+    return attributes
+
+
+def _attempt_failed(span: trace.Span, failure: _Failed) -> None:
+    span.set_attribute("error.type", failure.kind.value)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, failure.kind.value))
 
 
 def _estimate_prompt_tokens(plan: CallPlan) -> int:

@@ -32,6 +32,8 @@ from typing import Any
 import grpc
 import structlog
 from google.rpc import code_pb2, status_pb2
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.trace import TracerProvider
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from maestro.clients import AsyncMaestroClient
@@ -335,18 +337,27 @@ class RemoteKeyVerifier:
     """`authenticate(secret)` for a data plane without the key store: asks the control plane."""
 
     def __init__(
-        self, target: str, ttl_s: float, credentials: grpc.ChannelCredentials | None = None
+        self,
+        target: str,
+        ttl_s: float,
+        credentials: grpc.ChannelCredentials | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """`credentials`: TLS to the control plane (see `maestro.clients.channel_credentials`);
-        None: plaintext."""
+        None: plaintext. `tracer_provider`: traces the checks, each under the request that
+        made it (None: the global provider)."""
+        interceptors = aio_client_interceptors(tracer_provider=tracer_provider)
         self._channel = (
-            grpc.aio.secure_channel(target, credentials)
+            grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
             if credentials is not None
-            else grpc.aio.insecure_channel(target)
+            else grpc.aio.insecure_channel(target, interceptors=interceptors)
         )
         self._projects = project_service_pb2_grpc.ProjectServiceStub(self._channel)
         self._ttl_s = ttl_s
         self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self._checking: dict[str, asyncio.Future[Principal | None]] = {}
+        """Checks in flight by key digest: the calls that miss the cache together (a burst,
+        or every call of a busy key when its entry expires) share one round trip."""
 
     async def authenticate(self, secret: str) -> Principal | None:
         digest = hashlib.sha256(secret.encode()).hexdigest()
@@ -354,6 +365,20 @@ class RemoteKeyVerifier:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        check = self._checking.get(digest)
+        if check is None:
+            check = asyncio.ensure_future(self._check(secret, digest, now))
+            self._checking[digest] = check
+            check.add_done_callback(lambda done: self._checked(digest, done))
+        # Shielded: a caller that leaves (cancelled) does not cancel the others' check.
+        return await asyncio.shield(check)
+
+    def _checked(self, digest: str, check: asyncio.Future[Principal | None]) -> None:
+        del self._checking[digest]
+        if not check.cancelled():
+            check.exception()  # retrieved: every caller may have left before it failed
+
+    async def _check(self, secret: str, digest: str, now: float) -> Principal | None:
         try:
             listed = await self._projects.ListProjects(
                 project_service_pb2.ListProjectsRequest(page_size=1),

@@ -18,10 +18,11 @@ import contextlib
 import functools
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from google.rpc import code_pb2
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 
@@ -36,7 +37,12 @@ from maestro.core.errors import (
     NotFound,
     ResourceExhausted,
 )
-from maestro.core.tallies import Tally
+from maestro.core.tallies import (
+    DEPLOYMENT_SERIES_PER_PROJECT,
+    LabelCap,
+    Tally,
+    deployment_group,
+)
 from maestro.data_plane.events import Delta, Done, Event, Fallback, FinishReason, Routed
 from maestro.data_plane.observations import CALL_ARTIFACT_VERSION
 from maestro.data_plane.relay import CallOptions, CallPlan, GenerationParams, Relay
@@ -44,6 +50,7 @@ from maestro.data_plane.settings import DataPlaneConfig
 from maestro.routing.artifacts import Rendered
 from maestro.routing.decider import ChooseInput, Decider
 from maestro.routing.snapshots import SnapshotRegistry
+from maestro.routing.spec import DeploymentSpec
 from maestro.routing.texts import wire_texts
 
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -53,6 +60,52 @@ MAX_VARIABLE_BYTES = 64 * 1024
 ARTIFACT_VERSION_ATTRIBUTE = "maestro.artifact.version"
 _INPUT = ("gen_ai.token.type", "input")
 _OUTPUT = ("gen_ai.token.type", "output")
+
+# Histogram buckets in seconds (the SDK's default boundaries are for milliseconds). The GenAI
+# semantic conventions' advice for client operation duration, time to first token and time per
+# output token.
+OPERATION_DURATION_BUCKETS_S = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+TIME_TO_FIRST_TOKEN_BUCKETS_S = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+TIME_PER_OUTPUT_TOKEN_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)  # fmt: skip
+
+StatusClass = Literal["ok", "client_error", "server_error", "refused"]
+_CLIENT_CODES = frozenset(
+    {
+        code_pb2.INVALID_ARGUMENT,
+        code_pb2.NOT_FOUND,
+        code_pb2.ALREADY_EXISTS,
+        code_pb2.PERMISSION_DENIED,
+        code_pb2.UNAUTHENTICATED,
+        code_pb2.FAILED_PRECONDITION,
+        code_pb2.ABORTED,
+        code_pb2.OUT_OF_RANGE,
+        code_pb2.CANCELLED,
+    }
+)
+"""Codes that say the request itself cannot be served as asked: the caller's to fix."""
+SHED_REASONS = frozenset({"DATA_PLANE_OVERLOADED", "LANE_SATURATED", "DEPLOYMENT_LIMITS_REACHED"})
+"""RESOURCE_EXHAUSTED reasons that are load shedding (full: this process, every serving lane or
+every deployment at its configured limits), retried with backoff; other RESOURCE_EXHAUSTED
+(the caller's quota or budget) are the caller's."""
+_FINISH_CLASSES: dict[FinishReason, StatusClass] = {
+    FinishReason.ERROR: "server_error",  # failed after the first token, no fallback finished it
+    FinishReason.BUDGET_EXCEEDED: "client_error",  # stopped at the caller's own budget
+}
+
+
+def status_class(error: MaestroError) -> StatusClass:
+    """Whose doing a failed call was, for error-budget burn: `client_error` (the caller's:
+    bad input, unknown model, permission, quota or budget), `refused` (shed while full),
+    `server_error` (everything else: providers failing after fallbacks, timeouts, internal)."""
+    if error.code == code_pb2.RESOURCE_EXHAUSTED:
+        return "refused" if error.reason in SHED_REASONS else "client_error"
+    return "client_error" if error.code in _CLIENT_CODES else "server_error"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,6 +117,33 @@ def _labels(requested: str, response_model: str, provider: str) -> dict[str, str
         "gen_ai.response.model": response_model,
         "gen_ai.provider.name": provider,
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _token_labels(requested: str, response_model: str, provider: str) -> dict[str, str]:
+    """The time-per-output-token histogram's attributes (no operation name)."""
+    return {
+        "gen_ai.request.model": requested,
+        "gen_ai.response.model": response_model,
+        "gen_ai.provider.name": provider,
+    }
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_labels(
+    project: str, requested: str, response_model: str, outcome: str, status: str
+) -> tuple[tuple[str, str], ...]:
+    """A call's tally labels; the response model only when a deployment answered."""
+    labels = [("maestro.project", project), ("gen_ai.request.model", requested)]
+    if response_model:
+        labels.append(("gen_ai.response.model", response_model))
+    labels += [("outcome", outcome), ("status_class", status)]
+    return tuple(labels)
+
+
+@functools.lru_cache(maxsize=4096)
+def _project_labels(project: str, *pairs: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    return (("maestro.project", project), *pairs)
 
 
 PostFirstTokenPolicy = Literal["fail", "continue_on_fallback"]
@@ -163,16 +243,20 @@ def with_artifact(call: CallInput, rendered: Rendered, version: str) -> CallInpu
 
 
 class _CallTrace:
-    """A call's `chat` span, started late with the call's real start time (not
+    """A call's `chat` span, started with the call's real start time (not
     start_as_current_span: a generator's steps may run in different contexts, and a context
     attached in one step cannot be detached in another), and the routing decision's deferred
-    telemetry, parented to it."""
+    telemetry, parented to it.
+
+    `open` starts the span once the decision is made: its context goes out with the provider
+    request (the attempt spans and a lane's spans are its children). The decision's own spans
+    wait for `start`, on the loop's next turn, when the request is on the wire."""
 
     __slots__ = (
         "_artifact_version",
+        "_opened",
         "_parent",
         "_requested",
-        "_span",
         "_started_ns",
         "_tracer",
         "deferred",
@@ -191,24 +275,35 @@ class _CallTrace:
         self._requested = requested
         self._started_ns = started_ns
         self._artifact_version = artifact_version
-        self._span: trace.Span | None = None
+        self._opened: tuple[trace.Span, Context] | None = None
         self.deferred: list[Callable[[Context | None], None]] = []
 
-    def start(self) -> trace.Span:
-        if self._span is None:
-            self._span = self._tracer.start_span(
+    def _open(self) -> tuple[trace.Span, Context]:
+        if self._opened is None:
+            span = self._tracer.start_span(
                 f"chat {self._requested}",
                 context=self._parent,
                 kind=trace.SpanKind.CLIENT,
                 start_time=self._started_ns,
             )
             if self._artifact_version:
-                self._span.set_attribute(ARTIFACT_VERSION_ATTRIBUTE, self._artifact_version)
-            parent = trace.set_span_in_context(self._span)
-            for telemetry in self.deferred:
-                telemetry(parent)
-            self.deferred.clear()
-        return self._span
+                span.set_attribute(ARTIFACT_VERSION_ATTRIBUTE, self._artifact_version)
+            self._opened = (span, trace.set_span_in_context(span, self._parent))
+        return self._opened
+
+    def open(self) -> Context:
+        """The context of the `chat` span, started now if it is not yet."""
+        return self._open()[1]
+
+    def start(self) -> trace.Span:
+        """The `chat` span, with the decision's deferred spans made under it."""
+        span, context = self._open()
+        if self.deferred:
+            # Taken first: each runs once, and one that raises cannot keep the span from ending.
+            deferred, self.deferred = self.deferred, []
+            for telemetry in deferred:
+                telemetry(context)
+        return span
 
     def end(self) -> None:
         self.start().end()
@@ -238,9 +333,12 @@ class InferenceService:
         tracer: trace.Tracer,
         meter: metrics.Meter,
         registry: SnapshotRegistry | None = None,
+        deployment_series: LabelCap | None = None,
     ) -> None:
         """`registry`: where the projects' traffic splits are published; None: the one
-        `routes` decides from (the same registry in every composition)."""
+        `routes` decides from (the same registry in every composition). `deployment_series`:
+        the deployments whose gauges are reported (the observer's, so attempts, breakers and
+        calls in flight name the same ones); None: a cap of its own."""
         self._routes = routes
         self._registry = registry if registry is not None else routes._registry
         self._relay = relay
@@ -262,20 +360,58 @@ class InferenceService:
             "gen_ai.client.operation.duration",
             unit="s",
             description="Duration of chat completions through the data plane.",
+            explicit_bucket_boundaries_advisory=OPERATION_DURATION_BUCKETS_S,
         )
         self._ttft = meter.create_histogram(
             "maestro.inference.time_to_first_token",
             unit="s",
             description="Time from request to the first token sent to the caller.",
+            explicit_bucket_boundaries_advisory=TIME_TO_FIRST_TOKEN_BUCKETS_S,
+        )
+        self._tpot = meter.create_histogram(
+            "maestro.inference.time_per_output_token",
+            unit="s",
+            description="Mean time between output tokens after the first, once per call that "
+            "produced at least two: (end of the stream - first token) / (output tokens - 1).",
+            explicit_bucket_boundaries_advisory=TIME_PER_OUTPUT_TOKEN_BUCKETS_S,
         )
         self._tokens = Tally(
             meter,
             "maestro.inference.tokens",
-            "Tokens used, by requested model group, deployment's group and type.",
+            "Tokens used, by project, requested model group and type.",
             unit="{token}",
+        )
+        self._cost = Tally(
+            meter,
+            "maestro.inference.cost.usd",
+            "What calls cost in US dollars (as priced for budgets), by project, requested model "
+            "group and the answering deployment's group.",
+            unit="{USD}",
         )
         self._refused = Tally(
             meter, "maestro.inference.refused", "Calls refused because the process was full."
+        )
+        self._series = (
+            deployment_series
+            if deployment_series is not None
+            else LabelCap(DEPLOYMENT_SERIES_PER_PROJECT)
+        )
+        self._in_flight: dict[str, int] = {}
+        """Calls whose current attempt is on a deployment, by its state key."""
+        self._parallel_limit: dict[str, int | None] = {}
+        """Each of those deployments' `max_parallel_requests`, as last seen."""
+        meter.create_observable_gauge(
+            "maestro.inference.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{call}",
+            description="Calls in flight on each deployment (by state key).",
+        )
+        meter.create_observable_gauge(
+            "maestro.inference.saturation_ratio",
+            callbacks=[self._observe_saturation],
+            unit="1",
+            description="Calls in flight on each deployment over its max_parallel_requests; "
+            "0 when it has no such limit.",
         )
 
     @property
@@ -286,27 +422,35 @@ class InferenceService:
         """The call's events; raises MaestroError before the first event when it cannot run."""
         # Before anything else, the idempotency look-up included: a replay must not show one
         # project's result to another's key.
-        require_project(principal, names.parse_project_name(call.choose.parent, "parent"))
-        if self._inflight >= self._config.max_inflight_calls:
-            self._refused.add(1, ())
-            raise ResourceExhausted(
-                f"the data plane is at its limit of {self._config.max_inflight_calls} calls in "
-                "progress; retry with backoff",
-                reason="DATA_PLANE_OVERLOADED",
-                metadata={"max_inflight_calls": str(self._config.max_inflight_calls)},
-            )
-        key = (call.choose.parent, call.idempotency_key) if call.idempotency_key else None
-        if key is not None:
-            replay = self._replay(key)
-            if replay is not None:
-                yield replay.routed
-                yield Delta(replay.text, 0, replay.tokens)
-                yield replay.done
-                return
-        call = self.resolve(principal, call)
+        project = names.parse_project_name(call.choose.parent, "parent")
+        require_project(principal, project)
+        # Counted only from here on: the project is the caller's own (no metric series for a
+        # project named by someone who may not call it).
+        try:
+            if self._inflight >= self._config.max_inflight_calls:
+                self._refused.add(1, ())
+                raise ResourceExhausted(
+                    f"the data plane is at its limit of {self._config.max_inflight_calls} calls "
+                    "in progress; retry with backoff",
+                    reason="DATA_PLANE_OVERLOADED",
+                    metadata={"max_inflight_calls": str(self._config.max_inflight_calls)},
+                )
+            key = (call.choose.parent, call.idempotency_key) if call.idempotency_key else None
+            replay = self._replay(key) if key is not None else None
+            if replay is None:
+                call = self.resolve(principal, call)
+        except MaestroError as error:
+            requested = self._routes.model_label(call.choose.parent, call.choose.route.model)
+            self._count_error(project, requested, error)
+            raise
+        if replay is not None:
+            yield replay.routed
+            yield Delta(replay.text, 0, replay.tokens)
+            yield replay.done
+            return
         self._inflight += 1
         try:
-            async for event in self._run(principal, call, key):
+            async for event in self._run(principal, call, key, project):
                 yield event
         finally:
             self._inflight -= 1
@@ -316,7 +460,7 @@ class InferenceService:
                     del self._replays[key]
 
     async def _run(
-        self, principal: Principal, call: CallInput, key: tuple[str, str] | None
+        self, principal: Principal, call: CallInput, key: tuple[str, str] | None, project: str
     ) -> AsyncGenerator[Event, None]:
         loop = asyncio.get_running_loop()
         received = loop.time()
@@ -327,6 +471,8 @@ class InferenceService:
         )
         if key is not None:  # before the first await: a retry meanwhile gets ABORTED
             self._replays[key] = (time.monotonic(), _Running())
+        on: DeploymentSpec | None = None
+        """The deployment the call's current attempt is on (`in_flight`)."""
         try:
             # A large prompt is scanned for content tags in the tagging thread, not on the loop.
             choose = await self._routes.detect_off_loop(call.choose)
@@ -339,10 +485,10 @@ class InferenceService:
                 options=self._options(call, received),
                 received_at=received,
                 routed_at=loop.time(),
-                trace_parent=call.trace_parent,
+                trace_parent=trace_.open(),
             )
-            # The spans are made on the loop's next turn: by then the provider request is on
-            # the wire, so the time to first token does not include them.
+            # The decision's spans are made on the loop's next turn: by then the provider
+            # request is on the wire, so the time to first token does not include them.
             loop.call_soon(trace_.start)
             texts: list[str] = []
             routed: Routed | None = None
@@ -357,11 +503,19 @@ class InferenceService:
                         if key is not None and event.text:
                             texts.append(event.text)
                     elif isinstance(event, Fallback):
-                        self._fallbacks.add(1, (("reason", event.reason.value),))
+                        self._fallbacks.add(
+                            1, _project_labels(project, ("reason", event.reason.value))
+                        )
+                        # The relay tells of each move just before the attempt it moves to.
+                        self._leave(on)
+                        on = self._enter(event.to_deployment)
                     elif isinstance(event, Routed):
                         routed = event
+                        on = self._enter(event.deployment)
                     elif isinstance(event, Done):
-                        self._finished(trace_.start(), requested, event)
+                        self._leave(on)
+                        on = None
+                        self._finished(trace_.start(), project, requested, event)
                         if key is not None and routed is not None:
                             self._remember(key, Replay(routed, "".join(texts), tokens, event))
                     yield event
@@ -369,13 +523,61 @@ class InferenceService:
             span = trace_.start()
             span.set_status(trace.StatusCode.ERROR, error.reason)
             span.set_attribute("error.type", error.reason)
-            self._calls.add(1, (("gen_ai.request.model", requested), ("outcome", error.reason)))
+            self._count_error(project, requested, error)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             trace_.start().set_attribute("error.type", "cancelled")
             raise
+        except Exception as error:
+            span = trace_.start()
+            span.set_status(trace.StatusCode.ERROR, "INTERNAL")
+            span.set_attribute("error.type", type(error).__qualname__)
+            self._calls.add(1, _call_labels(project, requested, "", "INTERNAL", "server_error"))
+            raise
         finally:
+            self._leave(on)
             trace_.end()
+
+    def _count_error(self, project: str, requested: str, error: MaestroError) -> None:
+        self._calls.add(1, _call_labels(project, requested, "", error.reason, status_class(error)))
+
+    # -- calls in flight per deployment: a dict increment per attempt, read at collection -------
+
+    def _enter(self, deployment: DeploymentSpec) -> DeploymentSpec:
+        key = deployment.state_key
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        self._parallel_limit[key] = deployment.calls.max_parallel_requests
+        return deployment
+
+    def _leave(self, deployment: DeploymentSpec | None) -> None:
+        if deployment is not None:
+            key = deployment.state_key
+            self._in_flight[key] -= 1
+
+    def _reported(self) -> list[tuple[str, int]]:
+        """The in-flight counts with series of their own (a copy: read in the exporter's
+        thread)."""
+        return [
+            (key, count)
+            for key, count in list(self._in_flight.items())
+            if self._series.admits(deployment_group(key), key)
+        ]
+
+    def _observe_in_flight(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(count, {"maestro.deployment_id": key})
+            for key, count in self._reported()
+        ]
+
+    def _observe_saturation(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        limits = self._parallel_limit
+        return [
+            metrics.Observation(
+                count / limit if (limit := limits.get(key)) else 0.0,
+                {"maestro.deployment_id": key},
+            )
+            for key, count in self._reported()
+        ]
 
     def resolve(self, principal: Principal, call: CallInput) -> CallInput:
         """`call` with its artifact's version picked (sticky by `traffic_key`) and rendered in;
@@ -436,24 +638,38 @@ class InferenceService:
             ),
         )
 
-    def _finished(self, span: trace.Span, requested: str, done: Done) -> None:
+    def _finished(self, span: trace.Span, project: str, requested: str, done: Done) -> None:
         deployment = done.deployment
         response_model = deployment.model_name if deployment else ""
         provider = deployment.provider if deployment else ""
         labels = _labels(requested, response_model, provider)
+        status = _FINISH_CLASSES.get(done.finish_reason, "ok")
         self._calls.add(
-            1,
-            (
-                ("gen_ai.request.model", requested),
-                ("gen_ai.response.model", response_model),
-                ("outcome", done.finish_reason.value),
-            ),
+            1, _call_labels(project, requested, response_model, done.finish_reason.value, status)
         )
-        self._duration.record(done.timings.total_s, labels)
-        if done.timings.time_to_first_token_s is not None:
-            self._ttft.record(done.timings.time_to_first_token_s, labels)
-        self._tokens.add(done.prompt_tokens, (("gen_ai.request.model", requested), _INPUT))
-        self._tokens.add(done.completion_tokens, (("gen_ai.request.model", requested), _OUTPUT))
+        timings = done.timings
+        # In the call's span, so a sampled call's values carry exemplars naming its trace.
+        context = trace.set_span_in_context(span)
+        self._duration.record(timings.total_s, labels, context)
+        ttft = timings.time_to_first_token_s
+        if ttft is not None:
+            self._ttft.record(ttft, labels, context)
+            # Once per call, never per token: the stream's end stands for the last token's time
+            # (the relay ends the call as the provider's stream ends).
+            if status == "ok" and done.completion_tokens >= 2:
+                self._tpot.record(
+                    max(timings.total_s - ttft, 0.0) / (done.completion_tokens - 1),
+                    _token_labels(requested, response_model, provider),
+                    context,
+                )
+        model = ("gen_ai.request.model", requested)
+        self._tokens.add(done.prompt_tokens, _project_labels(project, model, _INPUT))
+        self._tokens.add(done.completion_tokens, _project_labels(project, model, _OUTPUT))
+        # The relay's price of the call (what budgets and observations use), not priced again.
+        self._cost.add(
+            done.cost_usd,
+            _project_labels(project, model, ("gen_ai.response.model", response_model)),
+        )
         if span.is_recording():
             span.set_attributes(
                 {

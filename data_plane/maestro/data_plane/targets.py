@@ -6,6 +6,10 @@ provider goes through LiteLLM with the full LiteLLM model string. `model_info.cl
 or the other. In the embedded default, a
 deployment without an `api_base` is sent to the in-process simulated provider instead, so the
 seed config runs with no keys and no network.
+
+Every call through the native client carries the call's W3C trace context (`traceparent`), so an
+OpenAI-compatible server that traces (a serving lane, vLLM, the simulator, a hosted gateway)
+joins the call's trace.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ class Target:
     api_base: str | None
     api_key: str | None
     lane: bool = False
-    """A Maestro serving lane: HTTP 503 means it shed the request, and the call's trace
-    context travels with it (`traceparent`)."""
+    """A Maestro serving lane: HTTP 503 means it shed the request."""
+    traced: bool = False
+    """The call's trace context travels with it (`traceparent`): the native client's calls."""
 
 
 def _secret(value: str | None) -> str | None:
@@ -80,7 +85,9 @@ class TargetResolver:
         # deployment must never carry the operator's credentials (`routing.tenancy`).
         litellm_key = NO_CREDENTIAL if deployment.owner and api_key is None else api_key
         if deployment.api_base is None and self._simulated is not None:
-            return Target(self._native, deployment.litellm_model, self._simulated, None)
+            return Target(
+                self._native, deployment.litellm_model, self._simulated, None, traced=True
+            )
         if deployment.client == "litellm":
             return Target(
                 self._translating, deployment.litellm_model, deployment.api_base, litellm_key
@@ -95,5 +102,6 @@ class TargetResolver:
                 deployment.api_base or OPENAI_BASE,
                 api_key,
                 lane=deployment.provider in LANE_PROVIDERS,
+                traced=True,
             )
         return Target(self._translating, deployment.litellm_model, deployment.api_base, litellm_key)

@@ -147,6 +147,21 @@ class Decider:
             "maestro.route.fallback_routes",
             "Decisions that routed to a fallback group of the requested model.",
         )
+        self._exclusions = Tally(
+            meter,
+            "maestro.route.exclusions",
+            "Candidate deployments a decision excluded, by project, requested model group and "
+            "reason (a candidate out for several reasons counts under each).",
+        )
+        self._lanes: dict[str, tuple[LaneSaturation, bool]] = {}
+        """Each serving lane's latest load and whether it is saturated, by state key."""
+        for name, unit, description, value in _LANE_GAUGES:
+            meter.create_observable_gauge(
+                name,
+                callbacks=[functools.partial(self._observe_lanes, value)],
+                unit=unit,
+                description=description,
+            )
         self._signals = SignalWindow()
         self.observation_listeners: list[Callable[[Observation, float], None]] = []
         """Also told of each accepted observation (RolloutService's per-version series)."""
@@ -181,7 +196,7 @@ class Decider:
             span = self._tracer.start_span(
                 "maestro.route.choose", context=parent, start_time=started_ns
             )
-            self._record(span, principal, published, decision, request, latency)
+            self._record(span, project_id, published, decision, request, latency)
             span.end(end_time=started_ns + latency)
 
         if deferred is None:
@@ -272,7 +287,7 @@ class Decider:
     def _record(
         self,
         span: trace.Span,
-        principal: Principal,
+        project: str,
         published: Published,
         decision: Decision,
         request: ChooseInput,
@@ -283,7 +298,7 @@ class Decider:
         chosen = snapshot.deployments[decision.winner] if decision.winner >= 0 else None
         if span.is_recording():
             attributes: dict[str, Any] = {
-                "maestro.project": principal.project_id,
+                "maestro.project": project,
                 "gen_ai.operation.name": "route",
                 "gen_ai.request.model": requested,
                 "maestro.route.snapshot_version": published.snapshot_version,
@@ -299,22 +314,51 @@ class Decider:
             span.set_attributes(attributes)
         denied = snapshot.denied_count(snapshot.policy.tag_key(decision.request.tags))
         if denied:
-            self._policy_exclusions.add(denied, self._labels(requested))
+            self._policy_exclusions.add(denied, self._labels(project, requested))
+        self._count_exclusions(project, requested, decision)
         if chosen is None:
-            self._decisions.add(1, self._labels(requested, outcome="none"))
+            self._decisions.add(1, self._labels(project, requested, outcome="none"))
             return
         self._decisions.add(
-            1, self._labels(requested, chosen.model_name, chosen.provider, outcome="chosen")
+            1,
+            self._labels(project, requested, chosen.model_name, chosen.provider, outcome="chosen"),
         )
         if request.route.model and chosen.model_name != request.route.model:
-            self._fallback_routes.add(1, self._labels(requested, chosen.model_name))
+            self._fallback_routes.add(1, self._labels(project, requested, chosen.model_name))
+
+    def _count_exclusions(self, project: str, requested: str, decision: Decision) -> None:
+        """Count the candidates the decision ruled out, by reason: one vectorised eligibility
+        pass, and the explanation's reasons only for the candidates it excluded."""
+        snapshot, request = decision.snapshot, decision.request
+        candidates = snapshot.candidate_indices(request)
+        if not len(candidates):
+            return
+        eligible = snapshot.eligible(request, slice(0, len(snapshot.deployments)))
+        excluded = candidates[~eligible[candidates]]
+        for index in excluded.tolist():
+            for reason in snapshot.exclusions(request, index):
+                self._exclusions.add(1, self._exclusion_labels(project, requested, reason))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4096)
+    def _exclusion_labels(project: str, requested: str, reason: Exclusion) -> Labels:
+        return (
+            ("maestro.project", project),
+            ("gen_ai.request.model", requested),
+            ("reason", reason.name.lower()),
+        )
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - the service lives as long as the process
     def _labels(
-        self, requested: str, chosen: str = "", provider: str = "", outcome: str = ""
+        self,
+        project: str,
+        requested: str,
+        chosen: str = "",
+        provider: str = "",
+        outcome: str = "",
     ) -> Labels:
         """Metric attributes, built once per combination rather than once per decision."""
-        labels = [("gen_ai.request.model", requested)]
+        labels = [("maestro.project", project), ("gen_ai.request.model", requested)]
         if chosen:
             labels.append(("gen_ai.response.model", chosen))
         if provider:
@@ -417,11 +461,29 @@ class Decider:
     def set_lane_load(self, state_key: str, lane: LaneSaturation, saturated: bool) -> None:
         """A lane's latest load: every project routing to it sees it, in its rationale, its
         latency forecast and, when saturated, its exclusion. `state_key`: an operator's lane is
-        seen by every project, a tenant's only by its own."""
+        seen by every project, a tenant's only by its own. The `maestro.lane.*` gauges report
+        it at collection."""
+        self._lanes[state_key] = (lane, saturated)
         for published in self._registry.all(None):
             deployment_id = published.snapshot.id_of_state.get(state_key)
             if deployment_id is not None:
                 published.snapshot.update_signals(deployment_id, lane=lane, saturated=saturated)
+
+    def _observe_lanes(
+        self, value: Callable[[LaneSaturation, bool], float], _: metrics.CallbackOptions
+    ) -> Iterable[metrics.Observation]:
+        """One lane gauge, at collection (the exporter's thread: a copy of the dict is read)."""
+        return [
+            metrics.Observation(value(lane, saturated), {"maestro.deployment_id": key})
+            for key, (lane, saturated) in list(self._lanes.items())
+        ]
+
+    def keep_lanes(self, state_keys: Iterable[str]) -> None:
+        """Forget the load of lanes no published snapshot routes to any more (the monitor's
+        poll), so their gauges stop."""
+        keep = set(state_keys)
+        for gone in [key for key in self._lanes if key not in keep]:
+            del self._lanes[gone]
 
     def set_breaker_open(self, state_key: str, is_open: bool) -> None:
         """A data plane's breaker opened or closed: every project routing to the deployment
@@ -431,6 +493,35 @@ class Decider:
             deployment_id = published.snapshot.id_of_state.get(state_key)
             if deployment_id is not None:
                 published.snapshot.update_signals(deployment_id, breaker_open=is_open)
+
+
+_LANE_GAUGES: tuple[tuple[str, str, str, Callable[[LaneSaturation, bool], float]], ...] = (
+    (
+        "maestro.lane.queue_depth",
+        "{request}",
+        "Requests a serving lane holds waiting for its engine's scheduler (latest poll).",
+        lambda lane, _: lane.queue_depth,
+    ),
+    (
+        "maestro.lane.kv_cache_usage_ratio",
+        "1",
+        "KV-cache use of a serving lane's fullest replica, 0 to 1 (latest poll).",
+        lambda lane, _: lane.kv_cache_usage_ratio,
+    ),
+    (
+        "maestro.lane.batch_size",
+        "{request}",
+        "Requests a serving lane's engines are generating: their running batch (latest poll).",
+        lambda lane, _: lane.running_requests,
+    ),
+    (
+        "maestro.lane.saturated",
+        "",
+        "1 while routing treats a serving lane as saturated (shed recently, KV cache nearly "
+        "full, or every slot busy with no queue), else 0.",
+        lambda _, saturated: 1 if saturated else 0,
+    ),
+)
 
 
 def _no_eligible(decision: Decision, snapshot_version: str) -> MaestroError:

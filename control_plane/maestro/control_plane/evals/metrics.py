@@ -59,7 +59,8 @@ class EvalMetrics:
         self.scorecards.add(1, (("suite", card.suite), ("verdict", card.verdict)))
 
     def _observe_scores(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        return [metrics.Observation(v, dict(k)) for k, v in self._scores.items()]
+        # Copies: collection runs in the exporter's thread while the loop may record a card.
+        return [metrics.Observation(v, dict(k)) for k, v in list(self._scores.items())]
 
     def _observe_verdicts(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        return [metrics.Observation(v, dict(k)) for k, v in self._verdicts.items()]
+        return [metrics.Observation(v, dict(k)) for k, v in list(self._verdicts.items())]

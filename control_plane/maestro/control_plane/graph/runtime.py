@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -68,16 +69,26 @@ CHILD_POLL_S = 0.5
 """How often a parent re-reads a child run driven by another replica."""
 
 
-def run_context(run: RunRecord) -> Context:
-    """A trace context in the run's trace (`Run.trace_id`, the trace of the call that created
-    it), so every node span of the run, on whichever replica, lands in one trace."""
+def run_context(run: RunRecord) -> tuple[Context, list[trace.Link]]:
+    """The parent of a node's span, and its links: every node span of a run, on whichever
+    replica, lands in the run's trace (`Run.trace_id`, the trace of the call that created it).
+
+    A run driven by the replica that created it is driven in the creating call's context (its
+    task was started there): its node spans are children of that call's span, one tree. A run
+    claimed or resumed elsewhere has only the trace id to go by: a remote parent in that trace,
+    and a link to the span it is driven under when there is one (the call that resumed it)."""
+    trace_id = int(run.trace_id, 16)
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and current.trace_id == trace_id:
+        return otel_context.get_current(), []
     parent = SpanContext(
-        trace_id=int(run.trace_id, 16),
+        trace_id=trace_id,
         span_id=int(run.trace_id[:16], 16) or 1,
         is_remote=True,
         trace_flags=TraceFlags(TraceFlags.SAMPLED),
     )
-    return trace.set_span_in_context(NonRecordingSpan(parent))
+    links = [trace.Link(current)] if current.is_valid else []
+    return trace.set_span_in_context(NonRecordingSpan(parent)), links
 
 
 class LeaseLost(Exception):
@@ -280,7 +291,7 @@ class GraphRuntime:
         updated, _events = await self.store.aio(self.store.change_run, run.name, fenced, run)
         self.hub.changed(run.name, updated.status.final)
         if updated.status.final:
-            self.metrics.finished.add(1, (("state", updated.status.name.lower()),))
+            self.metrics.run_finished(updated.project, updated.recipe, updated.status.name.lower())
         return updated
 
     async def _drive(self, run: RunRecord, previous_owner: str, begun: bool) -> None:
@@ -328,8 +339,7 @@ class GraphRuntime:
             except NodeFailure as failure:
                 elapsed = time.perf_counter() - started
                 outcome_label = "timed_out" if failure.timed_out else "failed"
-                self.metrics.attempts.add(1, (("kind", node.kind), ("outcome", outcome_label)))
-                self.metrics.seconds.add(elapsed, (("kind", node.kind),))
+                self.metrics.node_attempt(node.kind, outcome_label, flight.attempt, elapsed)
                 run = await self._change(
                     run, functools.partial(_failed, stepper, node, flight, failure, elapsed)
                 )
@@ -337,8 +347,9 @@ class GraphRuntime:
                     await asyncio.sleep(node.retries.backoff_s * 2 ** (flight.attempt - 1))
                 continue
             elapsed = time.perf_counter() - started
-            self.metrics.attempts.add(1, (("kind", node.kind), ("outcome", "succeeded")))
-            self.metrics.seconds.add(elapsed, (("kind", node.kind),))
+            self.metrics.node_attempt(node.kind, "succeeded", flight.attempt, elapsed)
+            if node.kind != "subgraph":  # a child run counts its own
+                self.metrics.run_cost(run.project, run.recipe, outcome.cost_usd)
             outcome = NodeOutcome(
                 outcome.output,
                 outcome.prompt_tokens,
@@ -362,9 +373,11 @@ class GraphRuntime:
         if run.budget.max_wall_time_s:
             left = run.budget.max_wall_time_s - (time.time() - run.create_time)
             timeout = min(timeout or left, max(left, 0.001))
+        parent, links = run_context(run)
         with self._tracer.start_as_current_span(
             "agent.node.run",
-            context=run_context(run),
+            context=parent,
+            links=links,
             attributes={
                 "maestro.run": run.name,
                 "maestro.node.id": node.id,

@@ -33,6 +33,7 @@ from maestro.control_plane.graph.records import (
     GateDecision,
     GateRecord,
     GateStatus,
+    GateVerdict,
     InFlight,
     KillSwitchRecord,
     RecipeRecord,
@@ -62,6 +63,7 @@ MAX_STATE_BYTES = 1024 * 1024
 _RUN = re.compile(rf"^projects/({names.PROJECT_ID})/runs/({names.RESOURCE_ID}|-)$")
 _GATE = re.compile(rf"^(projects/({names.PROJECT_ID})/runs/{names.RESOURCE_ID})/gates/[a-z0-9-]+$")
 _SWITCH = re.compile(rf"^projects/({names.PROJECT_ID})/killSwitch$")
+_VERDICT_ATTRIBUTES = {verdict: {"verdict": verdict.value} for verdict in GateVerdict}
 AUTONOMY = {"L1": 1, "L2": 2, "L3": 3, "L4": 4}
 RUN_STATES = frozenset(status.name for status in RunStatus)
 GATED_LEVEL = AUTONOMY["L3"]
@@ -391,7 +393,7 @@ class GraphService:
         self.hub.changed(name, run.status.final)
         # counted by the change that makes the run final (a repeated cancel changes nothing)
         if run.status.final and any(isinstance(e.payload, RunStateChanged) for e in events):
-            self.runtime.metrics.finished.add(1, (("state", run.status.name.lower()),))
+            self.runtime.metrics.run_finished(run.project, run.recipe, run.status.name.lower())
         return run
 
     def _lease(self) -> dict[str, Any]:
@@ -569,6 +571,11 @@ class GraphService:
 
         run = await self._change(run_name, change)
         self.runtime.metrics.decisions.add(1, (("verdict", verdict.value),))
+        decided = outcome[-1]
+        self.runtime.metrics.gate_latency.record(
+            max(decided.decision.decide_time - decided.gate.create_time, 0.0),
+            _VERDICT_ATTRIBUTES[verdict],
+        )
         if run.status is RunStatus.RUNNING:
             self._hand_over(run, begun=run.in_flight is not None)
         return outcome[-1].gate, outcome[-1].decision

@@ -55,4 +55,6 @@ class RolloutMetrics:
                 )
 
     def _observe_weights(self, _: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
-        return [metrics.Observation(w, dict(labels)) for labels, w in self._weights.items()]
+        # A copy: collection runs in the exporter's thread while the loop may add a rollout.
+        weights = list(self._weights.items())
+        return [metrics.Observation(w, dict(labels)) for labels, w in weights]
