@@ -40,6 +40,7 @@ from google.protobuf import struct_pb2
 from openai.types.chat import ChatCompletionMessageParam
 
 from deploy.observability.queries import (
+    LANE_ONLY,
     RULE_FILES,
     Use,
     dashboard_files,
@@ -56,19 +57,6 @@ from tests.process_support import BIN, demo_config
 from tests.rollout_support import error_budget, rollout, weight
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-LANE_ONLY = frozenset(
-    {
-        # Exported by the data plane from a serving lane's `/lane-status` (queue, running
-        # batch, KV cache, saturated), so only once a routing config names a
-        # `maestro_lane/...` deployment and its lane answers. `maestro up` starts no lane.
-        "maestro_lane_batch_size",
-        "maestro_lane_kv_cache_usage_ratio",
-        "maestro_lane_queue_depth",
-        "maestro_lane_saturated",
-    }
-)
-"""Metrics the pack queries that only a running serving lane makes appear."""
 
 PROJECT = "projects/demo"
 MODELS = ("gpt-4o", "sonnet-3.7", "ig-local-70b")

@@ -11,7 +11,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,16 @@ import aiohttp
 import grpc
 import openai
 import pytest
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader
+from prometheus_client import CollectorRegistry, generate_latest
 
+from deploy.observability.queries import LANE_ONLY, histogram_base, missing_uses, pack_uses
 from maestro.clients import AsyncMaestroClient, MaestroRpcError
 from maestro.data_plane.sim import SimProvider
 from maestro.v1 import inference_service_pb2 as ipb
 from maestro.v1 import route_service_pb2 as rpb
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server_reading
 from tests.inference_support import PARENT, events, openai_base_url, profile, user
 from tests.lane_support import ALPHA_CAPACITY, SERVED_MODEL, Lane, start_lane
 
@@ -70,12 +74,19 @@ class Stack:
         return openai_base_url(self.server)
 
 
+def stack(tmp_path: Path, lane: Lane, **overrides: object) -> AbstractAsyncContextManager[Stack]:
+    return stack_reading(tmp_path, lane, (), overrides)
+
+
 @asynccontextmanager
-async def stack(tmp_path: Path, lane: Lane, **overrides: object) -> AsyncIterator[Stack]:
+async def stack_reading(
+    tmp_path: Path, lane: Lane, readers: tuple[MetricReader, ...], overrides: dict[str, object]
+) -> AsyncIterator[Stack]:
+    """`readers`: read the server's metrics besides its in-memory reader."""
     await asyncio.to_thread(lane.wait_idle)
     async with SimProvider(profile()) as sim:
-        server = await start_server(
-            tmp_path, **{"data_plane.first_token_timeout_s": 120, **overrides}
+        server = await start_server_reading(
+            tmp_path, readers, {"data_plane.first_token_timeout_s": 120, **overrides}
         )
         try:
             async with server.client(server.alpha_key) as client:
@@ -170,6 +181,26 @@ async def test_generated_and_openai_clients_stream_from_the_lane_through_the_dat
     attributes = {a.key: a.value for a in span.attributes}
     assert attributes["maestro.lane"].string_value == "beta"
     assert attributes["gen_ai.usage.output_tokens"].int_value == 30
+
+
+async def test_the_lane_gauges_the_dashboards_and_rules_query_are_exported_live(
+    tmp_path: Path, lane: Lane
+) -> None:
+    """What `maestro up` cannot show (it starts no lane; tests/test_observability_live.py):
+    with a real lane routed to, the data plane's exposition has every `maestro_lane_*` metric
+    with every label the dashboards and alert rules use."""
+    registry = CollectorRegistry()
+    uses = [use for use in pack_uses() if histogram_base(use.metric) in LANE_ONLY]
+    assert uses
+    async with stack_reading(tmp_path, lane, (PrometheusMetricReader(registry=registry),), {}) as s:
+        done = done_of(await events(s.client, greedy("free", 4), timeout_s=120))
+        assert done.deployment.deployment_id == "lane-beta"
+        for _ in range(300):  # the lanes' status is polled once a second; bounded
+            missing = missing_uses(uses, generate_latest(registry).decode())
+            if not missing:
+                break
+            await asyncio.sleep(0.1)
+    assert not missing
 
 
 @dataclass

@@ -331,6 +331,20 @@ def uses_of(expressions: Iterable[Expression]) -> dict[Use, list[str]]:
     return dict(sorted(out.items()))
 
 
+LANE_ONLY = frozenset(
+    {
+        # Exported by the data plane from a serving lane's `/lane-status` (queue, running
+        # batch, KV cache, saturated), so only once a routing config names a
+        # `maestro_lane/...` deployment and its lane answers. `maestro up` starts no lane.
+        "maestro_lane_batch_size",
+        "maestro_lane_kv_cache_usage_ratio",
+        "maestro_lane_queue_depth",
+        "maestro_lane_saturated",
+    }
+)
+"""Metrics the pack queries that only a running serving lane makes appear."""
+
+
 def pack_uses() -> dict[Use, list[str]]:
     """Every (metric, label names) pair the pack's dashboards and rules use, with where."""
     return uses_of(pack_expressions())
