@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -763,14 +764,23 @@ def _attempt_attributes(deployment: DeploymentSpec, target: Target) -> dict[str,
         "gen_ai.request.model": target.model,
     }
     if target.api_base:
-        endpoint = urlsplit(target.api_base)
-        if endpoint.hostname:
-            attributes["server.address"] = endpoint.hostname
-        if endpoint.port:
-            attributes["server.port"] = endpoint.port
+        attributes.update(_endpoint_attributes(target.api_base))
     if target.lane:
         attributes["maestro.lane"] = True
     return attributes
+
+
+@functools.lru_cache(maxsize=1024)
+def _endpoint_attributes(api_base: str) -> tuple[tuple[str, str | int], ...]:
+    """`server.address` and `server.port` of an endpoint, parsed once per endpoint rather than
+    once per attempt."""
+    endpoint = urlsplit(api_base)
+    pairs: list[tuple[str, str | int]] = []
+    if endpoint.hostname:
+        pairs.append(("server.address", endpoint.hostname))
+    if endpoint.port:
+        pairs.append(("server.port", endpoint.port))
+    return tuple(pairs)
 
 
 def _attempt_failed(span: trace.Span, failure: _Failed) -> None:
